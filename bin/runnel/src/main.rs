@@ -1,0 +1,3 @@
+fn main() {
+    println!("runnel: the broker binary is not built yet; the partition log (crates/log) is.");
+}

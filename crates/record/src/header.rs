@@ -1,0 +1,145 @@
+use crate::*;
+
+pub(crate) const ATTR_COMPRESSION_MASK: i16 = 0x07;
+pub(crate) const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
+pub(crate) const ATTR_TRANSACTIONAL: i16 = 0x10;
+pub(crate) const ATTR_CONTROL: i16 = 0x20;
+
+/// Compression codec of a batch's records (attributes bits 0-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None = 0,
+    Gzip = 1,
+    Snappy = 2,
+    Lz4 = 3,
+    Zstd = 4,
+}
+
+/// Attributes bit 3: who set the timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// The decoded 61-byte RecordBatch v2 header. Plain values, cheap to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Decodes the header at the start of `buf`. Checks only what is needed to frame the
+    /// batch safely: enough bytes for a header, magic 2 and a sane batchLength. `buf` may hold
+    /// less than the whole batch; see [`BatchHeader::total_len`].
+    pub fn parse(buf: &[u8]) -> Result<Self, BatchError> {
+        // v0/v1 message sets carry their magic at the same position (offset 16), so an old
+        // client is told "unsupported magic", not "corrupt".
+        if buf.len() > OFF_MAGIC && buf[OFF_MAGIC] as i8 != MAGIC_V2 {
+            return Err(BatchError::UnsupportedMagic {
+                magic: buf[OFF_MAGIC] as i8,
+            });
+        }
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::ShortHeader {
+                needed: HEADER_LEN,
+                available: buf.len(),
+            });
+        }
+        let batch_length = be_i32(buf, OFF_BATCH_LENGTH);
+        if batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+            return Err(BatchError::BadBatchLength { batch_length });
+        }
+        Ok(BatchHeader {
+            base_offset: be_i64(buf, OFF_BASE_OFFSET),
+            batch_length,
+            partition_leader_epoch: be_i32(buf, OFF_LEADER_EPOCH),
+            magic: buf[OFF_MAGIC] as i8,
+            crc: be_u32(buf, OFF_CRC),
+            attributes: be_i16(buf, OFF_ATTRIBUTES),
+            last_offset_delta: be_i32(buf, OFF_LAST_OFFSET_DELTA),
+            base_timestamp: be_i64(buf, OFF_BASE_TIMESTAMP),
+            max_timestamp: be_i64(buf, OFF_MAX_TIMESTAMP),
+            producer_id: be_i64(buf, OFF_PRODUCER_ID),
+            producer_epoch: be_i16(buf, OFF_PRODUCER_EPOCH),
+            base_sequence: be_i32(buf, OFF_BASE_SEQUENCE),
+            record_count: be_i32(buf, OFF_RECORD_COUNT),
+        })
+    }
+
+    /// Bytes the whole batch occupies: batchLength plus the 12 bytes before it.
+    pub fn total_len(&self) -> usize {
+        self.batch_length as usize + LOG_OVERHEAD
+    }
+
+    /// Offset of the last record (baseOffset + lastOffsetDelta).
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    /// The offset the next batch in the log starts at.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        Ok(match self.attributes & ATTR_COMPRESSION_MASK {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            codec => {
+                return Err(BatchError::UnsupportedCompression { codec: codec as u8 });
+            }
+        })
+    }
+
+    pub fn timestamp_type(&self) -> TimestampType {
+        if self.attributes & ATTR_TIMESTAMP_TYPE != 0 {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        }
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    pub fn has_producer_id(&self) -> bool {
+        self.producer_id != NO_PRODUCER_ID
+    }
+
+    /// baseTimestamp is the first record's timestamp and maxTimestamp the largest, so
+    /// max >= base whenever timestamps are present; -1 means "none" for both.
+    pub(crate) fn check_timestamps(&self) -> Result<(), BatchError> {
+        let (base, max) = (self.base_timestamp, self.max_timestamp);
+        let ok = match (base, max) {
+            (NO_TIMESTAMP, NO_TIMESTAMP) => true,
+            (b, m) if b >= 0 && m >= b => true,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(BatchError::BadTimestamps { base, max })
+        }
+    }
+}
