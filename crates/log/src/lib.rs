@@ -1,1 +1,112 @@
+//! The partition log: a directory of segment files holding RecordBatch v2 bytes exactly as
+//! they are served, with sparse offset and time indexes, in Apache Kafka's layout.
+//!
+//! ```text
+//! <data-dir>/<topic>-<partition>/00000000000000000000.log        batches, as served
+//!                               /00000000000000000000.index      relative offset u32 -> position u32
+//!                               /00000000000000000000.timeindex  timestamp i64 -> relative offset u32
+//! ```
+//!
+//! A [`Log`] lives on one executor (its owner shard) and is never shared across threads; the
+//! [`ReadPlan`]s it hands out are `Send` and keep their segment file open on their own, so a
+//! segment deleted by retention stays readable to a fetch already holding its plan.
+//! This crate knows nothing about the network.
 
+pub mod checkpoint;
+mod config;
+pub mod index;
+mod log;
+mod recovery;
+mod segment;
+
+pub use config::*;
+pub use log::{AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset};
+pub use segment::{file_name, parse_file_name};
+
+use runnel_record::BatchError;
+use std::io;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Kafka error codes the broker answers with for log errors.
+pub mod error_codes {
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+}
+
+#[derive(Debug, Error)]
+pub enum LogError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    #[error("batch of {size} bytes does not fit a segment of {segment_bytes} bytes")]
+    BatchTooLarge { size: u64, segment_bytes: u64 },
+    #[error("{path} is corrupt at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error(
+        "{path} is corrupt at byte {position} (offset {offset}), below the recovery point \
+         {recovery_point}: data that was flushed is damaged, so the partition is not opened. \
+         Inspect the file, restore it from a replica or backup, or move the partition \
+         directory away to start it empty"
+    )]
+    CorruptBelowRecoveryPoint {
+        path: PathBuf,
+        position: u64,
+        offset: i64,
+        recovery_point: i64,
+        reason: String,
+    },
+    #[error("the log {0} is closed")]
+    Closed(PathBuf),
+    #[error("invalid log config: {0}")]
+    Config(String),
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        LogError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The Kafka error code a produce or fetch response carries for this error.
+    pub fn kafka_error_code(&self) -> i16 {
+        match self {
+            LogError::OffsetOutOfRange { .. } => error_codes::OFFSET_OUT_OF_RANGE,
+            LogError::InvalidBatch(e) => e.kafka_error_code(),
+            LogError::BatchTooLarge { .. } => error_codes::MESSAGE_TOO_LARGE,
+            LogError::Io { .. }
+            | LogError::Corrupt { .. }
+            | LogError::CorruptBelowRecoveryPoint { .. }
+            | LogError::Closed(_)
+            | LogError::Config(_) => error_codes::KAFKA_STORAGE_ERROR,
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,27 @@
+//! Runtime glue, kept in one crate so the rest of Runnel does not care how it is scheduled:
+//! glommio executors (one pinned per core) and a companion io_uring [`ring`] per executor for
+//! the operations glommio lacks.
 
+pub mod ring;
+
+pub use ring::{ring, Pipe, Ring};
+
+use std::future::Future;
+
+/// Runs `f` to completion on a fresh, unpinned glommio executor on a new thread and returns its
+/// output. For tests, benchmarks and tools; the broker builds its own pinned pool.
+pub fn run_local<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        // Tests run several executors at once; keep each one's registered buffer small so
+        // the memlock limit of an unprivileged user is not exhausted.
+        .io_memory(512 << 10)
+        .spawn(f)
+        .expect("cannot start a glommio executor")
+        .join()
+        .expect("glommio executor panicked")
+}

@@ -1,0 +1,73 @@
+//! Per-log settings, named as Kafka's topic configs are (segment.bytes, segment.ms, ...).
+
+/// Settings of one partition log. Defaults are Kafka's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// segment.bytes: roll the active segment before it would grow past this. Index positions
+    /// are u32, and Kafka caps it at i32::MAX too.
+    pub segment_bytes: u64,
+    /// segment.ms: roll the active segment once it is this old, even if not full.
+    pub segment_ms: Option<u64>,
+    /// retention.ms: delete closed segments whose newest record is older; None keeps forever.
+    pub retention_ms: Option<u64>,
+    /// retention.bytes: delete the oldest segments while the log is larger; None: no limit.
+    pub retention_bytes: Option<u64>,
+    /// flush.messages: fdatasync after this many appended records; None: leave it to the OS.
+    pub flush_messages: Option<u64>,
+    /// flush.ms: fdatasync data older than this, checked by [`crate::Log::flush_if_due`].
+    pub flush_ms: Option<u64>,
+    /// index.interval.bytes: one offset index entry per this many appended bytes.
+    pub index_interval_bytes: u32,
+    /// message.timestamp.type=LogAppendTime: the broker stamps each batch's maxTimestamp.
+    pub log_append_time: bool,
+    /// Reserve a new segment's blocks (fallocate, keeping the file size) when it is created,
+    /// so appends never wait on block allocation.
+    pub preallocate: bool,
+}
+
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
+pub const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
+pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// The smallest segment.bytes Kafka accepts (LogConfig's atLeast(LegacyRecord.RECORD_OVERHEAD_V0)
+/// is 14; we require room for at least one batch header).
+pub const MIN_SEGMENT_BYTES: u64 = 61;
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_ms: Some(DEFAULT_SEGMENT_MS),
+            retention_ms: Some(DEFAULT_RETENTION_MS),
+            retention_bytes: None,
+            flush_messages: None,
+            flush_ms: None,
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            log_append_time: false,
+            preallocate: true,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the values a log cannot work with; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return Err(format!(
+                "segment.bytes must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}, got {}",
+                self.segment_bytes
+            ));
+        }
+        if self.segment_ms == Some(0) {
+            return Err("segment.ms must be positive".into());
+        }
+        if self.flush_messages == Some(0) {
+            return Err("flush.messages must be positive".into());
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index.interval.bytes must be positive".into());
+        }
+        Ok(())
+    }
+}

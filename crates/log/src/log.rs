@@ -1,0 +1,924 @@
+//! [`Log`]: one partition's segments, the append path (group commit), read plans, offset
+//! lookups, roll, retention and the flush policy.
+
+use crate::checkpoint::sync_dir;
+use crate::config::LogConfig;
+use crate::segment::{file_name, Segment, LOG_SUFFIX};
+use crate::{now_ms, LogError};
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use runnel_record::{
+    set_base_offset, set_log_append_time, set_partition_leader_epoch, BatchHeader, Batches,
+    Compression, Records, HEADER_LEN,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// Single-broker Runnel is always leader epoch 0; stamped into every batch as Kafka does.
+pub const LEADER_EPOCH: i32 = 0;
+
+/// Where an append landed: what a produce response reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The LogAppendTime stamped into the batches, or -1 for CreateTime topics.
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+    pub record_count: u64,
+}
+
+/// What a fetch sends for one partition: a byte range of one segment file that starts and
+/// ends on batch boundaries. Holding the plan keeps the file open.
+#[derive(Debug, Clone)]
+pub struct ReadPlan {
+    pub file: Arc<OwnedFd>,
+    pub segment_base_offset: i64,
+    pub position: u64,
+    pub len: u64,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+/// A ListOffsets-by-timestamp answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub timestamp: i64,
+    pub offset: i64,
+}
+
+/// Counters for tests, metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub appended_batches: Cell<u64>,
+    pub appended_bytes: Cell<u64>,
+    /// Vectored writes issued: fewer than appends when group commit merges them.
+    pub writes: Cell<u64>,
+    pub fdatasyncs: Cell<u64>,
+    pub rolls: Cell<u64>,
+    pub deleted_segments: Cell<u64>,
+}
+
+/// Options for [`Log::open`], usually read from the data dir's checkpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Offset below which everything is known flushed; recovery scans from its segment on.
+    /// None: scan every segment (unless `clean_shutdown`).
+    pub recovery_point: Option<i64>,
+    pub log_start_offset: Option<i64>,
+    /// The broker shut down cleanly: indexes are trusted, nothing is scanned.
+    pub clean_shutdown: bool,
+}
+
+struct PendingAppend {
+    batches: Vec<(BatchHeader, BytesMut)>,
+    bytes: u64,
+    durable: bool,
+    reply: oneshot::Sender<Result<AppendInfo, LogError>>,
+}
+
+enum Work {
+    Append(PendingAppend),
+    Flush(oneshot::Sender<Result<(), LogError>>),
+    Roll(oneshot::Sender<Result<(), LogError>>),
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub topic: String,
+    pub partition: i32,
+    pub config: RefCell<LogConfig>,
+    /// Sorted by base offset; the last one is the active segment.
+    pub segments: RefCell<Vec<Rc<Segment>>>,
+    pub log_start_offset: Cell<i64>,
+    /// Log end offset: the offset the next batch gets. Single broker: also the high watermark.
+    pub next_offset: Cell<i64>,
+    pub recovery_point: Cell<i64>,
+    pub unflushed_records: Cell<u64>,
+    pub oldest_unflushed_ms: Cell<Option<i64>>,
+    /// A segment file was created or deleted since the directory was last synced.
+    pub dir_dirty: Cell<bool>,
+    queue: RefCell<VecDeque<Work>>,
+    writer_running: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+    pub closed: Cell<bool>,
+    pub stats: LogStats,
+}
+
+/// A partition log. Cheap to clone (a handle); lives on its owner shard's thread.
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) inner: Rc<Inner>,
+}
+
+impl Log {
+    pub(crate) fn from_parts(
+        dir: PathBuf,
+        topic: String,
+        partition: i32,
+        config: LogConfig,
+        segments: Vec<Rc<Segment>>,
+        log_start_offset: i64,
+        recovery_point: i64,
+    ) -> Log {
+        let next_offset = segments.last().expect("a log has a segment").next_offset.get();
+        Log {
+            inner: Rc::new(Inner {
+                dir,
+                topic,
+                partition,
+                config: RefCell::new(config),
+                segments: RefCell::new(segments),
+                log_start_offset: Cell::new(log_start_offset),
+                next_offset: Cell::new(next_offset),
+                recovery_point: Cell::new(recovery_point),
+                unflushed_records: Cell::new(0),
+                oldest_unflushed_ms: Cell::new(None),
+                dir_dirty: Cell::new(false),
+                queue: RefCell::new(VecDeque::new()),
+                writer_running: Cell::new(false),
+                waiters: RefCell::new(Vec::new()),
+                closed: Cell::new(false),
+                stats: LogStats::default(),
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.inner.partition
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.inner.config.borrow().clone()
+    }
+
+    /// Applies changed topic configs; they take effect at the next append or retention pass.
+    pub fn set_config(&self, config: LogConfig) -> Result<(), LogError> {
+        config.validate().map_err(LogError::Config)?;
+        *self.inner.config.borrow_mut() = config;
+        Ok(())
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner.log_start_offset.get()
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.next_offset.get()
+    }
+
+    /// One replica: everything appended is committed, so the high watermark is the log end
+    /// offset. (Also the last stable offset: there are no transactions.)
+    pub fn high_watermark(&self) -> i64 {
+        self.inner.next_offset.get()
+    }
+
+    pub fn recovery_point(&self) -> i64 {
+        self.inner.recovery_point.get()
+    }
+
+    pub fn stats(&self) -> &LogStats {
+        &self.inner.stats
+    }
+
+    /// Total bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.segments.borrow().iter().map(|s| s.size.get()).sum()
+    }
+
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.inner
+            .segments
+            .borrow()
+            .iter()
+            .map(|s| s.base_offset)
+            .collect()
+    }
+
+    /// Appends the batches of one produce request (its records field for this partition):
+    /// every batch is validated (CRC included) before anything is written, so a bad batch
+    /// rejects the whole request and writes nothing. Appends that arrive while a write is in
+    /// flight are merged into the next single vectored write (group commit). `durable` asks for
+    /// an fdatasync before the answer (acks=all with a flush-on-ack broker policy).
+    pub async fn append(&self, records: BytesMut, durable: bool) -> Result<AppendInfo, LogError> {
+        if self.inner.closed.get() {
+            return Err(LogError::Closed(self.inner.dir.clone()));
+        }
+        let batches = split_validated(records)?;
+        let bytes: u64 = batches.iter().map(|(h, _)| h.total_len() as u64).sum();
+        let segment_bytes = self.inner.config.borrow().segment_bytes;
+        if bytes > segment_bytes {
+            return Err(LogError::BatchTooLarge {
+                size: bytes,
+                segment_bytes,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Work::Append(PendingAppend {
+            batches,
+            bytes,
+            durable,
+            reply,
+        }));
+        rx.await
+            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
+    }
+
+    /// Syncs everything written so far and advances the recovery point.
+    pub async fn flush(&self) -> Result<(), LogError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Work::Flush(tx));
+        rx.await
+            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
+    }
+
+    /// Rolls a new active segment now (no-op on an empty active segment).
+    pub async fn roll(&self) -> Result<(), LogError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Work::Roll(tx));
+        rx.await
+            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
+    }
+
+    /// flush.ms: flushes if unflushed data is older than the policy allows. The owner shard
+    /// calls this from one periodic task for all its logs (no timer per partition).
+    pub async fn flush_if_due(&self, now_ms: i64) -> Result<bool, LogError> {
+        let Some(flush_ms) = self.inner.config.borrow().flush_ms else {
+            return Ok(false);
+        };
+        match self.inner.oldest_unflushed_ms.get() {
+            Some(t) if now_ms - t >= flush_ms as i64 => self.flush().await.map(|_| true),
+            _ => Ok(false),
+        }
+    }
+
+    fn enqueue(&self, work: Work) {
+        self.inner.queue.borrow_mut().push_back(work);
+        if !self.inner.writer_running.get() {
+            self.inner.writer_running.set(true);
+            // The writer is a task of its own, not part of the caller's future: a request
+            // dropped mid-write must never leave a write in flight that a later writer races.
+            let inner = self.inner.clone();
+            glommio::spawn_local(async move { writer(inner).await }).detach();
+        }
+    }
+
+    /// Resolves once the log end offset is past `offset` (data to fetch) or the log closes.
+    pub fn wait_for_data(&self, offset: i64) -> WaitForData {
+        WaitForData {
+            inner: self.inner.clone(),
+            offset,
+        }
+    }
+
+    /// Plans a fetch from `fetch_offset` of up to `max_bytes`: a range of one segment from the
+    /// start of the batch holding `fetch_offset` to the last batch boundary within `max_bytes`,
+    /// never past the high watermark. With `min_one_batch`, the first batch is returned even if
+    /// larger than `max_bytes` (KIP-74), otherwise such a fetch gets an empty plan.
+    pub async fn read(
+        &self,
+        fetch_offset: i64,
+        max_bytes: u64,
+        min_one_batch: bool,
+    ) -> Result<ReadPlan, LogError> {
+        let hw = self.high_watermark();
+        let lso = self.log_start_offset();
+        if fetch_offset < lso || fetch_offset > hw {
+            return Err(LogError::OffsetOutOfRange {
+                offset: fetch_offset,
+                log_start_offset: lso,
+                log_end_offset: hw,
+            });
+        }
+        let segments: Vec<Rc<Segment>> = {
+            let all = self.inner.segments.borrow();
+            let i = all
+                .partition_point(|s| s.base_offset <= fetch_offset)
+                .saturating_sub(1);
+            all[i..].to_vec()
+        };
+        for seg in &segments {
+            // Capture the committed end once: appends during our reads must not extend it.
+            let end = seg.size.get();
+            if fetch_offset >= seg.next_offset.get() || end == 0 {
+                continue; // past this segment's data (or empty): the next one has it
+            }
+            let from = seg
+                .index
+                .borrow()
+                .lookup(seg.relative(fetch_offset.max(seg.base_offset)))
+                .map_or(0, |e| u64::from(e.position));
+            let mut first: Option<(u64, u64)> = None; // (position, length)
+            seg.for_each_header(from, end, |pos, h| {
+                if h.last_offset() >= fetch_offset {
+                    first = Some((pos, h.total_len() as u64));
+                    false
+                } else {
+                    true
+                }
+            })
+            .await?;
+            let Some((start, first_len)) = first else {
+                continue;
+            };
+            let plan_end = self
+                .batch_boundary_within(seg, start, first_len, end, max_bytes)
+                .await?;
+            let len = match plan_end {
+                Some(e) => e - start,
+                None if min_one_batch => first_len,
+                None => 0,
+            };
+            return Ok(ReadPlan {
+                file: seg.file.clone(),
+                segment_base_offset: seg.base_offset,
+                position: start,
+                len,
+                high_watermark: hw,
+                log_start_offset: lso,
+            });
+        }
+        // fetch_offset == high watermark: nothing to send yet.
+        let active = self.active();
+        Ok(ReadPlan {
+            file: active.file.clone(),
+            segment_base_offset: active.base_offset,
+            position: active.size.get(),
+            len: 0,
+            high_watermark: hw,
+            log_start_offset: lso,
+        })
+    }
+
+    /// The largest batch boundary in `(start, min(end, start + max_bytes)]`, or None when even
+    /// the first batch does not fit.
+    async fn batch_boundary_within(
+        &self,
+        seg: &Segment,
+        start: u64,
+        first_len: u64,
+        end: u64,
+        max_bytes: u64,
+    ) -> Result<Option<u64>, LogError> {
+        let limit = start.saturating_add(max_bytes);
+        if limit >= end {
+            return Ok(Some(end));
+        }
+        if start + first_len > limit {
+            return Ok(None);
+        }
+        // Jump to the last indexed batch start at or before the limit, then walk headers.
+        let mut boundary = start + first_len;
+        let from = seg
+            .index
+            .borrow()
+            .lookup_position(limit.min(u64::from(u32::MAX)) as u32)
+            .map_or(boundary, |e| u64::from(e.position).max(boundary));
+        if from > boundary {
+            boundary = from; // an indexed position is a batch start, hence a boundary
+        }
+        seg.for_each_header(from, end, |pos, h| {
+            let batch_end = pos + h.total_len() as u64;
+            if batch_end <= limit {
+                boundary = batch_end;
+                true
+            } else {
+                false
+            }
+        })
+        .await?;
+        Ok(Some(boundary))
+    }
+
+    /// ListOffsets by timestamp: the first record whose timestamp is >= `timestamp`, or None
+    /// when every record is older. Exact per record in uncompressed batches; in compressed
+    /// batches (never inflated by the broker) the batch's base offset.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<TimestampOffset>, LogError> {
+        let lso = self.log_start_offset();
+        let segments: Vec<Rc<Segment>> = self.inner.segments.borrow().clone();
+        let Some(seg) = segments
+            .iter()
+            .find(|s| s.max_timestamp.get() >= timestamp && s.next_offset.get() > lso)
+        else {
+            return Ok(None);
+        };
+        let end = seg.size.get();
+        let start_offset = seg
+            .time_index
+            .borrow()
+            .lookup(timestamp)
+            .map_or(seg.base_offset, |e| seg.base_offset + i64::from(e.relative_offset))
+            .max(lso);
+        let from = seg
+            .index
+            .borrow()
+            .lookup(seg.relative(start_offset.max(seg.base_offset)))
+            .map_or(0, |e| u64::from(e.position));
+        let mut found: Option<(u64, BatchHeader)> = None;
+        seg.for_each_header(from, end, |pos, h| {
+            if h.max_timestamp >= timestamp && h.last_offset() >= lso {
+                found = Some((pos, *h));
+                false
+            } else {
+                true
+            }
+        })
+        .await?;
+        let Some((pos, h)) = found else {
+            return Ok(None);
+        };
+        let batch_answer = TimestampOffset {
+            timestamp: h.max_timestamp,
+            offset: h.base_offset.max(lso),
+        };
+        if h.compression() != Ok(Compression::None)
+            || h.timestamp_type() == runnel_record::TimestampType::LogAppendTime
+        {
+            return Ok(Some(batch_answer));
+        }
+        let bytes = runnel_runtime::ring()
+            .read_at(&seg.file, pos, h.total_len())
+            .await
+            .map_err(|e| LogError::io("read segment", &seg.log_path, e))?;
+        for record in Records::new(bytes.get(HEADER_LEN..).unwrap_or_default()).flatten() {
+            let ts = h.base_timestamp + record.timestamp_delta;
+            let offset = h.base_offset + i64::from(record.offset_delta);
+            if ts >= timestamp && offset >= lso {
+                return Ok(Some(TimestampOffset {
+                    timestamp: ts,
+                    offset,
+                }));
+            }
+        }
+        Ok(Some(batch_answer))
+    }
+
+    /// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
+    pub fn max_timestamp_offset(&self) -> Option<TimestampOffset> {
+        self.inner
+            .segments
+            .borrow()
+            .iter()
+            .filter(|s| s.max_timestamp.get() >= 0)
+            .max_by_key(|s| s.max_timestamp.get())
+            .map(|s| TimestampOffset {
+                timestamp: s.max_timestamp.get(),
+                offset: s.offset_of_max_timestamp.get(),
+            })
+    }
+
+    /// DeleteRecords: advances the log start offset to `offset` (-1: the high watermark) and
+    /// deletes the segments wholly below it. Returns the new log start offset.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, LogError> {
+        let hw = self.high_watermark();
+        let target = if offset == -1 { hw } else { offset };
+        if target < 0 || target > hw {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start_offset: self.log_start_offset(),
+                log_end_offset: hw,
+            });
+        }
+        if target > self.log_start_offset() {
+            self.inner.log_start_offset.set(target);
+        }
+        self.delete_segments_below_start().await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Retention by time and size (Kafka's deleteOldSegments): deletes whole segments from the
+    /// oldest end and advances the log start offset. Off the hot path: the shard runs it from a
+    /// low-priority task. If every segment, the active one included, has expired, the active
+    /// one is rolled first so it can go too. Returns the number of segments deleted.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let config = self.config();
+        if let Some(ms) = config.retention_ms {
+            let active = self.active();
+            if !active.is_empty() && now_ms - active.largest_timestamp() > ms as i64 {
+                let all_expired = self
+                    .inner
+                    .segments
+                    .borrow()
+                    .iter()
+                    .all(|s| now_ms - s.largest_timestamp() > ms as i64);
+                if all_expired {
+                    self.roll().await?;
+                }
+            }
+        }
+        let doomed: usize = {
+            let segments = self.inner.segments.borrow();
+            let closed = &segments[..segments.len() - 1];
+            let mut total: u64 = segments.iter().map(|s| s.size.get()).sum();
+            let mut n = 0;
+            for seg in closed {
+                let expired = config
+                    .retention_ms
+                    .is_some_and(|ms| now_ms - seg.largest_timestamp() > ms as i64);
+                let oversize = config
+                    .retention_bytes
+                    .is_some_and(|max| total.saturating_sub(seg.size.get()) >= max);
+                if !(expired || oversize) {
+                    break;
+                }
+                total -= seg.size.get();
+                n += 1;
+            }
+            n
+        };
+        if doomed == 0 {
+            return Ok(0);
+        }
+        let next_base = self.inner.segments.borrow()[doomed].base_offset;
+        if next_base > self.log_start_offset() {
+            self.inner.log_start_offset.set(next_base);
+        }
+        self.delete_segments_below_start().await
+    }
+
+    /// Removes closed segments whose records all lie below the log start offset. In-flight
+    /// read plans keep their file descriptors, so unlinking never breaks a fetch.
+    async fn delete_segments_below_start(&self) -> Result<usize, LogError> {
+        let lso = self.log_start_offset();
+        let doomed: Vec<Rc<Segment>> = {
+            let mut segments = self.inner.segments.borrow_mut();
+            let keep_from = segments[..segments.len() - 1]
+                .iter()
+                .position(|s| s.next_offset.get() > lso)
+                .unwrap_or(segments.len() - 1);
+            segments.drain(..keep_from).collect()
+        };
+        let ring = runnel_runtime::ring();
+        for seg in &doomed {
+            for path in [seg.log_path.clone(), seg.index_path(), seg.time_index_path()] {
+                match ring.unlink(&path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LogError::io("delete segment", &path, e)),
+                }
+            }
+            tracing::info!(
+                topic = %self.inner.topic, partition = self.inner.partition,
+                base_offset = seg.base_offset, "deleted segment below log start offset {lso}"
+            );
+        }
+        if !doomed.is_empty() {
+            self.inner.dir_dirty.set(true);
+            let s = &self.inner.stats;
+            s.deleted_segments
+                .set(s.deleted_segments.get() + doomed.len() as u64);
+        }
+        Ok(doomed.len())
+    }
+
+    /// Clean close: waits for queued appends, syncs the data, writes the active segment's
+    /// index files. After this the log refuses appends.
+    pub async fn close(&self) -> Result<(), LogError> {
+        self.flush().await?;
+        self.inner.closed.set(true);
+        let active = self.active();
+        active.write_indexes().await?;
+        self.wake_waiters();
+        Ok(())
+    }
+
+    pub(crate) fn active(&self) -> Rc<Segment> {
+        self.inner.segments.borrow().last().expect("a log has a segment").clone()
+    }
+
+    fn wake_waiters(&self) {
+        for w in self.inner.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Splits a produce request's records into batches and validates every one of them.
+fn split_validated(mut records: BytesMut) -> Result<Vec<(BatchHeader, BytesMut)>, LogError> {
+    let mut headers = Vec::new();
+    for batch in Batches::new(&records) {
+        let (pos, header) = batch?;
+        headers.push(runnel_record::validate(&records[pos..pos + header.total_len()])?);
+    }
+    if headers.is_empty() {
+        return Err(runnel_record::BatchError::ShortHeader {
+            needed: HEADER_LEN,
+            available: 0,
+        }
+        .into());
+    }
+    Ok(headers
+        .into_iter()
+        .map(|h| (h, records.split_to(h.total_len())))
+        .collect())
+}
+
+/// The single writer of a log: drains the queue, merging every append queued meanwhile into
+/// one vectored write, and runs flushes and rolls in order with them.
+async fn writer(inner: Rc<Inner>) {
+    let log = Log { inner };
+    loop {
+        let work: Vec<Work> = log.inner.queue.borrow_mut().drain(..).collect();
+        if work.is_empty() {
+            break;
+        }
+        let mut appends = Vec::new();
+        let mut controls = Vec::new();
+        for w in work {
+            match w {
+                Work::Append(a) => appends.push(a),
+                other => controls.push(other),
+            }
+        }
+        if !appends.is_empty() {
+            write_group(&log, appends).await;
+        }
+        for c in controls {
+            match c {
+                Work::Flush(reply) => {
+                    let _ = reply.send(flush_now(&log).await);
+                }
+                Work::Roll(reply) => {
+                    let r = if log.active().is_empty() {
+                        Ok(())
+                    } else {
+                        roll_now(&log).await
+                    };
+                    let _ = reply.send(r);
+                }
+                Work::Append(_) => unreachable!("appends were split out"),
+            }
+        }
+    }
+    log.inner.writer_running.set(false);
+}
+
+async fn write_group(log: &Log, mut appends: Vec<PendingAppend>) {
+    let inner = &log.inner;
+    let fail_all = |appends: Vec<PendingAppend>, e: &LogError| {
+        for a in appends {
+            let _ = a.reply.send(Err(storage_error(e)));
+        }
+    };
+    if inner.closed.get() {
+        return fail_all(appends, &LogError::Closed(inner.dir.clone()));
+    }
+    let config = inner.config.borrow().clone();
+    let now = now_ms();
+    let total: u64 = appends.iter().map(|a| a.bytes).sum();
+    let records: u64 = appends
+        .iter()
+        .flat_map(|a| a.batches.iter())
+        .map(|(h, _)| h.record_count as u64)
+        .sum();
+    if needs_roll(&log.active(), &config, total, records, inner.next_offset.get(), now) {
+        if let Err(e) = roll_now(log).await {
+            tracing::error!(topic = %inner.topic, partition = inner.partition, "segment roll failed: {e}");
+            return fail_all(appends, &e);
+        }
+    }
+    let active = log.active();
+    let position = active.size.get();
+    // Assign offsets in place: baseOffset and partitionLeaderEpoch are outside the CRC.
+    let mut next = inner.next_offset.get();
+    let append_time = if config.log_append_time { now } else { -1 };
+    let mut infos = Vec::with_capacity(appends.len());
+    let mut bufs: Vec<Bytes> = Vec::new();
+    let mut headers: Vec<BatchHeader> = Vec::new();
+    for a in &mut appends {
+        let base = next;
+        let mut count = 0u64;
+        for (h, buf) in a.batches.drain(..) {
+            let mut buf = buf;
+            let mut h = h;
+            set_base_offset(&mut buf, next);
+            set_partition_leader_epoch(&mut buf, LEADER_EPOCH);
+            if config.log_append_time {
+                set_log_append_time(&mut buf, now);
+                h.max_timestamp = now;
+            }
+            h.base_offset = next;
+            next = h.next_offset();
+            count += h.record_count as u64;
+            headers.push(h);
+            bufs.push(buf.freeze());
+        }
+        infos.push(AppendInfo {
+            base_offset: base,
+            last_offset: next - 1,
+            log_append_time_ms: append_time,
+            log_start_offset: inner.log_start_offset.get(),
+            record_count: count,
+        });
+    }
+    let ring = runnel_runtime::ring();
+    inner.stats.writes.set(inner.stats.writes.get() + 1);
+    if let Err((e, written)) = ring.write_all_at(&active.file, position, bufs).await {
+        let err = LogError::io("append to", &active.log_path, e);
+        tracing::error!(topic = %inner.topic, partition = inner.partition, "{err} ({written} bytes written)");
+        // Cut off what did reach the file: nothing past the committed size may survive to be
+        // mistaken for acknowledged data after a restart.
+        if written > 0 {
+            let _ = ring.ftruncate(&active.file, position).await;
+        }
+        return fail_all(appends, &err);
+    }
+    // Publish: indexes first, then the sizes and offsets readers look at.
+    let interval = config.index_interval_bytes;
+    let mut pos = position;
+    for h in &headers {
+        active.on_batch(h, pos, interval);
+        pos += h.total_len() as u64;
+    }
+    if active.rolling_base_ms.get().is_none() {
+        active.rolling_base_ms.set(Some(now));
+    }
+    active.last_modified_ms.set(now);
+    active.size.set(pos);
+    inner.next_offset.set(next);
+    let stats = &inner.stats;
+    stats
+        .appended_batches
+        .set(stats.appended_batches.get() + headers.len() as u64);
+    stats.appended_bytes.set(stats.appended_bytes.get() + total);
+    inner
+        .unflushed_records
+        .set(inner.unflushed_records.get() + records);
+    if inner.oldest_unflushed_ms.get().is_none() {
+        inner.oldest_unflushed_ms.set(Some(now));
+    }
+    log.wake_waiters();
+
+    let wants_durable = appends.iter().any(|a| a.durable);
+    let policy_due = config
+        .flush_messages
+        .is_some_and(|n| inner.unflushed_records.get() >= n);
+    let flush_result = if wants_durable || policy_due {
+        flush_now(log).await
+    } else {
+        Ok(())
+    };
+    for (a, info) in appends.into_iter().zip(infos) {
+        let r = match &flush_result {
+            Err(e) if a.durable => Err(storage_error(e)),
+            _ => Ok(info),
+        };
+        let _ = a.reply.send(r);
+    }
+}
+
+fn needs_roll(
+    active: &Segment,
+    config: &LogConfig,
+    incoming_bytes: u64,
+    incoming_records: u64,
+    next_offset: i64,
+    now: i64,
+) -> bool {
+    if active.is_empty() {
+        return false;
+    }
+    let full = active.size.get() + incoming_bytes > config.segment_bytes;
+    let old = config
+        .segment_ms
+        .zip(active.rolling_base_ms.get())
+        .is_some_and(|(ms, base)| now - base >= ms as i64);
+    // Relative offsets in the index are u32.
+    let offsets_overflow =
+        next_offset + incoming_records as i64 - active.base_offset > i64::from(u32::MAX);
+    full || old || offsets_overflow
+}
+
+/// Closes the active segment (seals and writes its indexes) and starts a new one at the log
+/// end offset.
+async fn roll_now(log: &Log) -> Result<(), LogError> {
+    let inner = &log.inner;
+    let old = log.active();
+    old.seal_time_index();
+    old.write_indexes().await?;
+    let base = inner.next_offset.get();
+    let config = inner.config.borrow().clone();
+    let seg = create_segment(&inner.dir, base, config.preallocate, config.segment_bytes).await?;
+    inner.segments.borrow_mut().push(Rc::new(seg));
+    inner.dir_dirty.set(true);
+    inner.stats.rolls.set(inner.stats.rolls.get() + 1);
+    // The old file's preallocated blocks past its end are no longer needed.
+    if config.preallocate {
+        let _ = runnel_runtime::ring()
+            .ftruncate(&old.file, old.size.get())
+            .await;
+    }
+    tracing::debug!(topic = %inner.topic, partition = inner.partition, base_offset = base, "rolled segment");
+    Ok(())
+}
+
+/// Creates an empty segment file. With `preallocate`, its blocks are reserved without
+/// changing the file size (FALLOC_FL_KEEP_SIZE), so recovery still sees only real data.
+pub(crate) async fn create_segment(
+    dir: &Path,
+    base_offset: i64,
+    preallocate: bool,
+    segment_bytes: u64,
+) -> Result<Segment, LogError> {
+    let path = dir.join(file_name(base_offset, LOG_SUFFIX));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| LogError::io("create segment", &path, e))?;
+    let seg = Segment::new(dir, base_offset, file.into(), 0, now_ms());
+    if preallocate {
+        // Best effort: a filesystem without fallocate simply allocates as we write.
+        let _ = runnel_runtime::ring()
+            .fallocate(&seg.file, libc::FALLOC_FL_KEEP_SIZE, 0, segment_bytes)
+            .await;
+    }
+    Ok(seg)
+}
+
+/// fdatasync of every segment with unsynced bytes (and the directory if files came or went),
+/// then the recovery point moves to the log end offset as it was when the flush began.
+pub(crate) async fn flush_now(log: &Log) -> Result<(), LogError> {
+    let inner = &log.inner;
+    let target = inner.next_offset.get();
+    let dirty: Vec<Rc<Segment>> = inner
+        .segments
+        .borrow()
+        .iter()
+        .filter(|s| s.synced_size.get() < s.size.get())
+        .cloned()
+        .collect();
+    let ring = runnel_runtime::ring();
+    for seg in dirty {
+        let size = seg.size.get();
+        ring.fdatasync(&seg.file)
+            .await
+            .map_err(|e| LogError::io("fdatasync", &seg.log_path, e))?;
+        inner.stats.fdatasyncs.set(inner.stats.fdatasyncs.get() + 1);
+        seg.synced_size.set(size);
+    }
+    if inner.dir_dirty.replace(false) {
+        if let Err(e) = sync_dir(&inner.dir).await {
+            inner.dir_dirty.set(true);
+            return Err(LogError::io("fsync directory", &inner.dir, e));
+        }
+    }
+    if target > inner.recovery_point.get() {
+        inner.recovery_point.set(target);
+    }
+    if inner.next_offset.get() == target {
+        inner.unflushed_records.set(0);
+        inner.oldest_unflushed_ms.set(None);
+    }
+    Ok(())
+}
+
+fn storage_error(e: &LogError) -> LogError {
+    match e {
+        LogError::Closed(p) => LogError::Closed(p.clone()),
+        other => LogError::Io {
+            op: "append",
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// Future of [`Log::wait_for_data`].
+pub struct WaitForData {
+    inner: Rc<Inner>,
+    offset: i64,
+}
+
+impl Future for WaitForData {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.inner.next_offset.get() > self.offset || self.inner.closed.get() {
+            Poll::Ready(())
+        } else {
+            self.inner.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}

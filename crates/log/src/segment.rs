@@ -1,0 +1,201 @@
+//! One segment: a `.log` file of batches exactly as served, plus its offset and time indexes.
+
+use crate::index::{OffsetIndex, TimeIndex};
+use crate::LogError;
+use runnel_record::{BatchHeader, HEADER_LEN, NO_TIMESTAMP};
+use std::cell::{Cell, RefCell};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const LOG_SUFFIX: &str = "log";
+pub const INDEX_SUFFIX: &str = "index";
+pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+
+/// Kafka's file name: the base offset in 20 digits.
+pub fn file_name(base_offset: i64, suffix: &str) -> String {
+    format!("{base_offset:020}.{suffix}")
+}
+
+/// Parses `00000000000000000042.log` into 42.
+pub fn parse_file_name(name: &str, suffix: &str) -> Option<i64> {
+    let stem = name.strip_suffix(suffix)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+pub(crate) struct Segment {
+    pub base_offset: i64,
+    pub file: Arc<OwnedFd>,
+    pub log_path: PathBuf,
+    /// Bytes of whole, written batches. Readers never look past it.
+    pub size: Cell<u64>,
+    /// Offset after the last batch (== base_offset while empty).
+    pub next_offset: Cell<i64>,
+    pub index: RefCell<OffsetIndex>,
+    pub time_index: RefCell<TimeIndex>,
+    pub max_timestamp: Cell<i64>,
+    pub offset_of_max_timestamp: Cell<i64>,
+    pub bytes_since_index: Cell<u64>,
+    /// Reference time for segment.ms: when the first batch was appended (or, for a segment
+    /// reopened at startup, the open time). Kafka uses the first batch's timestamp instead,
+    /// which rolls a segment per append when producers send old timestamps; wall-clock time
+    /// keeps segment.ms about segment age.
+    pub rolling_base_ms: Cell<Option<i64>>,
+    /// Wall-clock time of the last append; the retention time of a segment without timestamps.
+    pub last_modified_ms: Cell<i64>,
+    /// Bytes known to be on stable storage (fdatasync'ed).
+    pub synced_size: Cell<u64>,
+}
+
+impl Segment {
+    pub fn new(dir: &Path, base_offset: i64, file: OwnedFd, size: u64, mtime_ms: i64) -> Segment {
+        Segment {
+            base_offset,
+            file: Arc::new(file),
+            log_path: dir.join(file_name(base_offset, LOG_SUFFIX)),
+            size: Cell::new(size),
+            next_offset: Cell::new(base_offset),
+            index: RefCell::new(OffsetIndex::default()),
+            time_index: RefCell::new(TimeIndex::default()),
+            max_timestamp: Cell::new(NO_TIMESTAMP),
+            offset_of_max_timestamp: Cell::new(base_offset),
+            bytes_since_index: Cell::new(0),
+            rolling_base_ms: Cell::new(None),
+            last_modified_ms: Cell::new(mtime_ms),
+            synced_size: Cell::new(size),
+        }
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.log_path.with_extension(INDEX_SUFFIX)
+    }
+
+    pub fn time_index_path(&self) -> PathBuf {
+        self.log_path.with_extension(TIME_INDEX_SUFFIX)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size.get() == 0
+    }
+
+    /// The time retention.ms is measured from: the newest record's timestamp, else the last
+    /// append (Kafka's largestTimestamp).
+    pub fn largest_timestamp(&self) -> i64 {
+        match self.max_timestamp.get() {
+            t if t >= 0 => t,
+            _ => self.last_modified_ms.get(),
+        }
+    }
+
+    pub fn relative(&self, offset: i64) -> u32 {
+        debug_assert!(offset >= self.base_offset);
+        (offset - self.base_offset) as u32
+    }
+
+    /// Index bookkeeping for a batch that now lies whole in the file at `position`, as Kafka's
+    /// LogSegment.append does it: track the largest timestamp, and every `interval` bytes add
+    /// an offset index entry (batch last offset -> batch position) and a time index entry.
+    pub fn on_batch(&self, header: &BatchHeader, position: u64, interval: u32) {
+        let last = header.last_offset();
+        if header.max_timestamp > self.max_timestamp.get() {
+            self.max_timestamp.set(header.max_timestamp);
+            self.offset_of_max_timestamp.set(last);
+        }
+        if self.bytes_since_index.get() > u64::from(interval) {
+            self.index
+                .borrow_mut()
+                .append(self.relative(last), position as u32);
+            self.time_index.borrow_mut().maybe_append(
+                self.max_timestamp.get(),
+                self.relative(self.offset_of_max_timestamp.get()),
+            );
+            self.bytes_since_index.set(0);
+        }
+        self.bytes_since_index
+            .set(self.bytes_since_index.get() + header.total_len() as u64);
+        self.next_offset.set(header.next_offset());
+    }
+
+    /// Forgets everything learnt about the content (before a rebuild scan).
+    pub fn reset_indexes(&self) {
+        *self.index.borrow_mut() = OffsetIndex::default();
+        *self.time_index.borrow_mut() = TimeIndex::default();
+        self.max_timestamp.set(NO_TIMESTAMP);
+        self.offset_of_max_timestamp.set(self.base_offset);
+        self.bytes_since_index.set(0);
+        self.next_offset.set(self.base_offset);
+    }
+
+    /// Final time index entry at roll, so the index knows the segment's largest timestamp.
+    pub fn seal_time_index(&self) {
+        if self.max_timestamp.get() >= 0 {
+            self.time_index.borrow_mut().maybe_append(
+                self.max_timestamp.get(),
+                self.relative(self.offset_of_max_timestamp.get()),
+            );
+        }
+    }
+
+    /// Writes both index files (create, write, fdatasync) from the in-memory indexes.
+    pub async fn write_indexes(&self) -> Result<(), LogError> {
+        let ring = runnel_runtime::ring();
+        for (path, bytes) in [
+            (self.index_path(), self.index.borrow().to_bytes()),
+            (self.time_index_path(), self.time_index.borrow().to_bytes()),
+        ] {
+            let io = |e| LogError::io("write index", &path, e);
+            let file: Arc<OwnedFd> = Arc::new(std::fs::File::create(&path).map_err(io)?.into());
+            ring.write_all_at(&file, 0, vec![bytes.into()])
+                .await
+                .map_err(|(e, _)| io(e))?;
+            ring.fdatasync(&file).await.map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f(position, header)` for each batch header from `from` up to `end` (exclusive),
+    /// reading the file in small chunks; stops when `f` returns false. The range must hold
+    /// whole batches (it is below the segment's committed size), so a header that does not
+    /// parse is corruption and reported as such.
+    pub async fn for_each_header(
+        &self,
+        mut pos: u64,
+        end: u64,
+        mut f: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<(), LogError> {
+        // One chunk covers an index interval (4 KiB) plus a batch header in the usual case.
+        const CHUNK: u64 = 16 << 10;
+        let ring = runnel_runtime::ring();
+        while pos < end {
+            let want = CHUNK.min(end - pos) as usize;
+            let buf = ring
+                .read_at(&self.file, pos, want)
+                .await
+                .map_err(|e| LogError::io("read segment", &self.log_path, e))?;
+            let mut at = 0usize;
+            while at + HEADER_LEN <= buf.len() && pos + (at as u64) < end {
+                let header = BatchHeader::parse(&buf[at..]).map_err(|e| LogError::Corrupt {
+                    path: self.log_path.clone(),
+                    position: pos + at as u64,
+                    reason: e.to_string(),
+                })?;
+                if !f(pos + at as u64, &header) {
+                    return Ok(());
+                }
+                at += header.total_len();
+            }
+            if at == 0 {
+                return Err(LogError::Corrupt {
+                    path: self.log_path.clone(),
+                    position: pos,
+                    reason: format!("{} bytes left before the end, less than a header", end - pos),
+                });
+            }
+            pos += at as u64;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,509 @@
+//! The companion io_uring ring: one per executor thread, for the operations glommio 0.9 has no
+//! public API for (vectored writes from `Bytes`, datasync, fallocate, splice to a socket).
+//!
+//! Completions signal an eventfd; a reaper task awaits that eventfd through glommio (an
+//! io_uring READ on glommio's own ring), so the executor sleeps in one place and wakes for
+//! either ring. Every operation owns what the kernel reads or writes (buffers, iovec arrays,
+//! file descriptors) until its completion is reaped, even if the future that started it is
+//! dropped: cancelling a future never frees memory the kernel still uses, and never lets a
+//! file descriptor number be reused while an operation on it is in flight.
+
+use bytes::Bytes;
+use io_uring::{opcode, squeue, types, IoUring};
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// Submission queue size. Each append round or fetch needs a handful of entries; a full queue
+/// is flushed to the kernel and retried, so this bounds batching, not correctness.
+const RING_ENTRIES: u32 = 1024;
+/// Linux's IOV_MAX: the most iovecs one WRITEV may carry.
+pub const IOV_MAX: usize = 1024;
+
+type KeepAlive = Box<dyn Any>;
+
+#[derive(Default)]
+struct Slot {
+    result: Option<i32>,
+    waker: Option<Waker>,
+    /// Buffers and descriptors the kernel may touch until the completion arrives.
+    keepalive: Option<KeepAlive>,
+    /// The future was dropped; free the slot when the completion arrives.
+    abandoned: bool,
+    in_use: bool,
+}
+
+pub struct Ring {
+    ring: RefCell<IoUring>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<usize>>,
+    in_flight: Cell<usize>,
+    executor_id: usize,
+    eventfd: RawFd,
+}
+
+thread_local! {
+    static RING: RefCell<Option<Rc<Ring>>> = const { RefCell::new(None) };
+}
+
+/// The calling executor's companion ring, created (with its reaper task) on first use.
+/// Must be called from inside a glommio executor.
+pub fn ring() -> Rc<Ring> {
+    let id = glommio::executor().id();
+    RING.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        match cell.as_ref() {
+            Some(r) if r.executor_id == id => r.clone(),
+            _ => {
+                // A new executor on this thread (tests run several in turn): the old ring's
+                // reaper died with its executor, so it is drained and replaced.
+                let r = Ring::new(id).expect("cannot create the companion io_uring ring");
+                *cell = Some(r.clone());
+                r
+            }
+        }
+    })
+}
+
+impl Ring {
+    fn new(executor_id: usize) -> io::Result<Rc<Ring>> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ring.submitter().register_eventfd(efd)?;
+        let ring = Rc::new(Ring {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            in_flight: Cell::new(0),
+            executor_id,
+            eventfd: efd,
+        });
+        let weak = Rc::downgrade(&ring);
+        // SAFETY: `efd` is a fresh descriptor we own; a dup keeps `Ring::drop`'s close of the
+        // original independent of glommio's close of this one.
+        let efile = unsafe { glommio::io::BufferedFile::from_raw_fd(libc::dup(efd)) };
+        glommio::spawn_local(async move {
+            loop {
+                let r = efile.read_at(0, 8).await;
+                let Some(ring) = weak.upgrade() else { break };
+                if let Err(e) = r {
+                    tracing::error!("companion ring eventfd read failed: {e}");
+                    break;
+                }
+                ring.reap();
+            }
+        })
+        .detach();
+        Ok(ring)
+    }
+
+    /// Moves completions into their slots and wakes their futures.
+    fn reap(&self) {
+        let mut ring = self.ring.borrow_mut();
+        let mut slots = self.slots.borrow_mut();
+        for cqe in ring.completion() {
+            let idx = cqe.user_data() as usize;
+            let Some(slot) = slots.get_mut(idx) else {
+                continue;
+            };
+            self.in_flight.set(self.in_flight.get() - 1);
+            if slot.abandoned {
+                *slot = Slot::default();
+                self.free.borrow_mut().push(idx);
+                continue;
+            }
+            slot.result = Some(cqe.result());
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn alloc_slot(&self, keepalive: Option<KeepAlive>) -> usize {
+        let mut slots = self.slots.borrow_mut();
+        let idx = self.free.borrow_mut().pop().unwrap_or_else(|| {
+            slots.push(Slot::default());
+            slots.len() - 1
+        });
+        slots[idx] = Slot {
+            keepalive,
+            in_use: true,
+            ..Slot::default()
+        };
+        idx
+    }
+
+    /// Submits a chain of entries (linked by the caller's flags) and returns one future per
+    /// entry. `keepalive` is held until the last entry of the chain completes.
+    fn submit_chain(
+        self: &Rc<Self>,
+        entries: Vec<squeue::Entry>,
+        keepalive: KeepAlive,
+    ) -> io::Result<Vec<Op>> {
+        let n = entries.len();
+        let mut keepalive = Some(keepalive);
+        let mut ops = Vec::with_capacity(n);
+        let mut ring = self.ring.borrow_mut();
+        let free = {
+            let sq = ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            ring.submit()?;
+        }
+        for (i, e) in entries.into_iter().enumerate() {
+            let ka = if i + 1 == n { keepalive.take() } else { None };
+            let idx = self.alloc_slot(ka);
+            // SAFETY: every pointer in `e` refers to memory owned by the keepalive of the
+            // chain's last slot (or by `self`), which lives until that entry completes; linked
+            // entries complete in order, so the earlier ones are done by then too.
+            unsafe {
+                ring.submission()
+                    .push(&e.user_data(idx as u64))
+                    .map_err(|_| io::Error::other("companion ring submission queue full"))?;
+            }
+            self.in_flight.set(self.in_flight.get() + 1);
+            ops.push(Op {
+                ring: self.clone(),
+                idx,
+                done: false,
+            });
+        }
+        ring.submit()?;
+        Ok(ops)
+    }
+
+    async fn run(self: &Rc<Self>, entry: squeue::Entry, keepalive: KeepAlive) -> io::Result<i32> {
+        let op = self.submit_chain(vec![entry], keepalive)?.pop().expect("one op");
+        let res = op.await;
+        if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res)
+        }
+    }
+
+    /// Writes `bufs` back to back at `offset` with as few WRITEV operations as possible (one
+    /// per IOV_MAX buffers), straight from the caller's `Bytes`: no copy. Retries short writes;
+    /// returns the error (ENOSPC, EIO) of the first write that fails, with the count of bytes
+    /// that did reach the file before it.
+    pub async fn write_all_at(
+        self: &Rc<Self>,
+        file: &Arc<OwnedFd>,
+        mut offset: u64,
+        mut bufs: Vec<Bytes>,
+    ) -> Result<(), (io::Error, u64)> {
+        let mut written = 0u64;
+        bufs.retain(|b| !b.is_empty());
+        while !bufs.is_empty() {
+            let take = bufs.len().min(IOV_MAX);
+            let rest = bufs.split_off(take);
+            let chunk = bufs;
+            let iovecs: Box<[libc::iovec]> = chunk
+                .iter()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                })
+                .collect();
+            let entry = opcode::Writev::new(
+                types::Fd(file.as_raw_fd()),
+                iovecs.as_ptr(),
+                iovecs.len() as u32,
+            )
+            .offset(offset)
+            .build();
+            let total: usize = chunk.iter().map(Bytes::len).sum();
+            let n = self
+                .run(entry, Box::new((file.clone(), chunk.clone(), iovecs)))
+                .await
+                .map_err(|e| (e, written))? as usize;
+            if n == 0 && total > 0 {
+                return Err((io::Error::from_raw_os_error(libc::ENOSPC), written));
+            }
+            offset += n as u64;
+            written += n as u64;
+            // Short write: keep the unwritten tail of this chunk in front of the rest.
+            let mut tail = skip_bytes(chunk, n);
+            tail.extend(rest);
+            bufs = tail;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset`; shorter only at end of file.
+    pub async fn read_at(
+        self: &Rc<Self>,
+        file: &Arc<OwnedFd>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        let mut filled = 0usize;
+        while filled < len {
+            // The Vec's heap block does not move while it is boxed in the keepalive; we take
+            // it back out after the completion.
+            let mut boxed = Box::new(std::mem::take(&mut buf));
+            let ptr = boxed.as_mut_ptr();
+            let want = (len - filled).min(u32::MAX as usize) as u32;
+            // SAFETY (pointer arithmetic): `filled < len <= capacity`.
+            let entry = opcode::Read::new(types::Fd(file.as_raw_fd()), unsafe { ptr.add(filled) }, want)
+                .offset(offset + filled as u64)
+                .build();
+            let op = self
+                .submit_chain(vec![entry], Box::new((file.clone(), boxed)))?
+                .pop()
+                .expect("one op");
+            let (res, ka) = op.await_with_keepalive().await;
+            buf = *ka
+                .expect("read keeps its buffer")
+                .downcast::<(Arc<OwnedFd>, Box<Vec<u8>>)>()
+                .expect("read keepalive type")
+                .1;
+            if res < 0 {
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+            if res == 0 {
+                break;
+            }
+            filled += res as usize;
+            // SAFETY: the kernel initialised `filled` bytes from the start of the buffer.
+            unsafe { buf.set_len(filled) };
+        }
+        Ok(buf)
+    }
+
+    /// fdatasync(2) through the ring, so a flush never blocks the executor thread.
+    pub async fn fdatasync(self: &Rc<Self>, file: &Arc<OwnedFd>) -> io::Result<()> {
+        let entry = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        self.run(entry, Box::new(file.clone())).await.map(|_| ())
+    }
+
+    /// fallocate(2) through the ring (block allocation can take a while on a big file).
+    pub async fn fallocate(
+        self: &Rc<Self>,
+        file: &Arc<OwnedFd>,
+        mode: i32,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let entry = opcode::Fallocate::new(types::Fd(file.as_raw_fd()), len)
+            .offset(offset)
+            .mode(mode)
+            .build();
+        self.run(entry, Box::new(file.clone())).await.map(|_| ())
+    }
+
+    /// ftruncate(2) through the ring (freeing a big file's tail blocks can take a while).
+    pub async fn ftruncate(self: &Rc<Self>, file: &Arc<OwnedFd>, len: u64) -> io::Result<()> {
+        let entry = opcode::Ftruncate::new(types::Fd(file.as_raw_fd()), len).build();
+        self.run(entry, Box::new(file.clone())).await.map(|_| ())
+    }
+
+    /// unlink(2) through the ring: freeing a large file's extents can take long enough to
+    /// stall an executor if done inline.
+    pub async fn unlink(self: &Rc<Self>, path: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let entry = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), c.as_ptr()).build();
+        self.run(entry, Box::new(c)).await.map(|_| ())
+    }
+
+    /// Linked splice pair: `len` bytes from `file` at `offset` into the pipe, then from the
+    /// pipe into `sock`. Returns (bytes into pipe, bytes out to socket); the second may be
+    /// short or cancelled (-ECANCELED, reported as 0) if the first was short.
+    pub async fn splice_via_pipe(
+        self: &Rc<Self>,
+        file: &Arc<OwnedFd>,
+        offset: u64,
+        pipe: &Arc<Pipe>,
+        sock: RawFd,
+        len: u32,
+    ) -> io::Result<(usize, usize)> {
+        let into_pipe = opcode::Splice::new(
+            types::Fd(file.as_raw_fd()),
+            offset as i64,
+            types::Fd(pipe.write_fd()),
+            -1,
+            len,
+        )
+        .build()
+        .flags(squeue::Flags::IO_LINK);
+        let out_of_pipe =
+            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock), -1, len).build();
+        let mut ops =
+            self.submit_chain(vec![into_pipe, out_of_pipe], Box::new((file.clone(), pipe.clone())))?;
+        let second = ops.pop().expect("two ops");
+        let first = ops.pop().expect("two ops");
+        let n_in = first.await;
+        let n_out = second.await;
+        if n_in < 0 {
+            return Err(io::Error::from_raw_os_error(-n_in));
+        }
+        let n_out = match n_out {
+            n if n >= 0 => n as usize,
+            n if n == -libc::ECANCELED => 0,
+            n => return Err(io::Error::from_raw_os_error(-n)),
+        };
+        Ok((n_in as usize, n_out))
+    }
+
+    /// Splices `len` bytes already in the pipe out to `sock` (the tail of a short send).
+    pub async fn splice_from_pipe(
+        self: &Rc<Self>,
+        pipe: &Arc<Pipe>,
+        sock: RawFd,
+        len: u32,
+    ) -> io::Result<usize> {
+        let entry =
+            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock), -1, len).build();
+        self.run(entry, Box::new(pipe.clone())).await.map(|n| n as usize)
+    }
+
+    /// Operations submitted and not yet completed (for tests and shutdown).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Closing the ring with operations in flight would let the kernel finish them after
+        // their keepalives are freed, so wait them out first. Only reached at executor end.
+        let ring = self.ring.get_mut();
+        while self.in_flight.get() > 0 {
+            if ring.submit_and_wait(1).is_err() {
+                break;
+            }
+            let n = ring.completion().count();
+            self.in_flight.set(self.in_flight.get().saturating_sub(n));
+        }
+        // SAFETY: we own the eventfd; nothing else closes this number.
+        unsafe { libc::close(self.eventfd) };
+    }
+}
+
+fn skip_bytes(mut bufs: Vec<Bytes>, mut n: usize) -> Vec<Bytes> {
+    let mut i = 0;
+    while i < bufs.len() && n >= bufs[i].len() {
+        n -= bufs[i].len();
+        i += 1;
+    }
+    let mut rest = bufs.split_off(i);
+    if let Some(first) = rest.first_mut() {
+        *first = first.slice(n..);
+    }
+    rest
+}
+
+/// A completion future. Dropping it before completion leaves the slot (and its keepalive) to
+/// be freed by the reaper when the kernel is done.
+pub struct Op {
+    ring: Rc<Ring>,
+    idx: usize,
+    done: bool,
+}
+
+impl Op {
+    async fn await_with_keepalive(mut self) -> (i32, Option<KeepAlive>) {
+        let res = (&mut self).await;
+        // The slot was released by poll; its keepalive was parked in `taken`.
+        let ka = self.ring.slots.borrow_mut()[self.idx].keepalive.take();
+        self.ring.free.borrow_mut().push(self.idx);
+        self.ring.slots.borrow_mut()[self.idx] = Slot::default();
+        (res, ka)
+    }
+}
+
+impl Future for Op {
+    type Output = i32;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        self.ring.reap();
+        let idx = self.idx;
+        let mut slots = self.ring.slots.borrow_mut();
+        let slot = &mut slots[idx];
+        match slot.result {
+            Some(r) => {
+                drop(slots);
+                self.done = true;
+                Poll::Ready(r)
+            }
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        let mut slots = self.ring.slots.borrow_mut();
+        let slot = &mut slots[self.idx];
+        if !slot.in_use {
+            return; // released by await_with_keepalive
+        }
+        if self.done || slot.result.is_some() {
+            *slot = Slot::default();
+            self.ring.free.borrow_mut().push(self.idx);
+        } else {
+            slot.abandoned = true;
+            slot.waker = None;
+        }
+    }
+}
+
+/// A pipe for splicing, sized to the chunk a single splice moves.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    pub fn new(capacity: usize) -> io::Result<Pipe> {
+        let mut fds = [-1; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_SETPIPE_SZ takes an int argument; failure only leaves the default size.
+        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, capacity as i32) };
+        let capacity = if got > 0 { got as usize } else { 64 << 10 };
+        Ok(Pipe {
+            read,
+            write,
+            capacity,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    pub fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
+}
