@@ -85,13 +85,19 @@ impl BatchHeader {
     }
 
     /// Offset of the last record (baseOffset + lastOffsetDelta).
+    ///
+    /// baseOffset is not covered by the CRC, so a batch that passes [`crate::validate`] or
+    /// [`crate::verify_stored`] can carry any value there; the sum wraps as Kafka's (Java
+    /// `long`) arithmetic does rather than panicking.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .wrapping_add(i64::from(self.last_offset_delta))
     }
 
-    /// The offset the next batch in the log starts at.
+    /// The offset the next batch in the log starts at (wrapping, see
+    /// [`BatchHeader::last_offset`]).
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().wrapping_add(1)
     }
 
     pub fn compression(&self) -> Result<Compression, BatchError> {
@@ -127,14 +133,21 @@ impl BatchHeader {
         self.producer_id != NO_PRODUCER_ID
     }
 
-    /// baseTimestamp is the first record's timestamp and maxTimestamp the largest, so
-    /// max >= base whenever timestamps are present; -1 means "none" for both.
+    /// CreateTime: baseTimestamp is the first record's timestamp and maxTimestamp the largest,
+    /// so max >= base whenever timestamps are present; -1 means "none" for both.
+    ///
+    /// LogAppendTime: [`crate::set_log_append_time`] stamps maxTimestamp with the broker's
+    /// clock and leaves baseTimestamp as the producer wrote it, so the stamp may well be
+    /// earlier than a (skewed) producer's base. Only require the stamp to be a real time and
+    /// the base to be -1 or non-negative.
     pub(crate) fn check_timestamps(&self) -> Result<(), BatchError> {
         let (base, max) = (self.base_timestamp, self.max_timestamp);
-        let ok = match (base, max) {
-            (NO_TIMESTAMP, NO_TIMESTAMP) => true,
-            (b, m) if b >= 0 && m >= b => true,
-            _ => false,
+        let ok = match self.timestamp_type() {
+            TimestampType::CreateTime => match (base, max) {
+                (NO_TIMESTAMP, NO_TIMESTAMP) => true,
+                (b, m) => b >= 0 && m >= b,
+            },
+            TimestampType::LogAppendTime => max >= 0 && (base == NO_TIMESTAMP || base >= 0),
         };
         if ok {
             Ok(())

@@ -76,9 +76,17 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     header.check_timestamps()?;
     if compression == Compression::None {
+        // recordCount and lastOffsetDelta already agree, so a walk that finds a different
+        // number of records is a framing error, not a header one: report it as such rather
+        // than as a RecordCountMismatch quoting the walked count as "recordCount".
         let mut n = 0i32;
         for record in Records::new(&batch[HEADER_LEN..]) {
             let record = record?;
+            if n == header.record_count {
+                return Err(BatchError::BadRecord {
+                    reason: "more records than recordCount",
+                });
+            }
             if record.offset_delta != n {
                 return Err(BatchError::BadOffsetDelta {
                     index: n,
@@ -88,9 +96,8 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
             n += 1;
         }
         if n != header.record_count {
-            return Err(BatchError::RecordCountMismatch {
-                last_offset_delta: header.last_offset_delta,
-                record_count: n,
+            return Err(BatchError::BadRecord {
+                reason: "fewer records than recordCount",
             });
         }
     }
@@ -119,17 +126,24 @@ pub fn verify_stored(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 }
 
 /// Rewrites baseOffset in place. Not covered by the CRC, so the batch stays valid.
+///
+/// Panics if `batch` is shorter than 8 bytes; meant for a batch [`validate`] accepted.
 pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
 }
 
 /// Rewrites partitionLeaderEpoch in place. Not covered by the CRC.
+///
+/// Panics if `batch` is shorter than 16 bytes; meant for a batch [`validate`] accepted.
 pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[OFF_LEADER_EPOCH..OFF_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
 /// Stamps LogAppendTime: sets the timestamp-type attribute bit and maxTimestamp, then
 /// recomputes the CRC. The one case where the broker touches CRC-covered bytes.
+///
+/// Panics if `batch` is shorter than the header; meant for a batch [`validate`] accepted (the
+/// CRC is recomputed over whatever `batch` holds, so pass exactly one batch).
 pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) {
     let attributes = i16::from_be_bytes([batch[OFF_ATTRIBUTES], batch[OFF_ATTRIBUTES + 1]])
         | header::ATTR_TIMESTAMP_TYPE;
@@ -141,7 +155,9 @@ pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) {
 
 /// Splits a buffer of concatenated batches (a produce request's records field, a segment
 /// file's bytes) into batches without validating their CRCs. Yields `(position, header)`;
-/// a trailing partial batch yields one [`BatchError::Truncated`] and ends the iteration.
+/// a trailing partial batch yields one [`BatchError::Truncated`] (or
+/// [`BatchError::ShortHeader`] when not even its header is there) and ends the iteration, as
+/// does a batch whose magic or batchLength is unusable.
 pub struct Batches<'a> {
     buf: &'a [u8],
     pos: usize,
