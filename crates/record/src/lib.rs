@@ -11,6 +11,7 @@
 //! producerId i64 @43, producerEpoch i16 @51, baseSequence i32 @53, recordCount i32 @57.
 //! The CRC-32C covers attributes..end.
 
+pub mod builder;
 mod error;
 mod header;
 mod records;

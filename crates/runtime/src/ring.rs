@@ -186,7 +186,10 @@ impl Ring {
     }
 
     async fn run(self: &Rc<Self>, entry: squeue::Entry, keepalive: KeepAlive) -> io::Result<i32> {
-        let op = self.submit_chain(vec![entry], keepalive)?.pop().expect("one op");
+        let op = self
+            .submit_chain(vec![entry], keepalive)?
+            .pop()
+            .expect("one op");
         let res = op.await;
         if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
@@ -251,7 +254,7 @@ impl Ring {
         len: usize,
     ) -> io::Result<Vec<u8>> {
         let mut buf: Vec<u8> = Vec::with_capacity(len);
-        let mut filled = 0usize;
+        let mut filled = read_cached(file.as_raw_fd(), offset, &mut buf, len);
         while filled < len {
             // The Vec's heap block does not move while it is boxed in the keepalive; we take
             // it back out after the completion.
@@ -259,9 +262,13 @@ impl Ring {
             let ptr = boxed.as_mut_ptr();
             let want = (len - filled).min(u32::MAX as usize) as u32;
             // SAFETY (pointer arithmetic): `filled < len <= capacity`.
-            let entry = opcode::Read::new(types::Fd(file.as_raw_fd()), unsafe { ptr.add(filled) }, want)
-                .offset(offset + filled as u64)
-                .build();
+            let entry = opcode::Read::new(
+                types::Fd(file.as_raw_fd()),
+                unsafe { ptr.add(filled) },
+                want,
+            )
+            .offset(offset + filled as u64)
+            .build();
             let op = self
                 .submit_chain(vec![entry], Box::new((file.clone(), boxed)))?
                 .pop()
@@ -346,8 +353,10 @@ impl Ring {
         .flags(squeue::Flags::IO_LINK);
         let out_of_pipe =
             opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock), -1, len).build();
-        let mut ops =
-            self.submit_chain(vec![into_pipe, out_of_pipe], Box::new((file.clone(), pipe.clone())))?;
+        let mut ops = self.submit_chain(
+            vec![into_pipe, out_of_pipe],
+            Box::new((file.clone(), pipe.clone())),
+        )?;
         let second = ops.pop().expect("two ops");
         let first = ops.pop().expect("two ops");
         let n_in = first.await;
@@ -372,7 +381,9 @@ impl Ring {
     ) -> io::Result<usize> {
         let entry =
             opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock), -1, len).build();
-        self.run(entry, Box::new(pipe.clone())).await.map(|n| n as usize)
+        self.run(entry, Box::new(pipe.clone()))
+            .await
+            .map(|n| n as usize)
     }
 
     /// Operations submitted and not yet completed (for tests and shutdown).
@@ -409,6 +420,25 @@ fn skip_bytes(mut bufs: Vec<Bytes>, mut n: usize) -> Vec<Bytes> {
         *first = first.slice(n..);
     }
     rest
+}
+
+/// Page-cache fast path: preadv2 with RWF_NOWAIT copies what is cached without ever waiting
+/// for the disk (it fails with EAGAIN instead), saving the ring round trip and task wake-up
+/// (several microseconds) on the common, cached read. Returns the bytes read into `buf`.
+fn read_cached(fd: RawFd, offset: u64, buf: &mut Vec<u8>, len: usize) -> usize {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: the iovec points at `len` bytes of `buf`'s spare capacity, which outlives the
+    // call; the kernel writes at most `len` bytes there.
+    let n = unsafe { libc::preadv2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+    if n <= 0 {
+        return 0; // EAGAIN (not cached), EOF, or an error the ring read will report
+    }
+    // SAFETY: the kernel initialised `n <= len` bytes.
+    unsafe { buf.set_len(n as usize) };
+    n as usize
 }
 
 /// A completion future. Dropping it before completion leaves the slot (and its keepalive) to
