@@ -52,12 +52,17 @@ pub fn decode(text: &str) -> Result<Offsets, String> {
             .next()
             .ok_or_else(|| format!("expected {count} entries, found {i}"))?;
         let mut parts = line.rsplitn(3, ' ');
-        let (Some(offset), Some(partition), Some(topic)) = (parts.next(), parts.next(), parts.next())
+        let (Some(offset), Some(partition), Some(topic)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(format!("malformed entry {line:?}"));
         };
-        let partition = partition.parse().map_err(|e| format!("bad partition in {line:?}: {e}"))?;
-        let offset = offset.parse().map_err(|e| format!("bad offset in {line:?}: {e}"))?;
+        let partition = partition
+            .parse()
+            .map_err(|e| format!("bad partition in {line:?}: {e}"))?;
+        let offset = offset
+            .parse()
+            .map_err(|e| format!("bad offset in {line:?}: {e}"))?;
         offsets.insert((topic.to_string(), partition), offset);
     }
     Ok(offsets)
@@ -88,7 +93,16 @@ pub async fn write(path: &Path, offsets: &Offsets) -> io::Result<()> {
         .map_err(|(e, _)| e)?;
     ring.fdatasync(&file).await?;
     std::fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new("."))).await
+    sync_dir(parent_dir(path)).await
+}
+
+/// The directory holding `path`: "." for a bare file name, whose `parent()` is "" (which
+/// cannot be opened).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// fsync of a directory, so a created, renamed or deleted entry survives a crash.
@@ -112,5 +126,15 @@ mod tests {
         assert!(decode("1\n0\n").is_err());
         assert!(decode("0\n2\na 0 0\n").is_err());
         assert!(decode("0\n1\na x 0\n").is_err());
+    }
+
+    #[test]
+    fn parent_of_a_bare_file_name_is_the_current_directory() {
+        assert_eq!(
+            parent_dir(Path::new("recovery-point-offset-checkpoint")),
+            Path::new(".")
+        );
+        assert_eq!(parent_dir(Path::new("data/t-0")), Path::new("data"));
+        assert_eq!(parent_dir(Path::new("/t-0")), Path::new("/"));
     }
 }

@@ -84,7 +84,7 @@ impl OffsetIndex {
     /// Decodes an index file and checks it as Kafka's sanityCheck does: whole entries,
     /// strictly increasing offsets and positions, every position inside the segment.
     pub fn from_bytes(bytes: &[u8], segment_size: u64) -> Result<Self, String> {
-        if bytes.len() % OFFSET_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(OFFSET_ENTRY_BYTES) {
             return Err(format!(
                 "offset index length {} is not a multiple of {OFFSET_ENTRY_BYTES}",
                 bytes.len()
@@ -177,7 +177,7 @@ impl TimeIndex {
     }
 
     pub fn from_bytes(bytes: &[u8], max_relative_offset: u32) -> Result<Self, String> {
-        if bytes.len() % TIME_ENTRY_BYTES != 0 {
+        if !bytes.len().is_multiple_of(TIME_ENTRY_BYTES) {
             return Err(format!(
                 "time index length {} is not a multiple of {TIME_ENTRY_BYTES}",
                 bytes.len()
@@ -232,7 +232,10 @@ mod tests {
         let bytes = idx.to_bytes();
         assert_eq!(OffsetIndex::from_bytes(&bytes, 6000).unwrap(), idx);
         assert!(OffsetIndex::from_bytes(&bytes[..7], 6000).is_err());
-        assert!(OffsetIndex::from_bytes(&bytes, 5000).is_err(), "position past segment");
+        assert!(
+            OffsetIndex::from_bytes(&bytes, 5000).is_err(),
+            "position past segment"
+        );
         let mut swapped = bytes[8..].to_vec();
         swapped.extend_from_slice(&bytes[..8]);
         assert!(OffsetIndex::from_bytes(&swapped, 6000).is_err());

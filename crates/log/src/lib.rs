@@ -45,7 +45,9 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    #[error("offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})")]
+    #[error(
+        "offset {offset} is out of range: the log holds [{log_start_offset}, {log_end_offset})"
+    )]
     OffsetOutOfRange {
         offset: i64,
         log_start_offset: i64,

@@ -12,7 +12,7 @@ use runnel_record::{
     Compression, Records, HEADER_LEN,
 };
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -84,6 +84,15 @@ struct PendingAppend {
     reply: oneshot::Sender<Result<AppendInfo, LogError>>,
 }
 
+impl PendingAppend {
+    fn records(&self) -> u64 {
+        self.batches
+            .iter()
+            .map(|(h, _)| h.record_count as u64)
+            .sum()
+    }
+}
+
 enum Work {
     Append(PendingAppend),
     Flush(oneshot::Sender<Result<(), LogError>>),
@@ -107,7 +116,7 @@ pub(crate) struct Inner {
     pub dir_dirty: Cell<bool>,
     queue: RefCell<VecDeque<Work>>,
     writer_running: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<Waiters>,
     pub closed: Cell<bool>,
     pub stats: LogStats,
 }
@@ -128,7 +137,11 @@ impl Log {
         log_start_offset: i64,
         recovery_point: i64,
     ) -> Log {
-        let next_offset = segments.last().expect("a log has a segment").next_offset.get();
+        let next_offset = segments
+            .last()
+            .expect("a log has a segment")
+            .next_offset
+            .get();
         Log {
             inner: Rc::new(Inner {
                 dir,
@@ -144,7 +157,7 @@ impl Log {
                 dir_dirty: Cell::new(false),
                 queue: RefCell::new(VecDeque::new()),
                 writer_running: Cell::new(false),
-                waiters: RefCell::new(Vec::new()),
+                waiters: RefCell::new(Waiters::default()),
                 closed: Cell::new(false),
                 stats: LogStats::default(),
             }),
@@ -198,7 +211,12 @@ impl Log {
 
     /// Total bytes in all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.inner.segments.borrow().iter().map(|s| s.size.get()).sum()
+        self.inner
+            .segments
+            .borrow()
+            .iter()
+            .map(|s| s.size.get())
+            .sum()
     }
 
     pub fn segment_base_offsets(&self) -> Vec<i64> {
@@ -283,6 +301,7 @@ impl Log {
         WaitForData {
             inner: self.inner.clone(),
             offset,
+            id: None,
         }
     }
 
@@ -414,75 +433,35 @@ impl Log {
     ) -> Result<Option<TimestampOffset>, LogError> {
         let lso = self.log_start_offset();
         let segments: Vec<Rc<Segment>> = self.inner.segments.borrow().clone();
-        let Some(seg) = segments
+        // Segments before the first whose largest timestamp reaches the target hold only
+        // older records. The ones after it are searched too: with the log start offset inside
+        // a segment, every record there that reaches the target may lie below it.
+        for seg in segments
             .iter()
-            .find(|s| s.max_timestamp.get() >= timestamp && s.next_offset.get() > lso)
-        else {
-            return Ok(None);
-        };
-        let end = seg.size.get();
-        let start_offset = seg
-            .time_index
-            .borrow()
-            .lookup(timestamp)
-            .map_or(seg.base_offset, |e| seg.base_offset + i64::from(e.relative_offset))
-            .max(lso);
-        let from = seg
-            .index
-            .borrow()
-            .lookup(seg.relative(start_offset.max(seg.base_offset)))
-            .map_or(0, |e| u64::from(e.position));
-        let mut found: Option<(u64, BatchHeader)> = None;
-        seg.for_each_header(from, end, |pos, h| {
-            if h.max_timestamp >= timestamp && h.last_offset() >= lso {
-                found = Some((pos, *h));
-                false
-            } else {
-                true
-            }
-        })
-        .await?;
-        let Some((pos, h)) = found else {
-            return Ok(None);
-        };
-        let batch_answer = TimestampOffset {
-            timestamp: h.max_timestamp,
-            offset: h.base_offset.max(lso),
-        };
-        if h.compression() != Ok(Compression::None)
-            || h.timestamp_type() == runnel_record::TimestampType::LogAppendTime
+            .filter(|s| s.max_timestamp.get() >= timestamp && s.next_offset.get() > lso)
         {
-            return Ok(Some(batch_answer));
-        }
-        let bytes = runnel_runtime::ring()
-            .read_at(&seg.file, pos, h.total_len())
-            .await
-            .map_err(|e| LogError::io("read segment", &seg.log_path, e))?;
-        for record in Records::new(bytes.get(HEADER_LEN..).unwrap_or_default()).flatten() {
-            let ts = h.base_timestamp + record.timestamp_delta;
-            let offset = h.base_offset + i64::from(record.offset_delta);
-            if ts >= timestamp && offset >= lso {
-                return Ok(Some(TimestampOffset {
-                    timestamp: ts,
-                    offset,
-                }));
+            if let Some(found) = offset_for_timestamp_in(seg, timestamp, lso).await? {
+                return Ok(Some(found));
             }
         }
-        Ok(Some(batch_answer))
+        Ok(None)
     }
 
     /// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
     pub fn max_timestamp_offset(&self) -> Option<TimestampOffset> {
-        self.inner
-            .segments
-            .borrow()
-            .iter()
-            .filter(|s| s.max_timestamp.get() >= 0)
-            .max_by_key(|s| s.max_timestamp.get())
-            .map(|s| TimestampOffset {
-                timestamp: s.max_timestamp.get(),
-                offset: s.offset_of_max_timestamp.get(),
-            })
+        // On a tie the earliest segment wins, as within a segment (and as in Kafka): the
+        // first record to reach the largest timestamp. (`max_by_key` would pick the last.)
+        let segments = self.inner.segments.borrow();
+        let mut best: Option<&Rc<Segment>> = None;
+        for s in segments.iter().filter(|s| s.max_timestamp.get() >= 0) {
+            if best.is_none_or(|b| s.max_timestamp.get() > b.max_timestamp.get()) {
+                best = Some(s);
+            }
+        }
+        best.map(|s| TimestampOffset {
+            timestamp: s.max_timestamp.get(),
+            offset: s.offset_of_max_timestamp.get(),
+        })
     }
 
     /// DeleteRecords: advances the log start offset to `offset` (-1: the high watermark) and
@@ -568,7 +547,11 @@ impl Log {
         };
         let ring = runnel_runtime::ring();
         for seg in &doomed {
-            for path in [seg.log_path.clone(), seg.index_path(), seg.time_index_path()] {
+            for path in [
+                seg.log_path.clone(),
+                seg.index_path(),
+                seg.time_index_path(),
+            ] {
                 match ring.unlink(&path).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -592,20 +575,41 @@ impl Log {
     /// Clean close: waits for queued appends, syncs the data, writes the active segment's
     /// index files. After this the log refuses appends.
     pub async fn close(&self) -> Result<(), LogError> {
-        self.flush().await?;
+        // Refuse appends before flushing, not after: one accepted while the flush runs would
+        // be acknowledged yet neither synced nor indexed, and the broker writes its clean
+        // shutdown marker next. Appends accepted before this point are queued ahead of the
+        // flush, so they are still written and synced.
         self.inner.closed.set(true);
-        let active = self.active();
-        active.write_indexes().await?;
+        let result = async {
+            self.flush().await?;
+            self.active().write_indexes().await
+        }
+        .await;
         self.wake_waiters();
-        Ok(())
+        result
     }
 
     pub(crate) fn active(&self) -> Rc<Segment> {
-        self.inner.segments.borrow().last().expect("a log has a segment").clone()
+        self.inner
+            .segments
+            .borrow()
+            .last()
+            .expect("a log has a segment")
+            .clone()
     }
 
     fn wake_waiters(&self) {
-        for w in self.inner.waiters.borrow_mut().drain(..) {
+        // Taken out first: a task dropped by its waker may drop a WaitForData, which
+        // unregisters itself.
+        let wakers: Vec<Waker> = self
+            .inner
+            .waiters
+            .borrow_mut()
+            .wakers
+            .drain()
+            .map(|(_, w)| w)
+            .collect();
+        for w in wakers {
             w.wake();
         }
     }
@@ -616,7 +620,9 @@ fn split_validated(mut records: BytesMut) -> Result<Vec<(BatchHeader, BytesMut)>
     let mut headers = Vec::new();
     for batch in Batches::new(&records) {
         let (pos, header) = batch?;
-        headers.push(runnel_record::validate(&records[pos..pos + header.total_len()])?);
+        headers.push(runnel_record::validate(
+            &records[pos..pos + header.total_len()],
+        )?);
     }
     if headers.is_empty() {
         return Err(runnel_record::BatchError::ShortHeader {
@@ -671,39 +677,102 @@ async fn writer(inner: Rc<Inner>) {
     log.inner.writer_running.set(false);
 }
 
-async fn write_group(log: &Log, mut appends: Vec<PendingAppend>) {
+async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
     let inner = &log.inner;
-    let fail_all = |appends: Vec<PendingAppend>, e: &LogError| {
-        for a in appends {
-            let _ = a.reply.send(Err(storage_error(e)));
-        }
-    };
-    if inner.closed.get() {
-        return fail_all(appends, &LogError::Closed(inner.dir.clone()));
-    }
     let config = inner.config.borrow().clone();
     let now = now_ms();
-    let total: u64 = appends.iter().map(|a| a.bytes).sum();
-    let records: u64 = appends
-        .iter()
-        .flat_map(|a| a.batches.iter())
-        .map(|(h, _)| h.record_count as u64)
-        .sum();
-    if needs_roll(&log.active(), &config, total, records, inner.next_offset.get(), now) {
-        if let Err(e) = roll_now(log).await {
-            tracing::error!(topic = %inner.topic, partition = inner.partition, "segment roll failed: {e}");
-            return fail_all(appends, &e);
+    let mut rest: VecDeque<PendingAppend> = appends.into();
+    let mut done: Vec<(PendingAppend, Result<AppendInfo, LogError>)> =
+        Vec::with_capacity(rest.len());
+    // The group goes out in runs that each fit the active segment, so group commit never
+    // grows a segment past segment.bytes (nor its positions past u32): one vectored write per
+    // run, a roll between runs. Usually the whole group is one run.
+    while !rest.is_empty() {
+        let (first_bytes, first_records) = (rest[0].bytes, rest[0].records());
+        if needs_roll(
+            &log.active(),
+            &config,
+            first_bytes,
+            first_records,
+            inner.next_offset.get(),
+            now,
+        ) {
+            if let Err(e) = roll_now(log).await {
+                tracing::error!(topic = %inner.topic, partition = inner.partition, "segment roll failed: {e}");
+                done.extend(rest.drain(..).map(|a| (a, Err(storage_error(&e)))));
+                break;
+            }
+        }
+        let active = log.active();
+        let (mut bytes, mut records, mut n) = (active.size.get(), 0u64, 0usize);
+        for a in &rest {
+            bytes += a.bytes;
+            records += a.records();
+            let fits = bytes <= config.segment_bytes
+                && inner.next_offset.get() + records as i64 - active.base_offset
+                    <= i64::from(u32::MAX);
+            // The first append of a run always goes: it fits after the roll above (or the
+            // segment is empty and takes any append that passed the size check, even if
+            // segment.bytes shrank since).
+            if n > 0 && !fits {
+                break;
+            }
+            n += 1;
+        }
+        let mut run: Vec<PendingAppend> = rest.drain(..n).collect();
+        match write_run(log, &active, &mut run, &config, now).await {
+            Ok(infos) => done.extend(run.into_iter().zip(infos.into_iter().map(Ok))),
+            Err(e) => {
+                // A storage error is seldom transient: fail the rest of the group too, as a
+                // failed write of a whole group always did, rather than retry run by run.
+                done.extend(
+                    run.into_iter()
+                        .chain(rest.drain(..))
+                        .map(|a| (a, Err(storage_error(&e)))),
+                );
+                break;
+            }
         }
     }
-    let active = log.active();
+
+    let wants_durable = done.iter().any(|(a, r)| a.durable && r.is_ok());
+    let policy_due = config
+        .flush_messages
+        .is_some_and(|n| inner.unflushed_records.get() >= n);
+    let flush_result = if wants_durable || policy_due {
+        flush_now(log).await
+    } else {
+        Ok(())
+    };
+    for (a, r) in done {
+        let r = match (&flush_result, r) {
+            (Err(e), Ok(_)) if a.durable => Err(storage_error(e)),
+            (_, r) => r,
+        };
+        let _ = a.reply.send(r);
+    }
+}
+
+/// Writes `run` (appends that together fit the active segment `active`) in one vectored
+/// write at the segment's end, then publishes it: offsets, indexes, sizes, the high
+/// watermark. On error nothing is published and the file is cut back to its committed size.
+async fn write_run(
+    log: &Log,
+    active: &Segment,
+    run: &mut [PendingAppend],
+    config: &LogConfig,
+    now: i64,
+) -> Result<Vec<AppendInfo>, LogError> {
+    let inner = &log.inner;
     let position = active.size.get();
     // Assign offsets in place: baseOffset and partitionLeaderEpoch are outside the CRC.
     let mut next = inner.next_offset.get();
     let append_time = if config.log_append_time { now } else { -1 };
-    let mut infos = Vec::with_capacity(appends.len());
+    let mut infos = Vec::with_capacity(run.len());
     let mut bufs: Vec<Bytes> = Vec::new();
     let mut headers: Vec<BatchHeader> = Vec::new();
-    for a in &mut appends {
+    let (mut total, mut records) = (0u64, 0u64);
+    for a in run.iter_mut() {
         let base = next;
         let mut count = 0u64;
         for (h, buf) in a.batches.drain(..) {
@@ -721,6 +790,8 @@ async fn write_group(log: &Log, mut appends: Vec<PendingAppend>) {
             headers.push(h);
             bufs.push(buf.freeze());
         }
+        total += a.bytes;
+        records += count;
         infos.push(AppendInfo {
             base_offset: base,
             last_offset: next - 1,
@@ -739,7 +810,7 @@ async fn write_group(log: &Log, mut appends: Vec<PendingAppend>) {
         if written > 0 {
             let _ = ring.ftruncate(&active.file, position).await;
         }
-        return fail_all(appends, &err);
+        return Err(err);
     }
     // Publish: indexes first, then the sizes and offsets readers look at.
     let interval = config.index_interval_bytes;
@@ -766,22 +837,69 @@ async fn write_group(log: &Log, mut appends: Vec<PendingAppend>) {
         inner.oldest_unflushed_ms.set(Some(now));
     }
     log.wake_waiters();
+    Ok(infos)
+}
 
-    let wants_durable = appends.iter().any(|a| a.durable);
-    let policy_due = config
-        .flush_messages
-        .is_some_and(|n| inner.unflushed_records.get() >= n);
-    let flush_result = if wants_durable || policy_due {
-        flush_now(log).await
-    } else {
-        Ok(())
-    };
-    for (a, info) in appends.into_iter().zip(infos) {
-        let r = match &flush_result {
-            Err(e) if a.durable => Err(storage_error(e)),
-            _ => Ok(info),
+/// [`Log::offset_for_timestamp`] within one segment: the first record at or after
+/// `timestamp` and at or after the log start offset `lso`.
+async fn offset_for_timestamp_in(
+    seg: &Segment,
+    timestamp: i64,
+    lso: i64,
+) -> Result<Option<TimestampOffset>, LogError> {
+    let end = seg.size.get();
+    let start_offset = seg
+        .time_index
+        .borrow()
+        .lookup(timestamp)
+        .map_or(seg.base_offset, |e| {
+            seg.base_offset + i64::from(e.relative_offset)
+        })
+        .max(lso);
+    let mut from = seg
+        .index
+        .borrow()
+        .lookup(seg.relative(start_offset.max(seg.base_offset)))
+        .map_or(0, |e| u64::from(e.position));
+    loop {
+        let mut found: Option<(u64, BatchHeader)> = None;
+        seg.for_each_header(from, end, |pos, h| {
+            if h.max_timestamp >= timestamp && h.last_offset() >= lso {
+                found = Some((pos, *h));
+                false
+            } else {
+                true
+            }
+        })
+        .await?;
+        let Some((pos, h)) = found else {
+            return Ok(None);
         };
-        let _ = a.reply.send(r);
+        if h.compression() != Ok(Compression::None)
+            || h.timestamp_type() == runnel_record::TimestampType::LogAppendTime
+        {
+            return Ok(Some(TimestampOffset {
+                timestamp: h.max_timestamp,
+                offset: h.base_offset.max(lso),
+            }));
+        }
+        let bytes = runnel_runtime::ring()
+            .read_at(&seg.file, pos, h.total_len())
+            .await
+            .map_err(|e| LogError::io("read segment", &seg.log_path, e))?;
+        for record in Records::new(bytes.get(HEADER_LEN..).unwrap_or_default()).flatten() {
+            let ts = h.base_timestamp + record.timestamp_delta;
+            let offset = h.base_offset + i64::from(record.offset_delta);
+            if ts >= timestamp && offset >= lso {
+                return Ok(Some(TimestampOffset {
+                    timestamp: ts,
+                    offset,
+                }));
+            }
+        }
+        // The records of this batch that reach the target all lie below the log start
+        // offset (its largest timestamp is not the last record's): go on with the next.
+        from = pos + h.total_len() as u64;
     }
 }
 
@@ -893,9 +1011,19 @@ pub(crate) async fn flush_now(log: &Log) -> Result<(), LogError> {
     Ok(())
 }
 
+/// A copy of a write-path error for each append it fails (io::Error is not Clone). An I/O
+/// error keeps its operation, file and errno (ENOSPC stays ENOSPC for the caller).
 fn storage_error(e: &LogError) -> LogError {
     match e {
         LogError::Closed(p) => LogError::Closed(p.clone()),
+        LogError::Io { op, path, source } => LogError::Io {
+            op,
+            path: path.clone(),
+            source: match source.raw_os_error() {
+                Some(errno) => std::io::Error::from_raw_os_error(errno),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+        },
         other => LogError::Io {
             op: "append",
             path: PathBuf::new(),
@@ -904,21 +1032,52 @@ fn storage_error(e: &LogError) -> LogError {
     }
 }
 
+/// The fetches waiting for data, by [`WaitForData`] id: each keeps one entry, which it
+/// removes when dropped, so fetches that time out on an idle partition leave nothing behind.
+#[derive(Default)]
+struct Waiters {
+    next_id: u64,
+    wakers: HashMap<u64, Waker>,
+}
+
 /// Future of [`Log::wait_for_data`].
 pub struct WaitForData {
     inner: Rc<Inner>,
     offset: i64,
+    id: Option<u64>,
 }
 
 impl Future for WaitForData {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.inner.next_offset.get() > self.offset || self.inner.closed.get() {
-            Poll::Ready(())
-        } else {
-            self.inner.waiters.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.inner.next_offset.get() > this.offset || this.inner.closed.get() {
+            if let Some(id) = this.id.take() {
+                this.inner.waiters.borrow_mut().wakers.remove(&id);
+            }
+            return Poll::Ready(());
+        }
+        let mut waiters = this.inner.waiters.borrow_mut();
+        let id = *this.id.get_or_insert_with(|| {
+            waiters.next_id += 1;
+            waiters.next_id
+        });
+        match waiters.wakers.get_mut(&id) {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            Some(w) => w.clone_from(cx.waker()),
+            None => {
+                waiters.wakers.insert(id, cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for WaitForData {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.inner.waiters.borrow_mut().wakers.remove(&id);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! Damage below the recovery point (data that was flushed) is never truncated away silently:
 //! the log refuses to open.
 
+use crate::checkpoint::{parent_dir, sync_dir};
 use crate::config::LogConfig;
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::log::{create_segment, flush_now, Log, OpenOptions};
@@ -31,11 +32,22 @@ impl Log {
         opts: OpenOptions,
     ) -> Result<Log, LogError> {
         config.validate().map_err(LogError::Config)?;
+        let created = std::fs::symlink_metadata(dir).is_err();
         std::fs::create_dir_all(dir).map_err(|e| LogError::io("create log dir", dir, e))?;
+        if created {
+            // A new partition directory must survive a crash as much as its first flushed
+            // batch does.
+            let parent = parent_dir(dir);
+            sync_dir(parent)
+                .await
+                .map_err(|e| LogError::io("fsync directory", parent, e))?;
+        }
         let bases = list_segments(dir)?;
         let interval = config.index_interval_bytes;
         let mut segments: Vec<Rc<Segment>> = Vec::new();
         let mut scanned_any = false;
+        // Segment files were created or deleted: the directory needs a sync.
+        let mut dir_changed = false;
 
         // The segment holding the recovery point and all after it are scanned, unless the
         // shutdown was clean. Corruption below this offset refuses the open.
@@ -46,8 +58,7 @@ impl Log {
             let from = bases
                 .iter()
                 .copied()
-                .filter(|&b| b <= rp)
-                .next_back()
+                .rfind(|&b| b <= rp)
                 .unwrap_or(i64::MIN);
             (from, rp)
         };
@@ -58,6 +69,7 @@ impl Log {
             if truncated {
                 // Everything after a truncation point is unreachable: the log is contiguous.
                 delete_segment_files(&seg).await?;
+                dir_changed = true;
                 continue;
             }
             if let Some(prev) = segments.last() {
@@ -97,6 +109,9 @@ impl Log {
                 }
                 let is_last = Some(&base) == bases.last();
                 if !is_last && !truncated {
+                    // As a roll leaves it (and as Kafka's recovery does): the time index ends
+                    // with the segment's largest timestamp.
+                    seg.seal_time_index();
                     seg.write_indexes().await?;
                 }
             }
@@ -114,6 +129,7 @@ impl Log {
                 for seg in segments.drain(..) {
                     delete_segment_files(&seg).await?;
                 }
+                dir_changed = true;
                 let base = requested_start.max(next_offset.unwrap_or(0));
                 segments.push(Rc::new(
                     create_segment(dir, base, config.preallocate, config.segment_bytes).await?,
@@ -136,8 +152,24 @@ impl Log {
             log_end_offset,
         );
         if scanned_any || truncated {
+            let checkpointed = opts.recovery_point.unwrap_or(0);
+            if checkpointed > log_end_offset {
+                // The files end before data that was flushed: it is gone, whatever happened to
+                // it (nothing here truncated it). The recovery point must not stay past the
+                // log end, or the offsets appended next would count as flushed before they
+                // are, and a torn write of them would later refuse the open.
+                tracing::error!(
+                    dir = %dir.display(),
+                    "the recovery point checkpoint {checkpointed} is past the recovered log end \
+                     offset {log_end_offset}: flushed records are missing from the segment files"
+                );
+            }
             // What recovery kept is now known good; sync it so the recovery point can move.
-            log.inner.recovery_point.set(opts.recovery_point.unwrap_or(0));
+            log.inner
+                .recovery_point
+                .set(checkpointed.min(log_end_offset));
+        }
+        if scanned_any || truncated || dir_changed {
             log.inner.dir_dirty.set(true);
             flush_now(&log).await?;
         }
@@ -160,9 +192,9 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
     }
     logs.sort_unstable();
     for name in others {
-        let orphan_index = [INDEX_SUFFIX, TIME_INDEX_SUFFIX]
-            .iter()
-            .any(|sfx| parse_file_name(&name, sfx).is_some_and(|b| logs.binary_search(&b).is_err()));
+        let orphan_index = [INDEX_SUFFIX, TIME_INDEX_SUFFIX].iter().any(|sfx| {
+            parse_file_name(&name, sfx).is_some_and(|b| logs.binary_search(&b).is_err())
+        });
         let leftover = [".tmp", ".deleted", ".cleaned", ".swap"]
             .iter()
             .any(|sfx| name.ends_with(sfx));
@@ -195,9 +227,15 @@ fn open_segment(dir: &Path, base: i64) -> Result<Segment, LogError> {
 
 async fn delete_segment_files(seg: &Segment) -> Result<(), LogError> {
     let ring = runnel_runtime::ring();
-    for path in [seg.log_path.clone(), seg.index_path(), seg.time_index_path()] {
+    for path in [
+        seg.log_path.clone(),
+        seg.index_path(),
+        seg.time_index_path(),
+    ] {
         match ring.unlink(&path).await {
-            Ok(()) => tracing::warn!(path = %path.display(), "deleted segment file past the recovered log end"),
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), "deleted segment file past the recovered log end")
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LogError::io("delete segment", &path, e)),
         }
@@ -274,7 +312,9 @@ async fn tail_scan(seg: &Segment, interval: u32) -> Result<bool, LogError> {
                 && h.last_offset_delta >= 0
                 && (first || h.base_offset >= seg.next_offset.get());
             let indexed_ok = !first
-                || last_entry.is_none_or(|e| seg.base_offset + i64::from(e.relative_offset) == h.last_offset());
+                || last_entry.is_none_or(|e| {
+                    seg.base_offset + i64::from(e.relative_offset) == h.last_offset()
+                });
             if end > size || !offsets_ok || !indexed_ok {
                 ok = false;
                 return false;
@@ -300,7 +340,13 @@ async fn tail_scan(seg: &Segment, interval: u32) -> Result<bool, LogError> {
     }
     result?;
     let max_rel = seg.next_offset.get() - 1 - seg.base_offset;
-    if !ok || seg.time_index.borrow().last().is_some_and(|e| i64::from(e.relative_offset) > max_rel) {
+    if !ok
+        || seg
+            .time_index
+            .borrow()
+            .last()
+            .is_some_and(|e| i64::from(e.relative_offset) > max_rel)
+    {
         return Ok(false);
     }
     Ok(true)

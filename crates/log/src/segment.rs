@@ -142,9 +142,12 @@ impl Segment {
     /// Writes both index files (create, write, fdatasync) from the in-memory indexes.
     pub async fn write_indexes(&self) -> Result<(), LogError> {
         let ring = runnel_runtime::ring();
+        // Serialise before any await: a borrow held across it would collide with an append.
+        let index = self.index.borrow().to_bytes();
+        let time_index = self.time_index.borrow().to_bytes();
         for (path, bytes) in [
-            (self.index_path(), self.index.borrow().to_bytes()),
-            (self.time_index_path(), self.time_index.borrow().to_bytes()),
+            (self.index_path(), index),
+            (self.time_index_path(), time_index),
         ] {
             let io = |e| LogError::io("write index", &path, e);
             let file: Arc<OwnedFd> = Arc::new(std::fs::File::create(&path).map_err(io)?.into());
@@ -166,8 +169,9 @@ impl Segment {
         end: u64,
         mut f: impl FnMut(u64, &BatchHeader) -> bool,
     ) -> Result<(), LogError> {
-        // One chunk covers an index interval (4 KiB) plus a batch header in the usual case.
-        const CHUNK: u64 = 16 << 10;
+        // One chunk covers an index interval (4 KiB) plus a batch header in the usual case;
+        // with larger batches each hop to the next header is one more small read.
+        const CHUNK: u64 = (4 << 10) + 64;
         let ring = runnel_runtime::ring();
         while pos < end {
             let want = CHUNK.min(end - pos) as usize;
@@ -191,7 +195,10 @@ impl Segment {
                 return Err(LogError::Corrupt {
                     path: self.log_path.clone(),
                     position: pos,
-                    reason: format!("{} bytes left before the end, less than a header", end - pos),
+                    reason: format!(
+                        "{} bytes left before the end, less than a header",
+                        end - pos
+                    ),
                 });
             }
             pos += at as u64;

@@ -1,7 +1,7 @@
 mod common;
 
 use bytes::BytesMut;
-use common::{batch, batch_with, now_ms, run};
+use common::{batch, batch_at, batch_with, now_ms, record_values, run, yield_now};
 use runnel_log::{Log, LogConfig, LogError, OpenOptions, ReadPlan};
 use runnel_record::{Batches, Records, HEADER_LEN};
 use std::os::unix::fs::FileExt;
@@ -50,14 +50,22 @@ async fn read_all(log: &Log, from: i64, max_bytes: u64) -> Vec<(i64, Vec<u8>)> {
             }
             next = h.next_offset();
         }
-        assert_eq!(batches.position(), bytes.len(), "plan ends on a batch boundary");
+        assert_eq!(
+            batches.position(),
+            bytes.len(),
+            "plan ends on a batch boundary"
+        );
     }
     out
 }
 
 fn values(n: usize, size: usize, seed: u8) -> Vec<Vec<u8>> {
     (0..n)
-        .map(|i| (0..size).map(|j| seed.wrapping_add((i * 7 + j) as u8)).collect())
+        .map(|i| {
+            (0..size)
+                .map(|j| seed.wrapping_add((i * 7 + j) as u8))
+                .collect()
+        })
         .collect()
 }
 
@@ -66,11 +74,16 @@ fn append_and_read_round_trip_across_segment_rolls() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t-0");
     run(move || async move {
-        let log = open(&path, small_config(8 << 10), OpenOptions::default()).await.unwrap();
+        let log = open(&path, small_config(8 << 10), OpenOptions::default())
+            .await
+            .unwrap();
         let mut expected = Vec::new();
         for i in 0..120u8 {
             let vals = values(1 + (i as usize % 4), 100 + i as usize, i);
-            let info = log.append(batch_with(&vals, 1_000 + i64::from(i)), false).await.unwrap();
+            let info = log
+                .append(batch_with(&vals, 1_000 + i64::from(i)), false)
+                .await
+                .unwrap();
             assert_eq!(info.base_offset, expected.len() as i64);
             assert_eq!(info.last_offset, (expected.len() + vals.len()) as i64 - 1);
             for v in vals {
@@ -80,13 +93,24 @@ fn append_and_read_round_trip_across_segment_rolls() {
         assert!(log.segment_base_offsets().len() > 3, "segments rolled");
         assert_eq!(log.high_watermark(), expected.len() as i64);
         for max_bytes in [1, 700, 4096, 1 << 20] {
-            assert_eq!(read_all(&log, 0, max_bytes).await, expected, "max_bytes {max_bytes}");
+            assert_eq!(
+                read_all(&log, 0, max_bytes).await,
+                expected,
+                "max_bytes {max_bytes}"
+            );
         }
         // Restart (clean) keeps every record, and appends continue the offsets.
         log.close().await.unwrap();
-        let log = open(&path, small_config(8 << 10), OpenOptions { clean_shutdown: true, ..Default::default() })
-            .await
-            .unwrap();
+        let log = open(
+            &path,
+            small_config(8 << 10),
+            OpenOptions {
+                clean_shutdown: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(log.high_watermark(), expected.len() as i64);
         assert_eq!(read_all(&log, 0, 4096).await, expected);
         let info = log.append(batch(2, 10, 9, 5_000), false).await.unwrap();
@@ -98,7 +122,9 @@ fn append_and_read_round_trip_across_segment_rolls() {
 fn fetch_from_middle_of_batch_returns_whole_batch() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         log.append(batch(5, 50, 1, 100), false).await.unwrap();
         log.append(batch(5, 50, 2, 200), false).await.unwrap();
         let plan = log.read(7, 1 << 20, true).await.unwrap();
@@ -114,15 +140,23 @@ fn fetch_from_middle_of_batch_returns_whole_batch() {
 fn read_plan_respects_max_bytes_and_returns_one_oversized_batch() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         let a = log.append(batch(1, 1000, 1, 1), false).await.unwrap();
         log.append(batch(1, 1000, 2, 2), false).await.unwrap();
         let one = log.read(a.base_offset, 10, true).await.unwrap();
-        assert!(one.len > 10, "at least one whole batch even when it exceeds max_bytes");
+        assert!(
+            one.len > 10,
+            "at least one whole batch even when it exceeds max_bytes"
+        );
         let none = log.read(a.base_offset, 10, false).await.unwrap();
         assert_eq!(none.len, 0, "without min_one_batch nothing fits");
         let first = log.read(0, one.len + 500, true).await.unwrap();
-        assert_eq!(first.len, one.len, "stops at the last whole batch within max_bytes");
+        assert_eq!(
+            first.len, one.len,
+            "stops at the last whole batch within max_bytes"
+        );
         let both = log.read(0, 2 * one.len, true).await.unwrap();
         assert_eq!(both.len, 2 * one.len);
     });
@@ -132,22 +166,37 @@ fn read_plan_respects_max_bytes_and_returns_one_oversized_batch() {
 fn offsets_outside_the_log_are_out_of_range_and_the_end_is_empty() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(4096), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(4096), OpenOptions::default())
+            .await
+            .unwrap();
         for i in 0..20 {
             log.append(batch(2, 300, i, 1), false).await.unwrap();
         }
         let err = log.read(41, 100, true).await.unwrap_err();
-        assert!(matches!(err, LogError::OffsetOutOfRange { offset: 41, log_end_offset: 40, .. }));
+        assert!(matches!(
+            err,
+            LogError::OffsetOutOfRange {
+                offset: 41,
+                log_end_offset: 40,
+                ..
+            }
+        ));
         assert_eq!(err.kafka_error_code(), 1);
         assert_eq!(log.read(40, 100, true).await.unwrap().len, 0);
         let lso = log.delete_records(10).await.unwrap();
         assert_eq!(lso, 10);
         assert!(matches!(
             log.read(9, 100, true).await.unwrap_err(),
-            LogError::OffsetOutOfRange { log_start_offset: 10, .. }
+            LogError::OffsetOutOfRange {
+                log_start_offset: 10,
+                ..
+            }
         ));
         assert_eq!(read_all(&log, 10, 1000).await.len(), 30);
-        assert!(log.delete_records(41).await.is_err(), "past the high watermark");
+        assert!(
+            log.delete_records(41).await.is_err(),
+            "past the high watermark"
+        );
     });
 }
 
@@ -155,7 +204,9 @@ fn offsets_outside_the_log_are_out_of_range_and_the_end_is_empty() {
 fn invalid_batch_is_rejected_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         log.append(batch(1, 10, 1, 1), false).await.unwrap();
         let size = log.size_bytes();
         // A good batch followed by a corrupt one: the whole request is refused.
@@ -166,7 +217,10 @@ fn invalid_batch_is_rejected_and_nothing_is_written() {
         records.extend_from_slice(&bad);
         let err = log.append(records, false).await.unwrap_err();
         assert_eq!(err.kafka_error_code(), 2, "CORRUPT_MESSAGE: {err}");
-        let err = log.append(BytesMut::from(&b"garbage"[..]), false).await.unwrap_err();
+        let err = log
+            .append(BytesMut::from(&b"garbage"[..]), false)
+            .await
+            .unwrap_err();
         assert_eq!(err.kafka_error_code(), 2, "{err}");
         assert_eq!(log.size_bytes(), size);
         assert_eq!(log.high_watermark(), 1);
@@ -177,11 +231,15 @@ fn invalid_batch_is_rejected_and_nothing_is_written() {
 fn concurrent_appends_are_group_committed_with_unique_offsets() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         let tasks: Vec<_> = (0..64u8)
             .map(|i| {
                 let log = log.clone();
-                glommio::spawn_local(async move { log.append(batch(3, 20, i, 1), false).await.unwrap() })
+                glommio::spawn_local(
+                    async move { log.append(batch(3, 20, i, 1), false).await.unwrap() },
+                )
             })
             .collect();
         let mut bases = Vec::new();
@@ -200,8 +258,13 @@ fn concurrent_appends_are_group_committed_with_unique_offsets() {
 fn flush_messages_policy_syncs_every_n_records_and_moves_recovery_point() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let config = LogConfig { flush_messages: Some(10), ..small_config(1 << 20) };
-        let log = open(dir.path(), config, OpenOptions::default()).await.unwrap();
+        let config = LogConfig {
+            flush_messages: Some(10),
+            ..small_config(1 << 20)
+        };
+        let log = open(dir.path(), config, OpenOptions::default())
+            .await
+            .unwrap();
         for i in 0..25 {
             log.append(batch(1, 10, i, 1), false).await.unwrap();
         }
@@ -218,19 +281,30 @@ fn flush_messages_policy_syncs_every_n_records_and_moves_recovery_point() {
 fn default_policy_leaves_flushing_to_the_os_and_flush_ms_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         for i in 0..50 {
             log.append(batch(1, 10, i, 1), false).await.unwrap();
         }
         assert_eq!(log.stats().fdatasyncs.get(), 0);
-        assert!(!log.flush_if_due(now_ms() + 1_000_000).await.unwrap(), "no flush.ms set");
-        let config = LogConfig { flush_ms: Some(1000), ..small_config(1 << 20) };
+        assert!(
+            !log.flush_if_due(now_ms() + 1_000_000).await.unwrap(),
+            "no flush.ms set"
+        );
+        let config = LogConfig {
+            flush_ms: Some(1000),
+            ..small_config(1 << 20)
+        };
         log.set_config(config).unwrap();
         assert!(!log.flush_if_due(now_ms()).await.unwrap(), "not due yet");
         assert!(log.flush_if_due(now_ms() + 1000).await.unwrap());
         assert_eq!(log.stats().fdatasyncs.get(), 1);
         assert_eq!(log.recovery_point(), 50);
-        assert!(!log.flush_if_due(now_ms() + 5000).await.unwrap(), "nothing left to flush");
+        assert!(
+            !log.flush_if_due(now_ms() + 5000).await.unwrap(),
+            "nothing left to flush"
+        );
     });
 }
 
@@ -243,7 +317,9 @@ fn recovery_after_truncating_last_batch_at_every_byte_keeps_exactly_the_valid_pr
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
         let src = dir.path().join("src");
-        let log = open(&src, small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(&src, small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         for i in 0..30 {
             log.append(batch(2, 40, i, 1), false).await.unwrap();
         }
@@ -256,15 +332,31 @@ fn recovery_after_truncating_last_batch_at_every_byte_keeps_exactly_the_valid_pr
             let d = dir.path().join(format!("cut-{cut}"));
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(segment_path(&d, 0, "log"), &full[..cut as usize]).unwrap();
-            let log = open(&d, small_config(1 << 20), OpenOptions { recovery_point: Some(0), ..Default::default() })
-                .await
-                .unwrap();
+            let log = open(
+                &d,
+                small_config(1 << 20),
+                OpenOptions {
+                    recovery_point: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
             assert_eq!(log.high_watermark(), 60, "cut at {cut}");
             assert_eq!(log.size_bytes(), before_last);
-            assert_eq!(std::fs::metadata(segment_path(&d, 0, "log")).unwrap().len(), before_last);
+            assert_eq!(
+                std::fs::metadata(segment_path(&d, 0, "log")).unwrap().len(),
+                before_last
+            );
             assert_eq!(read_all(&log, 0, 1 << 20).await, expected[..60]);
             // The log takes appends right where the valid prefix ended.
-            assert_eq!(log.append(batch(1, 5, 1, 1), false).await.unwrap().base_offset, 60);
+            assert_eq!(
+                log.append(batch(1, 5, 1, 1), false)
+                    .await
+                    .unwrap()
+                    .base_offset,
+                60
+            );
             drop(log);
             std::fs::remove_dir_all(&d).unwrap();
         }
@@ -276,22 +368,41 @@ fn recovery_truncates_garbage_appended_to_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
         let path = dir.path().join("t-0");
-        let log = open(&path, small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(&path, small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         for i in 0..10 {
             log.append(batch(2, 100, i, 1), false).await.unwrap();
         }
         let size = log.size_bytes();
         let expected = read_all(&log, 0, 1 << 20).await;
         drop(log);
-        for garbage in [vec![0u8; 5000], (0..3000).map(|i| (i * 31) as u8).collect::<Vec<u8>>()] {
-            let f = std::fs::OpenOptions::new().append(true).open(segment_path(&path, 0, "log")).unwrap();
-            f.write_all_at(&garbage, size).unwrap();
-            let log = open(&path, small_config(1 << 20), OpenOptions { recovery_point: Some(10), ..Default::default() })
-                .await
+        for garbage in [
+            vec![0u8; 5000],
+            (0..3000).map(|i| (i * 31) as u8).collect::<Vec<u8>>(),
+        ] {
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(segment_path(&path, 0, "log"))
                 .unwrap();
+            f.write_all_at(&garbage, size).unwrap();
+            let log = open(
+                &path,
+                small_config(1 << 20),
+                OpenOptions {
+                    recovery_point: Some(10),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
             assert_eq!(log.size_bytes(), size);
             assert_eq!(read_all(&log, 0, 1 << 20).await, expected);
-            assert_eq!(log.recovery_point(), 20, "recovered data is synced and checkpointable");
+            assert_eq!(
+                log.recovery_point(),
+                20,
+                "recovered data is synced and checkpointable"
+            );
         }
     });
 }
@@ -300,7 +411,9 @@ fn recovery_truncates_garbage_appended_to_the_tail() {
 fn corruption_below_the_recovery_point_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
         for i in 0..10 {
             log.append(batch(2, 100, i, 1), false).await.unwrap();
         }
@@ -311,11 +424,21 @@ fn corruption_below_the_recovery_point_refuses_to_open() {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[600] ^= 0x55;
         std::fs::write(&seg, &bytes).unwrap();
-        let err = open(dir.path(), small_config(1 << 20), OpenOptions { recovery_point: Some(rp), ..Default::default() })
-            .await
-            .err()
-            .expect("must refuse");
-        assert!(matches!(err, LogError::CorruptBelowRecoveryPoint { .. }), "{err}");
+        let err = open(
+            dir.path(),
+            small_config(1 << 20),
+            OpenOptions {
+                recovery_point: Some(rp),
+                ..Default::default()
+            },
+        )
+        .await
+        .err()
+        .expect("must refuse");
+        assert!(
+            matches!(err, LogError::CorruptBelowRecoveryPoint { .. }),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was truncated");
     });
 }
@@ -328,7 +451,9 @@ fn deleted_or_damaged_index_is_rebuilt() {
         let cfg = || small_config(16 << 10);
         let log = open(&path, cfg(), OpenOptions::default()).await.unwrap();
         for i in 0..100 {
-            log.append(batch(2, 150, i, 1_000 + i64::from(i)), false).await.unwrap();
+            log.append(batch(2, 150, i, 1_000 + i64::from(i)), false)
+                .await
+                .unwrap();
         }
         let bases = log.segment_base_offsets();
         assert!(bases.len() >= 3);
@@ -340,7 +465,16 @@ fn deleted_or_damaged_index_is_rebuilt() {
         std::fs::remove_file(&index).unwrap();
         std::fs::write(segment_path(&path, bases[0], "index"), b"not an index").unwrap();
         std::fs::remove_file(segment_path(&path, bases[2], "timeindex")).unwrap();
-        let log = open(&path, cfg(), OpenOptions { clean_shutdown: true, ..Default::default() }).await.unwrap();
+        let log = open(
+            &path,
+            cfg(),
+            OpenOptions {
+                clean_shutdown: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(std::fs::read(&index).unwrap(), good, "rebuilt identically");
         assert_eq!(read_all(&log, 0, 3000).await, expected);
         for (offset, _) in expected.iter().step_by(17) {
@@ -350,7 +484,10 @@ fn deleted_or_damaged_index_is_rebuilt() {
             assert!(h.base_offset <= *offset && *offset <= h.last_offset());
         }
         let by_time = log.offset_for_timestamp(1_050).await.unwrap().unwrap();
-        assert_eq!(by_time.offset, 99, "batch 49 holds t=1049 (offset 98) and t=1050 (offset 99)");
+        assert_eq!(
+            by_time.offset, 99,
+            "batch 49 holds t=1049 (offset 98) and t=1050 (offset 99)"
+        );
     });
 }
 
@@ -360,7 +497,10 @@ fn retention_by_time_deletes_old_segments_and_keeps_reads_correct() {
     run(move || async move {
         let now = now_ms();
         let day = 24 * 3600 * 1000;
-        let cfg = LogConfig { retention_ms: Some(day as u64), ..small_config(4 << 10) };
+        let cfg = LogConfig {
+            retention_ms: Some(day as u64),
+            ..small_config(4 << 10)
+        };
         let log = open(dir.path(), cfg, OpenOptions::default()).await.unwrap();
         // 30 batches three days old, then 30 fresh ones.
         for i in 0..60 {
@@ -385,7 +525,13 @@ fn retention_by_time_deletes_old_segments_and_keeps_reads_correct() {
         assert!(gone > 0);
         assert_eq!(log.log_start_offset(), 60);
         assert_eq!(log.high_watermark(), 60);
-        assert_eq!(log.append(batch(1, 5, 1, now), false).await.unwrap().base_offset, 60);
+        assert_eq!(
+            log.append(batch(1, 5, 1, now), false)
+                .await
+                .unwrap()
+                .base_offset,
+            60
+        );
     });
 }
 
@@ -393,7 +539,11 @@ fn retention_by_time_deletes_old_segments_and_keeps_reads_correct() {
 fn retention_by_size_deletes_oldest_segments_beyond_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let cfg = LogConfig { retention_bytes: Some(10 << 10), retention_ms: None, ..small_config(4 << 10) };
+        let cfg = LogConfig {
+            retention_bytes: Some(10 << 10),
+            retention_ms: None,
+            ..small_config(4 << 10)
+        };
         let log = open(dir.path(), cfg, OpenOptions::default()).await.unwrap();
         for i in 0..100 {
             log.append(batch(1, 400, i, now_ms()), false).await.unwrap();
@@ -413,14 +563,23 @@ fn retention_by_size_deletes_oldest_segments_beyond_the_limit() {
 fn offset_for_timestamp_finds_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
     run(move || async move {
-        let log = open(dir.path(), small_config(4096), OpenOptions::default()).await.unwrap();
+        let log = open(dir.path(), small_config(4096), OpenOptions::default())
+            .await
+            .unwrap();
         for i in 0..40 {
             // batch i holds 3 records at 100*i, 100*i+1, 100*i+2
-            log.append(batch(3, 100, i as u8, 100 * i), false).await.unwrap();
+            log.append(batch(3, 100, i as u8, 100 * i), false)
+                .await
+                .unwrap();
         }
         let at = |ts| {
             let log = log.clone();
-            async move { log.offset_for_timestamp(ts).await.unwrap().map(|t| (t.offset, t.timestamp)) }
+            async move {
+                log.offset_for_timestamp(ts)
+                    .await
+                    .unwrap()
+                    .map(|t| (t.offset, t.timestamp))
+            }
         };
         assert_eq!(at(0).await, Some((0, 0)));
         assert_eq!(at(1001).await, Some((31, 1001)));
@@ -428,5 +587,244 @@ fn offset_for_timestamp_finds_first_record_at_or_after() {
         assert_eq!(at(3902).await, Some((119, 3902)));
         assert_eq!(at(3903).await, None, "after the last record");
         assert_eq!(log.max_timestamp_offset().unwrap().offset, 119);
+    });
+}
+
+#[test]
+fn group_commit_never_grows_a_segment_past_segment_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    run(move || async move {
+        let segment_bytes = 4096;
+        let log = open(
+            dir.path(),
+            small_config(segment_bytes),
+            OpenOptions::default(),
+        )
+        .await
+        .unwrap();
+        // 64 appends of ~700 bytes queued at once: one group, ~11 segments' worth.
+        let tasks: Vec<_> = (0..64u8)
+            .map(|i| {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.append(batch(2, 300, i, 1), false).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(log.stats().writes.get() < 64, "appends were still grouped");
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() > 5, "{bases:?}");
+        for base in bases {
+            let len = std::fs::metadata(segment_path(dir.path(), base, "log"))
+                .unwrap()
+                .len();
+            assert!(len <= segment_bytes, "segment {base} holds {len} bytes");
+        }
+        assert_eq!(read_all(&log, 0, 1 << 20).await.len(), 128);
+    });
+}
+
+#[test]
+fn an_append_racing_close_is_refused_or_synced_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    run(move || async move {
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
+        for i in 0..10 {
+            log.append(batch(2, 1000, i, 1), false).await.unwrap();
+        }
+        let closing = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.close().await })
+        };
+        // close() queues its flush and the writer starts the fdatasync; then a produce comes.
+        yield_now().await;
+        yield_now().await;
+        let late = log.append(batch(1, 10, 1, 1), false).await;
+        closing.await.unwrap();
+        match late {
+            Ok(info) => assert!(
+                log.recovery_point() > info.last_offset,
+                "close returned without syncing acknowledged offset {} (recovery point {})",
+                info.last_offset,
+                log.recovery_point()
+            ),
+            Err(e) => assert!(matches!(e, LogError::Closed(_)), "{e}"),
+        }
+        assert!(log.append(batch(1, 10, 1, 1), false).await.is_err());
+    });
+}
+
+#[test]
+fn recovery_point_never_stays_past_the_recovered_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    run(move || async move {
+        let cfg = || small_config(1 << 20);
+        let seg = segment_path(dir.path(), 0, "log");
+        let log = open(dir.path(), cfg(), OpenOptions::default())
+            .await
+            .unwrap();
+        let mut half = 0;
+        for i in 0..10 {
+            log.append(batch(2, 100, i, 1), false).await.unwrap();
+            if i == 4 {
+                half = log.size_bytes();
+            }
+        }
+        log.flush().await.unwrap();
+        assert_eq!(log.recovery_point(), 20);
+        drop(log);
+        // The file ends early, on a batch boundary (flushed data lost below the log): nothing
+        // to truncate, offsets 10..20 are simply gone.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(half)
+            .unwrap();
+        let opts = |rp| OpenOptions {
+            recovery_point: Some(rp),
+            ..Default::default()
+        };
+        let log = open(dir.path(), cfg(), opts(20)).await.unwrap();
+        assert_eq!(log.high_watermark(), 10);
+        assert!(
+            log.recovery_point() <= 10,
+            "recovery point {}",
+            log.recovery_point()
+        );
+        // Offsets 10..20 are appended again, not flushed, and the last write is torn by a
+        // crash: recovery must truncate it, not refuse it as flushed data.
+        for i in 0..5 {
+            log.append(batch(2, 100, i, 1), false).await.unwrap();
+        }
+        let (rp, size) = (log.recovery_point(), log.size_bytes());
+        drop(log);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(size - 10)
+            .unwrap();
+        let log = open(dir.path(), cfg(), opts(rp)).await.unwrap();
+        assert_eq!(log.high_watermark(), 18);
+    });
+}
+
+#[test]
+fn offset_for_timestamp_looks_past_records_below_the_log_start_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    run(move || async move {
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
+        // Segment 0: offsets 0-2 at 300, 100, 100 (newest first), 3 at 1000, 4 at 200.
+        // Segment 5: offset 5 at 500.
+        log.append(batch_at(&record_values(3, 10, 0), &[300, 100, 100]), false)
+            .await
+            .unwrap();
+        log.append(batch_at(&record_values(1, 10, 1), &[1000]), false)
+            .await
+            .unwrap();
+        log.append(batch_at(&record_values(1, 10, 2), &[200]), false)
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        log.append(batch_at(&record_values(1, 10, 3), &[500]), false)
+            .await
+            .unwrap();
+        let at = |ts| {
+            let log = log.clone();
+            async move {
+                let t = log.offset_for_timestamp(ts).await.unwrap();
+                t.map(|t| (t.offset, t.timestamp))
+            }
+        };
+        assert_eq!(at(150).await, Some((0, 300)));
+        // Offset 0 goes: in its batch no record from offset 1 on reaches 150, the next batch's does.
+        assert_eq!(log.delete_records(1).await.unwrap(), 1);
+        assert_eq!(at(150).await, Some((3, 1000)));
+        // Offsets 0-3 go: nothing left in segment 0 reaches 400, segment 5 does.
+        assert_eq!(log.delete_records(4).await.unwrap(), 4);
+        assert_eq!(log.segment_base_offsets(), vec![0, 5]);
+        assert_eq!(at(400).await, Some((5, 500)));
+        assert_eq!(at(150).await, Some((4, 200)));
+        assert_eq!(at(501).await, None);
+    });
+}
+
+#[test]
+fn max_timestamp_offset_on_a_tie_is_the_first_record_to_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    run(move || async move {
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
+        log.append(batch_at(&record_values(2, 10, 0), &[100, 500]), false)
+            .await
+            .unwrap();
+        log.append(batch_at(&record_values(1, 10, 1), &[500]), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            log.max_timestamp_offset().unwrap().offset,
+            1,
+            "within a segment"
+        );
+        log.roll().await.unwrap();
+        log.append(batch_at(&record_values(1, 10, 2), &[500]), false)
+            .await
+            .unwrap();
+        let max = log.max_timestamp_offset().unwrap();
+        assert_eq!((max.offset, max.timestamp), (1, 500), "across segments");
+    });
+}
+
+#[test]
+fn waits_for_data_that_are_dropped_leave_no_waker_behind() {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    #[derive(Default)]
+    struct CountingWake(AtomicUsize);
+    impl Wake for CountingWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    run(move || async move {
+        let log = open(dir.path(), small_config(1 << 20), OpenOptions::default())
+            .await
+            .unwrap();
+        let counter = Arc::new(CountingWake::default());
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Long-poll fetches on an idle partition that time out: each wait is polled, maybe
+        // again, then dropped.
+        for _ in 0..100 {
+            let mut wait = Box::pin(log.wait_for_data(0));
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(
+            Arc::strong_count(&counter),
+            2,
+            "the log holds wakers of dropped waits"
+        );
+        // A wait still pending is woken by the append that gives it data.
+        let mut wait = Box::pin(log.wait_for_data(0));
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        log.append(batch(1, 10, 1, 1), false).await.unwrap();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken once");
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        drop(wait);
+        assert_eq!(Arc::strong_count(&counter), 2);
     });
 }

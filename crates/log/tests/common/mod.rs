@@ -19,11 +19,22 @@ fn put_varint(out: &mut Vec<u8>, v: i64) {
 /// An uncompressed producer batch (baseOffset 0) of `values`, with record i at timestamp
 /// `base_ts + i` and key `k<i>`.
 pub fn batch_with(values: &[Vec<u8>], base_ts: i64) -> BytesMut {
+    let timestamps: Vec<i64> = (0..values.len() as i64).map(|i| base_ts + i).collect();
+    batch_at(values, &timestamps)
+}
+
+/// An uncompressed producer batch of `values` with record i at `timestamps[i]` (in any
+/// order, as producers may send them): baseTimestamp is the smallest, maxTimestamp the
+/// largest.
+pub fn batch_at(values: &[Vec<u8>], timestamps: &[i64]) -> BytesMut {
+    assert_eq!(values.len(), timestamps.len());
+    let base_ts = *timestamps.iter().min().expect("at least one record");
+    let max_ts = *timestamps.iter().max().expect("at least one record");
     let mut records = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let mut r = Vec::new();
         r.push(0u8); // attributes
-        put_varint(&mut r, i as i64); // timestamp delta
+        put_varint(&mut r, timestamps[i] - base_ts); // timestamp delta
         put_varint(&mut r, i as i64); // offset delta
         let key = format!("k{i}");
         put_varint(&mut r, key.len() as i64);
@@ -44,7 +55,7 @@ pub fn batch_with(values: &[Vec<u8>], base_ts: i64) -> BytesMut {
     b.extend_from_slice(&0i16.to_be_bytes()); // attributes
     b.extend_from_slice(&(n - 1).to_be_bytes());
     b.extend_from_slice(&base_ts.to_be_bytes());
-    b.extend_from_slice(&(base_ts + i64::from(n) - 1).to_be_bytes());
+    b.extend_from_slice(&max_ts.to_be_bytes());
     b.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
     b.extend_from_slice(&(-1i16).to_be_bytes());
     b.extend_from_slice(&(-1i32).to_be_bytes());
@@ -57,10 +68,18 @@ pub fn batch_with(values: &[Vec<u8>], base_ts: i64) -> BytesMut {
 
 /// `n` records of `size` bytes each, value bytes derived from `seed`.
 pub fn batch(n: usize, size: usize, seed: u8, base_ts: i64) -> BytesMut {
-    let values: Vec<Vec<u8>> = (0..n)
-        .map(|i| (0..size).map(|j| seed.wrapping_add((i + j) as u8)).collect())
-        .collect();
-    batch_with(&values, base_ts)
+    batch_with(&record_values(n, size, seed), base_ts)
+}
+
+/// `n` values of `size` bytes each, derived from `seed`.
+pub fn record_values(n: usize, size: usize, seed: u8) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            (0..size)
+                .map(|j| seed.wrapping_add((i + j) as u8))
+                .collect()
+        })
+        .collect()
 }
 
 fn crc32c(data: &[u8]) -> u32 {
@@ -69,7 +88,11 @@ fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -89,4 +112,24 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// Lets every other ready task of the executor run once before this one goes on.
+pub async fn yield_now() {
+    struct YieldNow(bool);
+    impl Future for YieldNow {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.0 {
+                return std::task::Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+    YieldNow(false).await
 }
