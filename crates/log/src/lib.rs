@@ -20,7 +20,9 @@ mod recovery;
 mod segment;
 
 pub use config::*;
-pub use log::{AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset};
+pub use log::{
+    AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset, SHORTFALL_DIVISOR,
+};
 pub use segment::{file_name, parse_file_name};
 
 use runnel_record::BatchError;

@@ -382,7 +382,8 @@ async fn check_log(log: &Log, case: &Case, lso: i64, phase: &str) -> Result<(), 
             "{at}: plan file is not the segment file"
         );
         // Ends on a batch boundary, within max_bytes unless it is one batch, and as long as
-        // max_bytes allows (the next batch of the segment would not have fit).
+        // max_bytes allows: the next batch of the segment would not have fit, or the plan
+        // stopped at an indexed boundary within max_bytes / SHORTFALL_DIVISOR of the limit.
         let in_plan: Vec<&Scanned> = batches[first..]
             .iter()
             .take_while(|b| b.segment == plan.segment_base_offset && b.position < end)
@@ -403,8 +404,11 @@ async fn check_log(log: &Log, case: &Case, lso: i64, phase: &str) -> Result<(), 
             .first()
             .filter(|b| b.segment == plan.segment_base_offset)
         {
+            let indexed_stop = max_bytes.saturating_sub(plan.len)
+                <= *max_bytes / runnel_log::SHORTFALL_DIVISOR
+                && in_plan.len() > 1;
             ensure!(
-                plan.len + next.header.total_len() as u64 > *max_bytes,
+                plan.len + next.header.total_len() as u64 > *max_bytes || indexed_stop,
                 "{at}: the next batch ({} bytes) would have fit",
                 next.header.total_len()
             );
