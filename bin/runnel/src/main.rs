@@ -1,3 +1,23 @@
-fn main() {
-    println!("runnel: the broker binary is not built yet; the partition log (crates/log) is.");
+//! `runnel`: the broker. Flags are documented by `runnel --help` (crates/server/src/config.rs).
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // clap exits with code 2 and a message on a bad flag.
+    let config = runnel_server::Config::parse();
+    let level: tracing::Level = config.log_level.parse().unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    match runnel_server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("runnel: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

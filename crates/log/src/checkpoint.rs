@@ -85,15 +85,34 @@ pub fn read(path: &Path) -> io::Result<Offsets> {
 /// Atomically replaces the checkpoint at `path`. Syncs go through the companion ring so the
 /// executor thread never blocks on the disk.
 pub async fn write(path: &Path, offsets: &Offsets) -> io::Result<()> {
+    write_atomic(path, encode(offsets).into()).await
+}
+
+/// Atomically replaces the file at `path` with `contents`: a temporary file is written and
+/// synced, renamed over `path`, and the directory synced, so a crash leaves the old or the new
+/// file, never a torn one.
+pub async fn write_atomic(path: &Path, contents: bytes::Bytes) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let file: Arc<OwnedFd> = Arc::new(std::fs::File::create(&tmp)?.into());
     let ring = runnel_runtime::ring();
-    ring.write_all_at(&file, 0, vec![encode(offsets).into()])
+    ring.write_all_at(&file, 0, vec![contents])
         .await
         .map_err(|(e, _)| e)?;
     ring.fdatasync(&file).await?;
     std::fs::rename(&tmp, path)?;
     sync_dir(parent_dir(path)).await
+}
+
+/// Blocking twin of [`write`], for threads that are not executors (the broker's main thread
+/// writes the checkpoints at shutdown, after the shards are gone).
+pub fn write_blocking(path: &Path, offsets: &Offsets) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(encode(offsets).as_bytes())?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(parent_dir(path))?.sync_all()
 }
 
 /// The directory holding `path`: "." for a bare file name, whose `parent()` is "" (which

@@ -333,13 +333,15 @@ impl Ring {
 
     /// Linked splice pair: `len` bytes from `file` at `offset` into the pipe, then from the
     /// pipe into `sock`. Returns (bytes into pipe, bytes out to socket); the second may be
-    /// short or cancelled (-ECANCELED, reported as 0) if the first was short.
+    /// short or cancelled (-ECANCELED, reported as 0) if the first was short. The socket is
+    /// held (like the file and pipe) until the kernel is done, so a connection dropped
+    /// mid-splice cannot let its descriptor number be reused under the operation.
     pub async fn splice_via_pipe(
         self: &Rc<Self>,
         file: &Arc<OwnedFd>,
         offset: u64,
         pipe: &Arc<Pipe>,
-        sock: RawFd,
+        sock: &Arc<OwnedFd>,
         len: u32,
     ) -> io::Result<(usize, usize)> {
         let into_pipe = opcode::Splice::new(
@@ -352,10 +354,11 @@ impl Ring {
         .build()
         .flags(squeue::Flags::IO_LINK);
         let out_of_pipe =
-            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock), -1, len).build();
+            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock.as_raw_fd()), -1, len)
+                .build();
         let mut ops = self.submit_chain(
             vec![into_pipe, out_of_pipe],
-            Box::new((file.clone(), pipe.clone())),
+            Box::new((file.clone(), pipe.clone(), sock.clone())),
         )?;
         let second = ops.pop().expect("two ops");
         let first = ops.pop().expect("two ops");
@@ -376,12 +379,13 @@ impl Ring {
     pub async fn splice_from_pipe(
         self: &Rc<Self>,
         pipe: &Arc<Pipe>,
-        sock: RawFd,
+        sock: &Arc<OwnedFd>,
         len: u32,
     ) -> io::Result<usize> {
         let entry =
-            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock), -1, len).build();
-        self.run(entry, Box::new(pipe.clone()))
+            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock.as_raw_fd()), -1, len)
+                .build();
+        self.run(entry, Box::new((pipe.clone(), sock.clone())))
             .await
             .map(|n| n as usize)
     }

@@ -1,0 +1,609 @@
+//! The smaller APIs: ListOffsets, OffsetForLeaderEpoch, DeleteRecords, CreateTopics,
+//! DeleteTopics, CreatePartitions, DescribeConfigs and DescribeCluster.
+
+use crate::admin::{self, AdminOp, NewTopic};
+use crate::api::{encode_or_close, sb, topic_name, Outcome, Request};
+use crate::metadata::{self, NODE_ID};
+use crate::shard::{Shard, ShardMsg};
+use crate::wire::code;
+use kafka_protocol::messages::create_partitions_response::{
+    CreatePartitionsResponse, CreatePartitionsTopicResult,
+};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsResponse, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
+use kafka_protocol::messages::describe_cluster_response::{
+    DescribeClusterBroker, DescribeClusterResponse,
+};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+    DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::*;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+macro_rules! decode {
+    ($req:expr) => {
+        match $req.decode_body() {
+            Ok(b) => b,
+            Err(e) => return Outcome::Close(e),
+        }
+    };
+}
+
+/// Where a partition lives, or the error for a topic/partition that does not exist.
+fn locate(shard: &Shard, topic: &str, partition: i32) -> Result<(Arc<str>, usize), i16> {
+    match shard.snapshot().topic(topic) {
+        Some(m) if (0..m.partitions).contains(&partition) => {
+            Ok((m.name.clone(), shard.owner(topic, partition)))
+        }
+        _ => Err(code::UNKNOWN_TOPIC_OR_PARTITION),
+    }
+}
+
+pub async fn list_offsets(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: ListOffsetsRequest = decode!(req);
+    let mut topics = Vec::with_capacity(body.topics.len());
+    for t in &body.topics {
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let mut r = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1);
+            let answer = match locate(shard, &t.name.0, p.partition_index) {
+                Err(c) => Err(c),
+                Ok(_) if p.current_leader_epoch > 0 => Err(code::UNKNOWN_LEADER_EPOCH),
+                Ok((name, owner)) => {
+                    let key = (name, p.partition_index);
+                    let timestamp = p.timestamp;
+                    match shard
+                        .call(owner, |reply| ShardMsg::ListOffset {
+                            key,
+                            timestamp,
+                            reply,
+                        })
+                        .await
+                    {
+                        Some(Ok(found)) => Ok(found),
+                        Some(Err((c, _))) => Err(c),
+                        None => Err(code::NOT_LEADER_OR_FOLLOWER),
+                    }
+                }
+            };
+            match answer {
+                // A timestamp after the last record: offset -1, timestamp -1 (as Kafka).
+                Ok(None) => {}
+                Ok(Some(found)) => {
+                    r = r.with_timestamp(found.timestamp).with_offset(found.offset);
+                    if req.version >= 4 {
+                        r = r.with_leader_epoch(0);
+                    }
+                }
+                Err(c) => r = r.with_error_code(c),
+            }
+            partitions.push(r);
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions),
+        );
+    }
+    encode_or_close(
+        req.correlation_id,
+        req.version,
+        &ListOffsetsResponse::default().with_topics(topics),
+    )
+}
+
+pub async fn offset_for_leader_epoch(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: OffsetForLeaderEpochRequest = decode!(req);
+    let mut topics = Vec::new();
+    for t in &body.topics {
+        let mut partitions = Vec::new();
+        for p in &t.partitions {
+            let mut r = EpochEndOffset::default()
+                .with_partition(p.partition)
+                .with_leader_epoch(-1)
+                .with_end_offset(-1);
+            match locate(shard, &t.topic.0, p.partition) {
+                Err(c) => r = r.with_error_code(c),
+                Ok(_) if p.current_leader_epoch > 0 => {
+                    r = r.with_error_code(code::UNKNOWN_LEADER_EPOCH)
+                }
+                Ok((name, owner)) => {
+                    let key = (name, p.partition);
+                    match shard
+                        .call(owner, |reply| ShardMsg::Offsets { key, reply })
+                        .await
+                    {
+                        // Every batch carries epoch 0, so epoch 0 ends at the log end; a
+                        // later epoch is unknown (UNDEFINED -1/-1, as Kafka answers).
+                        Some(Ok((_, end))) if p.leader_epoch <= 0 => {
+                            r = r.with_leader_epoch(0).with_end_offset(end)
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err((c, _))) => r = r.with_error_code(c),
+                        None => r = r.with_error_code(code::NOT_LEADER_OR_FOLLOWER),
+                    }
+                }
+            }
+            partitions.push(r);
+        }
+        topics.push(
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic.clone())
+                .with_partitions(partitions),
+        );
+    }
+    encode_or_close(
+        req.correlation_id,
+        req.version,
+        &OffsetForLeaderEpochResponse::default().with_topics(topics),
+    )
+}
+
+pub async fn delete_records(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: DeleteRecordsRequest = decode!(req);
+    let mut topics = Vec::new();
+    for t in &body.topics {
+        let mut partitions = Vec::new();
+        for p in &t.partitions {
+            let mut r = DeleteRecordsPartitionResult::default()
+                .with_partition_index(p.partition_index)
+                .with_low_watermark(-1);
+            match locate(shard, &t.name.0, p.partition_index) {
+                Err(c) => r = r.with_error_code(c),
+                Ok((name, owner)) => {
+                    let key = (name, p.partition_index);
+                    let offset = p.offset;
+                    match shard
+                        .call(owner, |reply| ShardMsg::DeleteRecords { key, offset, reply })
+                        .await
+                    {
+                        Some(Ok(low)) => r = r.with_low_watermark(low),
+                        Some(Err((c, _))) => r = r.with_error_code(c),
+                        None => r = r.with_error_code(code::NOT_LEADER_OR_FOLLOWER),
+                    }
+                }
+            }
+            partitions.push(r);
+        }
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions),
+        );
+    }
+    encode_or_close(
+        req.correlation_id,
+        req.version,
+        &DeleteRecordsResponse::default().with_topics(topics),
+    )
+}
+
+pub async fn create_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: CreateTopicsRequest = decode!(req);
+    let version = req.version;
+    let default_partitions = shard.config().default_partitions;
+    let mut results: Vec<Option<CreatableTopicResult>> = Vec::new();
+    let mut new = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in &body.topics {
+        let name = t.name.0.to_string();
+        let fail = |c: i16, msg: String| {
+            let mut r = CreatableTopicResult::default()
+                .with_name(t.name.clone())
+                .with_error_code(c);
+            if version >= 1 {
+                r = r.with_error_message(Some(sb(&msg)));
+            }
+            Some(r)
+        };
+        if !seen.insert(name.clone()) {
+            results.push(fail(
+                code::INVALID_REQUEST,
+                format!("topic {name} appears twice in the request"),
+            ));
+            continue;
+        }
+        // One broker: replication factor 1 (or -1, the broker default) only.
+        if t.replication_factor != -1 && t.replication_factor != 1 {
+            results.push(fail(
+                code::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "replication factor {} is larger than the 1 available broker",
+                    t.replication_factor
+                ),
+            ));
+            continue;
+        }
+        if !t.assignments.is_empty()
+            && (t.num_partitions != -1
+                || t.assignments
+                    .iter()
+                    .any(|a| a.broker_ids.iter().any(|b| b.0 != NODE_ID)))
+        {
+            results.push(fail(
+                code::INVALID_REPLICA_ASSIGNMENT,
+                "replica assignments may only name broker 0, without a partition count".into(),
+            ));
+            continue;
+        }
+        let partitions = match (t.num_partitions, t.assignments.len()) {
+            (-1, 0) => default_partitions,
+            (-1, n) => n as i32,
+            (n, _) => n,
+        };
+        let mut configs = BTreeMap::new();
+        for c in &t.configs {
+            if let Some(v) = &c.value {
+                configs.insert(c.name.to_string(), v.to_string());
+            }
+        }
+        results.push(None);
+        new.push(NewTopic {
+            name,
+            partitions,
+            configs,
+        });
+    }
+    let mut answers = admin::submit(
+        shard,
+        AdminOp::CreateTopics {
+            topics: new.clone(),
+            validate_only: body.validate_only,
+        },
+    )
+    .await
+    .into_iter();
+    let mut new_iter = new.iter();
+    let out: Vec<CreatableTopicResult> = results
+        .into_iter()
+        .map(|r| match r {
+            Some(r) => r,
+            None => {
+                let t = new_iter.next().expect("one new topic per pending result");
+                let mut r = CreatableTopicResult::default().with_name(topic_name(&t.name));
+                match answers.next().expect("one answer per new topic") {
+                    Ok(meta) => {
+                        if !body.validate_only {
+                            tracing::info!(topic = %t.name, partitions = t.partitions, "created topic");
+                        }
+                        if version >= 5 {
+                            r = r
+                                .with_num_partitions(meta.partitions)
+                                .with_replication_factor(1)
+                                .with_configs(Some(
+                                    topic_configs(shard, &meta.overrides)
+                                        .into_iter()
+                                        .map(|e| {
+                                            CreatableTopicConfigs::default()
+                                                .with_name(sb(e.name))
+                                                .with_value(Some(sb(&e.value)))
+                                                .with_read_only(false)
+                                                .with_config_source(e.source)
+                                        })
+                                        .collect(),
+                                ));
+                        }
+                        if version >= 7 && !body.validate_only {
+                            r = r.with_topic_id(uuid::Uuid::from_bytes(meta.id));
+                        }
+                    }
+                    Err((c, msg)) => {
+                        r = r.with_error_code(c);
+                        if version >= 1 {
+                            r = r.with_error_message(Some(sb(&msg)));
+                        }
+                    }
+                }
+                r
+            }
+        })
+        .collect();
+    encode_or_close(
+        req.correlation_id,
+        version,
+        &CreateTopicsResponse::default().with_topics(out),
+    )
+}
+
+pub async fn delete_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: DeleteTopicsRequest = decode!(req);
+    let version = req.version;
+    let snapshot = shard.snapshot();
+    // v0-5 name topics; v6 names or ids.
+    let asked: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+        body.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+            .collect()
+    } else {
+        body.topic_names
+            .iter()
+            .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+            .collect()
+    };
+    let names: Vec<Option<String>> = asked
+        .iter()
+        .map(|(n, id)| match n {
+            Some(n) => Some(n.clone()),
+            None => snapshot.topic_by_id(id.as_bytes()).map(|m| m.name.to_string()),
+        })
+        .collect();
+    let known: Vec<String> = names.iter().flatten().cloned().collect();
+    let mut answers = admin::submit(shard, AdminOp::DeleteTopics { names: known })
+        .await
+        .into_iter();
+    let responses = asked
+        .iter()
+        .zip(&names)
+        .map(|((_, id), name)| {
+            let mut r = DeletableTopicResult::default()
+                .with_name(name.as_deref().map(topic_name));
+            let result = match name {
+                Some(_) => answers.next().expect("one answer per name"),
+                None => Err((code::UNKNOWN_TOPIC_ID, format!("no topic has id {id}"))),
+            };
+            match result {
+                Ok(meta) => {
+                    tracing::info!(topic = %meta.name, "deleted topic");
+                    if version >= 6 {
+                        r = r.with_topic_id(uuid::Uuid::from_bytes(meta.id));
+                    }
+                }
+                Err((c, msg)) => {
+                    r = r.with_error_code(c);
+                    if version >= 5 {
+                        r = r.with_error_message(Some(sb(&msg)));
+                    }
+                }
+            }
+            r
+        })
+        .collect();
+    encode_or_close(
+        req.correlation_id,
+        version,
+        &DeleteTopicsResponse::default().with_responses(responses),
+    )
+}
+
+pub async fn create_partitions(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: CreatePartitionsRequest = decode!(req);
+    let wanted: Vec<(String, i32)> = body
+        .topics
+        .iter()
+        .map(|t| (t.name.0.to_string(), t.count))
+        .collect();
+    let answers = admin::submit(
+        shard,
+        AdminOp::CreatePartitions {
+            topics: wanted.clone(),
+            validate_only: body.validate_only,
+        },
+    )
+    .await;
+    let results = wanted
+        .iter()
+        .zip(answers)
+        .map(|((name, count), r)| {
+            let mut out = CreatePartitionsTopicResult::default().with_name(topic_name(name));
+            match r {
+                Ok(_) => {
+                    if !body.validate_only {
+                        tracing::info!(topic = %name, partitions = count, "added partitions");
+                    }
+                }
+                Err((c, msg)) => out = out.with_error_code(c).with_error_message(Some(sb(&msg))),
+            }
+            out
+        })
+        .collect();
+    encode_or_close(
+        req.correlation_id,
+        req.version,
+        &CreatePartitionsResponse::default().with_results(results),
+    )
+}
+
+pub async fn describe_cluster(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let _body: DescribeClusterRequest = decode!(req);
+    let resp = DescribeClusterResponse::default()
+        .with_cluster_id(sb(&shard.snapshot().cluster_id))
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(NODE_ID))
+            .with_host(sb(&shard.shared.advertised_host))
+            .with_port(shard.shared.advertised_port)]);
+    encode_or_close(req.correlation_id, req.version, &resp)
+}
+
+/// Kafka's ConfigSource values.
+mod source {
+    pub const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+    pub const STATIC_BROKER_CONFIG: i8 = 4;
+    pub const DEFAULT_CONFIG: i8 = 5;
+}
+
+/// Kafka's ConfigType values (DescribeConfigs v3+).
+mod ctype {
+    pub const STRING: i8 = 2;
+    pub const INT: i8 = 3;
+    pub const LONG: i8 = 5;
+    pub const LIST: i8 = 7;
+}
+
+struct ConfigEntry {
+    name: &'static str,
+    value: String,
+    source: i8,
+    config_type: i8,
+    doc: &'static str,
+}
+
+/// Every topic config with its value in effect and where it came from.
+fn topic_configs(shard: &Shard, overrides: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
+    let c = shard.config();
+    let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    let from_flag = |set: bool| {
+        if set {
+            source::STATIC_BROKER_CONFIG
+        } else {
+            source::DEFAULT_CONFIG
+        }
+    };
+    let defaults: Vec<(&'static str, String, i8, i8, &'static str)> = vec![
+        ("cleanup.policy", "delete".into(), source::DEFAULT_CONFIG, ctype::LIST,
+         "What happens to old segments: only delete is supported."),
+        ("flush.messages", opt(c.flush_interval_messages), from_flag(c.flush_interval_messages.is_some()), ctype::LONG,
+         "fdatasync after this many records; -1 leaves flushing to the OS."),
+        ("flush.ms", opt(c.flush_interval_ms), from_flag(c.flush_interval_ms.is_some()), ctype::LONG,
+         "fdatasync data older than this; -1 leaves flushing to the OS."),
+        ("max.message.bytes", c.max_message_bytes.to_string(), from_flag(c.max_message_bytes != 1_048_588), ctype::INT,
+         "The largest record batch accepted."),
+        ("message.timestamp.type", "CreateTime".into(), source::DEFAULT_CONFIG, ctype::STRING,
+         "CreateTime keeps the producer's timestamps; LogAppendTime stamps the broker's."),
+        ("retention.bytes", c.retention_bytes.to_string(), from_flag(c.retention_bytes != -1), ctype::LONG,
+         "Delete the oldest segments while a partition is larger; -1: no limit."),
+        ("retention.ms", c.retention_ms.to_string(), from_flag(c.retention_ms != runnel_log::DEFAULT_RETENTION_MS as i64), ctype::LONG,
+         "Delete segments whose newest record is older; -1 keeps forever."),
+        ("segment.bytes", c.segment_bytes.to_string(), from_flag(c.segment_bytes != runnel_log::DEFAULT_SEGMENT_BYTES), ctype::INT,
+         "Roll the active segment before it grows past this."),
+        ("segment.ms", c.segment_ms.to_string(), from_flag(c.segment_ms != runnel_log::DEFAULT_SEGMENT_MS), ctype::LONG,
+         "Roll the active segment once it is this old."),
+    ];
+    defaults
+        .into_iter()
+        .map(|(name, value, src, config_type, doc)| match overrides.get(name) {
+            Some(v) => ConfigEntry {
+                name,
+                value: v.clone(),
+                source: source::DYNAMIC_TOPIC_CONFIG,
+                config_type,
+                doc,
+            },
+            None => ConfigEntry {
+                name,
+                value,
+                source: src,
+                config_type,
+                doc,
+            },
+        })
+        .collect()
+}
+
+/// The broker's own settings, under Kafka's broker config names.
+fn broker_configs(shard: &Shard) -> Vec<ConfigEntry> {
+    let c = shard.config();
+    let e = |name, value: String, config_type, doc| ConfigEntry {
+        name,
+        value,
+        source: source::STATIC_BROKER_CONFIG,
+        config_type,
+        doc,
+    };
+    vec![
+        e("auto.create.topics.enable", c.auto_create_topics.to_string(), 1, "Create topics on Metadata requests."),
+        e("broker.id", NODE_ID.to_string(), ctype::INT, "This broker's id."),
+        e("log.dirs", c.data_dir.display().to_string(), ctype::STRING, "The data directory."),
+        e("log.retention.bytes", c.retention_bytes.to_string(), ctype::LONG, "Default retention.bytes."),
+        e("log.retention.ms", c.retention_ms.to_string(), ctype::LONG, "Default retention.ms."),
+        e("log.segment.bytes", c.segment_bytes.to_string(), ctype::INT, "Default segment.bytes."),
+        e("log.roll.ms", c.segment_ms.to_string(), ctype::LONG, "Default segment.ms."),
+        e("message.max.bytes", c.max_message_bytes.to_string(), ctype::INT, "Default max.message.bytes."),
+        e("num.partitions", c.default_partitions.to_string(), ctype::INT, "Partitions of an auto-created topic."),
+        e("socket.request.max.bytes", c.max_request_bytes.to_string(), ctype::INT, "The largest request accepted."),
+    ]
+}
+
+pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    const TOPIC: i8 = 2;
+    const BROKER: i8 = 4;
+    let body: DescribeConfigsRequest = decode!(req);
+    let version = req.version;
+    let snapshot = shard.snapshot();
+    let results = body
+        .resources
+        .iter()
+        .map(|r| {
+            let mut out = DescribeConfigsResult::default()
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone());
+            let entries = match r.resource_type {
+                TOPIC => match snapshot.topic(&r.resource_name) {
+                    Some(m) => Ok(topic_configs(shard, &m.overrides)),
+                    None => Err((
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic {} does not exist", &*r.resource_name),
+                    )),
+                },
+                BROKER if r.resource_name.is_empty()
+                    || *r.resource_name == *NODE_ID.to_string() =>
+                {
+                    Ok(broker_configs(shard))
+                }
+                BROKER => Err((
+                    code::INVALID_REQUEST,
+                    format!("this broker is {NODE_ID}, not {}", &*r.resource_name),
+                )),
+                t => Err((code::INVALID_REQUEST, format!("resource type {t} is not supported"))),
+            };
+            match entries {
+                Ok(entries) => {
+                    let keys = r.configuration_keys.as_ref();
+                    out.configs = entries
+                        .into_iter()
+                        .filter(|e| keys.is_none_or(|k| k.iter().any(|k| &**k == e.name)))
+                        .map(|e| {
+                            let mut c = DescribeConfigsResourceResult::default()
+                                .with_name(sb(e.name))
+                                .with_value(Some(sb(&e.value)))
+                                .with_config_source(e.source);
+                            if body.include_synonyms {
+                                c = c.with_synonyms(vec![DescribeConfigsSynonym::default()
+                                    .with_name(sb(e.name))
+                                    .with_value(Some(sb(&e.value)))
+                                    .with_source(e.source)]);
+                            }
+                            if version >= 3 {
+                                c = c.with_config_type(e.config_type);
+                                if body.include_documentation {
+                                    c = c.with_documentation(Some(sb(e.doc)));
+                                }
+                            }
+                            c
+                        })
+                        .collect();
+                }
+                Err((c, msg)) => {
+                    out = out.with_error_code(c).with_error_message(Some(sb(&msg)));
+                }
+            }
+            out
+        })
+        .collect();
+    encode_or_close(
+        req.correlation_id,
+        version,
+        &DescribeConfigsResponse::default().with_results(results),
+    )
+}
+
+#[allow(dead_code)]
+fn _unused(_: &metadata::Snapshot) {}

@@ -1,0 +1,134 @@
+//! Command-line flags: every broker setting, with Kafka's defaults where Kafka has one.
+
+use clap::Parser;
+use runnel_log::LogConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A Kafka-compatible streaming broker: thread-per-core, io_uring, zero-copy fetch.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "runnel", version, about, long_about = None)]
+pub struct Config {
+    /// Address to accept Kafka clients on. Port 0 picks a free port (logged at start).
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    pub listen: SocketAddr,
+
+    /// host:port clients are told to connect to (Metadata). Default: the listen address, or
+    /// this host's name when listening on 0.0.0.0 / [::].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertised_listener: Option<String>,
+
+    /// Directory holding the partition logs and the broker's metadata.
+    #[arg(long, default_value = "./runnel-data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Number of shards: one pinned executor per core. Default: every CPU this process may run on.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub cores: Option<u16>,
+
+    /// Roll a partition's active segment before it grows past this many bytes (segment.bytes).
+    #[arg(long, default_value_t = runnel_log::DEFAULT_SEGMENT_BYTES, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(runnel_log::MIN_SEGMENT_BYTES..=runnel_log::MAX_SEGMENT_BYTES))]
+    pub segment_bytes: u64,
+
+    /// Roll the active segment once it is this old, even if not full (segment.ms).
+    #[arg(long, default_value_t = runnel_log::DEFAULT_SEGMENT_MS, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub segment_ms: u64,
+
+    /// Delete closed segments whose newest record is older than this (retention.ms); -1 keeps forever.
+    #[arg(long, default_value_t = runnel_log::DEFAULT_RETENTION_MS as i64, value_name = "MS",
+          allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub retention_ms: i64,
+
+    /// Delete the oldest segments while a partition is larger than this (retention.bytes); -1: no limit.
+    #[arg(long, default_value_t = -1, value_name = "BYTES", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..))]
+    pub retention_bytes: i64,
+
+    /// fdatasync a partition after this many records (flush.messages). Default: leave it to the OS, as Kafka does.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub flush_interval_messages: Option<u64>,
+
+    /// fdatasync data older than this many ms (flush.ms). Default: leave it to the OS.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub flush_interval_ms: Option<u64>,
+
+    /// fdatasync before answering a produce request with acks=-1 (all), so an acknowledged
+    /// record survives a power loss. Off: acks=-1 behaves like acks=1, as on a one-replica Kafka.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub sync_on_acks_all: bool,
+
+    /// Reserve each new segment's disk blocks up front (log.preallocate): appends never wait
+    /// on block allocation, at the price of segment.bytes of disk per partition at once.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub preallocate: bool,
+
+    /// Create a topic when a client asks for its metadata (auto.create.topics.enable).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub auto_create_topics: bool,
+
+    /// Partitions of an auto-created topic, and of CreateTopics without a count (num.partitions).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    pub default_partitions: i32,
+
+    /// Largest request frame accepted; a larger one closes the connection (socket.request.max.bytes).
+    #[arg(long, default_value_t = 100 << 20, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(1024..=i32::MAX as i64))]
+    pub max_request_bytes: u32,
+
+    /// Largest record batch a topic accepts by default (max.message.bytes).
+    #[arg(long, default_value_t = 1_048_588, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(61..=i32::MAX as i64))]
+    pub max_message_bytes: u32,
+
+    /// Serve fetches by splicing segment bytes from the page cache to the socket (on), or by
+    /// reading them into user space and writing them (off: for comparison, or for filesystems
+    /// that cannot splice).
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub zero_copy: bool,
+
+    /// How often each shard applies retention (log.retention.check.interval.ms).
+    #[arg(long, default_value_t = 300_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_check_interval_ms: u64,
+
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics). Default: off.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
+impl Config {
+    /// The log settings a topic without overrides gets.
+    pub fn default_log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: Some(self.segment_ms),
+            retention_ms: u64::try_from(self.retention_ms).ok(),
+            retention_bytes: u64::try_from(self.retention_bytes).ok(),
+            flush_messages: self.flush_interval_messages,
+            flush_ms: self.flush_interval_ms,
+            preallocate: self.preallocate,
+            ..LogConfig::default()
+        }
+    }
+
+    /// The shard count in effect.
+    pub fn shards(&self) -> usize {
+        match self.cores {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Fetch: read plans from the owner shards, long polling woken by appends, and a response
+//! whose record bytes are file ranges (see [`crate::fetch_response`]).
+
+use crate::api::{Outcome, Request};
+use crate::fetch_response::{self, FileRange, PartitionOut, TopicOut};
+use crate::shard::{PartitionError, Shard, ShardMsg};
+use crate::wire::code;
+use futures_lite::future;
+use kafka_protocol::messages::FetchRequest;
+use runnel_log::ReadPlan;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The longest a fetch may wait, whatever the client asks (Kafka has no cap; a bound keeps
+/// shutdown prompt and a broken client from parking requests forever).
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+struct Wanted {
+    topic: usize,
+    name: Arc<str>,
+    partition: i32,
+    offset: i64,
+    partition_max_bytes: u64,
+    /// Answered without asking the owner (unknown topic, bad epoch).
+    error: Option<i16>,
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: FetchRequest = match req.decode_body() {
+        Ok(b) => b,
+        Err(e) => return Outcome::Close(e),
+    };
+    let version = req.version;
+    let snapshot = shard.snapshot();
+
+    // Sessions (KIP-227) are not kept: every fetch is a full one, and session id 0 in the
+    // answer tells the client so. A client that names a session gets
+    // FETCH_SESSION_ID_NOT_FOUND and starts over sessionless.
+    if version >= 7 && body.session_id != 0 {
+        return Outcome::Reply(fetch_response::encode(
+            req.correlation_id,
+            version,
+            0,
+            code::FETCH_SESSION_ID_NOT_FOUND,
+            0,
+            &[],
+        ));
+    }
+
+    let mut topics: Vec<TopicOut> = Vec::with_capacity(body.topics.len());
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for t in &body.topics {
+        let meta = if version >= 13 {
+            snapshot.topic_by_id(t.topic_id.as_bytes())
+        } else {
+            snapshot.topic(t.topic.0.as_str())
+        };
+        let (name, id): (Arc<str>, _) = match meta {
+            Some(m) => (m.name.clone(), m.id),
+            None => (t.topic.0.as_str().into(), *t.topic_id.as_bytes()),
+        };
+        let ti = topics.len();
+        for p in &t.partitions {
+            let error = match meta {
+                None if version >= 13 => Some(code::UNKNOWN_TOPIC_ID),
+                None => Some(code::UNKNOWN_TOPIC_OR_PARTITION),
+                Some(m) if !(0..m.partitions).contains(&p.partition) => {
+                    Some(code::UNKNOWN_TOPIC_OR_PARTITION)
+                }
+                // One broker, leader epoch 0 forever: a client that knows a newer epoch
+                // is talking about another cluster's state.
+                Some(_) if p.current_leader_epoch > 0 => Some(code::UNKNOWN_LEADER_EPOCH),
+                Some(_) => None,
+            };
+            wanted.push(Wanted {
+                topic: ti,
+                name: name.clone(),
+                partition: p.partition,
+                offset: p.fetch_offset,
+                partition_max_bytes: p.partition_max_bytes.max(0) as u64,
+                error,
+            });
+        }
+        topics.push(TopicOut {
+            name,
+            id,
+            partitions: Vec::new(),
+        });
+    }
+
+    let max_bytes = body.max_bytes.max(0) as u64;
+    let min_bytes = body.min_bytes.max(0) as u64;
+    let deadline = Instant::now() + Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let results = loop {
+        let results = read_all(shard, &wanted, max_bytes).await;
+        let total: u64 = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|p| p.len)
+            .sum();
+        let any_error = results.iter().any(|r| r.is_err());
+        // As Kafka: answer at once with min_bytes of data, with an error, or at the deadline.
+        if total >= min_bytes || any_error || Instant::now() >= deadline {
+            break results;
+        }
+        // Wait for an append to any of the partitions, or the deadline.
+        if !wait_for_data(shard, &wanted, &results, deadline).await {
+            break read_all(shard, &wanted, max_bytes).await;
+        }
+    };
+
+    for (w, r) in wanted.iter().zip(results) {
+        let out = match r {
+            Ok(plan) => PartitionOut {
+                index: w.partition,
+                error_code: code::NONE,
+                high_watermark: plan.high_watermark,
+                last_stable_offset: plan.high_watermark,
+                log_start_offset: plan.log_start_offset,
+                records: (plan.len > 0).then(|| FileRange {
+                    file: plan.file.clone(),
+                    offset: plan.position,
+                    len: plan.len,
+                }),
+            },
+            Err((c, hw_lso)) => PartitionOut {
+                index: w.partition,
+                error_code: c,
+                high_watermark: hw_lso.map_or(-1, |(_, hw)| hw),
+                last_stable_offset: hw_lso.map_or(-1, |(_, hw)| hw),
+                log_start_offset: hw_lso.map_or(-1, |(lso, _)| lso),
+                records: None,
+            },
+        };
+        topics[w.topic].partitions.push(out);
+    }
+    Outcome::Reply(fetch_response::encode(
+        req.correlation_id,
+        version,
+        0,
+        code::NONE,
+        0,
+        &topics,
+    ))
+}
+
+/// A partition's plan, or its error code with (log start, high watermark) where known.
+type ReadResult = Result<ReadPlan, (i16, Option<(i64, i64)>)>;
+
+/// Plans every partition concurrently with its own limit, then trims to the response's
+/// max_bytes in request order: a partition that would overflow is planned again with what
+/// is left (KIP-74: the first partition with data always gets at least one whole batch).
+async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: u64) -> Vec<ReadResult> {
+    let first = crate::admin::join_all(wanted.iter().map(|w| {
+        let shard = shard.clone();
+        let (error, name, partition, offset, limit) = (
+            w.error,
+            w.name.clone(),
+            w.partition,
+            w.offset,
+            w.partition_max_bytes.min(max_bytes),
+        );
+        async move {
+            if let Some(c) = error {
+                return Err((c, None));
+            }
+            read_one(&shard, name, partition, offset, limit, true).await
+        }
+    }))
+    .await;
+    let mut used = 0u64;
+    let mut out = Vec::with_capacity(first.len());
+    for (w, r) in wanted.iter().zip(first) {
+        let r = match r {
+            Ok(plan) if used + plan.len <= max_bytes || (used == 0 && plan.len > 0) => Ok(plan),
+            Ok(plan) => {
+                // Over the response limit: plan again with what is left (possibly nothing).
+                let left = max_bytes.saturating_sub(used);
+                if left == 0 {
+                    Ok(ReadPlan { len: 0, ..plan })
+                } else {
+                    read_one(shard, w.name.clone(), w.partition, w.offset, left, used == 0).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Ok(plan) = &r {
+            used += plan.len;
+        }
+        out.push(r);
+    }
+    out
+}
+
+async fn read_one(
+    shard: &Rc<Shard>,
+    name: Arc<str>,
+    partition: i32,
+    offset: i64,
+    max_bytes: u64,
+    min_one_batch: bool,
+) -> ReadResult {
+    let owner = shard.owner(&name, partition);
+    let key = (name.clone(), partition);
+    let r: Option<Result<ReadPlan, PartitionError>> = shard
+        .call(owner, |reply| ShardMsg::Read {
+            key,
+            offset,
+            max_bytes,
+            min_one_batch,
+            reply,
+        })
+        .await;
+    match r {
+        Some(Ok(plan)) => Ok(plan),
+        Some(Err((c, _))) if c == code::OFFSET_OUT_OF_RANGE => {
+            // Tell the client where the log is, so it can reset.
+            let key = (name, partition);
+            let offsets = shard
+                .call(owner, |reply| ShardMsg::Offsets { key, reply })
+                .await
+                .and_then(Result::ok);
+            Err((c, offsets))
+        }
+        Some(Err((c, msg))) => {
+            if c == code::KAFKA_STORAGE_ERROR {
+                tracing::warn!(topic = %name, partition, "fetch failed: {msg}");
+            }
+            Err((c, None))
+        }
+        None => Err((code::NOT_LEADER_OR_FOLLOWER, None)),
+    }
+}
+
+/// Waits until one of the partitions has data past what was just read, or the deadline.
+/// Returns false on the deadline.
+async fn wait_for_data(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted],
+    results: &[ReadResult],
+    deadline: Instant,
+) -> bool {
+    let mut receivers = Vec::new();
+    for (w, r) in wanted.iter().zip(results) {
+        let Ok(plan) = r else { continue };
+        let key = (w.name.clone(), w.partition);
+        // Data beyond the current high watermark is new to this consumer.
+        let offset = plan.high_watermark.max(w.offset);
+        let owner = shard.owner(&w.name, w.partition);
+        receivers.push(
+            shard
+                .send(owner, |reply| ShardMsg::WaitForData { key, offset, reply })
+                .await,
+        );
+    }
+    if receivers.is_empty() {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        return false;
+    }
+    let any = async {
+        // Resolves on the first answer (each answer means data, or a closing log).
+        let mut set = receivers;
+        future::poll_fn(|cx| {
+            for rx in set.iter_mut() {
+                if std::pin::Pin::new(rx).poll(cx).is_ready() {
+                    return std::task::Poll::Ready(true);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    };
+    let timeout = async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        false
+    };
+    future::or(any, timeout).await
+}
+
+use std::future::Future as _;

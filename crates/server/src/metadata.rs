@@ -1,0 +1,372 @@
+//! Cluster metadata: the topics, their ids, partition counts and config overrides.
+//!
+//! Shard 0 is the single writer ([`crate::admin`]); every shard reads an immutable
+//! [`Snapshot`] it was handed, so the hot path never locks. The registry is persisted in
+//! `<data-dir>/runnel-topics`, rewritten atomically on every change:
+//!
+//! ```text
+//! # runnel topics v1
+//! topic <name> <topic-id as 32 hex digits> <partitions> [config=value ...]
+//! ```
+
+use runnel_log::LogConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const TOPICS_FILE: &str = "runnel-topics";
+/// Kafka's meta.properties: the cluster id and node id of this data dir.
+pub const META_PROPERTIES: &str = "meta.properties";
+pub const NODE_ID: i32 = 0;
+const HEADER: &str = "# runnel topics v1";
+
+/// A 16-byte topic id (Kafka's Uuid).
+pub type TopicId = [u8; 16];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMeta {
+    pub name: Arc<str>,
+    pub id: TopicId,
+    pub partitions: i32,
+    /// Topic-level config overrides (CreateTopics configs), validated.
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// What every shard sees of the cluster: replaced whole on each change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Bumped on every change, so a shard can tell a newer snapshot from an older one.
+    pub version: u64,
+    pub cluster_id: String,
+    pub topics: BTreeMap<Arc<str>, Arc<TopicMeta>>,
+    pub by_id: HashMap<TopicId, Arc<str>>,
+}
+
+impl Snapshot {
+    pub fn topic(&self, name: &str) -> Option<&Arc<TopicMeta>> {
+        self.topics.get(name)
+    }
+
+    pub fn topic_by_id(&self, id: &TopicId) -> Option<&Arc<TopicMeta>> {
+        self.by_id.get(id).and_then(|n| self.topics.get(n))
+    }
+
+    pub fn with_topics(&self, topics: BTreeMap<Arc<str>, Arc<TopicMeta>>) -> Snapshot {
+        let by_id = topics.values().map(|t| (t.id, t.name.clone())).collect();
+        Snapshot {
+            version: self.version + 1,
+            cluster_id: self.cluster_id.clone(),
+            topics,
+            by_id,
+        }
+    }
+}
+
+/// Kafka's topic name rule: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!(
+            "topic name is {} characters long, the limit is 249",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}: only ASCII letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// The topic configs Runnel understands. Anything else is INVALID_CONFIG, as in Kafka.
+pub const TOPIC_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "flush.messages",
+    "flush.ms",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.ms",
+];
+
+/// Checks one topic config value; the error is the message for INVALID_CONFIG.
+pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
+    let int = |min: i64| -> Result<(), String> {
+        match value.parse::<i64>() {
+            Ok(v) if v >= min => Ok(()),
+            _ => Err(format!("{key} must be an integer >= {min}, got {value:?}")),
+        }
+    };
+    match key {
+        "cleanup.policy" if value == "delete" => Ok(()),
+        "cleanup.policy" => Err(format!(
+            "cleanup.policy={value} is not supported: Runnel only deletes (no compaction)"
+        )),
+        "flush.messages" | "flush.ms" | "segment.ms" => int(1),
+        "max.message.bytes" => int(0).and_then(|_| {
+            if value.parse::<i64>().unwrap_or(0) > i32::MAX as i64 {
+                Err(format!("{key} must fit in 32 bits"))
+            } else {
+                Ok(())
+            }
+        }),
+        "retention.ms" | "retention.bytes" => int(-1),
+        "segment.bytes" => int(runnel_log::MIN_SEGMENT_BYTES as i64).and_then(|_| {
+            if value.parse::<u64>().unwrap_or(u64::MAX) > runnel_log::MAX_SEGMENT_BYTES {
+                Err(format!(
+                    "segment.bytes must be at most {}",
+                    runnel_log::MAX_SEGMENT_BYTES
+                ))
+            } else {
+                Ok(())
+            }
+        }),
+        "message.timestamp.type" if value == "CreateTime" || value == "LogAppendTime" => Ok(()),
+        "message.timestamp.type" => Err(format!(
+            "message.timestamp.type must be CreateTime or LogAppendTime, got {value:?}"
+        )),
+        _ => Err(format!("unknown topic config {key:?}")),
+    }
+}
+
+/// The log settings of a topic: the broker's defaults with the topic's overrides applied.
+pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) -> LogConfig {
+    let mut c = defaults.clone();
+    for (k, v) in overrides {
+        let n = v.parse::<i64>().ok();
+        match k.as_str() {
+            "segment.bytes" => c.segment_bytes = n.unwrap_or(0) as u64,
+            "segment.ms" => c.segment_ms = n.map(|n| n as u64),
+            "retention.ms" => c.retention_ms = n.and_then(|n| u64::try_from(n).ok()),
+            "retention.bytes" => c.retention_bytes = n.and_then(|n| u64::try_from(n).ok()),
+            "flush.messages" => c.flush_messages = n.map(|n| n as u64),
+            "flush.ms" => c.flush_ms = n.map(|n| n as u64),
+            "message.timestamp.type" => c.log_append_time = v == "LogAppendTime",
+            _ => {}
+        }
+    }
+    c
+}
+
+pub fn max_message_bytes(default: u32, overrides: &BTreeMap<String, String>) -> u32 {
+    overrides
+        .get("max.message.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn encode_topics(topics: &BTreeMap<Arc<str>, Arc<TopicMeta>>) -> String {
+    let mut out = String::from(HEADER);
+    out.push('\n');
+    for t in topics.values() {
+        let _ = write!(out, "topic {} {} {}", t.name, hex(&t.id), t.partitions);
+        for (k, v) in &t.overrides {
+            let _ = write!(out, " {k}={v}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn decode_topics(text: &str) -> Result<BTreeMap<Arc<str>, Arc<TopicMeta>>, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Err(format!("the first line is not {HEADER:?}"));
+    }
+    let mut topics = BTreeMap::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let mut words = line.split(' ');
+        let bad = || format!("bad line {line:?}");
+        if words.next() != Some("topic") {
+            return Err(bad());
+        }
+        let name = words.next().ok_or_else(bad)?;
+        validate_topic_name(name).map_err(|e| format!("{}: {e}", bad()))?;
+        let id = unhex(words.next().ok_or_else(bad)?).ok_or_else(bad)?;
+        let partitions: i32 = words.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+        if partitions < 1 {
+            return Err(bad());
+        }
+        let mut overrides = BTreeMap::new();
+        for kv in words {
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            validate_topic_config(k, v).map_err(|e| format!("{}: {e}", bad()))?;
+            overrides.insert(k.to_string(), v.to_string());
+        }
+        let name: Arc<str> = name.into();
+        topics.insert(
+            name.clone(),
+            Arc::new(TopicMeta {
+                name,
+                id,
+                partitions,
+                overrides,
+            }),
+        );
+    }
+    Ok(topics)
+}
+
+pub fn hex(id: &TopicId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<TopicId> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+/// 16 random bytes from the kernel: topic ids and the cluster id.
+pub fn random_id() -> TopicId {
+    let mut id = [0u8; 16];
+    loop {
+        // SAFETY: getrandom writes at most `id.len()` bytes into the buffer we own.
+        let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+        if n == id.len() as isize {
+            break;
+        }
+    }
+    // A version 4 UUID, as Kafka's Uuid.randomUuid(); never the all-zero "no id".
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// Kafka's URL-safe base64 form of a Uuid without padding, used for cluster ids.
+pub fn base64_id(id: &TopicId) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in id.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Reads (or on first start creates) meta.properties and the topic registry of a data dir.
+pub fn load(data_dir: &Path) -> Result<Snapshot, String> {
+    let props = data_dir.join(META_PROPERTIES);
+    let cluster_id = match std::fs::read_to_string(&props) {
+        Ok(text) => text
+            .lines()
+            .find_map(|l| l.strip_prefix("cluster.id="))
+            .map(str::to_string)
+            .ok_or_else(|| format!("{} has no cluster.id", props.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = base64_id(&random_id());
+            let text = format!("#Written by runnel\nversion=1\nnode.id={NODE_ID}\ncluster.id={id}\n");
+            write_file_blocking(&props, text.as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", props.display()))?;
+            id
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", props.display())),
+    };
+    let path = data_dir.join(TOPICS_FILE);
+    let topics = match std::fs::read_to_string(&path) {
+        Ok(text) => decode_topics(&text).map_err(|e| format!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let by_id = topics.values().map(|t| (t.id, t.name.clone())).collect();
+    Ok(Snapshot {
+        version: 1,
+        cluster_id,
+        topics,
+        by_id,
+    })
+}
+
+/// Startup-only (before the shards run): write, sync, rename, sync the directory.
+fn write_file_blocking(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_text_round_trips() {
+        let mut topics = BTreeMap::new();
+        for (name, parts) in [("orders", 3), ("a.b_c-d", 1)] {
+            let mut overrides = BTreeMap::new();
+            overrides.insert("retention.ms".to_string(), "1000".to_string());
+            let name: Arc<str> = name.into();
+            topics.insert(
+                name.clone(),
+                Arc::new(TopicMeta {
+                    name,
+                    id: random_id(),
+                    partitions: parts,
+                    overrides,
+                }),
+            );
+        }
+        let text = encode_topics(&topics);
+        assert_eq!(decode_topics(&text).unwrap(), topics);
+        assert!(decode_topics("topic x 00 1\n").is_err());
+        assert!(decode_topics(&format!("{HEADER}\ntopic x {} 0\n", hex(&[1; 16]))).is_err());
+        assert!(decode_topics(&format!("{HEADER}\ntopic x {} 1 foo=1\n", hex(&[1; 16]))).is_err());
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.eu_1-x").is_ok());
+        for bad in ["", ".", "..", "a b", "a/b", "ü", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn topic_configs_are_checked_and_applied() {
+        assert!(validate_topic_config("retention.ms", "-1").is_ok());
+        assert!(validate_topic_config("retention.ms", "-2").is_err());
+        assert!(validate_topic_config("segment.bytes", "10").is_err());
+        assert!(validate_topic_config("cleanup.policy", "compact").is_err());
+        assert!(validate_topic_config("compression.type", "lz4").is_err());
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".into(), "-1".into());
+        o.insert("segment.bytes".into(), "1048576".into());
+        let c = log_config(&LogConfig::default(), &o);
+        assert_eq!(c.retention_ms, None);
+        assert_eq!(c.segment_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn base64_ids_are_22_url_safe_characters() {
+        let s = base64_id(&[0xff; 16]);
+        assert_eq!(s.len(), 22);
+        assert!(s.chars().all(|c| c == '_'));
+        assert_eq!(base64_id(&[0; 16]), "A".repeat(22));
+    }
+}

@@ -1,0 +1,104 @@
+//! Counters, one set per shard (each shard writes only its own, so there is no contention),
+//! summed when Prometheus scrapes `GET /metrics` on `--metrics-listen`.
+
+use crate::shard::Shared;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn incr(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        // Only the owning shard writes; a relaxed load+store is enough and avoids a locked op.
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! counters {
+    ($($name:ident: $kind:literal, $help:literal;)*) => {
+        #[derive(Debug, Default)]
+        pub struct ShardCounters {
+            $(pub $name: Counter,)*
+        }
+
+        impl ShardCounters {
+            fn describe() -> &'static [(&'static str, &'static str, &'static str)] {
+                &[$((stringify!($name), $kind, $help),)*]
+            }
+
+            fn value(&self, name: &str) -> u64 {
+                match name {
+                    $(stringify!($name) => self.$name.get(),)*
+                    _ => 0,
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    connections_accepted: "counter", "Client connections accepted.";
+    connections_open: "gauge", "Client connections open now.";
+    requests: "counter", "Requests received.";
+    request_errors: "counter", "Connections closed for a bad request (oversized, malformed, unsupported).";
+    produce_bytes: "counter", "Record batch bytes appended by produce requests.";
+    produce_records: "counter", "Records appended by produce requests.";
+    fetch_bytes_spliced: "counter", "Record bytes sent to consumers by splice, never entering user space.";
+    fetch_bytes_copied: "counter", "Record bytes sent to consumers by reading them into user space (--zero-copy=off).";
+    produce_bytes_copied: "counter", "Produce record bytes copied in user space (0 unless a frame was shared).";
+    cross_shard_messages: "counter", "Messages sent to another shard.";
+}
+
+/// The Prometheus text exposition of every shard's counters.
+pub fn render(shared: &Shared) -> String {
+    let mut out = String::new();
+    for (name, kind, help) in ShardCounters::describe() {
+        let _ = writeln!(out, "# HELP runnel_{name} {help}");
+        let _ = writeln!(out, "# TYPE runnel_{name} {kind}");
+        for (i, c) in shared.counters.iter().enumerate() {
+            let _ = writeln!(out, "runnel_{name}{{shard=\"{i}\"}} {}", c.value(name));
+        }
+    }
+    out
+}
+
+/// Serves `GET /metrics` (any path, in fact) on shard 0 until the broker stops.
+pub async fn serve(shared: Arc<Shared>, listener: glommio::net::TcpListener) {
+    loop {
+        let Ok(mut stream) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        glommio::spawn_local(async move {
+            let mut buf = [0u8; 4096];
+            // One request per connection; the request line is all we need.
+            let _ = stream.read(&mut buf).await;
+            let body = render(&shared);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.close().await;
+        })
+        .detach();
+    }
+}

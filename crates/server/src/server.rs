@@ -1,0 +1,462 @@
+//! Broker start and stop: the data dir, the shard pool, the listeners, signals, and the
+//! clean-shutdown checkpoint.
+//!
+//! Shutdown runs in phases every shard passes together (counted in `Shared::phase`):
+//! 0. stop accepting and reading; answer every request already started (it may need other
+//!    shards, which all keep serving their channels meanwhile);
+//! 1. close every log (flush, write indexes) and report recovery points;
+//! 2. leave. The main thread then writes the checkpoints and the clean-shutdown marker.
+
+use crate::config::Config;
+use crate::metadata;
+use crate::shard::{self, Latch, Shard, ShardMsg, Shared, Startup};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use runnel_log::checkpoint::{self, Offsets};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// glommio's registered buffer per executor. Runnel does its file I/O on its own ring and
+/// needs little; glommio refuses less than 512 KiB.
+const IO_MEMORY: usize = 512 << 10;
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one shard hands back when it stops.
+struct ShardExit {
+    recovery_points: Offsets,
+    log_start_offsets: Offsets,
+    clean: bool,
+}
+
+/// Runs the broker until SIGTERM or SIGINT. Errors are for the operator (exit code 1).
+pub fn run(config: Config) -> Result<(), String> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let _lock = lock_data_dir(&data_dir)?;
+    shard::remove_deleted_dirs(&data_dir);
+    let snapshot = metadata::load(&data_dir)?;
+    let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
+    let clean_shutdown = marker.exists();
+    let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
+    let log_start_offsets = read_checkpoint(&data_dir, checkpoint::LOG_START_OFFSET_CHECKPOINT)?;
+    let nr_shards = config.shards();
+    check_memlock(nr_shards);
+
+    // Port 0: reserve a port all shards can share (SO_REUSEPORT) before they bind it.
+    let reserve = reserve_listen_addr(config.listen)?;
+    let listen = reserve.local_addr().map_err(|e| e.to_string())?.as_socket().expect("inet");
+    let (advertised_host, advertised_port) = advertised(&config, listen)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = nr_shards,
+        data_dir = %data_dir.display(),
+        topics = snapshot.topics.len(),
+        clean_shutdown,
+        "starting runnel"
+    );
+    let shared = Arc::new(Shared {
+        defaults: config.default_log_config(),
+        counters: (0..nr_shards).map(|_| Default::default()).collect(),
+        config,
+        nr_shards,
+        advertised_host,
+        advertised_port,
+        listen,
+        data_dir: data_dir.clone(),
+        startup: Startup {
+            snapshot,
+            clean_shutdown,
+            recovery_points,
+            log_start_offsets,
+        },
+        stop: AtomicBool::new(false),
+        phase: Default::default(),
+        ready: AtomicUsize::new(0),
+    });
+    install_signal_handler(shared.clone())?;
+
+    let mesh = MeshBuilder::<ShardMsg, _>::full(nr_shards, 1024);
+    let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(nr_shards, None))
+        .name("runnel-shard")
+        .io_memory(IO_MEMORY)
+        .on_all_shards({
+            let shared = shared.clone();
+            move || shard_main(shared, mesh)
+        })
+        .map_err(|e| format!("cannot start the shard executors: {e}"))?;
+
+    // Once every shard has opened its logs, the next crash is an unclean one again.
+    while shared.ready.load(Ordering::Acquire) < nr_shards && !shared.stop.load(Ordering::Acquire)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(reserve);
+    if shared.ready.load(Ordering::Acquire) == nr_shards {
+        if let Err(e) = std::fs::remove_file(&marker) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(format!("cannot remove {}: {e}", marker.display()));
+            }
+        }
+        tracing::info!(listen = %listen, "runnel is ready");
+    }
+
+    let mut recovery_points = Offsets::new();
+    let mut log_start_offsets = Offsets::new();
+    let mut clean = true;
+    let mut first_error = None;
+    for r in pool.join_all() {
+        match r {
+            Ok(Ok(exit)) => {
+                recovery_points.extend(exit.recovery_points);
+                log_start_offsets.extend(exit.log_start_offsets);
+                clean &= exit.clean;
+            }
+            Ok(Err(e)) => {
+                clean = false;
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                clean = false;
+                first_error.get_or_insert(format!("a shard failed: {e:?}"));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    checkpoint::write_blocking(
+        &data_dir.join(checkpoint::RECOVERY_POINT_CHECKPOINT),
+        &recovery_points,
+    )
+    .and_then(|_| {
+        checkpoint::write_blocking(
+            &data_dir.join(checkpoint::LOG_START_OFFSET_CHECKPOINT),
+            &log_start_offsets,
+        )
+    })
+    .map_err(|e| format!("cannot write checkpoints: {e}"))?;
+    if clean {
+        std::fs::File::create(&marker)
+            .and_then(|f| f.sync_all())
+            .and_then(|_| std::fs::File::open(&data_dir)?.sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+        tracing::info!("runnel stopped cleanly");
+    } else {
+        tracing::warn!("runnel stopped; a partition failed to close, the next start recovers");
+    }
+    Ok(())
+}
+
+async fn shard_main(
+    shared: Arc<Shared>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+) -> Result<ShardExit, String> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
+    let id = senders.peer_id();
+    let shard = Rc::new(Shard {
+        id,
+        shared: shared.clone(),
+        snapshot: RefCell::new(Arc::new(metadata::Snapshot::default())),
+        partitions: RefCell::new(HashMap::new()),
+        mesh: senders,
+        stopping: Latch::default(),
+        admin_lock: glommio::sync::Semaphore::new(1),
+        connections: Cell::new(0),
+    });
+    // Serve the other shards' messages, each in a task of its own.
+    for (_, stream) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = stream.recv().await {
+                glommio::spawn_local(shard.clone().handle(msg)).detach();
+            }
+        })
+        .detach();
+    }
+    // Open this shard's partitions.
+    let snapshot = Arc::new(shared.startup.snapshot.clone());
+    let opened = shard.apply_metadata(snapshot, true).await;
+    if let Err(e) = opened {
+        shared.stop.store(true, Ordering::Release);
+        tracing::error!(shard = id, "{e}");
+        close_logs(&shard).await;
+        wait_phase(&shared, 0).await;
+        wait_phase(&shared, 1).await;
+        wait_phase(&shared, 2).await;
+        return Err(e);
+    }
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    while shared.ready.load(Ordering::Acquire) < shared.nr_shards {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+
+    let listener = TcpListener::bind(shared.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", shared.listen));
+    let listener = match listener {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(shard = id, "{e}");
+            shared.stop.store(true, Ordering::Release);
+            None
+        }
+    };
+    if id == 0 {
+        if let Some(addr) = shared.config.metrics_listen {
+            match TcpListener::bind(addr) {
+                Ok(l) => {
+                    tracing::info!(%addr, "serving metrics");
+                    glommio::spawn_local(crate::metrics::serve(shared.clone(), l)).detach();
+                }
+                Err(e) => tracing::error!("cannot serve metrics on {addr}: {e}"),
+            }
+        }
+    }
+    let accept = listener.map(|l| {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let accepted = futures_lite::future::or(
+                    async { Some(l.accept().await) },
+                    async {
+                        shard.stopping.wait().await;
+                        None
+                    },
+                )
+                .await;
+                match accepted {
+                    None => break,
+                    Some(Ok(stream)) => {
+                        glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                    }
+                    Some(Err(e)) => {
+                        // EMFILE and the like: say so, back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+        .detach()
+    });
+    let background = glommio::spawn_local(background(shard.clone())).detach();
+
+    // Run until told to stop.
+    while !shared.stop.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    shard.stopping.set();
+    if let Some(a) = accept {
+        a.await;
+    }
+    background.cancel();
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if shard.connections.get() > 0 {
+        tracing::warn!(shard = id, "{} connections still busy at shutdown", shard.connections.get());
+    }
+    wait_phase(&shared, 0).await;
+    let exit = close_logs(&shard).await;
+    wait_phase(&shared, 1).await;
+    shard.mesh.close();
+    wait_phase(&shared, 2).await;
+    Ok(exit)
+}
+
+/// Marks this shard done with `phase` and waits for the others, serving their messages
+/// meanwhile (this is an await, not a blocking wait).
+async fn wait_phase(shared: &Shared, phase: usize) {
+    shared.phase[phase].fetch_add(1, Ordering::AcqRel);
+    while shared.phase[phase].load(Ordering::Acquire) < shared.nr_shards {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
+    let logs: Vec<_> = shard.partitions.borrow_mut().drain().collect();
+    let mut exit = ShardExit {
+        recovery_points: Offsets::new(),
+        log_start_offsets: Offsets::new(),
+        clean: true,
+    };
+    for ((topic, partition), log) in logs {
+        if let Err(e) = log.close().await {
+            tracing::error!(%topic, partition, "closing the log failed: {e}");
+            exit.clean = false;
+        }
+        exit.recovery_points
+            .insert((topic.to_string(), partition), log.recovery_point());
+        exit.log_start_offsets
+            .insert((topic.to_string(), partition), log.log_start_offset());
+    }
+    exit
+}
+
+/// Retention and the flush.ms policy, off the request path.
+async fn background(shard: Rc<Shard>) {
+    let retention_every = shard.config().retention_check_interval_ms;
+    let mut next_retention = runnel_now_ms() + retention_every as i64;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        let now = runnel_now_ms();
+        let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
+        for log in &logs {
+            if let Err(e) = log.flush_if_due(now).await {
+                tracing::error!(topic = log.topic(), partition = log.partition(), "flush failed: {e}");
+            }
+        }
+        if now >= next_retention {
+            next_retention = now + retention_every as i64;
+            for log in &logs {
+                match log.apply_retention(now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        topic = log.topic(),
+                        partition = log.partition(),
+                        segments = n,
+                        log_start_offset = log.log_start_offset(),
+                        "retention deleted segments"
+                    ),
+                    Err(e) => tracing::error!(
+                        topic = log.topic(),
+                        partition = log.partition(),
+                        "retention failed: {e}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn runnel_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn read_checkpoint(dir: &Path, name: &str) -> Result<Offsets, String> {
+    match checkpoint::read(&dir.join(name)) {
+        Ok(o) => Ok(o),
+        Err(e) => {
+            // A damaged checkpoint only costs a longer recovery: scan everything.
+            tracing::warn!("ignoring {name}: {e}");
+            Ok(Offsets::new())
+        }
+    }
+}
+
+/// One broker per data dir: a second one would corrupt the logs.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let f = std::fs::File::create(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "{} is in use by another runnel process",
+            dir.display()
+        ));
+    }
+    Ok(f)
+}
+
+fn reserve_listen_addr(addr: SocketAddr) -> Result<socket2::Socket, String> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .and_then(|s| {
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.bind(&addr.into())?;
+            Ok(s)
+        })
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    Ok(s)
+}
+
+fn advertised(config: &Config, listen: SocketAddr) -> Result<(String, i32), String> {
+    if let Some(a) = &config.advertised_listener {
+        let (host, port) = a
+            .rsplit_once(':')
+            .ok_or_else(|| format!("--advertised-listener {a:?} is not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("--advertised-listener {a:?} has a bad port"))?;
+        return Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)));
+    }
+    let host = if listen.ip().is_unspecified() {
+        // Listening everywhere: tell clients this host's name, as Kafka does.
+        let name = hostname().unwrap_or_else(|| "localhost".into());
+        tracing::info!("advertising {name}:{} (set --advertised-listener to change)", listen.port());
+        name
+    } else {
+        listen.ip().to_string()
+    };
+    Ok((host, i32::from(listen.port())))
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec()).ok()
+}
+
+/// glommio registers IO_MEMORY per executor, which counts against RLIMIT_MEMLOCK; without
+/// room it silently falls back to unregistered buffers. Say so, with the fix.
+fn check_memlock(shards: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let need = (shards * (IO_MEMORY + (256 << 10))) as u64;
+    if !root && lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < need {
+        tracing::warn!(
+            "RLIMIT_MEMLOCK is {} bytes, {shards} shards want about {need}: io_uring buffer \
+             registration will fall back. Raise it (systemd: LimitMEMLOCK=infinity, see deploy/)",
+            lim.rlim_cur
+        );
+    }
+}
+
+fn install_signal_handler(shared: Arc<Shared>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("runnel-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                tracing::info!("{name}: stopping (finishing in-flight requests, flushing)");
+                shared.stop.store(true, Ordering::Release);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
