@@ -353,9 +353,14 @@ impl Ring {
         )
         .build()
         .flags(squeue::Flags::IO_LINK);
-        let out_of_pipe =
-            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock.as_raw_fd()), -1, len)
-                .build();
+        let out_of_pipe = opcode::Splice::new(
+            types::Fd(pipe.read_fd()),
+            -1,
+            types::Fd(sock.as_raw_fd()),
+            -1,
+            len,
+        )
+        .build();
         let mut ops = self.submit_chain(
             vec![into_pipe, out_of_pipe],
             Box::new((file.clone(), pipe.clone(), sock.clone())),
@@ -382,9 +387,14 @@ impl Ring {
         sock: &Arc<OwnedFd>,
         len: u32,
     ) -> io::Result<usize> {
-        let entry =
-            opcode::Splice::new(types::Fd(pipe.read_fd()), -1, types::Fd(sock.as_raw_fd()), -1, len)
-                .build();
+        let entry = opcode::Splice::new(
+            types::Fd(pipe.read_fd()),
+            -1,
+            types::Fd(sock.as_raw_fd()),
+            -1,
+            len,
+        )
+        .build();
         self.run(entry, Box::new((pipe.clone(), sock.clone())))
             .await
             .map(|n| n as usize)

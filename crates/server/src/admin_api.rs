@@ -3,7 +3,7 @@
 
 use crate::admin::{self, AdminOp, NewTopic};
 use crate::api::{encode_or_close, sb, topic_name, Outcome, Request};
-use crate::metadata::{self, NODE_ID};
+use crate::metadata::NODE_ID;
 use crate::shard::{Shard, ShardMsg};
 use crate::wire::code;
 use kafka_protocol::messages::create_partitions_response::{
@@ -15,7 +15,9 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsResponse, DeleteRecordsTopicResult,
 };
-use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
+use kafka_protocol::messages::delete_topics_response::{
+    DeletableTopicResult, DeleteTopicsResponse,
+};
 use kafka_protocol::messages::describe_cluster_response::{
     DescribeClusterBroker, DescribeClusterResponse,
 };
@@ -171,7 +173,11 @@ pub async fn delete_records(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     let key = (name, p.partition_index);
                     let offset = p.offset;
                     match shard
-                        .call(owner, |reply| ShardMsg::DeleteRecords { key, offset, reply })
+                        .call(owner, |reply| ShardMsg::DeleteRecords {
+                            key,
+                            offset,
+                            reply,
+                        })
                         .await
                     {
                         Some(Ok(low)) => r = r.with_low_watermark(low),
@@ -342,7 +348,9 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
         .iter()
         .map(|(n, id)| match n {
             Some(n) => Some(n.clone()),
-            None => snapshot.topic_by_id(id.as_bytes()).map(|m| m.name.to_string()),
+            None => snapshot
+                .topic_by_id(id.as_bytes())
+                .map(|m| m.name.to_string()),
         })
         .collect();
     let known: Vec<String> = names.iter().flatten().cloned().collect();
@@ -353,8 +361,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
         .iter()
         .zip(&names)
         .map(|((_, id), name)| {
-            let mut r = DeletableTopicResult::default()
-                .with_name(name.as_deref().map(topic_name));
+            let mut r = DeletableTopicResult::default().with_name(name.as_deref().map(topic_name));
             let result = match name {
                 Some(_) => answers.next().expect("one answer per name"),
                 None => Err((code::UNKNOWN_TOPIC_ID, format!("no topic has id {id}"))),
@@ -433,6 +440,68 @@ pub async fn describe_cluster(shard: &Rc<Shard>, req: &Request) -> Outcome {
     encode_or_close(req.correlation_id, req.version, &resp)
 }
 
+pub async fn find_coordinator(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    use kafka_protocol::messages::find_coordinator_response::{
+        Coordinator, FindCoordinatorResponse,
+    };
+    const GROUP: i8 = 0;
+    let body: FindCoordinatorRequest = decode!(req);
+    let version = req.version;
+    let host = sb(&shard.shared.advertised_host);
+    let port = shard.shared.advertised_port;
+    // One broker: it coordinates every group. Transactions are not supported.
+    let answer = |key_type: i8| -> Result<(), (i16, String)> {
+        if key_type == GROUP {
+            Ok(())
+        } else {
+            Err((
+                code::COORDINATOR_NOT_AVAILABLE,
+                "transactions are not supported".into(),
+            ))
+        }
+    };
+    let mut resp = FindCoordinatorResponse::default();
+    if version >= 4 {
+        resp.coordinators = body
+            .coordinator_keys
+            .iter()
+            .map(|k| {
+                let c = Coordinator::default().with_key(k.clone());
+                match answer(body.key_type) {
+                    Ok(()) => c
+                        .with_node_id(BrokerId(NODE_ID))
+                        .with_host(host.clone())
+                        .with_port(port),
+                    Err((e, msg)) => c
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(e)
+                        .with_error_message(Some(sb(&msg))),
+                }
+            })
+            .collect();
+    } else {
+        match answer(body.key_type) {
+            Ok(()) => {
+                resp = resp
+                    .with_node_id(BrokerId(NODE_ID))
+                    .with_host(host)
+                    .with_port(port)
+            }
+            Err((e, msg)) => {
+                resp = resp
+                    .with_error_code(e)
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1);
+                if version >= 1 {
+                    resp = resp.with_error_message(Some(sb(&msg)));
+                }
+            }
+        }
+    }
+    encode_or_close(req.correlation_id, version, &resp)
+}
+
 /// Kafka's ConfigSource values.
 mod source {
     pub const DYNAMIC_TOPIC_CONFIG: i8 = 1;
@@ -468,43 +537,90 @@ fn topic_configs(shard: &Shard, overrides: &BTreeMap<String, String>) -> Vec<Con
         }
     };
     let defaults: Vec<(&'static str, String, i8, i8, &'static str)> = vec![
-        ("cleanup.policy", "delete".into(), source::DEFAULT_CONFIG, ctype::LIST,
-         "What happens to old segments: only delete is supported."),
-        ("flush.messages", opt(c.flush_interval_messages), from_flag(c.flush_interval_messages.is_some()), ctype::LONG,
-         "fdatasync after this many records; -1 leaves flushing to the OS."),
-        ("flush.ms", opt(c.flush_interval_ms), from_flag(c.flush_interval_ms.is_some()), ctype::LONG,
-         "fdatasync data older than this; -1 leaves flushing to the OS."),
-        ("max.message.bytes", c.max_message_bytes.to_string(), from_flag(c.max_message_bytes != 1_048_588), ctype::INT,
-         "The largest record batch accepted."),
-        ("message.timestamp.type", "CreateTime".into(), source::DEFAULT_CONFIG, ctype::STRING,
-         "CreateTime keeps the producer's timestamps; LogAppendTime stamps the broker's."),
-        ("retention.bytes", c.retention_bytes.to_string(), from_flag(c.retention_bytes != -1), ctype::LONG,
-         "Delete the oldest segments while a partition is larger; -1: no limit."),
-        ("retention.ms", c.retention_ms.to_string(), from_flag(c.retention_ms != runnel_log::DEFAULT_RETENTION_MS as i64), ctype::LONG,
-         "Delete segments whose newest record is older; -1 keeps forever."),
-        ("segment.bytes", c.segment_bytes.to_string(), from_flag(c.segment_bytes != runnel_log::DEFAULT_SEGMENT_BYTES), ctype::INT,
-         "Roll the active segment before it grows past this."),
-        ("segment.ms", c.segment_ms.to_string(), from_flag(c.segment_ms != runnel_log::DEFAULT_SEGMENT_MS), ctype::LONG,
-         "Roll the active segment once it is this old."),
+        (
+            "cleanup.policy",
+            "delete".into(),
+            source::DEFAULT_CONFIG,
+            ctype::LIST,
+            "What happens to old segments: only delete is supported.",
+        ),
+        (
+            "flush.messages",
+            opt(c.flush_interval_messages),
+            from_flag(c.flush_interval_messages.is_some()),
+            ctype::LONG,
+            "fdatasync after this many records; -1 leaves flushing to the OS.",
+        ),
+        (
+            "flush.ms",
+            opt(c.flush_interval_ms),
+            from_flag(c.flush_interval_ms.is_some()),
+            ctype::LONG,
+            "fdatasync data older than this; -1 leaves flushing to the OS.",
+        ),
+        (
+            "max.message.bytes",
+            c.max_message_bytes.to_string(),
+            from_flag(c.max_message_bytes != 1_048_588),
+            ctype::INT,
+            "The largest record batch accepted.",
+        ),
+        (
+            "message.timestamp.type",
+            "CreateTime".into(),
+            source::DEFAULT_CONFIG,
+            ctype::STRING,
+            "CreateTime keeps the producer's timestamps; LogAppendTime stamps the broker's.",
+        ),
+        (
+            "retention.bytes",
+            c.retention_bytes.to_string(),
+            from_flag(c.retention_bytes != -1),
+            ctype::LONG,
+            "Delete the oldest segments while a partition is larger; -1: no limit.",
+        ),
+        (
+            "retention.ms",
+            c.retention_ms.to_string(),
+            from_flag(c.retention_ms != runnel_log::DEFAULT_RETENTION_MS as i64),
+            ctype::LONG,
+            "Delete segments whose newest record is older; -1 keeps forever.",
+        ),
+        (
+            "segment.bytes",
+            c.segment_bytes.to_string(),
+            from_flag(c.segment_bytes != runnel_log::DEFAULT_SEGMENT_BYTES),
+            ctype::INT,
+            "Roll the active segment before it grows past this.",
+        ),
+        (
+            "segment.ms",
+            c.segment_ms.to_string(),
+            from_flag(c.segment_ms != runnel_log::DEFAULT_SEGMENT_MS),
+            ctype::LONG,
+            "Roll the active segment once it is this old.",
+        ),
     ];
     defaults
         .into_iter()
-        .map(|(name, value, src, config_type, doc)| match overrides.get(name) {
-            Some(v) => ConfigEntry {
-                name,
-                value: v.clone(),
-                source: source::DYNAMIC_TOPIC_CONFIG,
-                config_type,
-                doc,
+        .map(
+            |(name, value, src, config_type, doc)| match overrides.get(name) {
+                Some(v) => ConfigEntry {
+                    name,
+                    value: v.clone(),
+                    source: source::DYNAMIC_TOPIC_CONFIG,
+                    config_type,
+                    doc,
+                },
+                None => ConfigEntry {
+                    name,
+                    value,
+                    source: src,
+                    config_type,
+                    doc,
+                },
             },
-            None => ConfigEntry {
-                name,
-                value,
-                source: src,
-                config_type,
-                doc,
-            },
-        })
+        )
         .collect()
 }
 
@@ -519,16 +635,66 @@ fn broker_configs(shard: &Shard) -> Vec<ConfigEntry> {
         doc,
     };
     vec![
-        e("auto.create.topics.enable", c.auto_create_topics.to_string(), 1, "Create topics on Metadata requests."),
-        e("broker.id", NODE_ID.to_string(), ctype::INT, "This broker's id."),
-        e("log.dirs", c.data_dir.display().to_string(), ctype::STRING, "The data directory."),
-        e("log.retention.bytes", c.retention_bytes.to_string(), ctype::LONG, "Default retention.bytes."),
-        e("log.retention.ms", c.retention_ms.to_string(), ctype::LONG, "Default retention.ms."),
-        e("log.segment.bytes", c.segment_bytes.to_string(), ctype::INT, "Default segment.bytes."),
-        e("log.roll.ms", c.segment_ms.to_string(), ctype::LONG, "Default segment.ms."),
-        e("message.max.bytes", c.max_message_bytes.to_string(), ctype::INT, "Default max.message.bytes."),
-        e("num.partitions", c.default_partitions.to_string(), ctype::INT, "Partitions of an auto-created topic."),
-        e("socket.request.max.bytes", c.max_request_bytes.to_string(), ctype::INT, "The largest request accepted."),
+        e(
+            "auto.create.topics.enable",
+            c.auto_create_topics.to_string(),
+            1,
+            "Create topics on Metadata requests.",
+        ),
+        e(
+            "broker.id",
+            NODE_ID.to_string(),
+            ctype::INT,
+            "This broker's id.",
+        ),
+        e(
+            "log.dirs",
+            c.data_dir.display().to_string(),
+            ctype::STRING,
+            "The data directory.",
+        ),
+        e(
+            "log.retention.bytes",
+            c.retention_bytes.to_string(),
+            ctype::LONG,
+            "Default retention.bytes.",
+        ),
+        e(
+            "log.retention.ms",
+            c.retention_ms.to_string(),
+            ctype::LONG,
+            "Default retention.ms.",
+        ),
+        e(
+            "log.segment.bytes",
+            c.segment_bytes.to_string(),
+            ctype::INT,
+            "Default segment.bytes.",
+        ),
+        e(
+            "log.roll.ms",
+            c.segment_ms.to_string(),
+            ctype::LONG,
+            "Default segment.ms.",
+        ),
+        e(
+            "message.max.bytes",
+            c.max_message_bytes.to_string(),
+            ctype::INT,
+            "Default max.message.bytes.",
+        ),
+        e(
+            "num.partitions",
+            c.default_partitions.to_string(),
+            ctype::INT,
+            "Partitions of an auto-created topic.",
+        ),
+        e(
+            "socket.request.max.bytes",
+            c.max_request_bytes.to_string(),
+            ctype::INT,
+            "The largest request accepted.",
+        ),
     ]
 }
 
@@ -553,8 +719,8 @@ pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
                         format!("topic {} does not exist", &*r.resource_name),
                     )),
                 },
-                BROKER if r.resource_name.is_empty()
-                    || *r.resource_name == *NODE_ID.to_string() =>
+                BROKER
+                    if r.resource_name.is_empty() || *r.resource_name == *NODE_ID.to_string() =>
                 {
                     Ok(broker_configs(shard))
                 }
@@ -562,7 +728,10 @@ pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     code::INVALID_REQUEST,
                     format!("this broker is {NODE_ID}, not {}", &*r.resource_name),
                 )),
-                t => Err((code::INVALID_REQUEST, format!("resource type {t} is not supported"))),
+                t => Err((
+                    code::INVALID_REQUEST,
+                    format!("resource type {t} is not supported"),
+                )),
             };
             match entries {
                 Ok(entries) => {
@@ -604,6 +773,3 @@ pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
         &DescribeConfigsResponse::default().with_results(results),
     )
 }
-
-#[allow(dead_code)]
-fn _unused(_: &metadata::Snapshot) {}

@@ -62,13 +62,14 @@ impl Request {
             )
         })?;
         if !body.is_empty() {
-            // Trailing bytes mean we and the client disagree on the layout.
-            return Err(format!(
-                "malformed {:?} v{} request: {} bytes after the body",
+            // Kafka ignores trailing bytes, and clients rely on it (librdkafka 2.x sends
+            // Metadata v12 with a field that ended at v10).
+            tracing::debug!(
+                "{:?} v{} request: {} bytes after the body ignored",
                 self.api_key,
                 self.version,
                 body.len()
-            ));
+            );
         }
         Ok(req)
     }
@@ -171,6 +172,7 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::OffsetForLeaderEpoch => admin_api::offset_for_leader_epoch(shard, &req).await,
         ApiKey::DescribeConfigs => admin_api::describe_configs(shard, &req).await,
         ApiKey::DescribeCluster => admin_api::describe_cluster(shard, &req).await,
+        ApiKey::FindCoordinator => admin_api::find_coordinator(shard, &req).await,
         other => Outcome::Close(format!("{other:?} is not served")),
     }
 }
@@ -207,8 +209,7 @@ async fn metadata(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> Ou
                 .collect(),
         ),
     };
-    let auto_create =
-        config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
+    let auto_create = config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
     if let (Some(wanted), true) = (&wanted, auto_create) {
         let missing: Vec<crate::admin::NewTopic> = wanted
             .iter()

@@ -69,7 +69,9 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
 
     let max = shard.config().max_request_bytes as usize;
     let result = loop {
-        let permit = in_flight.acquire_static_permit(1).await;
+        let Ok(permit) = in_flight.acquire_static_permit(1).await else {
+            break Ok(()); // the writer stopped
+        };
         let frame = futures_lite::future::or(
             async { Some(read_frame(&mut reader, max, peer).await) },
             async {
@@ -82,7 +84,12 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
             None => break Ok(()), // shutting down: stop reading, answer what was started
             Some(Ok(Some(f))) => f,
             Some(Ok(None)) => break Ok(()), // the client closed
-            Some(Err(e)) => break Err(e),
+            Some(Err(e)) => {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    shard.counters().request_errors.incr();
+                }
+                break Err(e);
+            }
         };
         let task = api::dispatch(shard, frame.freeze()).await;
         // The permit is released when the writer has sent the answer.
@@ -150,7 +157,10 @@ async fn read_frame(
             %peer,
             "closing connection: request frame of {size} bytes exceeds --max-request-bytes={max}"
         );
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "oversized frame"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "oversized frame",
+        ));
     }
     let mut buf = BytesMut::zeroed(size as usize);
     reader.read_exact(&mut buf).await?;
@@ -169,7 +179,9 @@ async fn write_loop(
     let zero_copy = shard.config().zero_copy;
     let mut pipe: Option<Arc<Pipe>> = None;
     while let Some(task) = rx.next().await {
-        let outcome = task.await.unwrap_or_else(|| Outcome::Close("request task cancelled".into()));
+        let outcome = task
+            .await
+            .unwrap_or_else(|| Outcome::Close("request task cancelled".into()));
         let result = match outcome {
             Outcome::Reply(resp) => {
                 send(&shard, &mut writer, &sock, &mut pipe, resp.parts, zero_copy).await

@@ -91,7 +91,8 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
 
     let max_bytes = body.max_bytes.max(0) as u64;
     let min_bytes = body.min_bytes.max(0) as u64;
-    let deadline = Instant::now() + Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let deadline =
+        Instant::now() + Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let results = loop {
         let results = read_all(shard, &wanted, max_bytes).await;
         let total: u64 = results
@@ -180,7 +181,15 @@ async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: u64) -> Vec<R
                 if left == 0 {
                     Ok(ReadPlan { len: 0, ..plan })
                 } else {
-                    read_one(shard, w.name.clone(), w.partition, w.offset, left, used == 0).await
+                    read_one(
+                        shard,
+                        w.name.clone(),
+                        w.partition,
+                        w.offset,
+                        left,
+                        used == 0,
+                    )
+                    .await
                 }
             }
             Err(e) => Err(e),

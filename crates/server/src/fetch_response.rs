@@ -269,44 +269,41 @@ mod tests {
         ];
         for version in MIN_VERSION..=MAX_VERSION {
             let ours = flatten(&encode(42, version, 0, 0, 0, &topics));
-            let expected = FetchResponse::default()
-                .with_responses(
-                    topics
-                        .iter()
-                        .map(|t| {
-                            let mut r = FetchableTopicResponse::default().with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|p| {
-                                        let records = match &p.records {
-                                            Some(r) => Bytes::copy_from_slice(
-                                                &content[r.offset as usize
-                                                    ..(r.offset + r.len) as usize],
-                                            ),
-                                            None => Bytes::new(),
-                                        };
-                                        PartitionData::default()
-                                            .with_partition_index(p.index)
-                                            .with_error_code(p.error_code)
-                                            .with_high_watermark(p.high_watermark)
-                                            .with_last_stable_offset(p.last_stable_offset)
-                                            .with_log_start_offset(p.log_start_offset)
-                                            .with_aborted_transactions(None)
-                                            .with_records(Some(records))
-                                    })
-                                    .collect(),
-                            );
-                            if version >= 13 {
-                                r = r.with_topic_id(uuid::Uuid::from_bytes(t.id));
-                            } else {
-                                r = r.with_topic(TopicName(StrBytes::from_string(
-                                    t.name.to_string(),
-                                )));
-                            }
-                            r
-                        })
-                        .collect(),
-                );
+            let expected = FetchResponse::default().with_responses(
+                topics
+                    .iter()
+                    .map(|t| {
+                        let mut r = FetchableTopicResponse::default().with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    let records = match &p.records {
+                                        Some(r) => Bytes::copy_from_slice(
+                                            &content
+                                                [r.offset as usize..(r.offset + r.len) as usize],
+                                        ),
+                                        None => Bytes::new(),
+                                    };
+                                    PartitionData::default()
+                                        .with_partition_index(p.index)
+                                        .with_error_code(p.error_code)
+                                        .with_high_watermark(p.high_watermark)
+                                        .with_last_stable_offset(p.last_stable_offset)
+                                        .with_log_start_offset(p.log_start_offset)
+                                        .with_aborted_transactions(None)
+                                        .with_records(Some(records))
+                                })
+                                .collect(),
+                        );
+                        if version >= 13 {
+                            r = r.with_topic_id(uuid::Uuid::from_bytes(t.id));
+                        } else {
+                            r = r.with_topic(TopicName(StrBytes::from_string(t.name.to_string())));
+                        }
+                        r
+                    })
+                    .collect(),
+            );
             let hv = FetchResponse::header_version(version);
             let header = ResponseHeader::default().with_correlation_id(42);
             let mut buf = BytesMut::new();

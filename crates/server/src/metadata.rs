@@ -252,8 +252,7 @@ pub fn random_id() -> TopicId {
 
 /// Kafka's URL-safe base64 form of a Uuid without padding, used for cluster ids.
 pub fn base64_id(id: &TopicId) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in id.chunks(3) {
         let n = chunk
@@ -278,7 +277,8 @@ pub fn load(data_dir: &Path) -> Result<Snapshot, String> {
             .ok_or_else(|| format!("{} has no cluster.id", props.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = base64_id(&random_id());
-            let text = format!("#Written by runnel\nversion=1\nnode.id={NODE_ID}\ncluster.id={id}\n");
+            let text =
+                format!("#Written by runnel\nversion=1\nnode.id={NODE_ID}\ncluster.id={id}\n");
             write_file_blocking(&props, text.as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", props.display()))?;
             id

@@ -71,7 +71,10 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                 slot: Slot::Done((c, m)),
             };
             let slot = if !matches!(acks, -1..=1) {
-                err(code::INVALID_REQUIRED_ACKS, format!("acks={acks} is not 0, 1 or -1"))
+                err(
+                    code::INVALID_REQUIRED_ACKS,
+                    format!("acks={acks} is not 0, 1 or -1"),
+                )
             } else if body.transactional_id.is_some() {
                 err(
                     code::INVALID_REQUEST,
@@ -119,7 +122,10 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
         Ok(m) => m,
         Err(shared) => {
             // Never expected (nothing else holds the frame); stay correct, and count it.
-            shard.counters().produce_bytes_copied.add(shared.len() as u64);
+            shard
+                .counters()
+                .produce_bytes_copied
+                .add(shared.len() as u64);
             BytesMut::from(&shared[..])
         }
     };

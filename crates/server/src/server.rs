@@ -53,7 +53,11 @@ pub fn run(config: Config) -> Result<(), String> {
 
     // Port 0: reserve a port all shards can share (SO_REUSEPORT) before they bind it.
     let reserve = reserve_listen_addr(config.listen)?;
-    let listen = reserve.local_addr().map_err(|e| e.to_string())?.as_socket().expect("inet");
+    let listen = reserve
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .as_socket()
+        .expect("inet");
     let (advertised_host, advertised_port) = advertised(&config, listen)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -95,8 +99,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the shard executors: {e}"))?;
 
     // Once every shard has opened its logs, the next crash is an unclean one again.
-    while shared.ready.load(Ordering::Acquire) < nr_shards && !shared.stop.load(Ordering::Acquire)
-    {
+    while shared.ready.load(Ordering::Acquire) < nr_shards && !shared.stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(reserve);
@@ -230,13 +233,10 @@ async fn shard_main(
         let shard = shard.clone();
         glommio::spawn_local(async move {
             loop {
-                let accepted = futures_lite::future::or(
-                    async { Some(l.accept().await) },
-                    async {
-                        shard.stopping.wait().await;
-                        None
-                    },
-                )
+                let accepted = futures_lite::future::or(async { Some(l.accept().await) }, async {
+                    shard.stopping.wait().await;
+                    None
+                })
                 .await;
                 match accepted {
                     None => break,
@@ -269,7 +269,11 @@ async fn shard_main(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if shard.connections.get() > 0 {
-        tracing::warn!(shard = id, "{} connections still busy at shutdown", shard.connections.get());
+        tracing::warn!(
+            shard = id,
+            "{} connections still busy at shutdown",
+            shard.connections.get()
+        );
     }
     wait_phase(&shared, 0).await;
     let exit = close_logs(&shard).await;
@@ -318,7 +322,11 @@ async fn background(shard: Rc<Shard>) {
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
         for log in &logs {
             if let Err(e) = log.flush_if_due(now).await {
-                tracing::error!(topic = log.topic(), partition = log.partition(), "flush failed: {e}");
+                tracing::error!(
+                    topic = log.topic(),
+                    partition = log.partition(),
+                    "flush failed: {e}"
+                );
             }
         }
         if now >= next_retention {
@@ -403,7 +411,10 @@ fn advertised(config: &Config, listen: SocketAddr) -> Result<(String, i32), Stri
     let host = if listen.ip().is_unspecified() {
         // Listening everywhere: tell clients this host's name, as Kafka does.
         let name = hostname().unwrap_or_else(|| "localhost".into());
-        tracing::info!("advertising {name}:{} (set --advertised-listener to change)", listen.port());
+        tracing::info!(
+            "advertising {name}:{} (set --advertised-listener to change)",
+            listen.port()
+        );
         name
     } else {
         listen.ip().to_string()

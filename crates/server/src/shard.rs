@@ -380,7 +380,12 @@ async fn list_offset(log: &Log, timestamp: i64) -> Result<Option<TimestampOffset
     const MAX_TIMESTAMP: i64 = -3;
     const EARLIEST_LOCAL: i64 = -4;
     const LATEST_TIERED: i64 = -5;
-    let at = |offset| Ok(Some(TimestampOffset { timestamp: -1, offset }));
+    let at = |offset| {
+        Ok(Some(TimestampOffset {
+            timestamp: -1,
+            offset,
+        }))
+    };
     match timestamp {
         LATEST | LATEST_TIERED => at(log.high_watermark()),
         EARLIEST | EARLIEST_LOCAL => at(log.log_start_offset()),

@@ -1,0 +1,270 @@
+//! The harness: the real `runnel` binary on a free port with its own temp data dir, waited on
+//! with deadlines, stopped with real signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_runnel");
+
+/// Runs `f` on a thread and fails the test if it takes longer than `secs`.
+pub fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => h.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The body panicked: re-raise its panic.
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+        Err(_) => panic!("test timed out after {secs} s"),
+    }
+}
+
+/// Polls `cond` until it holds or the deadline passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    log: Arc<Mutex<String>>,
+    args: Vec<String>,
+    pub metrics_addr: Option<String>,
+}
+
+impl Broker {
+    /// A broker on a free port with a fresh temp data dir.
+    pub fn start(args: &[&str]) -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut b = Broker::start_in(&dir, args);
+        b._tmp = Some(tmp);
+        b
+    }
+
+    pub fn start_in(dir: &Path, args: &[&str]) -> Broker {
+        let mut b = Broker {
+            child: None,
+            addr: String::new(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            log: Arc::default(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            metrics_addr: None,
+        };
+        b.spawn("127.0.0.1:0");
+        b
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !self.args.iter().any(|a| a.starts_with("--cores")) {
+            cmd.arg("--cores").arg("1");
+        }
+        let metrics = free_port();
+        cmd.arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{metrics}"));
+        self.metrics_addr = Some(format!("127.0.0.1:{metrics}"));
+        let mut child = cmd.spawn().expect("start runnel");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(i) = line.find("runnel is ready listen=") {
+                        let addr = line[i + "runnel is ready listen=".len()..]
+                            .split_whitespace()
+                            .next()
+                            .unwrap()
+                            .to_string();
+                        let _ = tx.send(addr);
+                    }
+                    if std::env::var_os("RUNNEL_TEST_LOG").is_some() {
+                        eprintln!("[runnel] {line}");
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        self.log = log;
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => panic!("runnel did not become ready:\n{}", self.logs()),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(60))
+    }
+
+    /// SIGKILL: no flush, no marker.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(30));
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("broker running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("runnel did not exit in time:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts again on the same data dir and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        let addr = self.addr.clone();
+        self.spawn(&addr);
+    }
+
+    /// The sum over shards of a counter from the metrics endpoint, per shard.
+    pub fn metric(&self, name: &str) -> Vec<u64> {
+        let mut s = TcpStream::connect(self.metrics_addr.as_ref().unwrap()).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let prefix = format!("runnel_{name}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    pub fn metric_sum(&self, name: &str) -> u64 {
+        self.metric(name).iter().sum()
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.dir.join(format!("{topic}-{partition}"))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every batch header in a partition's segment files: (base offset, attributes, records).
+pub fn segment_batches(dir: &Path) -> Vec<(i64, i16, i32)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let data = std::fs::read(&f).unwrap();
+        let mut pos = 0;
+        while pos + 61 <= data.len() {
+            let base = i64::from_be_bytes(data[pos..pos + 8].try_into().unwrap());
+            let len = i32::from_be_bytes(data[pos + 8..pos + 12].try_into().unwrap()) as usize;
+            let attrs = i16::from_be_bytes(data[pos + 21..pos + 23].try_into().unwrap());
+            let count = i32::from_be_bytes(data[pos + 57..pos + 61].try_into().unwrap());
+            out.push((base, attrs, count));
+            pos += 12 + len;
+        }
+    }
+    out
+}
+
+/// Runs a command with a deadline; returns (status, stdout, stderr).
+pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let to = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let te = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} timed out; stderr:\n{}",
+                te.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, to.join().unwrap(), te.join().unwrap())
+}

@@ -1,0 +1,387 @@
+//! The protocol traps and bad input, over raw sockets with kafka-protocol's encoders.
+
+use crate::common::*;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+fn send_raw(s: &mut TcpStream, frame: &[u8]) {
+    let mut buf = Vec::with_capacity(frame.len() + 4);
+    buf.extend_from_slice(&(frame.len() as i32).to_be_bytes());
+    buf.extend_from_slice(frame);
+    s.write_all(&buf).unwrap();
+}
+
+fn encode_request<T: Encodable + HeaderVersion>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Vec<u8> {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("e2e")));
+    let mut buf = BytesMut::new();
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut buf, version).unwrap();
+    buf.to_vec()
+}
+
+/// Reads one response frame; None if the broker closed the connection.
+fn read_response(s: &mut TcpStream) -> Option<Bytes> {
+    let mut size = [0u8; 4];
+    if s.read_exact(&mut size).is_err() {
+        return None;
+    }
+    let mut buf = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut buf).ok()?;
+    Some(Bytes::from(buf))
+}
+
+fn call<Req, Resp>(s: &mut TcpStream, key: ApiKey, version: i16, body: &Req) -> Resp
+where
+    Req: Encodable + HeaderVersion,
+    Resp: Decodable + HeaderVersion,
+{
+    send_raw(s, &encode_request(key, version, 7, body));
+    let mut resp = read_response(s).expect("a response");
+    let header = ResponseHeader::decode(&mut resp, Resp::header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 7);
+    let r = Resp::decode(&mut resp, version).unwrap();
+    assert!(!resp.has_remaining(), "no trailing bytes");
+    r
+}
+
+fn assert_closed(s: &mut TcpStream) {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) | Err(_) => {}
+        Ok(_) => panic!("expected the connection to be closed"),
+    }
+}
+
+fn still_serves(addr: &str) {
+    let mut s = connect(addr);
+    let r: ApiVersionsResponse = call(
+        &mut s,
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default(),
+    );
+    assert_eq!(r.error_code, 0);
+}
+
+#[test]
+fn api_versions_v3_has_a_v0_header_and_no_default_tagged_fields() {
+    with_timeout(60, || {
+        let b = Broker::start(&[]);
+        let mut s = connect(&b.addr);
+        send_raw(
+            &mut s,
+            &encode_request(ApiKey::ApiVersions, 3, 11, &ApiVersionsRequest::default()),
+        );
+        let mut resp = read_response(&mut s).unwrap();
+        // Header v0: the correlation id and nothing else (no tagged-field byte).
+        assert_eq!(resp.get_i32(), 11);
+        let body = resp.clone();
+        let r = ApiVersionsResponse::decode(&mut resp, 3).unwrap();
+        assert_eq!(r.error_code, 0);
+        // The body ends with throttle_time_ms and an empty tagged-field section: the default
+        // features fields are left out, as Apache Kafka does.
+        assert_eq!(&body[body.len() - 5..], &[0, 0, 0, 0, 0]);
+        let range = |k: ApiKey| {
+            r.api_keys
+                .iter()
+                .find(|v| v.api_key == k as i16)
+                .map(|v| (v.min_version, v.max_version))
+        };
+        assert_eq!(range(ApiKey::Produce), Some((0, 11)));
+        assert_eq!(range(ApiKey::Fetch), Some((4, 16)));
+        assert_eq!(range(ApiKey::Metadata), Some((0, 12)));
+        assert_eq!(range(ApiKey::ApiVersions), Some((0, 4)));
+    });
+}
+
+#[test]
+fn api_versions_of_an_unknown_version_gets_unsupported_version_and_the_list() {
+    with_timeout(60, || {
+        let b = Broker::start(&[]);
+        let mut s = connect(&b.addr);
+        // Version 99: the body is unknowable, so only the header is sent.
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::ApiVersions as i16);
+        frame.put_i16(99);
+        frame.put_i32(5);
+        frame.put_i16(-1);
+        frame.put_slice(&[0; 8]);
+        send_raw(&mut s, &frame);
+        let mut resp = read_response(&mut s).unwrap();
+        assert_eq!(resp.get_i32(), 5);
+        let r = ApiVersionsResponse::decode(&mut resp, 0).unwrap();
+        assert_eq!(r.error_code, 35, "UNSUPPORTED_VERSION");
+        assert!(r
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::ApiVersions as i16 && k.max_version == 4));
+        // The connection stays usable for the retry at a supported version.
+        let r: ApiVersionsResponse = call(
+            &mut s,
+            ApiKey::ApiVersions,
+            0,
+            &ApiVersionsRequest::default(),
+        );
+        assert_eq!(r.error_code, 0);
+    });
+}
+
+#[test]
+fn metadata_advertises_the_ipv4_listener_and_auto_creates() {
+    with_timeout(60, || {
+        let b = Broker::start(&["--default-partitions", "2"]);
+        let mut s = connect(&b.addr);
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("auto"))))]))
+            .with_allow_auto_topic_creation(true);
+        let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 12, &req);
+        let port: i32 = b.addr.rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(r.brokers.len(), 1);
+        assert_eq!(&*r.brokers[0].host, "127.0.0.1");
+        assert_eq!(r.brokers[0].port, port);
+        assert_eq!(r.topics.len(), 1);
+        assert_eq!(r.topics[0].error_code, 0);
+        assert_eq!(r.topics[0].partitions.len(), 2);
+        assert!(!r.topics[0].topic_id.is_nil());
+        // Without permission to create: UNKNOWN_TOPIC_OR_PARTITION.
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("nope"))))]))
+            .with_allow_auto_topic_creation(false);
+        let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 12, &req);
+        assert_eq!(r.topics[0].error_code, 3);
+        // An invalid name: INVALID_TOPIC_EXCEPTION, never created.
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("bad/name"))))]))
+            .with_allow_auto_topic_creation(true);
+        let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 4, &req);
+        assert_eq!(r.topics[0].error_code, 17);
+    });
+}
+
+fn batch(records: &[&[u8]]) -> Bytes {
+    let mut b = runnel_record::builder::BatchBuilder::new(1_700_000_000_000);
+    for r in records {
+        b.append(1_700_000_000_000, None, Some(r), &[]);
+    }
+    Bytes::from(b.build())
+}
+
+fn produce_to(
+    s: &mut TcpStream,
+    version: i16,
+    parts: Vec<(&'static str, i32, Bytes)>,
+) -> ProduceResponse {
+    let mut topics: Vec<TopicProduceData> = Vec::new();
+    for (t, p, records) in parts {
+        let data = PartitionProduceData::default()
+            .with_index(p)
+            .with_records(Some(records));
+        match topics.iter_mut().find(|x| &*x.name.0 == t) {
+            Some(x) => x.partition_data.push(data),
+            None => topics.push(
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str(t)))
+                    .with_partition_data(vec![data]),
+            ),
+        }
+    }
+    let req = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(5000)
+        .with_topic_data(topics);
+    call(s, ApiKey::Produce, version, &req)
+}
+
+#[test]
+fn a_corrupt_batch_is_rejected_for_its_partition_only_and_nothing_of_it_is_written() {
+    with_timeout(60, || {
+        let b = Broker::start(&["--default-partitions", "2"]);
+        let mut s = connect(&b.addr);
+        // Create the topic through Metadata.
+        let req = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("mixed"))))]));
+        let _: MetadataResponse = call(
+            &mut s,
+            ApiKey::Metadata,
+            9,
+            &req.with_allow_auto_topic_creation(true),
+        );
+        let good = batch(&[b"one", b"two"]);
+        let mut bad = BytesMut::from(&batch(&[b"three"])[..]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff; // CRC no longer matches
+        let r = produce_to(
+            &mut s,
+            9,
+            vec![
+                ("mixed", 0, good),
+                ("mixed", 1, bad.freeze()),
+                ("missing", 0, batch(&[b"x"])),
+            ],
+        );
+        let parts: Vec<(i32, i16, i64)> = r
+            .responses
+            .iter()
+            .flat_map(|t| {
+                t.partition_responses
+                    .iter()
+                    .map(|p| (p.index, p.error_code, p.base_offset))
+            })
+            .collect();
+        assert_eq!(parts, vec![(0, 0, 0), (1, 2, -1), (0, 3, -1)]);
+        assert_eq!(segment_batches(&b.partition_dir("mixed", 1)), vec![]);
+        assert_eq!(segment_batches(&b.partition_dir("mixed", 0)).len(), 1);
+        // Too large for max.message.bytes: MESSAGE_TOO_LARGE.
+        let huge = batch(&[&vec![7u8; 1_100_000]]);
+        let r = produce_to(&mut s, 9, vec![("mixed", 0, huge)]);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 10);
+    });
+}
+
+#[test]
+fn produce_v2_message_formats_are_refused_with_a_logged_close() {
+    with_timeout(60, || {
+        let b = Broker::start(&[]);
+        let mut s = connect(&b.addr);
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Produce as i16);
+        frame.put_i16(2);
+        frame.put_i32(1);
+        frame.put_i16(-1);
+        frame.put_slice(&[0, 1, 0, 0, 0x13, 0x88, 0, 0, 0, 0]);
+        send_raw(&mut s, &frame);
+        assert_closed(&mut s);
+        wait_until("the refusal is logged", Duration::from_secs(5), || {
+            b.logs().contains("unsupported version 2 of Produce")
+        });
+        still_serves(&b.addr);
+    });
+}
+
+#[test]
+fn oversized_and_garbage_frames_close_only_their_connection() {
+    with_timeout(60, || {
+        let b = Broker::start(&["--max-request-bytes", "1048576"]);
+        let mut other = connect(&b.addr);
+        let _: ApiVersionsResponse = call(
+            &mut other,
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        );
+
+        // A frame announcing 200 MB.
+        let mut s = connect(&b.addr);
+        s.write_all(&(200_000_000i32).to_be_bytes()).unwrap();
+        assert_closed(&mut s);
+        wait_until("oversize logged", Duration::from_secs(5), || {
+            b.logs().contains("exceeds --max-request-bytes")
+        });
+        // A negative size.
+        let mut s = connect(&b.addr);
+        s.write_all(&(-5i32).to_be_bytes()).unwrap();
+        assert_closed(&mut s);
+        // An unknown API key.
+        let mut s = connect(&b.addr);
+        send_raw(&mut s, &[0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
+        assert_closed(&mut s);
+        // Random bytes as a Metadata body.
+        let mut s = connect(&b.addr);
+        let mut frame = vec![0, 3, 0, 9, 0, 0, 0, 1, 0, 0];
+        frame.extend((0..300u32).map(|i| (i * 31 % 256) as u8));
+        send_raw(&mut s, &frame);
+        assert_closed(&mut s);
+        // A frame shorter than a header, and a truncated one.
+        let mut s = connect(&b.addr);
+        send_raw(&mut s, &[1, 2]);
+        assert_closed(&mut s);
+        let mut s = connect(&b.addr);
+        s.write_all(&100i32.to_be_bytes()).unwrap();
+        s.write_all(&[0; 10]).unwrap();
+        drop(s);
+
+        // The first connection and new ones still work.
+        let r: ApiVersionsResponse = call(
+            &mut other,
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        );
+        assert_eq!(r.error_code, 0);
+        still_serves(&b.addr);
+        assert!(b.metric_sum("request_errors") >= 4);
+    });
+}
+
+#[test]
+fn bad_flags_exit_with_code_2_and_a_message() {
+    with_timeout(60, || {
+        for args in [
+            vec!["--cores", "zero"],
+            vec!["--listen", "nowhere"],
+            vec!["--segment-bytes", "10"],
+            vec!["--zero-copy", "maybe"],
+            vec!["--no-such-flag"],
+        ] {
+            let (status, _, err) = run_cmd(
+                std::process::Command::new(BIN).args(&args),
+                Duration::from_secs(20),
+            );
+            assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("error:"), "{args:?}: {err}");
+        }
+        let (status, out, _) = run_cmd(
+            std::process::Command::new(BIN).arg("--help"),
+            Duration::from_secs(20),
+        );
+        assert!(status.success());
+        for flag in [
+            "--listen",
+            "--advertised-listener",
+            "--data-dir",
+            "--cores",
+            "--segment-bytes",
+            "--segment-ms",
+            "--retention-ms",
+            "--retention-bytes",
+            "--flush-interval-messages",
+            "--flush-interval-ms",
+            "--auto-create-topics",
+            "--default-partitions",
+            "--max-request-bytes",
+            "--metrics-listen",
+            "--log-level",
+            "--zero-copy",
+        ] {
+            assert!(out.contains(flag), "--help explains {flag}");
+        }
+    });
+}

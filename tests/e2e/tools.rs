@@ -1,0 +1,95 @@
+//! kcat (Debian's, linked to an old librdkafka) and the Python clients.
+
+use crate::common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn python_test(which: &str) {
+    assert!(
+        have("python3"),
+        "python3 is required (scripts/install-test-deps installs it)"
+    );
+    let b = Broker::start(&["--cores", "2"]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/clients_test.py"
+    );
+    let (status, out, err) = run_cmd(
+        Command::new("python3").args([script, which, &b.addr]),
+        Duration::from_secs(150),
+    );
+    assert!(
+        status.success(),
+        "{which} failed:\n{out}\n{err}\nbroker log:\n{}",
+        b.logs()
+    );
+    assert!(out.contains("OK"), "{out}");
+}
+
+#[test]
+fn confluent_kafka_python_admin_produce_consume() {
+    with_timeout(180, || python_test("confluent"));
+}
+
+#[test]
+fn kafka_python_produce_consume_offsets_admin() {
+    with_timeout(180, || python_test("kafka-python"));
+}
+
+#[test]
+fn kcat_with_an_old_librdkafka_produces_consumes_and_lists() {
+    with_timeout(120, || {
+        assert!(
+            have("kcat"),
+            "kcat is required (scripts/install-test-deps installs it)"
+        );
+        let b = Broker::start(&[]);
+        let input: String = (0..200)
+            .map(|i| format!("key{}:line {i}\n", i % 3))
+            .collect();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "printf '%s' \"$INPUT\" | kcat -P -b {} -t kc -K: -z lz4 -X api.version.request=true",
+                b.addr
+            ),
+        ])
+        .env("INPUT", &input);
+        let (status, _, err) = run_cmd(&mut cmd, Duration::from_secs(60));
+        assert!(status.success(), "kcat -P: {err}");
+
+        let (status, out, err) = run_cmd(
+            Command::new("kcat").args(["-C", "-b", &b.addr, "-t", "kc", "-e", "-f", "%k=%s@%o\n"]),
+            Duration::from_secs(60),
+        );
+        assert!(status.success(), "kcat -C: {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 200, "{out}\n{err}");
+        assert_eq!(lines[0], "key0=line 0@0");
+        assert_eq!(lines[199], "key1=line 199@199");
+
+        // From an offset in the middle, and the metadata listing.
+        let (_, out, _) = run_cmd(
+            Command::new("kcat").args([
+                "-C", "-b", &b.addr, "-t", "kc", "-o", "150", "-e", "-f", "%o\n",
+            ]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.lines().next(), Some("150"));
+        let (status, out, err) = run_cmd(
+            Command::new("kcat").args(["-L", "-b", &b.addr, "-t", "kc"]),
+            Duration::from_secs(60),
+        );
+        assert!(status.success(), "{err}");
+        assert!(out.contains("topic \"kc\" with 1 partitions"), "{out}");
+        assert!(out.contains(&format!("broker 0 at {}", b.addr)), "{out}");
+    });
+}
