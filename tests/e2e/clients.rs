@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Remembers every delivery report: (partition, offset) or the error.
+/// A delivery report: (partition, offset) or the error.
+type Delivery = Result<(i32, i64), String>;
+
+/// Remembers every delivery report.
 #[derive(Clone, Default)]
-pub struct Deliveries(pub Arc<Mutex<Vec<Result<(i32, i64), String>>>>);
+pub struct Deliveries(pub Arc<Mutex<Vec<Delivery>>>);
 
 impl ClientContext for Deliveries {}
 
@@ -128,7 +131,9 @@ fn ten_thousand_keyed_records_with_headers_round_trip_in_order_over_three_partit
     with_timeout(180, || {
         let b = Broker::start(&["--default-partitions", "3", "--cores", "2"]);
         let (p, d) = producer(&b.addr, &[("acks", "all")]);
-        let records: Vec<(i32, Vec<u8>, Vec<u8>, Vec<u8>)> = (0..10_000u32)
+        // (partition, key, value, header value)
+        type Sent = (i32, Vec<u8>, Vec<u8>, Vec<u8>);
+        let records: Vec<Sent> = (0..10_000u32)
             .map(|i| {
                 (
                     (i % 3) as i32,
