@@ -24,9 +24,11 @@ fn main() {
     let mib: u64 = env("FANOUT_MIB", 1024);
     let consumers: usize = env("FANOUT_CONSUMERS", 4);
     let rounds: usize = env("FANOUT_ROUNDS", 2);
-    let bin = std::env::var("RUNNEL_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/runnel")
-    });
+    let bin = std::env::var("RUNNEL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/runnel")
+        });
     assert!(
         bin.exists(),
         "{} not found: build it with `cargo build --release --bin runnel` or set RUNNEL_BIN",
@@ -39,7 +41,9 @@ fn main() {
     let limit_1 = iperf3(1);
     let limit_n = iperf3(consumers);
     if let (Some(l1), Some(ln)) = (limit_1, limit_n) {
-        println!("loopback TCP limit (iperf3): 1 stream {l1:.2} GB/s, {consumers} streams {ln:.2} GB/s");
+        println!(
+            "loopback TCP limit (iperf3): 1 stream {l1:.2} GB/s, {consumers} streams {ln:.2} GB/s"
+        );
     }
 
     // Load once; every run then serves the same page-cached segment.
@@ -91,7 +95,9 @@ fn main() {
     let (on_gbps, off_gbps) = (median("on", |r| r.1), median("off", |r| r.1));
     let (on_cpu, off_cpu) = (median("on", |r| r.2), median("off", |r| r.2));
     println!();
-    println!("| consumers | zero copy | GB/s | ratio to loopback {consumers}-stream | broker CPU s/GB |");
+    println!(
+        "| consumers | zero copy | GB/s | ratio to loopback {consumers}-stream | broker CPU s/GB |"
+    );
     println!("|---|---|---|---|---|");
     for (mode, gbps, cpu) in [("on", on_gbps, on_cpu), ("off", off_gbps, off_cpu)] {
         let ratio = limit_n.map_or("n/a".to_string(), |l| format!("{:.2}", gbps / l));
@@ -159,7 +165,14 @@ impl Broker {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(bin)
-            .args(["--listen", &addr, "--zero-copy", zero_copy, "--log-level", "warn"])
+            .args([
+                "--listen",
+                &addr,
+                "--zero-copy",
+                zero_copy,
+                "--log-level",
+                "warn",
+            ])
             .arg("--data-dir")
             .arg(data)
             .stdin(Stdio::null())
@@ -238,7 +251,12 @@ fn produce(addr: &str, bytes: u64) -> i64 {
         batch.append(1_700_000_000_000, Some(b"key"), Some(&value), &[]);
     }
     let batch = batch.build();
-    let records: Vec<u8> = batch.iter().copied().cycle().take(batch.len() * 4).collect();
+    let records: Vec<u8> = batch
+        .iter()
+        .copied()
+        .cycle()
+        .take(batch.len() * 4)
+        .collect();
     let mut body = Vec::new();
     body.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id: null
     body.extend_from_slice(&1i16.to_be_bytes()); // acks
