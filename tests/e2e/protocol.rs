@@ -385,3 +385,238 @@ fn bad_flags_exit_with_code_2_and_a_message() {
         }
     });
 }
+
+fn create_via_metadata(s: &mut TcpStream, topic: &'static str) -> [u8; 16] {
+    let req = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str(topic))))]))
+        .with_allow_auto_topic_creation(true);
+    let r: MetadataResponse = call(s, ApiKey::Metadata, 12, &req);
+    assert_eq!(r.topics[0].error_code, 0);
+    *r.topics[0].topic_id.as_bytes()
+}
+
+fn fetch_request(
+    topic: &'static str,
+    parts: &[(i32, i64, i32)],
+    max_wait_ms: i32,
+    min_bytes: i32,
+    max_bytes: i32,
+) -> FetchRequest {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(min_bytes)
+        .with_max_bytes(max_bytes)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(
+                parts
+                    .iter()
+                    .map(|(p, o, max)| {
+                        FetchPartition::default()
+                            .with_partition(*p)
+                            .with_fetch_offset(*o)
+                            .with_partition_max_bytes(*max)
+                    })
+                    .collect(),
+            )])
+}
+
+/// (partition, error, high watermark, log start offset, record bytes) per partition.
+fn fetch_parts(r: &FetchResponse) -> Vec<(i32, i16, i64, i64, usize)> {
+    r.responses
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    p.partition_index,
+                    p.error_code,
+                    p.high_watermark,
+                    p.log_start_offset,
+                    p.records.as_ref().map_or(0, |r| r.len()),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn fetch_limits_out_of_range_and_long_polling_woken_by_an_append() {
+    with_timeout(60, || {
+        let b = Broker::start(&["--default-partitions", "2", "--cores", "2"]);
+        let mut s = connect(&b.addr);
+        create_via_metadata(&mut s, "lp");
+        // Three batches of ~10 KB in each partition.
+        let big = vec![9u8; 10_000];
+        for _ in 0..3 {
+            let r = produce_to(
+                &mut s,
+                9,
+                vec![("lp", 0, batch(&[&big])), ("lp", 1, batch(&[&big]))],
+            );
+            assert!(r.responses[0]
+                .partition_responses
+                .iter()
+                .all(|p| p.error_code == 0));
+        }
+        let one = batch(&[&big]).len();
+
+        // max_bytes across partitions: the first partition gets its first batch even though
+        // it is larger than the limit (KIP-74), the second nothing.
+        let r: FetchResponse = call(
+            &mut s,
+            ApiKey::Fetch,
+            12,
+            &fetch_request("lp", &[(0, 0, 1 << 20), (1, 0, 1 << 20)], 0, 0, 100),
+        );
+        assert_eq!(fetch_parts(&r), vec![(0, 0, 3, 0, one), (1, 0, 3, 0, 0)]);
+        // partition_max_bytes: two whole batches fit in 2.5 batches' worth, not three.
+        let limit = (one * 5 / 2) as i32;
+        let r: FetchResponse = call(
+            &mut s,
+            ApiKey::Fetch,
+            11,
+            &fetch_request("lp", &[(0, 0, limit), (1, 1, limit)], 0, 0, 1 << 20),
+        );
+        assert_eq!(
+            fetch_parts(&r),
+            vec![(0, 0, 3, 0, 2 * one), (1, 0, 3, 0, 2 * one)]
+        );
+        // Out of range: the error with the log's bounds.
+        let r: FetchResponse = call(
+            &mut s,
+            ApiKey::Fetch,
+            12,
+            &fetch_request("lp", &[(0, 99, 1 << 20)], 0, 0, 1 << 20),
+        );
+        assert_eq!(fetch_parts(&r), vec![(0, 1, 3, 0, 0)]);
+        // Unknown partition.
+        let r: FetchResponse = call(
+            &mut s,
+            ApiKey::Fetch,
+            4,
+            &fetch_request("lp", &[(7, 0, 1 << 20)], 0, 0, 1 << 20),
+        );
+        assert_eq!(fetch_parts(&r)[0].1, 3);
+
+        // Long poll at the end of partition 1: answered when an append arrives, not at the
+        // 20 s max_wait.
+        let addr = b.addr.clone();
+        let started = std::time::Instant::now();
+        let waiter = std::thread::spawn(move || {
+            let mut s = connect(&addr);
+            let r: FetchResponse = call(
+                &mut s,
+                ApiKey::Fetch,
+                12,
+                &fetch_request(
+                    "lp",
+                    &[(0, 3, 1 << 20), (1, 3, 1 << 20)],
+                    20_000,
+                    1,
+                    1 << 20,
+                ),
+            );
+            (fetch_parts(&r), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "the fetch waits for data");
+        let r = produce_to(&mut s, 9, vec![("lp", 1, batch(&[b"wake up"]))]);
+        assert_eq!(r.responses[0].partition_responses[0].base_offset, 3);
+        let (parts, waited) = waiter.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(10),
+            "woken by the append after {waited:?}"
+        );
+        assert_eq!(parts[1].0, 1);
+        assert_eq!(parts[1].4, batch(&[b"wake up"]).len());
+        // And with nothing arriving, max_wait_ms is honoured.
+        let t = std::time::Instant::now();
+        let r: FetchResponse = call(
+            &mut s,
+            ApiKey::Fetch,
+            12,
+            &fetch_request("lp", &[(0, 3, 1 << 20)], 300, 1, 1 << 20),
+        );
+        assert_eq!(fetch_parts(&r), vec![(0, 0, 3, 0, 0)]);
+        assert!(t.elapsed() >= Duration::from_millis(250));
+    });
+}
+
+#[test]
+fn list_offsets_leader_epochs_describe_cluster_and_magic_v1_batches() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    with_timeout(60, || {
+        let b = Broker::start(&[]);
+        let mut s = connect(&b.addr);
+        create_via_metadata(&mut s, "lo");
+        for _ in 0..4 {
+            produce_to(&mut s, 9, vec![("lo", 0, batch(&[b"a", b"b"]))]);
+        }
+        let list = |s: &mut TcpStream, version: i16, ts: i64| -> (i16, i64, i64) {
+            let req = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("lo")))
+                    .with_partitions(vec![ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(ts)])]);
+            let r: ListOffsetsResponse = call(s, ApiKey::ListOffsets, version, &req);
+            let p = &r.topics[0].partitions[0];
+            (p.error_code, p.offset, p.timestamp)
+        };
+        assert_eq!(list(&mut s, 1, -2), (0, 0, -1));
+        assert_eq!(list(&mut s, 8, -1), (0, 8, -1));
+        assert_eq!(list(&mut s, 7, -3).0, 0, "max timestamp");
+        assert_eq!(
+            list(&mut s, 5, 1_700_000_000_000),
+            (0, 0, 1_700_000_000_000)
+        );
+        assert_eq!(list(&mut s, 5, 1_800_000_000_000), (0, -1, -1));
+
+        let req = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("lo")))
+                .with_partitions(vec![
+                    OffsetForLeaderPartition::default()
+                        .with_partition(0)
+                        .with_leader_epoch(0)
+                        .with_current_leader_epoch(0),
+                    OffsetForLeaderPartition::default()
+                        .with_partition(5)
+                        .with_leader_epoch(0),
+                ])]);
+        let r: OffsetForLeaderEpochResponse = call(&mut s, ApiKey::OffsetForLeaderEpoch, 4, &req);
+        let p = &r.topics[0].partitions;
+        assert_eq!(
+            (p[0].error_code, p[0].leader_epoch, p[0].end_offset),
+            (0, 0, 8)
+        );
+        assert_eq!(p[1].error_code, 3);
+
+        let r: DescribeClusterResponse = call(
+            &mut s,
+            ApiKey::DescribeCluster,
+            1,
+            &DescribeClusterRequest::default(),
+        );
+        assert_eq!(r.error_code, 0);
+        assert_eq!(r.brokers.len(), 1);
+        assert_eq!(&*r.brokers[0].host, "127.0.0.1");
+        assert!(!r.cluster_id.is_empty());
+
+        // Only RecordBatch v2: a batch claiming magic 1 is refused and not written.
+        let mut old = BytesMut::from(&batch(&[b"old"])[..]);
+        old[16] = 1;
+        let r = produce_to(&mut s, 9, vec![("lo", 0, old.freeze())]);
+        assert_ne!(r.responses[0].partition_responses[0].error_code, 0);
+        assert_eq!(list(&mut s, 8, -1), (0, 8, -1));
+    });
+}
