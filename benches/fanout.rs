@@ -4,7 +4,9 @@
 //! `cargo bench -p runnel-benches --bench fanout` (or benches/fanout.sh, which builds the
 //! release broker first). Environment: RUNNEL_BIN (broker binary, default
 //! target/release/runnel), FANOUT_MIB (data size, default 1024), FANOUT_CONSUMERS (4),
-//! FANOUT_ROUNDS (interleaved on/off rounds, default 2).
+//! FANOUT_ROUNDS (interleaved on/off rounds, default 2), FANOUT_MODES (default "on,off"),
+//! FANOUT_IPERF (0 skips the loopback limit, e.g. under a profiler), FANOUT_CORES (the
+//! broker's --cores, default: all).
 //!
 //! The client speaks just enough Kafka by hand (Produce v3, Fetch v4) to stay out of the
 //! way: a consumer reads each response into one reused buffer and walks only the batch
@@ -38,8 +40,13 @@ fn main() {
     let data = tmp.path().join("data");
 
     println!("fan-out: {consumers} consumers x {mib} MiB of hot data, {rounds} rounds");
-    let limit_1 = iperf3(1);
-    let limit_n = iperf3(consumers);
+    let modes_env = std::env::var("FANOUT_MODES").unwrap_or_else(|_| "on,off".into());
+    let modes: Vec<&str> = modes_env.split(',').collect();
+    let (limit_1, limit_n) = if env("FANOUT_IPERF", 1) == 1 {
+        (iperf3(1), iperf3(consumers))
+    } else {
+        (None, None)
+    };
     if let (Some(l1), Some(ln)) = (limit_1, limit_n) {
         println!(
             "loopback TCP limit (iperf3): 1 stream {l1:.2} GB/s, {consumers} streams {ln:.2} GB/s"
@@ -61,7 +68,7 @@ fn main() {
 
     let mut results: Vec<(&str, f64, f64)> = Vec::new();
     for round in 0..rounds {
-        for mode in ["on", "off"] {
+        for &mode in &modes {
             let broker = Broker::start(&bin, &data, mode);
             let end = end_offset(&broker.addr);
             // Warm-up pass by one consumer: the data is in the page cache for both modes.
@@ -80,12 +87,16 @@ fn main() {
             let gbps = bytes as f64 / secs / 1e9;
             let cpu_per_gb = cpu / (bytes as f64 / 1e9);
             println!(
-                "round {round} zero-copy={mode}: {:.2} GB served in {secs:.2} s = {gbps:.2} GB/s; broker CPU {cpu:.2} s = {cpu_per_gb:.3} s/GB",
+                "round {round} zero-copy={mode} (broker pid {}): {:.2} GB served in {secs:.2} s = {gbps:.2} GB/s; broker CPU {cpu:.2} s = {cpu_per_gb:.3} s/GB",
+                broker.child.id(),
                 bytes as f64 / 1e9
             );
             results.push((mode, gbps, cpu_per_gb));
             broker.stop();
         }
+    }
+    if modes.len() != 2 {
+        return;
     }
     let median = |mode: &str, f: fn(&(&str, f64, f64)) -> f64| {
         let mut v: Vec<f64> = results.iter().filter(|r| r.0 == mode).map(f).collect();

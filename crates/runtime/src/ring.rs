@@ -253,12 +253,28 @@ impl Ring {
         offset: u64,
         len: usize,
     ) -> io::Result<Vec<u8>> {
-        let mut buf: Vec<u8> = Vec::with_capacity(len);
-        let mut filled = read_cached(file.as_raw_fd(), offset, &mut buf, len);
+        let mut buf = Vec::new();
+        self.read_at_into(file, offset, len, &mut buf).await?;
+        Ok(buf)
+    }
+
+    /// Like [`Ring::read_at`], into `buf` (cleared first), so a caller can reuse one buffer
+    /// and its already-faulted pages. If the future is dropped mid-read, `buf` is left empty:
+    /// its memory stays with the operation until the kernel is done with it.
+    pub async fn read_at_into(
+        self: &Rc<Self>,
+        file: &Arc<OwnedFd>,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        buf.clear();
+        buf.reserve(len);
+        let mut filled = read_cached(file.as_raw_fd(), offset, buf, len);
         while filled < len {
             // The Vec's heap block does not move while it is boxed in the keepalive; we take
             // it back out after the completion.
-            let mut boxed = Box::new(std::mem::take(&mut buf));
+            let mut boxed = Box::new(std::mem::take(buf));
             let ptr = boxed.as_mut_ptr();
             let want = (len - filled).min(u32::MAX as usize) as u32;
             // SAFETY (pointer arithmetic): `filled < len <= capacity`.
@@ -274,7 +290,7 @@ impl Ring {
                 .pop()
                 .expect("one op");
             let (res, ka) = op.await_with_keepalive().await;
-            buf = *ka
+            *buf = *ka
                 .expect("read keeps its buffer")
                 .downcast::<(Arc<OwnedFd>, Box<Vec<u8>>)>()
                 .expect("read keepalive type")
@@ -289,7 +305,7 @@ impl Ring {
             // SAFETY: the kernel initialised `filled` bytes from the start of the buffer.
             unsafe { buf.set_len(filled) };
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// fdatasync(2) through the ring, so a flush never blocks the executor thread.

@@ -178,13 +178,23 @@ async fn write_loop(
     use futures_lite::StreamExt;
     let zero_copy = shard.config().zero_copy;
     let mut pipe: Option<Arc<Pipe>> = None;
+    let mut copy_buf = Vec::new();
     while let Some(task) = rx.next().await {
         let outcome = task
             .await
             .unwrap_or_else(|| Outcome::Close("request task cancelled".into()));
         let result = match outcome {
             Outcome::Reply(resp) => {
-                send(&shard, &mut writer, &sock, &mut pipe, resp.parts, zero_copy).await
+                send(
+                    &shard,
+                    &mut writer,
+                    &sock,
+                    &mut pipe,
+                    &mut copy_buf,
+                    resp.parts,
+                    zero_copy,
+                )
+                .await
             }
             Outcome::NoReply => Ok(()),
             Outcome::Close(reason) => {
@@ -212,6 +222,7 @@ async fn send(
     writer: &mut futures_lite::io::WriteHalf<TcpStream>,
     sock: &Arc<OwnedFd>,
     pipe: &mut Option<Arc<Pipe>>,
+    copy_buf: &mut Vec<u8>,
     parts: Vec<Part>,
     zero_copy: bool,
 ) -> io::Result<()> {
@@ -229,14 +240,22 @@ async fn send(
                 shard.counters().fetch_bytes_spliced.add(len);
             }
             Part::File { file, offset, len } => {
-                let buf = ring().read_at(&file, offset, len as usize).await?;
-                if buf.len() as u64 != len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "segment file shorter than its read plan",
-                    ));
+                // The copy path: through one reused buffer in chunks, as a well-written
+                // copying server would (a fresh buffer per response costs page faults).
+                let end = offset + len;
+                let mut at = offset;
+                while at < end {
+                    let n = (end - at).min(SPLICE_CHUNK as u64) as usize;
+                    ring().read_at_into(&file, at, n, copy_buf).await?;
+                    if copy_buf.len() != n {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "segment file shorter than its read plan",
+                        ));
+                    }
+                    writer.write_all(copy_buf).await?;
+                    at += n as u64;
                 }
-                writer.write_all(&buf).await?;
                 shard.counters().fetch_bytes_copied.add(len);
             }
         }
