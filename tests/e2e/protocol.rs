@@ -620,3 +620,56 @@ fn list_offsets_leader_epochs_describe_cluster_and_magic_v1_batches() {
         assert_eq!(list(&mut s, 8, -1), (0, 8, -1));
     });
 }
+
+#[test]
+fn delete_records_survives_a_crash_once_checkpointed() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    with_timeout(60, || {
+        let mut b = Broker::start(&["--checkpoint-interval-ms", "200"]);
+        let mut s = connect(&b.addr);
+        create_via_metadata(&mut s, "dr");
+        for _ in 0..10 {
+            produce_to(
+                &mut s,
+                9,
+                vec![(
+                    "dr",
+                    0,
+                    batch(&[b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9", b"10"]),
+                )],
+            );
+        }
+        let req = DeleteRecordsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("dr")))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(55)])]);
+        let r: DeleteRecordsResponse = call(&mut s, ApiKey::DeleteRecords, 2, &req);
+        let p = &r.topics[0].partitions[0];
+        assert_eq!((p.error_code, p.low_watermark), (0, 55));
+        let ck = b.dir.join("log-start-offset-checkpoint");
+        wait_until(
+            "the log start offset is checkpointed",
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&ck).is_ok_and(|t| t.contains("dr 0 55")),
+        );
+        b.kill();
+        b.restart();
+        let mut s = connect(&b.addr);
+        let r: FetchResponse = call(
+            &mut s,
+            ApiKey::Fetch,
+            12,
+            &fetch_request("dr", &[(0, 0, 1 << 20)], 0, 0, 1 << 20),
+        );
+        assert_eq!(
+            fetch_parts(&r),
+            vec![(0, 1, 100, 55, 0)],
+            "offset 0 is gone after the crash"
+        );
+    });
+}

@@ -92,6 +92,12 @@ pub struct Config {
     #[arg(long, default_value_t = 300_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_check_interval_ms: u64,
 
+    /// How often the recovery points and log start offsets are checkpointed to the data dir
+    /// (log.flush.offset.checkpoint.interval.ms): after a crash, recovery re-reads only what
+    /// was appended since, and DeleteRecords older than this survives.
+    #[arg(long, default_value_t = 60_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
+    pub checkpoint_interval_ms: u64,
+
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics). Default: off.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,

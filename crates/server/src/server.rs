@@ -254,6 +254,7 @@ async fn shard_main(
         .detach()
     });
     let background = glommio::spawn_local(background(shard.clone())).detach();
+    let checkpoints = (id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
 
     // Run until told to stop.
     while !shared.stop.load(Ordering::Acquire) {
@@ -264,6 +265,9 @@ async fn shard_main(
         a.await;
     }
     background.cancel();
+    if let Some(c) = checkpoints {
+        c.cancel();
+    }
     let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
     while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -347,6 +351,36 @@ async fn background(shard: Rc<Shard>) {
                         "retention failed: {e}"
                     ),
                 }
+            }
+        }
+    }
+}
+
+/// Shard 0 writes the data dir's checkpoints periodically from every shard's partitions (the
+/// files are per data dir, so one writer), as Kafka's checkpoint threads do. The clean
+/// shutdown writes them once more.
+async fn checkpoints(shard: Rc<Shard>) {
+    let every = Duration::from_millis(shard.config().checkpoint_interval_ms);
+    let dir = shard.shared.data_dir.clone();
+    loop {
+        glommio::timer::sleep(every).await;
+        let mut recovery_points = Offsets::new();
+        let mut log_start_offsets = Offsets::new();
+        for i in 0..shard.shared.nr_shards {
+            let Some(points) = shard.call(i, |reply| ShardMsg::Checkpoint { reply }).await else {
+                return; // shutting down
+            };
+            for ((topic, partition), rp, lso) in points {
+                recovery_points.insert((topic.to_string(), partition), rp);
+                log_start_offsets.insert((topic.to_string(), partition), lso);
+            }
+        }
+        for (name, offsets) in [
+            (checkpoint::RECOVERY_POINT_CHECKPOINT, &recovery_points),
+            (checkpoint::LOG_START_OFFSET_CHECKPOINT, &log_start_offsets),
+        ] {
+            if let Err(e) = checkpoint::write(&dir.join(name), offsets).await {
+                tracing::error!("cannot write {name}: {e}");
             }
         }
     }

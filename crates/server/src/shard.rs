@@ -63,6 +63,10 @@ pub enum ShardMsg {
         key: PartitionKey,
         reply: oneshot::Sender<Result<(i64, i64), PartitionError>>,
     },
+    /// This shard's partitions' (recovery point, log start offset), for the checkpoints.
+    Checkpoint {
+        reply: oneshot::Sender<Vec<(PartitionKey, i64, i64)>>,
+    },
     /// A new metadata snapshot: open, reconfigure or delete this shard's partitions, then
     /// publish it.
     ApplyMetadata {
@@ -251,6 +255,15 @@ impl Shard {
                     .log(&key)
                     .map(|log| (log.log_start_offset(), log.log_end_offset()));
                 let _ = reply.send(r);
+            }
+            ShardMsg::Checkpoint { reply } => {
+                let points = self
+                    .partitions
+                    .borrow()
+                    .iter()
+                    .map(|(k, log)| (k.clone(), log.recovery_point(), log.log_start_offset()))
+                    .collect();
+                let _ = reply.send(points);
             }
             ShardMsg::ApplyMetadata { snapshot, reply } => {
                 let r = self.apply_metadata(snapshot, false).await;
