@@ -23,12 +23,15 @@ pub struct LogConfig {
     /// Reserve a new segment's blocks (fallocate, keeping the file size) when it is created,
     /// so appends never wait on block allocation.
     pub preallocate: bool,
+    /// producer.id.expiration.ms: forget an idempotent producer idle for this long.
+    pub producer_id_expiration_ms: u64,
 }
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
 pub const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: u64 = 24 * 3600 * 1000;
 /// The smallest segment.bytes Kafka accepts (LogConfig's atLeast(LegacyRecord.RECORD_OVERHEAD_V0)
 /// is 14; we require room for at least one batch header).
 pub const MIN_SEGMENT_BYTES: u64 = 61;
@@ -46,6 +49,7 @@ impl Default for LogConfig {
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             log_append_time: false,
             preallocate: true,
+            producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }
 }

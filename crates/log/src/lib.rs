@@ -16,6 +16,7 @@ pub mod checkpoint;
 mod config;
 pub mod index;
 mod log;
+pub mod producer_state;
 mod recovery;
 mod segment;
 
@@ -36,6 +37,9 @@ pub mod error_codes {
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_RECORD: i16 = 87;
 }
 
 #[derive(Debug, Error)]
@@ -78,6 +82,10 @@ pub enum LogError {
         recovery_point: i64,
         reason: String,
     },
+    #[error("{0}")]
+    Sequence(#[from] producer_state::SequenceError),
+    #[error("{0} are not supported")]
+    Unsupported(String),
     #[error("the log {0} is closed")]
     Closed(PathBuf),
     #[error("invalid log config: {0}")]
@@ -99,6 +107,13 @@ impl LogError {
             LogError::OffsetOutOfRange { .. } => error_codes::OFFSET_OUT_OF_RANGE,
             LogError::InvalidBatch(e) => e.kafka_error_code(),
             LogError::BatchTooLarge { .. } => error_codes::MESSAGE_TOO_LARGE,
+            LogError::Sequence(producer_state::SequenceError::StaleEpoch { .. }) => {
+                error_codes::INVALID_PRODUCER_EPOCH
+            }
+            LogError::Sequence(producer_state::SequenceError::OutOfOrder { .. }) => {
+                error_codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+            }
+            LogError::Unsupported(_) => error_codes::INVALID_RECORD,
             LogError::Io { .. }
             | LogError::Corrupt { .. }
             | LogError::CorruptBelowRecoveryPoint { .. }

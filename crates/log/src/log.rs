@@ -3,6 +3,9 @@
 
 use crate::checkpoint::sync_dir;
 use crate::config::LogConfig;
+use crate::producer_state::{
+    BatchMeta, ProducerEntry, ProducerState, SequenceError, Verdict, SNAPSHOT_SUFFIX,
+};
 use crate::segment::{file_name, Segment, LOG_SUFFIX};
 use crate::{now_ms, LogError};
 use bytes::{Bytes, BytesMut};
@@ -123,6 +126,8 @@ pub(crate) struct Inner {
     waiters: RefCell<Waiters>,
     pub closed: Cell<bool>,
     pub stats: LogStats,
+    /// Idempotent producers' sequences; see [`crate::producer_state`].
+    pub producers: RefCell<ProducerState>,
 }
 
 /// A partition log. Cheap to clone (a handle); lives on its owner shard's thread.
@@ -164,6 +169,7 @@ impl Log {
                 waiters: RefCell::new(Waiters::default()),
                 closed: Cell::new(false),
                 stats: LogStats::default(),
+                producers: RefCell::new(ProducerState::default()),
             }),
         }
     }
@@ -499,6 +505,10 @@ impl Log {
     /// one is rolled first so it can go too. Returns the number of segments deleted.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
         let config = self.config();
+        self.inner
+            .producers
+            .borrow_mut()
+            .expire(now_ms, config.producer_id_expiration_ms);
         if let Some(ms) = config.retention_ms {
             let active = self.active();
             if !active.is_empty() && now_ms - active.largest_timestamp() > ms as i64 {
@@ -547,6 +557,8 @@ impl Log {
     /// read plans keep their file descriptors, so unlinking never breaks a fetch.
     async fn delete_segments_below_start(&self) -> Result<usize, LogError> {
         let lso = self.log_start_offset();
+        // Producers whose every remembered batch is gone are forgotten, as in Kafka.
+        self.inner.producers.borrow_mut().remove_below(lso);
         let doomed: Vec<Rc<Segment>> = {
             let mut segments = self.inner.segments.borrow_mut();
             let keep_from = segments[..segments.len() - 1]
@@ -592,7 +604,8 @@ impl Log {
         self.inner.closed.set(true);
         let result = async {
             self.flush().await?;
-            self.active().write_indexes().await
+            self.active().write_indexes().await?;
+            write_producer_snapshot(&self.inner).await
         }
         .await;
         self.wake_waiters();
@@ -731,7 +744,7 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
         }
         let mut run: Vec<PendingAppend> = rest.drain(..n).collect();
         match write_run(log, &active, &mut run, &config, now).await {
-            Ok(infos) => done.extend(run.into_iter().zip(infos.into_iter().map(Ok))),
+            Ok(results) => done.extend(run.into_iter().zip(results)),
             Err(e) => {
                 // A storage error is seldom transient: fail the rest of the group too, as a
                 // failed write of a whole group always did, rather than retry run by run.
@@ -772,17 +785,35 @@ async fn write_run(
     run: &mut [PendingAppend],
     config: &LogConfig,
     now: i64,
-) -> Result<Vec<AppendInfo>, LogError> {
+) -> Result<Vec<Result<AppendInfo, LogError>>, LogError> {
     let inner = &log.inner;
     let position = active.size.get();
     // Assign offsets in place: baseOffset and partitionLeaderEpoch are outside the CRC.
     let mut next = inner.next_offset.get();
     let append_time = if config.log_append_time { now } else { -1 };
-    let mut infos = Vec::with_capacity(run.len());
+    let mut results: Vec<Option<Result<AppendInfo, LogError>>> = Vec::with_capacity(run.len());
     let mut bufs: Vec<Bytes> = Vec::new();
     let mut headers: Vec<BatchHeader> = Vec::new();
     let (mut total, mut records) = (0u64, 0u64);
+    // Idempotent producers: checked here, by the log's single writer, in append order. What
+    // this write changes stays in `pending` until the write has succeeded.
+    let mut pending: HashMap<i64, ProducerEntry> = HashMap::new();
+    let producers = inner.producers.borrow();
     for a in run.iter_mut() {
+        if a.batches.iter().any(|(h, _)| h.has_producer_id()) {
+            let lso = inner.log_start_offset.get();
+            match check_producers(&producers, &mut pending, a, next, now, lso) {
+                Ok(None) => {}
+                Ok(Some(duplicate)) => {
+                    results.push(Some(Ok(duplicate)));
+                    continue;
+                }
+                Err(e) => {
+                    results.push(Some(Err(e)));
+                    continue;
+                }
+            }
+        }
         let base = next;
         let mut count = 0u64;
         for (h, buf) in a.batches.drain(..) {
@@ -802,13 +833,18 @@ async fn write_run(
         }
         total += a.bytes;
         records += count;
-        infos.push(AppendInfo {
+        results.push(Some(Ok(AppendInfo {
             base_offset: base,
             last_offset: next - 1,
             log_append_time_ms: append_time,
             log_start_offset: inner.log_start_offset.get(),
             record_count: count,
-        });
+        })));
+    }
+    drop(producers);
+    let results: Vec<Result<AppendInfo, LogError>> = results.into_iter().flatten().collect();
+    if bufs.is_empty() {
+        return Ok(results); // every append was a duplicate or refused: nothing to write
     }
     let ring = runnel_runtime::ring();
     inner.stats.writes.set(inner.stats.writes.get() + 1);
@@ -835,6 +871,7 @@ async fn write_run(
     active.last_modified_ms.set(now);
     active.size.set(pos);
     inner.next_offset.set(next);
+    inner.producers.borrow_mut().commit(pending);
     let stats = &inner.stats;
     stats
         .appended_batches
@@ -847,7 +884,61 @@ async fn write_run(
         inner.oldest_unflushed_ms.set(Some(now));
     }
     log.wake_waiters();
-    Ok(infos)
+    Ok(results)
+}
+
+/// Checks the idempotent batches of one append against the producer state. Ok(None): write
+/// it (its batches are recorded in `pending` at the offsets they will get from `next`).
+/// Ok(Some(info)): a retry of batches already written, answered with their offsets.
+fn check_producers(
+    state: &ProducerState,
+    pending: &mut HashMap<i64, ProducerEntry>,
+    a: &PendingAppend,
+    mut next: i64,
+    now: i64,
+    log_start_offset: i64,
+) -> Result<Option<AppendInfo>, LogError> {
+    let mut scratch = pending.clone();
+    let mut duplicates: Vec<BatchMeta> = Vec::new();
+    let mut fresh = 0;
+    for (h, _) in &a.batches {
+        if h.is_transactional() {
+            return Err(LogError::Unsupported(
+                "transactional batches (transactions are not supported)".into(),
+            ));
+        }
+        if h.has_producer_id() {
+            if let Verdict::Duplicate(d) = state.check(&scratch, h)? {
+                duplicates.push(d);
+                continue;
+            }
+            let mut placed = *h;
+            placed.base_offset = next;
+            state.record(&mut scratch, &placed, now);
+        }
+        fresh += 1;
+        next = h.next_offset() - h.base_offset + next;
+    }
+    match (duplicates.first(), duplicates.last()) {
+        (Some(first), Some(last)) if fresh == 0 => Ok(Some(AppendInfo {
+            base_offset: first.first_offset,
+            last_offset: last.last_offset,
+            log_append_time_ms: -1,
+            log_start_offset,
+            record_count: 0,
+        })),
+        (Some(_), _) => Err(SequenceError::OutOfOrder {
+            producer_id: a.batches[0].0.producer_id,
+            epoch: a.batches[0].0.producer_epoch,
+            expected: None,
+            got: a.batches[0].0.base_sequence,
+        }
+        .into()),
+        _ => {
+            *pending = scratch;
+            Ok(None)
+        }
+    }
 }
 
 /// [`Log::offset_for_timestamp`] within one segment: the first record at or after
@@ -948,6 +1039,9 @@ async fn roll_now(log: &Log) -> Result<(), LogError> {
     inner.segments.borrow_mut().push(Rc::new(seg));
     inner.dir_dirty.set(true);
     inner.stats.rolls.set(inner.stats.rolls.get() + 1);
+    // The producer state as of the new segment's base: after a crash, recovery replays
+    // only the batches appended since.
+    write_producer_snapshot(inner).await?;
     // The old file's preallocated blocks past its end are no longer needed.
     if config.preallocate {
         let _ = runnel_runtime::ring()
@@ -955,6 +1049,95 @@ async fn roll_now(log: &Log) -> Result<(), LogError> {
             .await;
     }
     tracing::debug!(topic = %inner.topic, partition = inner.partition, base_offset = base, "rolled segment");
+    Ok(())
+}
+
+/// Writes `<log end offset>.snapshot` with the producer state, then deletes all but the
+/// newest two snapshots.
+pub(crate) async fn write_producer_snapshot(inner: &Inner) -> Result<(), LogError> {
+    let offset = inner.next_offset.get();
+    let path = inner.dir.join(file_name(offset, SNAPSHOT_SUFFIX));
+    let bytes = inner.producers.borrow().encode();
+    crate::checkpoint::write_atomic(&path, bytes.into())
+        .await
+        .map_err(|e| LogError::io("write producer snapshot", &path, e))?;
+    let mut offsets = list_snapshots(&inner.dir)?;
+    offsets.sort_unstable();
+    let keep_from = offsets.len().saturating_sub(2);
+    for old in &offsets[..keep_from] {
+        let p = inner.dir.join(file_name(*old, SNAPSHOT_SUFFIX));
+        let _ = runnel_runtime::ring().unlink(&p).await;
+    }
+    Ok(())
+}
+
+/// The offsets of the producer state snapshots in a partition directory.
+pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<i64>, LogError> {
+    let io = |e| LogError::io("list log dir", dir, e);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        if let Some(o) = crate::segment::parse_file_name(&name.to_string_lossy(), SNAPSHOT_SUFFIX) {
+            out.push(o);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Recovery of the producer state: the newest readable snapshot at or below the log end,
+/// then the headers of every batch appended after it. Snapshots past the log end (the log
+/// was truncated below them) are deleted.
+pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
+    let inner = &log.inner;
+    let leo = log.log_end_offset();
+    let lso = log.log_start_offset();
+    let mut state = ProducerState::default();
+    let mut from = i64::MIN;
+    let snapshots = list_snapshots(&inner.dir)?;
+    for &o in snapshots.iter().filter(|&&o| o > leo) {
+        let _ = std::fs::remove_file(inner.dir.join(file_name(o, SNAPSHOT_SUFFIX)));
+    }
+    for &o in snapshots.iter().rev().filter(|&&o| o <= leo) {
+        let path = inner.dir.join(file_name(o, SNAPSHOT_SUFFIX));
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| ProducerState::decode(&b))
+        {
+            Ok(s) => {
+                state = s;
+                from = o;
+                break;
+            }
+            Err(e) => tracing::warn!(path = %path.display(), "ignoring producer snapshot: {e}"),
+        }
+    }
+    if from < leo {
+        let segments: Vec<Rc<Segment>> = inner.segments.borrow().clone();
+        for seg in segments
+            .iter()
+            .filter(|s| s.next_offset.get() > from && s.size.get() > 0)
+        {
+            let start = if from > seg.base_offset {
+                seg.index
+                    .borrow()
+                    .lookup(seg.relative(from))
+                    .map_or(0, |e| u64::from(e.position))
+            } else {
+                0
+            };
+            let append_ms = seg.last_modified_ms.get();
+            seg.for_each_header(start, seg.size.get(), |_, h| {
+                if h.base_offset >= from {
+                    state.replay(h, append_ms);
+                }
+                true
+            })
+            .await?;
+        }
+    }
+    state.remove_below(lso);
+    *inner.producers.borrow_mut() = state;
     Ok(())
 }
 

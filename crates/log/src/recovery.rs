@@ -173,6 +173,7 @@ impl Log {
             log.inner.dir_dirty.set(true);
             flush_now(&log).await?;
         }
+        crate::log::restore_producers(&log).await?;
         Ok(log)
     }
 }

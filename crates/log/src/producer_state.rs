@@ -1,0 +1,479 @@
+//! Idempotent producers: per partition, each producer id's epoch and its last batches'
+//! sequence numbers and offsets, so a retried batch is answered with its original offsets
+//! instead of being written twice, and a gap in the sequence is refused (Kafka's
+//! ProducerStateManager, without transactions).
+//!
+//! The state lives with the log on its owner shard and is checked by the log's single writer
+//! in append order. It is saved in `<offset>.snapshot` files (at segment roll and clean
+//! close; the name is the log end offset it covers, as in Kafka's layout) and rebuilt after
+//! a crash from the latest snapshot plus the batch headers appended since.
+//!
+//! Snapshot format (ours; Kafka's also carries transaction fields we do not have):
+//! ```text
+//! magic "RNPS" | version u16 = 1 | crc32c u32 of the rest | count u32 |
+//!   count x { producer id i64 | epoch i16 | last append ms i64 | n u8 |
+//!             n x { first seq i32 | last seq i32 | first offset i64 | last offset i64 } }
+//! ```
+
+use runnel_record::BatchHeader;
+use std::collections::{HashMap, VecDeque};
+
+/// Batches remembered per producer for duplicate detection (Kafka's, and the clients'
+/// max.in.flight.requests.per.connection limit with idempotence).
+pub const CACHED_BATCHES: usize = 5;
+pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
+const MAGIC: &[u8; 4] = b"RNPS";
+const VERSION: u16 = 1;
+
+/// One remembered batch: its sequence range and the offsets it was written at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMeta {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    /// Oldest first, at most [`CACHED_BATCHES`].
+    pub batches: VecDeque<BatchMeta>,
+    /// Broker time of the last append, for producer id expiration.
+    pub last_append_ms: i64,
+}
+
+impl ProducerEntry {
+    fn last_seq(&self) -> Option<i32> {
+        self.batches.back().map(|b| b.last_seq)
+    }
+
+    pub fn last_offset(&self) -> Option<i64> {
+        self.batches.back().map(|b| b.last_offset)
+    }
+}
+
+/// Why an idempotent batch is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceError {
+    #[error("producer {producer_id}: epoch {epoch} is older than the current epoch {current}")]
+    /// The batch's epoch is older than the producer's current one (a zombie or fenced
+    /// producer): INVALID_PRODUCER_EPOCH.
+    StaleEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    /// A sequence that does not follow the last one: OUT_OF_ORDER_SEQUENCE_NUMBER.
+    #[error("producer {producer_id} epoch {epoch}: sequence {got} does not follow (expected {expected:?})")]
+    OutOfOrder {
+        producer_id: i64,
+        epoch: i16,
+        expected: Option<i32>,
+        got: i32,
+    },
+}
+
+/// What to do with one idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Append,
+    /// Already written: answer with these offsets and write nothing.
+    Duplicate(BatchMeta),
+}
+
+/// The last sequence of a batch: base + lastOffsetDelta, wrapping past i32::MAX to 0 as
+/// Kafka's DefaultRecordBatch.incrementSequence does.
+pub fn last_sequence(h: &BatchHeader) -> i32 {
+    increment(h.base_sequence, h.last_offset_delta)
+}
+
+fn increment(seq: i32, by: i32) -> i32 {
+    if seq > i32::MAX - by {
+        by - (i32::MAX - seq) - 1
+    } else {
+        seq + by
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerState {
+    pub entries: HashMap<i64, ProducerEntry>,
+}
+
+impl ProducerState {
+    /// Checks a batch against the state, `pending` (changes of batches accepted earlier in the
+    /// same write, not yet committed) taking precedence.
+    pub fn check(
+        &self,
+        pending: &HashMap<i64, ProducerEntry>,
+        h: &BatchHeader,
+    ) -> Result<Verdict, SequenceError> {
+        let pid = h.producer_id;
+        let entry = pending.get(&pid).or_else(|| self.entries.get(&pid));
+        let Some(entry) = entry else {
+            // Unknown producer (new, or its state expired or was deleted with its
+            // batches): any sequence starts it, as in Kafka since KIP-360.
+            return Ok(Verdict::Append);
+        };
+        let first = h.base_sequence;
+        let last = last_sequence(h);
+        if h.producer_epoch < entry.epoch {
+            return Err(SequenceError::StaleEpoch {
+                producer_id: pid,
+                epoch: h.producer_epoch,
+                current: entry.epoch,
+            });
+        }
+        if h.producer_epoch > entry.epoch {
+            // A bumped epoch starts its sequence over.
+            return if first == 0 {
+                Ok(Verdict::Append)
+            } else {
+                Err(SequenceError::OutOfOrder {
+                    producer_id: pid,
+                    epoch: h.producer_epoch,
+                    expected: Some(0),
+                    got: first,
+                })
+            };
+        }
+        if let Some(dup) = entry
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first && b.last_seq == last)
+        {
+            return Ok(Verdict::Duplicate(*dup));
+        }
+        match entry.last_seq() {
+            Some(prev) if increment(prev, 1) != first => Err(SequenceError::OutOfOrder {
+                producer_id: pid,
+                epoch: h.producer_epoch,
+                expected: Some(increment(prev, 1)),
+                got: first,
+            }),
+            _ => Ok(Verdict::Append),
+        }
+    }
+
+    /// Records an accepted batch written at `h.base_offset..=h.last_offset()` into `pending`.
+    pub fn record(&self, pending: &mut HashMap<i64, ProducerEntry>, h: &BatchHeader, now_ms: i64) {
+        let pid = h.producer_id;
+        let entry = pending.entry(pid).or_insert_with(|| {
+            self.entries.get(&pid).cloned().unwrap_or(ProducerEntry {
+                epoch: h.producer_epoch,
+                batches: VecDeque::new(),
+                last_append_ms: now_ms,
+            })
+        });
+        apply(entry, h, now_ms);
+    }
+
+    /// Makes the changes of a completed write permanent.
+    pub fn commit(&mut self, pending: HashMap<i64, ProducerEntry>) {
+        self.entries.extend(pending);
+    }
+
+    /// Replays a stored batch (recovery): the log is trusted, nothing is refused.
+    pub fn replay(&mut self, h: &BatchHeader, append_ms: i64) {
+        if !h.has_producer_id() {
+            return;
+        }
+        let entry = self
+            .entries
+            .entry(h.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: h.producer_epoch,
+                batches: VecDeque::new(),
+                last_append_ms: append_ms,
+            });
+        apply(entry, h, append_ms);
+    }
+
+    /// Drops producers whose every remembered batch lies below the log start offset
+    /// (retention or DeleteRecords removed them), as Kafka does.
+    pub fn remove_below(&mut self, log_start_offset: i64) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| e.last_offset().is_some_and(|o| o >= log_start_offset));
+        before - self.entries.len()
+    }
+
+    /// Drops producers idle for longer than `expiration_ms` (producer.id.expiration.ms).
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: u64) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| now_ms - e.last_append_ms <= expiration_ms as i64);
+        before - self.entries.len()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(4 + self.entries.len() * 64);
+        body.extend_from_slice(&(self.entries.len() as u32).to_be_bytes());
+        let mut pids: Vec<&i64> = self.entries.keys().collect();
+        pids.sort();
+        for pid in pids {
+            let e = &self.entries[pid];
+            body.extend_from_slice(&pid.to_be_bytes());
+            body.extend_from_slice(&e.epoch.to_be_bytes());
+            body.extend_from_slice(&e.last_append_ms.to_be_bytes());
+            body.push(e.batches.len() as u8);
+            for b in &e.batches {
+                body.extend_from_slice(&b.first_seq.to_be_bytes());
+                body.extend_from_slice(&b.last_seq.to_be_bytes());
+                body.extend_from_slice(&b.first_offset.to_be_bytes());
+                body.extend_from_slice(&b.last_offset.to_be_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(10 + body.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ProducerState, String> {
+        if bytes.len() < 10 || &bytes[..4] != MAGIC {
+            return Err("not a producer state snapshot".into());
+        }
+        let version = u16::from_be_bytes([bytes[4], bytes[5]]);
+        if version != VERSION {
+            return Err(format!("unknown snapshot version {version}"));
+        }
+        let crc = u32::from_be_bytes(bytes[6..10].try_into().expect("4 bytes"));
+        let body = &bytes[10..];
+        if crc32c::crc32c(body) != crc {
+            return Err("snapshot checksum mismatch".into());
+        }
+        let mut r = Reader { buf: body, pos: 0 };
+        let count = r.u32()?;
+        let mut entries = HashMap::with_capacity(count.min(1 << 20) as usize);
+        for _ in 0..count {
+            let pid = r.i64()?;
+            let epoch = r.i16()?;
+            let last_append_ms = r.i64()?;
+            let n = r.u8()?;
+            let mut batches = VecDeque::with_capacity(n as usize);
+            for _ in 0..n {
+                batches.push_back(BatchMeta {
+                    first_seq: r.i32()?,
+                    last_seq: r.i32()?,
+                    first_offset: r.i64()?,
+                    last_offset: r.i64()?,
+                });
+            }
+            entries.insert(
+                pid,
+                ProducerEntry {
+                    epoch,
+                    batches,
+                    last_append_ms,
+                },
+            );
+        }
+        if r.pos != body.len() {
+            return Err("trailing bytes in snapshot".into());
+        }
+        Ok(ProducerState { entries })
+    }
+}
+
+fn apply(entry: &mut ProducerEntry, h: &BatchHeader, now_ms: i64) {
+    if h.producer_epoch != entry.epoch {
+        entry.epoch = h.producer_epoch;
+        entry.batches.clear();
+    }
+    entry.batches.push_back(BatchMeta {
+        first_seq: h.base_sequence,
+        last_seq: last_sequence(h),
+        first_offset: h.base_offset,
+        last_offset: h.last_offset(),
+    });
+    while entry.batches.len() > CACHED_BATCHES {
+        entry.batches.pop_front();
+    }
+    entry.last_append_ms = entry.last_append_ms.max(now_ms);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let end = self.pos + N;
+        let b = self
+            .buf
+            .get(self.pos..end)
+            .ok_or("truncated snapshot")?
+            .try_into()
+            .expect("N bytes");
+        self.pos = end;
+        Ok(b)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn i16(&mut self) -> Result<i16, String> {
+        Ok(i16::from_be_bytes(self.take()?))
+    }
+    fn i32(&mut self) -> Result<i32, String> {
+        Ok(i32::from_be_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.take()?))
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_be_bytes(self.take()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(pid: i64, epoch: i16, seq: i32, records: i32, offset: i64) -> BatchHeader {
+        BatchHeader {
+            base_offset: offset,
+            batch_length: 100,
+            partition_leader_epoch: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: records - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            record_count: records,
+        }
+    }
+
+    fn accept(s: &mut ProducerState, h: &BatchHeader) {
+        let mut p = HashMap::new();
+        assert_eq!(s.check(&p, h), Ok(Verdict::Append));
+        s.record(&mut p, h, 1);
+        s.commit(p);
+    }
+
+    #[test]
+    fn sequences_duplicates_gaps_and_epochs() {
+        let mut s = ProducerState::default();
+        let none = HashMap::new();
+        accept(&mut s, &batch(7, 0, 0, 10, 0));
+        accept(&mut s, &batch(7, 0, 10, 5, 10));
+        // A retry of either remembered batch is a duplicate with its original offsets.
+        assert_eq!(
+            s.check(&none, &batch(7, 0, 0, 10, -1)),
+            Ok(Verdict::Duplicate(BatchMeta {
+                first_seq: 0,
+                last_seq: 9,
+                first_offset: 0,
+                last_offset: 9
+            }))
+        );
+        assert!(
+            matches!(s.check(&none, &batch(7, 0, 10, 5, -1)), Ok(Verdict::Duplicate(b)) if b.first_offset == 10)
+        );
+        // A gap, or a sequence from the past that is not a remembered batch.
+        assert!(matches!(
+            s.check(&none, &batch(7, 0, 16, 1, -1)),
+            Err(SequenceError::OutOfOrder {
+                expected: Some(15),
+                got: 16,
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.check(&none, &batch(7, 0, 3, 1, -1)),
+            Err(SequenceError::OutOfOrder { .. })
+        ));
+        // An older epoch is fenced; a newer one must start at 0.
+        accept(&mut s, &batch(7, 1, 0, 1, 15));
+        assert!(matches!(
+            s.check(&none, &batch(7, 0, 15, 1, -1)),
+            Err(SequenceError::StaleEpoch { current: 1, .. })
+        ));
+        assert!(matches!(
+            s.check(&none, &batch(7, 2, 5, 1, -1)),
+            Err(SequenceError::OutOfOrder {
+                expected: Some(0),
+                ..
+            })
+        ));
+        // Only the last 5 batches are remembered.
+        for i in 1..=6 {
+            accept(&mut s, &batch(7, 1, i, 1, 15 + i as i64));
+        }
+        assert_eq!(s.entries[&7].batches.len(), CACHED_BATCHES);
+        assert!(matches!(
+            s.check(&none, &batch(7, 1, 1, 1, -1)),
+            Err(SequenceError::OutOfOrder { .. })
+        ));
+        // An unknown producer starts anywhere.
+        assert_eq!(
+            s.check(&none, &batch(9, 3, 1234, 1, -1)),
+            Ok(Verdict::Append)
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_past_i32_max() {
+        let mut s = ProducerState::default();
+        accept(&mut s, &batch(1, 0, i32::MAX - 1, 2, 0));
+        assert_eq!(s.entries[&1].batches[0].last_seq, i32::MAX);
+        accept(&mut s, &batch(1, 0, 0, 3, 2));
+        let h = batch(1, 0, i32::MAX, 3, 0);
+        assert_eq!(last_sequence(&h), 1);
+    }
+
+    #[test]
+    fn pending_changes_are_seen_before_commit() {
+        let s = ProducerState::default();
+        let mut p = HashMap::new();
+        s.record(&mut p, &batch(3, 0, 0, 2, 0), 1);
+        assert!(matches!(
+            s.check(&p, &batch(3, 0, 0, 2, -1)),
+            Ok(Verdict::Duplicate(_))
+        ));
+        assert_eq!(s.check(&p, &batch(3, 0, 2, 1, -1)), Ok(Verdict::Append));
+        assert!(s.entries.is_empty(), "nothing committed");
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_damage() {
+        let mut s = ProducerState::default();
+        for pid in 0..50 {
+            for i in 0..7 {
+                accept(
+                    &mut s,
+                    &batch(pid, (pid % 3) as i16, i * 2, 2, pid * 100 + i as i64 * 2),
+                );
+            }
+        }
+        let bytes = s.encode();
+        assert_eq!(ProducerState::decode(&bytes).unwrap(), s);
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert!(ProducerState::decode(&bad).is_err());
+        assert!(ProducerState::decode(&bytes[..n - 3]).is_err());
+        assert!(ProducerState::decode(b"nope").is_err());
+    }
+
+    #[test]
+    fn removal_below_log_start_and_expiry() {
+        let mut s = ProducerState::default();
+        let mut p = HashMap::new();
+        s.record(&mut p, &batch(1, 0, 0, 10, 0), 1_000);
+        s.record(&mut p, &batch(2, 0, 0, 10, 10), 5_000);
+        s.commit(p);
+        assert_eq!(s.remove_below(10), 1);
+        assert!(s.entries.contains_key(&2));
+        assert_eq!(s.expire(5_000 + 1_000, 999), 1);
+        assert!(s.entries.is_empty());
+    }
+}
