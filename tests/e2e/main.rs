@@ -3,5 +3,6 @@
 
 mod clients;
 mod common;
+mod idempotence;
 mod protocol;
 mod tools;

@@ -11,20 +11,20 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn connect(addr: &str) -> TcpStream {
+pub(crate) fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s
 }
 
-fn send_raw(s: &mut TcpStream, frame: &[u8]) {
+pub(crate) fn send_raw(s: &mut TcpStream, frame: &[u8]) {
     let mut buf = Vec::with_capacity(frame.len() + 4);
     buf.extend_from_slice(&(frame.len() as i32).to_be_bytes());
     buf.extend_from_slice(frame);
     s.write_all(&buf).unwrap();
 }
 
-fn encode_request<T: Encodable + HeaderVersion>(
+pub(crate) fn encode_request<T: Encodable + HeaderVersion>(
     key: ApiKey,
     version: i16,
     correlation_id: i32,
@@ -44,7 +44,7 @@ fn encode_request<T: Encodable + HeaderVersion>(
 }
 
 /// Reads one response frame; None if the broker closed the connection.
-fn read_response(s: &mut TcpStream) -> Option<Bytes> {
+pub(crate) fn read_response(s: &mut TcpStream) -> Option<Bytes> {
     let mut size = [0u8; 4];
     if s.read_exact(&mut size).is_err() {
         return None;
@@ -54,7 +54,7 @@ fn read_response(s: &mut TcpStream) -> Option<Bytes> {
     Some(Bytes::from(buf))
 }
 
-fn call<Req, Resp>(s: &mut TcpStream, key: ApiKey, version: i16, body: &Req) -> Resp
+pub(crate) fn call<Req, Resp>(s: &mut TcpStream, key: ApiKey, version: i16, body: &Req) -> Resp
 where
     Req: Encodable + HeaderVersion,
     Resp: Decodable + HeaderVersion,
@@ -185,7 +185,7 @@ fn metadata_advertises_the_ipv4_listener_and_auto_creates() {
     });
 }
 
-fn batch(records: &[&[u8]]) -> Bytes {
+pub(crate) fn batch(records: &[&[u8]]) -> Bytes {
     let mut b = runnel_record::builder::BatchBuilder::new(1_700_000_000_000);
     for r in records {
         b.append(1_700_000_000_000, None, Some(r), &[]);
@@ -193,7 +193,7 @@ fn batch(records: &[&[u8]]) -> Bytes {
     Bytes::from(b.build())
 }
 
-fn produce_to(
+pub(crate) fn produce_to(
     s: &mut TcpStream,
     version: i16,
     parts: Vec<(&'static str, i32, Bytes)>,
@@ -386,7 +386,7 @@ fn bad_flags_exit_with_code_2_and_a_message() {
     });
 }
 
-fn create_via_metadata(s: &mut TcpStream, topic: &'static str) -> [u8; 16] {
+pub(crate) fn create_via_metadata(s: &mut TcpStream, topic: &'static str) -> [u8; 16] {
     let req = MetadataRequest::default()
         .with_topics(Some(vec![MetadataRequestTopic::default()
             .with_name(Some(TopicName(StrBytes::from_static_str(topic))))]))
@@ -396,7 +396,7 @@ fn create_via_metadata(s: &mut TcpStream, topic: &'static str) -> [u8; 16] {
     *r.topics[0].topic_id.as_bytes()
 }
 
-fn fetch_request(
+pub(crate) fn fetch_request(
     topic: &'static str,
     parts: &[(i32, i64, i32)],
     max_wait_ms: i32,
@@ -426,7 +426,7 @@ fn fetch_request(
 }
 
 /// (partition, error, high watermark, log start offset, record bytes) per partition.
-fn fetch_parts(r: &FetchResponse) -> Vec<(i32, i16, i64, i64, usize)> {
+pub(crate) fn fetch_parts(r: &FetchResponse) -> Vec<(i32, i16, i64, i64, usize)> {
     r.responses
         .iter()
         .flat_map(|t| {

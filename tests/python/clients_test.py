@@ -56,7 +56,7 @@ def confluent(bootstrap):
     # Produce with every codec, consume back in order.
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"]:
         p = ck.Producer({"bootstrap.servers": bootstrap, "compression.type": codec,
-                         "linger.ms": 20})
+                         "linger.ms": 20, "enable.idempotence": codec == "zstd"})
         errors = []
         for i in range(500):
             p.produce("py-orders", key=b"k%d" % (i % 5), value=b"%s-%d" % (codec.encode(), i),
@@ -116,9 +116,8 @@ def kafka_python(bootstrap):
     admin.create_topics([NewTopic("kp-topic", num_partitions=2, replication_factor=1)])
     assert "kp-topic" in admin.list_topics()
 
-    # Runnel has no InitProducerId yet: idempotence off (kafka-python 3 turns it on).
-    p = kafka.KafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip",
-                            enable_idempotence=False, linger_ms=10)
+    # kafka-python 3 turns idempotence on by default (InitProducerId, sequence numbers).
+    p = kafka.KafkaProducer(bootstrap_servers=bootstrap, compression_type="gzip", linger_ms=10)
     futures = [p.send("kp-topic", key=b"k", value=b"v%d" % i, partition=i % 2,
                       timestamp_ms=1_700_000_000_000 + i) for i in range(400)]
     p.flush(30)

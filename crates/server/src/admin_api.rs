@@ -502,6 +502,41 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: &Request) -> Outcome {
     encode_or_close(req.correlation_id, version, &resp)
 }
 
+pub async fn init_producer_id(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    let body: InitProducerIdRequest = decode!(req);
+    let mut resp = InitProducerIdResponse::default();
+    if body.transactional_id.is_some() {
+        // Transactions need a transaction coordinator, which Runnel does not have.
+        resp = resp.with_error_code(code::COORDINATOR_NOT_AVAILABLE);
+        return encode_or_close(req.correlation_id, req.version, &resp);
+    }
+    let (producer_id, epoch) = (body.producer_id.0, body.producer_epoch);
+    match shard
+        .call(0, |reply| ShardMsg::InitProducerId {
+            producer_id,
+            epoch,
+            reply,
+        })
+        .await
+    {
+        Some(Ok((id, epoch))) => {
+            resp = resp
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch)
+        }
+        Some(Err((c, msg))) => {
+            tracing::warn!("InitProducerId failed: {msg}");
+            resp = resp.with_error_code(c).with_producer_epoch(-1);
+        }
+        None => {
+            resp = resp
+                .with_error_code(code::COORDINATOR_NOT_AVAILABLE)
+                .with_producer_epoch(-1)
+        }
+    }
+    encode_or_close(req.correlation_id, req.version, &resp)
+}
+
 /// Kafka's ConfigSource values.
 mod source {
     pub const DYNAMIC_TOPIC_CONFIG: i8 = 1;

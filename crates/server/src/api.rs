@@ -173,6 +173,7 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::DescribeConfigs => admin_api::describe_configs(shard, &req).await,
         ApiKey::DescribeCluster => admin_api::describe_cluster(shard, &req).await,
         ApiKey::FindCoordinator => admin_api::find_coordinator(shard, &req).await,
+        ApiKey::InitProducerId => admin_api::init_producer_id(shard, &req).await,
         other => Outcome::Close(format!("{other:?} is not served")),
     }
 }

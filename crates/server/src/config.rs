@@ -98,6 +98,12 @@ pub struct Config {
     #[arg(long, default_value_t = 60_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
     pub checkpoint_interval_ms: u64,
 
+    /// Forget an idempotent producer idle for this long (producer.id.expiration.ms); a
+    /// retry after that is no longer recognised as a duplicate.
+    #[arg(long, default_value_t = runnel_log::DEFAULT_PRODUCER_ID_EXPIRATION_MS, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub producer_id_expiration_ms: u64,
+
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics). Default: off.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -126,6 +132,7 @@ impl Config {
             flush_messages: self.flush_interval_messages,
             flush_ms: self.flush_interval_ms,
             preallocate: self.preallocate,
+            producer_id_expiration_ms: self.producer_id_expiration_ms,
             ..LogConfig::default()
         }
     }

@@ -20,6 +20,7 @@ pub mod fetch_response;
 pub mod metadata;
 pub mod metrics;
 pub mod produce;
+pub mod producer_ids;
 pub mod server;
 pub mod shard;
 pub mod wire;

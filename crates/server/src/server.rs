@@ -177,7 +177,15 @@ async fn shard_main(
         stopping: Latch::default(),
         admin_lock: glommio::sync::Semaphore::new(1),
         connections: Cell::new(0),
+        producer_ids: RefCell::new(None),
+        producer_ids_lock: glommio::sync::Semaphore::new(1),
     });
+    if id == 0 {
+        match crate::producer_ids::ProducerIds::load(&shared.data_dir) {
+            Ok(ids) => *shard.producer_ids.borrow_mut() = Some(ids),
+            Err(e) => tracing::error!("producer ids: {e}; InitProducerId will fail"),
+        }
+    }
     // Serve the other shards' messages, each in a task of its own.
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();

@@ -73,6 +73,13 @@ pub enum ShardMsg {
         snapshot: Arc<Snapshot>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// To shard 0: a producer id (-1: a new one) and epoch, answered with the id and epoch
+    /// to use, or an error code.
+    InitProducerId {
+        producer_id: i64,
+        epoch: i16,
+        reply: oneshot::Sender<Result<(i64, i16), PartitionError>>,
+    },
     /// To shard 0, the metadata writer.
     Admin {
         op: AdminOp,
@@ -115,6 +122,10 @@ pub struct Shard {
     /// Serialises admin operations on shard 0.
     pub admin_lock: glommio::sync::Semaphore,
     pub connections: Cell<usize>,
+    /// Shard 0 only: the producer id allocator (serialised by its RefCell being taken
+    /// across the persisting await: see [`Shard::init_producer_id`]).
+    pub producer_ids: RefCell<Option<crate::producer_ids::ProducerIds>>,
+    pub producer_ids_lock: glommio::sync::Semaphore,
 }
 
 /// Stable placement: partitions of a topic go round-robin over the shards from a start
@@ -269,11 +280,55 @@ impl Shard {
                 let r = self.apply_metadata(snapshot, false).await;
                 let _ = reply.send(r);
             }
+            ShardMsg::InitProducerId {
+                producer_id,
+                epoch,
+                reply,
+            } => {
+                let r = self.init_producer_id(producer_id, epoch).await;
+                let _ = reply.send(r);
+            }
             ShardMsg::Admin { op, reply } => {
                 let r = crate::admin::run(&self, op).await;
                 let _ = reply.send(r);
             }
         }
+    }
+
+    /// Shard 0's side of InitProducerId. A new producer gets a new id with epoch 0. A producer
+    /// that names its id and epoch (v3+, KIP-360) gets the next epoch of the same id, or a
+    /// new id when the epoch would overflow.
+    async fn init_producer_id(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(i64, i16), PartitionError> {
+        let _permit = self.producer_ids_lock.acquire_permit(1).await;
+        // Taken out for the await (the allocator persists a block) and put back after.
+        let mut ids = self.producer_ids.borrow_mut().take().ok_or((
+            code::NOT_COORDINATOR,
+            "producer ids are allocated by shard 0".to_string(),
+        ))?;
+        let result = async {
+            if producer_id >= 0 {
+                if !ids.issued(producer_id) {
+                    return Err((
+                        code::INVALID_PRODUCER_ID_MAPPING,
+                        format!("producer id {producer_id} was not issued by this broker"),
+                    ));
+                }
+                if epoch >= 0 && epoch < i16::MAX - 1 {
+                    return Ok((producer_id, epoch + 1));
+                }
+            }
+            ids.allocate()
+                .await
+                .map(|id| (id, 0))
+                .map_err(|e| (code::KAFKA_STORAGE_ERROR, e))
+        }
+        .await;
+        *self.producer_ids.borrow_mut() = Some(ids);
+        result
     }
 
     /// Opens the partitions of `snapshot` this shard owns, reconfigures the open ones and
