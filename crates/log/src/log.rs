@@ -798,50 +798,51 @@ async fn write_run(
     // Idempotent producers: checked here, by the log's single writer, in append order. What
     // this write changes stays in `pending` until the write has succeeded.
     let mut pending: HashMap<i64, ProducerEntry> = HashMap::new();
-    let producers = inner.producers.borrow();
-    for a in run.iter_mut() {
-        if a.batches.iter().any(|(h, _)| h.has_producer_id()) {
-            let lso = inner.log_start_offset.get();
-            match check_producers(&producers, &mut pending, a, next, now, lso) {
-                Ok(None) => {}
-                Ok(Some(duplicate)) => {
-                    results.push(Some(Ok(duplicate)));
-                    continue;
-                }
-                Err(e) => {
-                    results.push(Some(Err(e)));
-                    continue;
+    {
+        let producers = inner.producers.borrow();
+        for a in run.iter_mut() {
+            if a.batches.iter().any(|(h, _)| h.has_producer_id()) {
+                let lso = inner.log_start_offset.get();
+                match check_producers(&producers, &mut pending, a, next, now, lso) {
+                    Ok(None) => {}
+                    Ok(Some(duplicate)) => {
+                        results.push(Some(Ok(duplicate)));
+                        continue;
+                    }
+                    Err(e) => {
+                        results.push(Some(Err(e)));
+                        continue;
+                    }
                 }
             }
-        }
-        let base = next;
-        let mut count = 0u64;
-        for (h, buf) in a.batches.drain(..) {
-            let mut buf = buf;
-            let mut h = h;
-            set_base_offset(&mut buf, next);
-            set_partition_leader_epoch(&mut buf, LEADER_EPOCH);
-            if config.log_append_time {
-                set_log_append_time(&mut buf, now);
-                h.max_timestamp = now;
+            let base = next;
+            let mut count = 0u64;
+            for (h, buf) in a.batches.drain(..) {
+                let mut buf = buf;
+                let mut h = h;
+                set_base_offset(&mut buf, next);
+                set_partition_leader_epoch(&mut buf, LEADER_EPOCH);
+                if config.log_append_time {
+                    set_log_append_time(&mut buf, now);
+                    h.max_timestamp = now;
+                }
+                h.base_offset = next;
+                next = h.next_offset();
+                count += h.record_count as u64;
+                headers.push(h);
+                bufs.push(buf.freeze());
             }
-            h.base_offset = next;
-            next = h.next_offset();
-            count += h.record_count as u64;
-            headers.push(h);
-            bufs.push(buf.freeze());
+            total += a.bytes;
+            records += count;
+            results.push(Some(Ok(AppendInfo {
+                base_offset: base,
+                last_offset: next - 1,
+                log_append_time_ms: append_time,
+                log_start_offset: inner.log_start_offset.get(),
+                record_count: count,
+            })));
         }
-        total += a.bytes;
-        records += count;
-        results.push(Some(Ok(AppendInfo {
-            base_offset: base,
-            last_offset: next - 1,
-            log_append_time_ms: append_time,
-            log_start_offset: inner.log_start_offset.get(),
-            record_count: count,
-        })));
     }
-    drop(producers);
     let results: Vec<Result<AppendInfo, LogError>> = results.into_iter().flatten().collect();
     if bufs.is_empty() {
         return Ok(results); // every append was a duplicate or refused: nothing to write
@@ -917,7 +918,7 @@ fn check_producers(
             state.record(&mut scratch, &placed, now);
         }
         fresh += 1;
-        next = h.next_offset() - h.base_offset + next;
+        next += h.next_offset() - h.base_offset;
     }
     match (duplicates.first(), duplicates.last()) {
         (Some(first), Some(last)) if fresh == 0 => Ok(Some(AppendInfo {

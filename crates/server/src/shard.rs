@@ -317,7 +317,7 @@ impl Shard {
                         format!("producer id {producer_id} was not issued by this broker"),
                     ));
                 }
-                if epoch >= 0 && epoch < i16::MAX - 1 {
+                if (0..i16::MAX - 1).contains(&epoch) {
                     return Ok((producer_id, epoch + 1));
                 }
             }
