@@ -319,6 +319,21 @@ fn oversized_and_garbage_frames_close_only_their_connection() {
         frame.extend((0..300u32).map(|i| (i * 31 % 256) as u8));
         send_raw(&mut s, &frame);
         assert_closed(&mut s);
+        // Array counts and string lengths far beyond the frame: a Metadata v0 announcing 2^31
+        // topics, a Produce with a 2 GiB transactional id. Refused, never allocated.
+        for frame in [
+            &[0u8, 3, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff][..],
+            &[
+                0, 0, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0x80, 0x80, 0x80, 0x80, 0x08,
+            ][..],
+            &[
+                0, 1, 0, 12, 0, 0, 0, 1, 0xff, 0xff, 0, 0xff, 0xff, 0xff, 0xff, 0x0f,
+            ][..],
+        ] {
+            let mut s = connect(&b.addr);
+            send_raw(&mut s, frame);
+            assert_closed(&mut s);
+        }
         // A frame shorter than a header, and a truncated one.
         let mut s = connect(&b.addr);
         send_raw(&mut s, &[1, 2]);
