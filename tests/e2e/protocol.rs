@@ -688,3 +688,67 @@ fn delete_records_survives_a_crash_once_checkpointed() {
         );
     });
 }
+
+#[test]
+fn pipelined_requests_are_processed_in_order() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::protocol::{Decodable, HeaderVersion};
+    with_timeout(60, || {
+        let b = Broker::start(&["--cores", "2", "--auto-create-topics", "false"]);
+        let mut s = connect(&b.addr);
+        // CreateTopics, then a Produce to the new topic, then ListOffsets(latest), all sent
+        // before reading any answer: each sees the effect of the one before.
+        let create = CreateTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("piped")))
+                .with_num_partitions(4)
+                .with_replication_factor(1)]);
+        let produce = ProduceRequest::default()
+            .with_acks(1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("piped")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(3)
+                    .with_records(Some(batch(&[b"a", b"b", b"c"])))])]);
+        let list = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("piped")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(3)
+                    .with_timestamp(-1)])]);
+        let mut frames = Vec::new();
+        for f in [
+            encode_request(ApiKey::CreateTopics, 7, 1, &create),
+            encode_request(ApiKey::Produce, 9, 2, &produce),
+            encode_request(ApiKey::ListOffsets, 7, 3, &list),
+        ] {
+            frames.extend_from_slice(&(f.len() as i32).to_be_bytes());
+            frames.extend_from_slice(&f);
+        }
+        s.write_all(&frames).unwrap();
+        let mut r1 = read_response(&mut s).unwrap();
+        ResponseHeader::decode(&mut r1, CreateTopicsResponse::header_version(7)).unwrap();
+        let r1 = CreateTopicsResponse::decode(&mut r1, 7).unwrap();
+        assert_eq!(r1.topics[0].error_code, 0);
+        let mut r2 = read_response(&mut s).unwrap();
+        let h = ResponseHeader::decode(&mut r2, ProduceResponse::header_version(9)).unwrap();
+        assert_eq!(h.correlation_id, 2);
+        let r2 = ProduceResponse::decode(&mut r2, 9).unwrap();
+        assert_eq!(
+            r2.responses[0].partition_responses[0].error_code, 0,
+            "the topic existed"
+        );
+        let mut r3 = read_response(&mut s).unwrap();
+        let h = ResponseHeader::decode(&mut r3, ListOffsetsResponse::header_version(7)).unwrap();
+        assert_eq!(h.correlation_id, 3);
+        let r3 = ListOffsetsResponse::decode(&mut r3, 7).unwrap();
+        assert_eq!(
+            r3.topics[0].partitions[0].offset, 3,
+            "the append was visible"
+        );
+    });
+}

@@ -990,8 +990,9 @@ async fn offset_for_timestamp_in(
             .await
             .map_err(|e| LogError::io("read segment", &seg.log_path, e))?;
         for record in Records::new(bytes.get(HEADER_LEN..).unwrap_or_default()).flatten() {
-            let ts = h.base_timestamp + record.timestamp_delta;
-            let offset = h.base_offset + i64::from(record.offset_delta);
+            // Deltas come from the producer: saturate rather than overflow.
+            let ts = h.base_timestamp.saturating_add(record.timestamp_delta);
+            let offset = h.base_offset.saturating_add(i64::from(record.offset_delta));
             if ts >= timestamp && offset >= lso {
                 return Ok(Some(TimestampOffset {
                     timestamp: ts,

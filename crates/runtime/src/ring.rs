@@ -547,7 +547,14 @@ impl Pipe {
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: F_SETPIPE_SZ takes an int argument; failure only leaves the default size.
         let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, capacity as i32) };
-        let capacity = if got > 0 { got as usize } else { 64 << 10 };
+        let got = if got > 0 {
+            got
+        } else {
+            // Refused (over pipe-max-size or the user's pipe budget): whatever it has.
+            // SAFETY: F_GETPIPE_SZ takes no argument.
+            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) }
+        };
+        let capacity = if got > 0 { got as usize } else { 4096 };
         Ok(Pipe {
             read,
             write,

@@ -38,6 +38,23 @@ pub type AdminResult = Vec<Result<Arc<TopicMeta>, PartitionError>>;
 /// The most partitions one topic may have; each is a directory and open files.
 pub const MAX_PARTITIONS: i32 = 100_000;
 
+/// How many partitions this process can hold open: each needs at least one segment file
+/// descriptor (more after rolls), and connections need theirs. Half the open-file limit,
+/// less some for everything else.
+pub fn partition_budget() -> i64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return i64::MAX;
+    }
+    (lim.rlim_cur as i64 - 256).max(0) / 2
+}
+
 /// Runs `op` on shard 0 from any shard.
 pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
     let n = match &op {
@@ -118,6 +135,20 @@ pub async fn run(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
                             t.partitions
                         ),
                     )),
+                    Some(t)
+                        if topics.values().map(|t| i64::from(t.partitions)).sum::<i64>()
+                            + i64::from(count - t.partitions)
+                            > partition_budget() =>
+                    {
+                        Err((
+                            code::INVALID_PARTITIONS,
+                            format!(
+                                "more partitions would exceed what this broker's open-file \
+                                 limit allows ({}); raise LimitNOFILE",
+                                partition_budget()
+                            ),
+                        ))
+                    }
                     Some(_) if count > MAX_PARTITIONS => Err((
                         code::INVALID_PARTITIONS,
                         format!("at most {MAX_PARTITIONS} partitions per topic"),
@@ -138,12 +169,26 @@ pub async fn run(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
     if !changed {
         return results;
     }
+    let deleted = snapshot
+        .topics
+        .iter()
+        .any(|(name, t)| topics.get(name).is_none_or(|n| n.id != t.id));
     if let Err(e) = publish(shard, snapshot.with_topics(topics)).await {
-        tracing::error!("metadata change failed: {e}");
+        tracing::error!("metadata change failed, rolling it back: {e}");
+        // Put every shard and the registry back as they were (closing what was opened).
+        let old = snapshot.topics.clone();
+        if let Err(e2) = publish(shard, shard.snapshot().with_topics(old)).await {
+            tracing::error!("rolling back the metadata change failed too: {e2}");
+        }
         return results
             .into_iter()
             .map(|r| r.and(Err((code::KAFKA_STORAGE_ERROR, e.clone()))))
             .collect();
+    }
+    if deleted {
+        // The checkpoints must not keep a deleted partition's offsets: a topic created
+        // with the same name would inherit them at the next start.
+        crate::server::write_checkpoints(shard).await;
     }
     results
 }
@@ -167,6 +212,18 @@ fn check_new_topic(
             format!(
                 "topic {} collides with existing topic {other} ('.' and '_' are alike)",
                 t.name
+            ),
+        ));
+    }
+    let total: i64 = topics.values().map(|t| i64::from(t.partitions)).sum();
+    if total + i64::from(t.partitions) > partition_budget() {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!(
+                "{} more partitions would exceed what this broker's open-file limit allows ({}); \
+                 raise LimitNOFILE",
+                t.partitions,
+                partition_budget()
             ),
         ));
     }

@@ -77,6 +77,20 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1024..=i32::MAX as i64))]
     pub max_request_bytes: u32,
 
+    /// Bytes of requests a shard holds (read, not yet answered) before it stops reading from
+    /// its connections (queued.max.request.bytes); at least --max-request-bytes.
+    #[arg(long, default_value_t = 512 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
+    pub queued_max_request_bytes: u64,
+
+    /// Close a connection that sends no request for this long (connections.max.idle.ms).
+    #[arg(long, default_value_t = 600_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections_max_idle_ms: u64,
+
+    /// Largest fetch response, whatever a client asks for (fetch.max.bytes).
+    #[arg(long, default_value_t = 57_671_680, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(1024..=i32::MAX as i64 / 2))]
+    pub fetch_max_bytes: u32,
+
     /// Largest record batch a topic accepts by default (max.message.bytes).
     #[arg(long, default_value_t = 1_048_588, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(61..=i32::MAX as i64))]

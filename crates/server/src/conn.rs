@@ -10,10 +10,12 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 use runnel_runtime::{ring, Pipe};
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 /// Requests a connection may have started and not yet answered. Kafka clients keep at most
@@ -41,8 +43,65 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     shard.connections.set(shard.connections.get() - 1);
 }
 
+/// Request order on one connection, as Kafka keeps it: Produce requests pipeline (their
+/// appends are dispatched in order), every other request waits until the answers to all
+/// requests before it are out, and a Produce waits for the non-Produce requests before it.
+/// So a CreateTopics, DeleteRecords or Metadata (auto-create) is done before what follows it
+/// runs, and a ListOffsets sees the appends sent before it.
+#[derive(Default)]
+struct Order {
+    dispatched: Cell<u64>,
+    written: Cell<u64>,
+    /// Sequence number of the last non-Produce request dispatched.
+    last_barrier: Cell<u64>,
+    closed: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Order {
+    async fn wait_until(&self, target: u64) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.written.get() >= target || self.closed.get() {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn written_one(&self) {
+        self.written.set(self.written.get() + 1);
+        self.wake();
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake();
+    }
+}
+
+/// What the writer needs for one request: its answer and the budget it holds until sent.
+struct InFlight {
+    task: JoinHandle<Outcome>,
+    _count: glommio::sync::StaticPermit,
+    _bytes: glommio::sync::StaticPermit,
+}
+
 async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    // A consumer that stops reading, or a client that goes quiet, is disconnected rather
+    // than holding its requests, buffers and segment files forever.
+    let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
+    let idle = Duration::from_millis(shard.config().connections_max_idle_ms);
+    let _ = stream.set_read_timeout(Some(idle));
     // The splices need the socket as a descriptor they can hold on to: a duplicate keeps the
     // socket open until the last splice referring to it has completed.
     // SAFETY: dup of a descriptor the stream owns; the result is ours alone (or -1).
@@ -55,32 +114,33 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
     prepare_socket(&sock)?;
 
     let (mut reader, writer) = futures_lite::io::split(stream);
-    let (tx, rx) = futures_channel::mpsc::unbounded::<JoinHandle<Outcome>>();
+    let (tx, rx) = futures_channel::mpsc::unbounded::<InFlight>();
     let in_flight = Rc::new(glommio::sync::Semaphore::new(MAX_IN_FLIGHT as u64));
+    let order = Rc::new(Order::default());
     let writer_task = glommio::spawn_local(write_loop(
         shard.clone(),
         writer,
         sock,
         rx,
-        in_flight.clone(),
+        order.clone(),
         peer.to_string(),
     ))
     .detach();
 
     let max = shard.config().max_request_bytes as usize;
     let result = loop {
-        let Ok(permit) = in_flight.acquire_static_permit(1).await else {
+        let Ok(count) = in_flight.acquire_static_permit(1).await else {
             break Ok(()); // the writer stopped
         };
-        let frame = futures_lite::future::or(
-            async { Some(read_frame(&mut reader, max, peer).await) },
+        let next = futures_lite::future::or(
+            async { Some(read_frame(&mut reader, max, peer, &shard.request_budget).await) },
             async {
                 shard.stopping.wait().await;
                 None
             },
         )
         .await;
-        let frame = match frame {
+        let (frame, bytes) = match next {
             None => break Ok(()), // shutting down: stop reading, answer what was started
             Some(Ok(Some(f))) => f,
             Some(Ok(None)) => break Ok(()), // the client closed
@@ -91,11 +151,26 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
                 break Err(e);
             }
         };
-        let task = api::dispatch(shard, frame.freeze()).await;
-        // The permit is released when the writer has sent the answer.
-        std::mem::forget(permit);
-        if tx.unbounded_send(task).is_err() {
+        let is_produce = frame.len() >= 2 && frame[..2] == [0, 0];
+        let seq = order.dispatched.get() + 1;
+        if is_produce {
+            order.wait_until(order.last_barrier.get()).await;
+        } else {
+            order.wait_until(seq - 1).await;
+            order.last_barrier.set(seq);
+        }
+        if order.closed.get() {
             break Ok(()); // the writer stopped (socket error or a close)
+        }
+        order.dispatched.set(seq);
+        let task = api::dispatch(shard, frame.freeze()).await;
+        let item = InFlight {
+            task,
+            _count: count,
+            _bytes: bytes,
+        };
+        if tx.unbounded_send(item).is_err() {
+            break Ok(());
         }
     };
     drop(tx);
@@ -132,12 +207,15 @@ fn prepare_socket(sock: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads one size-prefixed frame. None: the client closed between requests.
+/// Reads one size-prefixed frame, holding `size` bytes of the shard's request budget for it
+/// (the permit goes with the request until its answer is sent). None: the client closed
+/// between requests.
 async fn read_frame(
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
     max: usize,
     peer: &str,
-) -> io::Result<Option<BytesMut>> {
+    budget: &Rc<glommio::sync::Semaphore>,
+) -> io::Result<Option<(BytesMut, glommio::sync::StaticPermit)>> {
     let mut size = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -162,25 +240,32 @@ async fn read_frame(
             "oversized frame",
         ));
     }
+    // Every request's bytes count against the shard's budget until answered, so clients
+    // cannot make the broker hold more than --queued-max-request-bytes per shard.
+    let permit = budget
+        .acquire_static_permit(size as u64)
+        .await
+        .map_err(|_| io::Error::other("the shard is shutting down"))?;
     let mut buf = BytesMut::zeroed(size as usize);
     reader.read_exact(&mut buf).await?;
-    Ok(Some(buf))
+    Ok(Some((buf, permit)))
 }
 
 async fn write_loop(
     shard: Rc<Shard>,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     sock: Arc<OwnedFd>,
-    mut rx: futures_channel::mpsc::UnboundedReceiver<JoinHandle<Outcome>>,
-    in_flight: Rc<glommio::sync::Semaphore>,
+    mut rx: futures_channel::mpsc::UnboundedReceiver<InFlight>,
+    order: Rc<Order>,
     peer: String,
 ) {
     use futures_lite::StreamExt;
     let zero_copy = shard.config().zero_copy;
     let mut pipe: Option<Arc<Pipe>> = None;
     let mut copy_buf = Vec::new();
-    while let Some(task) = rx.next().await {
-        let outcome = task
+    while let Some(item) = rx.next().await {
+        let outcome = item
+            .task
             .await
             .unwrap_or_else(|| Outcome::Close("request task cancelled".into()));
         let result = match outcome {
@@ -203,18 +288,20 @@ async fn write_loop(
                 Err(io::Error::new(io::ErrorKind::InvalidData, reason))
             }
         };
-        in_flight.signal(1);
+        // The request's budget is released here, with its answer sent.
+        drop(item._count);
+        drop(item._bytes);
         if let Err(e) = result {
             tracing::debug!(%peer, "connection closed: {e}");
             break;
         }
+        order.written_one();
     }
-    // Wake the reader if it waits for a permit or a frame: shutting the socket down ends
-    // its read.
+    order.close();
+    // Wake the reader if it waits for a frame: shutting the socket down ends its read.
     rx.close();
     // SAFETY: shutdown on a descriptor we own.
     unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
-    in_flight.close();
 }
 
 async fn send(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// The longest a fetch may wait, whatever the client asks (Kafka has no cap; a bound keeps
 /// shutdown prompt and a broken client from parking requests forever).
-const MAX_WAIT: Duration = Duration::from_secs(60);
+const MAX_WAIT: Duration = Duration::from_secs(30);
 
 struct Wanted {
     topic: usize,
@@ -37,7 +37,8 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
     // Sessions (KIP-227) are not kept: every fetch is a full one, and session id 0 in the
     // answer tells the client so. A client that names a session gets
     // FETCH_SESSION_ID_NOT_FOUND and starts over sessionless.
-    if version >= 7 && body.session_id != 0 {
+    // Epoch -1 with a session id closes that session: served as a sessionless fetch.
+    if version >= 7 && body.session_id != 0 && body.session_epoch != -1 {
         return Outcome::Reply(fetch_response::encode(
             req.correlation_id,
             version,
@@ -89,7 +90,13 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
         });
     }
 
-    let max_bytes = body.max_bytes.max(0) as u64;
+    // The broker's fetch.max.bytes caps what any client asks for (and keeps the frame
+    // size within an i32).
+    let fetch_max = u64::from(shard.config().fetch_max_bytes);
+    let max_bytes = (body.max_bytes.max(0) as u64).min(fetch_max);
+    for w in &mut wanted {
+        w.partition_max_bytes = w.partition_max_bytes.min(fetch_max);
+    }
     let min_bytes = body.min_bytes.max(0) as u64;
     let deadline =
         Instant::now() + Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT);
@@ -102,7 +109,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             .sum();
         let any_error = results.iter().any(|r| r.is_err());
         // As Kafka: answer at once with min_bytes of data, with an error, or at the deadline.
-        if total >= min_bytes || any_error || Instant::now() >= deadline {
+        if total >= min_bytes || any_error || wanted.is_empty() || Instant::now() >= deadline {
             break results;
         }
         // Wait for an append to any of the partitions, or the deadline.
@@ -173,25 +180,14 @@ async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: u64) -> Vec<R
     let mut used = 0u64;
     let mut out = Vec::with_capacity(first.len());
     for (w, r) in wanted.iter().zip(first) {
+        let left = max_bytes.saturating_sub(used).min(w.partition_max_bytes);
         let r = match r {
-            Ok(plan) if used + plan.len <= max_bytes || (used == 0 && plan.len > 0) => Ok(plan),
-            Ok(plan) => {
-                // Over the response limit: plan again with what is left (possibly nothing).
-                let left = max_bytes.saturating_sub(used);
-                if left == 0 {
-                    Ok(ReadPlan { len: 0, ..plan })
-                } else {
-                    read_one(
-                        shard,
-                        w.name.clone(),
-                        w.partition,
-                        w.offset,
-                        left,
-                        used == 0,
-                    )
-                    .await
-                }
-            }
+            // The first partition with data may exceed the limits by its first batch
+            // (KIP-74); every other one must fit them.
+            Ok(plan) if used == 0 || plan.len <= left => Ok(plan),
+            // Over a limit: plan again with what is left (possibly nothing), whole batches only.
+            Ok(plan) if left == 0 => Ok(ReadPlan { len: 0, ..plan }),
+            Ok(_) => read_one(shard, w.name.clone(), w.partition, w.offset, left, false).await,
             Err(e) => Err(e),
         };
         if let Ok(plan) = &r {
@@ -284,7 +280,12 @@ async fn wait_for_data(
         glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
         false
     };
-    future::or(any, timeout).await
+    // Shutdown answers long polls at once (with what there is).
+    let stopping = async {
+        shard.stopping.wait().await;
+        false
+    };
+    future::or(any, future::or(timeout, stopping)).await
 }
 
 use std::future::Future as _;

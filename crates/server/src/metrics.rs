@@ -82,9 +82,17 @@ pub fn render(shared: &Shared) -> String {
 /// Serves `GET /metrics` (any path, in fact) on shard 0 until the broker stops.
 pub async fn serve(shared: Arc<Shared>, listener: glommio::net::TcpListener) {
     loop {
-        let Ok(mut stream) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and the like: back off rather than spin.
+                tracing::warn!("metrics accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(10)));
         let shared = shared.clone();
         glommio::spawn_local(async move {
             let mut buf = [0u8; 4096];

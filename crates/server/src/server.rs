@@ -163,6 +163,11 @@ async fn shard_main(
     shared: Arc<Shared>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
 ) -> Result<ShardExit, String> {
+    // If this shard fails or panics anywhere below, the others must not wait for it forever.
+    let mut guard = PhaseGuard {
+        shared: shared.clone(),
+        passed: 0,
+    };
     let (senders, mut receivers) = mesh
         .join()
         .await
@@ -177,8 +182,15 @@ async fn shard_main(
         stopping: Latch::default(),
         admin_lock: glommio::sync::Semaphore::new(1),
         connections: Cell::new(0),
+        request_budget: Rc::new(glommio::sync::Semaphore::new(
+            shared
+                .config
+                .queued_max_request_bytes
+                .max(u64::from(shared.config.max_request_bytes)),
+        )),
         producer_ids: RefCell::new(None),
         producer_ids_lock: glommio::sync::Semaphore::new(1),
+        checkpoint_lock: glommio::sync::Semaphore::new(1),
     });
     if id == 0 {
         match crate::producer_ids::ProducerIds::load(&shared.data_dir) {
@@ -203,9 +215,10 @@ async fn shard_main(
         shared.stop.store(true, Ordering::Release);
         tracing::error!(shard = id, "{e}");
         close_logs(&shard).await;
-        wait_phase(&shared, 0).await;
-        wait_phase(&shared, 1).await;
-        wait_phase(&shared, 2).await;
+        for phase in 0..3 {
+            wait_phase(&shared, phase).await;
+            guard.passed += 1;
+        }
         return Err(e);
     }
     shared.ready.fetch_add(1, Ordering::AcqRel);
@@ -288,11 +301,32 @@ async fn shard_main(
         );
     }
     wait_phase(&shared, 0).await;
+    guard.passed += 1;
     let exit = close_logs(&shard).await;
     wait_phase(&shared, 1).await;
+    guard.passed += 1;
     shard.mesh.close();
     wait_phase(&shared, 2).await;
+    guard.passed += 1;
     Ok(exit)
+}
+
+/// Stops the broker and counts this shard through the shutdown phases it has not passed, when
+/// a shard leaves early (an error or a panic): the others then finish instead of waiting.
+struct PhaseGuard {
+    shared: Arc<Shared>,
+    passed: usize,
+}
+
+impl Drop for PhaseGuard {
+    fn drop(&mut self) {
+        if self.passed < self.shared.phase.len() {
+            self.shared.stop.store(true, Ordering::Release);
+            for phase in &self.shared.phase[self.passed..] {
+                phase.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 /// Marks this shard done with `phase` and waits for the others, serving their messages
@@ -369,29 +403,40 @@ async fn background(shard: Rc<Shard>) {
 /// shutdown writes them once more.
 async fn checkpoints(shard: Rc<Shard>) {
     let every = Duration::from_millis(shard.config().checkpoint_interval_ms);
-    let dir = shard.shared.data_dir.clone();
     loop {
         glommio::timer::sleep(every).await;
-        let mut recovery_points = Offsets::new();
-        let mut log_start_offsets = Offsets::new();
-        for i in 0..shard.shared.nr_shards {
-            let Some(points) = shard.call(i, |reply| ShardMsg::Checkpoint { reply }).await else {
-                return; // shutting down
-            };
-            for ((topic, partition), rp, lso) in points {
-                recovery_points.insert((topic.to_string(), partition), rp);
-                log_start_offsets.insert((topic.to_string(), partition), lso);
-            }
-        }
-        for (name, offsets) in [
-            (checkpoint::RECOVERY_POINT_CHECKPOINT, &recovery_points),
-            (checkpoint::LOG_START_OFFSET_CHECKPOINT, &log_start_offsets),
-        ] {
-            if let Err(e) = checkpoint::write(&dir.join(name), offsets).await {
-                tracing::error!("cannot write {name}: {e}");
-            }
+        if !write_checkpoints(&shard).await {
+            return; // shutting down
         }
     }
+}
+
+/// Gathers every shard's recovery points and log start offsets and writes both checkpoint
+/// files (shard 0; serialised, so an older gather never overwrites a newer one). False when
+/// a shard is gone.
+pub(crate) async fn write_checkpoints(shard: &Rc<Shard>) -> bool {
+    let _permit = shard.checkpoint_lock.acquire_permit(1).await;
+    let mut recovery_points = Offsets::new();
+    let mut log_start_offsets = Offsets::new();
+    for i in 0..shard.shared.nr_shards {
+        let Some(points) = shard.call(i, |reply| ShardMsg::Checkpoint { reply }).await else {
+            return false;
+        };
+        for ((topic, partition), rp, lso) in points {
+            recovery_points.insert((topic.to_string(), partition), rp);
+            log_start_offsets.insert((topic.to_string(), partition), lso);
+        }
+    }
+    let dir = &shard.shared.data_dir;
+    for (name, offsets) in [
+        (checkpoint::RECOVERY_POINT_CHECKPOINT, &recovery_points),
+        (checkpoint::LOG_START_OFFSET_CHECKPOINT, &log_start_offsets),
+    ] {
+        if let Err(e) = checkpoint::write(&dir.join(name), offsets).await {
+            tracing::error!("cannot write {name}: {e}");
+        }
+    }
+    true
 }
 
 fn runnel_now_ms() -> i64 {

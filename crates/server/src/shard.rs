@@ -122,10 +122,14 @@ pub struct Shard {
     /// Serialises admin operations on shard 0.
     pub admin_lock: glommio::sync::Semaphore,
     pub connections: Cell<usize>,
+    /// Bytes of requests read and not yet answered on this shard (--queued-max-request-bytes).
+    pub request_budget: Rc<glommio::sync::Semaphore>,
     /// Shard 0 only: the producer id allocator (serialised by its RefCell being taken
     /// across the persisting await: see [`Shard::init_producer_id`]).
     pub producer_ids: RefCell<Option<crate::producer_ids::ProducerIds>>,
     pub producer_ids_lock: glommio::sync::Semaphore,
+    /// Shard 0: one checkpoint write at a time.
+    pub checkpoint_lock: glommio::sync::Semaphore,
 }
 
 /// Stable placement: partitions of a topic go round-robin over the shards from a start
@@ -412,7 +416,7 @@ impl Shard {
 }
 
 /// Renames a deleted partition's directory out of the way at once (a new topic of the same
-/// name may be created right after), then removes it on a helper thread: removing a large
+/// name may be created right after), then removes it on the deleter thread: removing a large
 /// directory is many blocking syscalls, and the segment files may still be held open by
 /// in-flight fetches, which keep reading them until they finish.
 fn delete_partition_dir(dir: PathBuf) {
@@ -423,11 +427,31 @@ fn delete_partition_dir(dir: PathBuf) {
         tracing::warn!("cannot rename {} for deletion: {e}", dir.display());
         return;
     }
-    std::thread::spawn(move || {
-        if let Err(e) = std::fs::remove_dir_all(&doomed) {
-            tracing::warn!("cannot delete {}: {e}", doomed.display());
-        }
+    static DELETER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<PathBuf>>> =
+        std::sync::OnceLock::new();
+    let deleter = DELETER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("runnel-deleter".into())
+            .spawn(move || {
+                for dir in rx {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!("cannot delete {}: {e}", dir.display());
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!("no deleter thread ({e}): deleting inline"))
+            .ok()
+            .map(|_| tx)
     });
+    let leftover = match deleter {
+        Some(tx) => tx.send(doomed).err().map(|e| e.0),
+        None => Some(doomed),
+    };
+    if let Some(doomed) = leftover {
+        // No deleter thread: the next start removes it (remove_deleted_dirs).
+        tracing::warn!("{} is left for the next start to delete", doomed.display());
+    }
 }
 
 /// Removes directories left by deletions a crash interrupted.
