@@ -5,17 +5,20 @@
 //! release broker first). Environment: RUNNEL_BIN (broker binary, default
 //! target/release/runnel), FANOUT_MIB (data size, default 1024), FANOUT_CONSUMERS (4),
 //! FANOUT_ROUNDS (interleaved on/off rounds, default 2), FANOUT_MODES (default "on,off"),
-//! FANOUT_IPERF (0 skips the loopback limit, e.g. under a profiler), FANOUT_CORES (the
+//! FANOUT_IPERF (0 skips the loopback limit, e.g. under a profiler), BENCH_CORES (the
 //! broker's --cores, default: all).
 //!
 //! The client speaks just enough Kafka by hand (Produce v3, Fetch v4) to stay out of the
 //! way: a consumer reads each response into one reused buffer and walks only the batch
 //! headers to find its next offset, as a real consumer must at least do.
 
-use std::io::{Read, Write};
+#[path = "common.rs"]
+mod common;
+
+use common::*;
+use std::io::Write;
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOPIC: &str = "fanout";
@@ -26,16 +29,7 @@ fn main() {
     let mib: u64 = env("FANOUT_MIB", 1024);
     let consumers: usize = env("FANOUT_CONSUMERS", 4);
     let rounds: usize = env("FANOUT_ROUNDS", 2);
-    let bin = std::env::var("RUNNEL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/runnel")
-        });
-    assert!(
-        bin.exists(),
-        "{} not found: build it with `cargo build --release --bin runnel` or set RUNNEL_BIN",
-        bin.display()
-    );
+    let bin = broker_bin();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
 
@@ -55,7 +49,7 @@ fn main() {
 
     // Load once; every run then serves the same page-cached segment.
     {
-        let broker = Broker::start(&bin, &data, "on");
+        let broker = Broker::start(&bin, &data, &["--zero-copy", "on"]);
         let t = Instant::now();
         let end = produce(&broker.addr, mib << 20);
         let secs = t.elapsed().as_secs_f64();
@@ -69,7 +63,7 @@ fn main() {
     let mut results: Vec<(&str, f64, f64)> = Vec::new();
     for round in 0..rounds {
         for &mode in &modes {
-            let broker = Broker::start(&bin, &data, mode);
+            let broker = Broker::start(&bin, &data, &["--zero-copy", mode]);
             let end = end_offset(&broker.addr);
             // Warm-up pass by one consumer: the data is in the page cache for both modes.
             consume(&broker.addr, end);
@@ -121,13 +115,6 @@ fn main() {
     );
 }
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Loopback TCP throughput with `streams` parallel streams, GB/s; None without iperf3.
 fn iperf3(streams: usize) -> Option<f64> {
     let port = free_port();
@@ -156,90 +143,6 @@ fn iperf3(streams: usize) -> Option<f64> {
         .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
         .collect();
     num.parse::<f64>().ok().map(|bps| bps / 8e9)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Broker {
-    fn start(bin: &PathBuf, data: &PathBuf, zero_copy: &str) -> Broker {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args([
-                "--listen",
-                &addr,
-                "--zero-copy",
-                zero_copy,
-                "--log-level",
-                "warn",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start runnel");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "runnel did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Broker { child, addr }
-    }
-
-    /// User + system CPU seconds of the broker process so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = after_comm.split(' ').collect();
-        // Fields 14 and 15 of stat(5); after_comm starts at field 3.
-        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-    }
-
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-fn put_str(b: &mut Vec<u8>, s: &str) {
-    b.extend_from_slice(&(s.len() as i16).to_be_bytes());
-    b.extend_from_slice(s.as_bytes());
-}
-
-fn frame(api_key: i16, version: i16, corr: i32, body: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(body.len() + 32);
-    f.extend_from_slice(&[0; 4]);
-    f.extend_from_slice(&api_key.to_be_bytes());
-    f.extend_from_slice(&version.to_be_bytes());
-    f.extend_from_slice(&corr.to_be_bytes());
-    put_str(&mut f, "fanout-bench");
-    f.extend_from_slice(body);
-    let len = (f.len() - 4) as i32;
-    f[..4].copy_from_slice(&len.to_be_bytes());
-    f
-}
-
-fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) {
-    let mut size = [0u8; 4];
-    s.read_exact(&mut size).expect("response size");
-    let n = i32::from_be_bytes(size) as usize;
-    buf.resize(n, 0);
-    s.read_exact(buf).expect("response body");
 }
 
 /// Produces `bytes` of 1 KiB records in 1 MiB requests of four 256 KiB batches; returns the
