@@ -3,6 +3,7 @@
 
 mod clients;
 mod common;
+mod groups;
 mod idempotence;
 mod protocol;
 mod tools;

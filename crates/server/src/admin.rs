@@ -106,6 +106,13 @@ pub async fn run(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
         }
         AdminOp::DeleteTopics { names } => {
             for name in names {
+                if name == crate::offsets_store::TOPIC {
+                    results.push(Err((
+                        code::INVALID_TOPIC_EXCEPTION,
+                        "__consumer_offsets is internal and cannot be deleted".into(),
+                    )));
+                    continue;
+                }
                 match topics.remove(name.as_str()) {
                     Some(meta) => {
                         changed = true;
@@ -124,6 +131,10 @@ pub async fn run(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
         } => {
             for (name, count) in wanted {
                 let r = match topics.get(name.as_str()) {
+                    Some(_) if name == crate::offsets_store::TOPIC => Err((
+                        code::INVALID_TOPIC_EXCEPTION,
+                        "__consumer_offsets is internal: its partition count is fixed".into(),
+                    )),
                     None => Err((
                         code::UNKNOWN_TOPIC_OR_PARTITION,
                         format!("topic {name} does not exist"),

@@ -4,7 +4,7 @@
 
 use crate::shard::Shard;
 use crate::wire::{self, code, Response};
-use crate::{admin_api, fetch, produce};
+use crate::{admin_api, fetch, group_api, produce};
 use bytes::Bytes;
 use glommio::task::JoinHandle;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
@@ -50,6 +50,10 @@ pub struct Request {
     pub correlation_id: i32,
     pub frame: Bytes,
     pub body_offset: usize,
+    /// The request header's client id ("" if none).
+    pub client_id: String,
+    /// The client's address, as Kafka shows it ("/127.0.0.1").
+    pub client_host: Rc<str>,
 }
 
 impl Request {
@@ -77,9 +81,13 @@ impl Request {
 
 /// Starts a request: checks the header, then spawns its handler. Returns the task whose
 /// output the connection writes, in request order.
-pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> JoinHandle<Outcome> {
+pub async fn dispatch(
+    shard: &Rc<Shard>,
+    frame: Bytes,
+    client_host: &Rc<str>,
+) -> JoinHandle<Outcome> {
     shard.counters().requests.incr();
-    let req = match parse_header(frame) {
+    let req = match parse_header(frame, client_host) {
         Ok(req) => req,
         Err(outcome) => return glommio::spawn_local(async move { outcome }).detach(),
     };
@@ -91,7 +99,7 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> JoinHandle<Outcome> {
     glommio::spawn_local(async move { handle(&shard, req).await }).detach()
 }
 
-fn parse_header(frame: Bytes) -> Result<Request, Outcome> {
+fn parse_header(frame: Bytes, client_host: &Rc<str>) -> Result<Request, Outcome> {
     let Some(peek) = wire::peek(&frame) else {
         return Err(Outcome::Close(format!(
             "request of {} bytes is shorter than a request header",
@@ -123,8 +131,12 @@ fn parse_header(frame: Bytes) -> Result<Request, Outcome> {
     let mut buf = frame.clone();
     // The header is decoded and dropped here: its client id would otherwise hold a
     // reference to the frame, which produce needs to own alone.
+    let client_id;
     let body_offset = match RequestHeader::decode(&mut buf, header_version) {
-        Ok(_) => frame.len() - buf.len(),
+        Ok(h) => {
+            client_id = h.client_id.map(|c| c.to_string()).unwrap_or_default();
+            frame.len() - buf.len()
+        }
         Err(e) => {
             return Err(Outcome::Close(format!(
                 "malformed {api_key:?} v{version} request header: {e}"
@@ -133,6 +145,8 @@ fn parse_header(frame: Bytes) -> Result<Request, Outcome> {
     };
     drop(buf);
     Ok(Request {
+        client_id,
+        client_host: client_host.clone(),
         api_key,
         version,
         correlation_id: peek.correlation_id,
@@ -174,6 +188,16 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::DescribeCluster => admin_api::describe_cluster(shard, &req).await,
         ApiKey::FindCoordinator => admin_api::find_coordinator(shard, &req).await,
         ApiKey::InitProducerId => admin_api::init_producer_id(shard, &req).await,
+        ApiKey::JoinGroup => group_api::join_group(shard, &req).await,
+        ApiKey::SyncGroup => group_api::sync_group(shard, &req).await,
+        ApiKey::Heartbeat => group_api::heartbeat(shard, &req).await,
+        ApiKey::LeaveGroup => group_api::leave_group(shard, &req).await,
+        ApiKey::OffsetCommit => group_api::offset_commit(shard, &req).await,
+        ApiKey::OffsetFetch => group_api::offset_fetch(shard, &req).await,
+        ApiKey::DescribeGroups => group_api::describe_groups(shard, &req).await,
+        ApiKey::ListGroups => group_api::list_groups(shard, &req).await,
+        ApiKey::DeleteGroups => group_api::delete_groups(shard, &req).await,
+        ApiKey::OffsetDelete => group_api::offset_delete(shard, &req).await,
         other => Outcome::Close(format!("{other:?} is not served")),
     }
 }
@@ -266,6 +290,9 @@ async fn metadata(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> Ou
             );
         if version >= 10 {
             t = t.with_topic_id(uuid::Uuid::from_bytes(meta.id));
+        }
+        if version >= 1 && &*meta.name == crate::offsets_store::TOPIC {
+            t = t.with_is_internal(true);
         }
         t
     };

@@ -118,6 +118,29 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub producer_id_expiration_ms: u64,
 
+    /// Smallest session timeout a group member may ask for (group.min.session.timeout.ms).
+    #[arg(long, default_value_t = 6_000, value_name = "MS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub group_min_session_timeout_ms: i32,
+
+    /// Largest session timeout a group member may ask for (group.max.session.timeout.ms).
+    #[arg(long, default_value_t = 1_800_000, value_name = "MS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub group_max_session_timeout_ms: i32,
+
+    /// How long the first rebalance of an empty group waits for more members
+    /// (group.initial.rebalance.delay.ms).
+    #[arg(long, default_value_t = 3_000, value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: u64,
+
+    /// Committed offsets of a group without members are deleted after this long
+    /// (offsets.retention.minutes, in ms).
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub offsets_retention_ms: u64,
+
+    /// Partitions of the internal __consumer_offsets topic, fixed when it is first created
+    /// (offsets.topic.num.partitions).
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub offsets_topic_partitions: i32,
+
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics). Default: off.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,

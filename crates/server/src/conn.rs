@@ -128,6 +128,10 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
     .detach();
 
     let max = shard.config().max_request_bytes as usize;
+    let client_host: Rc<str> = match peer.rsplit_once(':') {
+        Some((ip, _)) => format!("/{}", ip.trim_matches(['[', ']'])).into(),
+        None => format!("/{peer}").into(),
+    };
     let result = loop {
         let Ok(count) = in_flight.acquire_static_permit(1).await else {
             break Ok(()); // the writer stopped
@@ -163,7 +167,7 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
             break Ok(()); // the writer stopped (socket error or a close)
         }
         order.dispatched.set(seq);
-        let task = api::dispatch(shard, frame.freeze()).await;
+        let task = api::dispatch(shard, frame.freeze(), &client_host).await;
         let item = InFlight {
             task,
             _count: count,

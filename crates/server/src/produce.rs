@@ -75,6 +75,11 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                     code::INVALID_REQUIRED_ACKS,
                     format!("acks={acks} is not 0, 1 or -1"),
                 )
+            } else if &*name == crate::offsets_store::TOPIC {
+                err(
+                    code::INVALID_TOPIC_EXCEPTION,
+                    "__consumer_offsets is written by the broker only".into(),
+                )
             } else if body.transactional_id.is_some() {
                 err(
                     code::INVALID_REQUEST,

@@ -43,7 +43,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
     shard::remove_deleted_dirs(&data_dir);
-    let snapshot = metadata::load(&data_dir)?;
+    let snapshot = ensure_offsets_topic(&data_dir, metadata::load(&data_dir)?, &config)?;
     let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
     let clean_shutdown = marker.exists();
     let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
@@ -191,6 +191,13 @@ async fn shard_main(
         producer_ids: RefCell::new(None),
         producer_ids_lock: glommio::sync::Semaphore::new(1),
         checkpoint_lock: glommio::sync::Semaphore::new(1),
+        coordinator: crate::group::Coordinator::new(crate::group::GroupConfig {
+            min_session_timeout_ms: shared.config.group_min_session_timeout_ms,
+            max_session_timeout_ms: shared.config.group_max_session_timeout_ms,
+            initial_rebalance_delay_ms: shared.config.group_initial_rebalance_delay_ms,
+            offsets_retention_ms: shared.config.offsets_retention_ms,
+            durable_commits: shared.config.sync_on_acks_all,
+        }),
     });
     if id == 0 {
         match crate::producer_ids::ProducerIds::load(&shared.data_dir) {
@@ -210,7 +217,10 @@ async fn shard_main(
     }
     // Open this shard's partitions.
     let snapshot = Arc::new(shared.startup.snapshot.clone());
-    let opened = shard.apply_metadata(snapshot, true).await;
+    let opened = match shard.apply_metadata(snapshot, true).await {
+        Ok(()) => load_groups(&shard).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = opened {
         shared.stop.store(true, Ordering::Release);
         tracing::error!(shard = id, "{e}");
@@ -275,6 +285,7 @@ async fn shard_main(
         .detach()
     });
     let background = glommio::spawn_local(background(shard.clone())).detach();
+    let groups = glommio::spawn_local(group_timers(shard.clone())).detach();
     let checkpoints = (id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
 
     // Run until told to stop.
@@ -286,6 +297,7 @@ async fn shard_main(
         a.await;
     }
     background.cancel();
+    groups.cancel();
     if let Some(c) = checkpoints {
         c.cancel();
     }
@@ -356,6 +368,134 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
             .insert((topic.to_string(), partition), log.log_start_offset());
     }
     exit
+}
+
+/// Creates the internal `__consumer_offsets` topic on first start: offsets are kept until
+/// deleted (no time retention), in 100 MiB segments, as Kafka's offsets topic.
+fn ensure_offsets_topic(
+    data_dir: &Path,
+    snapshot: metadata::Snapshot,
+    config: &Config,
+) -> Result<metadata::Snapshot, String> {
+    use crate::offsets_store::TOPIC;
+    if snapshot.topic(TOPIC).is_some() {
+        return Ok(snapshot);
+    }
+    let mut topics = snapshot.topics.clone();
+    let mut overrides = std::collections::BTreeMap::new();
+    overrides.insert("retention.ms".to_string(), "-1".to_string());
+    overrides.insert("segment.bytes".to_string(), (100u64 << 20).to_string());
+    let name: Arc<str> = TOPIC.into();
+    topics.insert(
+        name.clone(),
+        Arc::new(metadata::TopicMeta {
+            name,
+            id: metadata::random_id(),
+            partitions: config.offsets_topic_partitions,
+            overrides,
+        }),
+    );
+    let path = data_dir.join(metadata::TOPICS_FILE);
+    let text = metadata::encode_topics(&topics);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.as_bytes())
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .and_then(|_| std::fs::File::open(data_dir)?.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let mut s = snapshot.with_topics(topics);
+    s.version = snapshot.version;
+    Ok(s)
+}
+
+/// Replays this shard's `__consumer_offsets` partitions into its group coordinator.
+async fn load_groups(shard: &Rc<Shard>) -> Result<(), String> {
+    let logs: Vec<runnel_log::Log> = shard
+        .partitions
+        .borrow()
+        .iter()
+        .filter(|((t, _), _)| &**t == crate::offsets_store::TOPIC)
+        .map(|(_, l)| l.clone())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut all = HashMap::new();
+    for log in &logs {
+        let live = crate::offsets_store::replay(log).await.map_err(|e| {
+            format!(
+                "cannot load committed offsets from {}: {e}",
+                log.dir().display()
+            )
+        })?;
+        all.extend(live);
+    }
+    let n = all.len();
+    shard.coordinator.load(all);
+    if n > 0 {
+        tracing::info!(
+            shard = shard.id,
+            offsets = n,
+            groups = shard.coordinator.group_count(),
+            ms = started.elapsed().as_millis() as u64,
+            "loaded committed offsets"
+        );
+    }
+    Ok(())
+}
+
+/// Group sessions and rebalance deadlines (every 100 ms), offsets retention and
+/// `__consumer_offsets` compaction (every minute).
+async fn group_timers(shard: Rc<Shard>) {
+    let mut last_slow = std::time::Instant::now();
+    loop {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        let slow = last_slow.elapsed() >= Duration::from_secs(60);
+        let expired = shard.coordinator.tick(slow);
+        if !slow {
+            continue;
+        }
+        last_slow = std::time::Instant::now();
+        for (group, keys) in expired {
+            let (_, p) = crate::group_api::coordinator_of(&shard, &group);
+            let log = shard
+                .partitions
+                .borrow()
+                .get(&(Arc::from(crate::offsets_store::TOPIC), p))
+                .cloned();
+            let Some(log) = log else { continue };
+            let tombstones: Vec<_> = keys
+                .iter()
+                .map(|(t, part)| ((group.clone(), t.clone(), *part), None))
+                .collect();
+            match crate::offsets_store::append(&log, &tombstones, false).await {
+                Ok(()) => {
+                    shard.coordinator.forget(&group, &keys);
+                    tracing::info!(%group, offsets = keys.len(), "expired committed offsets");
+                }
+                Err(e) => tracing::warn!(%group, "offsets retention failed: {e}"),
+            }
+        }
+        let partitions = shard
+            .snapshot()
+            .topic(crate::offsets_store::TOPIC)
+            .map_or(0, |t| t.partitions);
+        let logs: Vec<(i32, runnel_log::Log)> = shard
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|((t, _), _)| &**t == crate::offsets_store::TOPIC)
+            .map(|((_, p), l)| (*p, l.clone()))
+            .collect();
+        for (p, log) in logs {
+            let live = shard.coordinator.live_offsets(p, partitions);
+            match crate::offsets_store::maybe_compact(&log, live).await {
+                Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(partition = p, "__consumer_offsets compaction failed: {e}")
+                }
+            }
+        }
+    }
 }
 
 /// Retention and the flush.ms policy, off the request path.

@@ -80,6 +80,11 @@ pub enum ShardMsg {
         epoch: i16,
         reply: oneshot::Sender<Result<(i64, i16), PartitionError>>,
     },
+    /// To a group's coordinator shard; `done` is answered after the op's own reply.
+    Group {
+        op: crate::group::GroupOp,
+        done: oneshot::Sender<()>,
+    },
     /// To shard 0, the metadata writer.
     Admin {
         op: AdminOp,
@@ -130,6 +135,8 @@ pub struct Shard {
     pub producer_ids_lock: glommio::sync::Semaphore,
     /// Shard 0: one checkpoint write at a time.
     pub checkpoint_lock: glommio::sync::Semaphore,
+    /// The consumer groups placed on this shard.
+    pub coordinator: crate::group::Coordinator,
 }
 
 /// Stable placement: partitions of a topic go round-robin over the shards from a start
@@ -291,6 +298,17 @@ impl Shard {
             } => {
                 let r = self.init_producer_id(producer_id, epoch).await;
                 let _ = reply.send(r);
+            }
+            ShardMsg::Group { op, done } => {
+                let log = op.group_id().and_then(|g| {
+                    let (_, p) = crate::group_api::coordinator_of(&self, g);
+                    self.partitions
+                        .borrow()
+                        .get(&(Arc::from(crate::offsets_store::TOPIC), p))
+                        .cloned()
+                });
+                self.coordinator.handle(op, log).await;
+                let _ = done.send(());
             }
             ShardMsg::Admin { op, reply } => {
                 let r = crate::admin::run(&self, op).await;

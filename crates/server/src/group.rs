@@ -1,0 +1,1371 @@
+//! The group coordinator (Kafka's classic group protocol), one per shard for the groups
+//! placed on it.
+//!
+//! A group lives on the shard that owns its `__consumer_offsets` partition
+//! (FNV-1a(group id) mod the partition count), so the shard that coordinates a group also
+//! appends its commits, and moving to another core count moves groups with their data.
+//! The broker never looks inside protocol metadata or assignments: the leader's client
+//! assigns (range, roundrobin, sticky, cooperative-sticky alike) and the coordinator
+//! carries the bytes.
+//!
+//! States (Kafka's): Empty -> PreparingRebalance (members (re)join; the join completes when
+//! every member has rejoined or the rebalance timeout passes) -> CompletingRebalance
+//! (members wait in SyncGroup for the leader's assignment) -> Stable. A member that leaves,
+//! or whose session times out, sends the group back to PreparingRebalance; the others learn
+//! it from their next Heartbeat (REBALANCE_IN_PROGRESS) and rejoin.
+
+use crate::offsets_store::{self, Committed, OffsetKey};
+use bytes::Bytes;
+use futures_channel::oneshot;
+use runnel_log::Log;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub mod code {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+}
+
+/// Kafka's offset.metadata.max.bytes.
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+            State::Dead => "Dead",
+        }
+    }
+}
+
+/// Settings from the broker's flags.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    pub initial_rebalance_delay_ms: u64,
+    pub offsets_retention_ms: u64,
+    pub durable_commits: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinArgs {
+    pub group: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub client_id: String,
+    pub client_host: String,
+    /// JoinGroup v4+: a new member first gets MEMBER_ID_REQUIRED with its id.
+    pub require_known_member_id: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// For the leader: every member with its metadata for the chosen protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+    pub skip_assignment: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncArgs {
+    pub group: String,
+    pub generation: i32,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignments: Vec<(String, Bytes)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncResult {
+    pub error: i16,
+    pub protocol_type: Option<String>,
+    pub protocol: Option<String>,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub error: i16,
+    pub state: State,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub members: Vec<MemberInfo>,
+}
+
+/// (topic, partition, offset, leader epoch, metadata)
+pub type CommitEntry = (Arc<str>, i32, i64, i32, Option<String>);
+/// (partition, offset, leader epoch, metadata, error)
+pub type FetchedPartition = (i32, i64, i32, Option<String>, i16);
+/// Per topic: its fetched partitions.
+pub type FetchedTopic = (String, Vec<FetchedPartition>);
+/// Per topic: (partition, error) of an OffsetDelete.
+pub type DeletedOffsets = Vec<(String, Vec<(i32, i16)>)>;
+/// (group, the offsets of it that expired).
+pub type ExpiredOffsets = Vec<(String, Vec<(Arc<str>, i32)>)>;
+
+/// Work for the coordinator shard, each with its reply channel.
+pub enum GroupOp {
+    Join(JoinArgs, oneshot::Sender<JoinResult>),
+    Sync(SyncArgs, oneshot::Sender<SyncResult>),
+    Heartbeat {
+        group: String,
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+        reply: oneshot::Sender<i16>,
+    },
+    /// (member id, instance id) pairs; the answer has one code per member.
+    Leave {
+        group: String,
+        members: Vec<(String, Option<String>)>,
+        reply: oneshot::Sender<(i16, Vec<i16>)>,
+    },
+    Commit {
+        group: String,
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+        offsets: Vec<CommitEntry>,
+        reply: oneshot::Sender<Result<Vec<i16>, i16>>,
+    },
+    /// None: every committed partition of the group.
+    Fetch {
+        group: String,
+        partitions: Option<Vec<(String, Vec<i32>)>>,
+        reply: oneshot::Sender<Result<Vec<FetchedTopic>, i16>>,
+    },
+    Describe {
+        group: String,
+        reply: oneshot::Sender<Described>,
+    },
+    /// (group, protocol type, state) of this shard's groups in `states` (all if empty).
+    List {
+        states: Vec<String>,
+        reply: oneshot::Sender<Vec<(String, String, State)>>,
+    },
+    Delete {
+        group: String,
+        reply: oneshot::Sender<i16>,
+    },
+    OffsetDelete {
+        group: String,
+        partitions: Vec<(String, Vec<i32>)>,
+        reply: oneshot::Sender<(i16, DeletedOffsets)>,
+    },
+}
+
+impl GroupOp {
+    /// The group the operation is about (None: every group of the shard).
+    pub fn group_id(&self) -> Option<&str> {
+        match self {
+            GroupOp::Join(a, _) => Some(&a.group),
+            GroupOp::Sync(a, _) => Some(&a.group),
+            GroupOp::Heartbeat { group, .. }
+            | GroupOp::Leave { group, .. }
+            | GroupOp::Commit { group, .. }
+            | GroupOp::Fetch { group, .. }
+            | GroupOp::Describe { group, .. }
+            | GroupOp::Delete { group, .. }
+            | GroupOp::OffsetDelete { group, .. } => Some(group),
+            GroupOp::List { .. } => None,
+        }
+    }
+}
+
+struct Member {
+    id: String,
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    join_reply: Option<oneshot::Sender<JoinResult>>,
+    sync_reply: Option<oneshot::Sender<SyncResult>>,
+    last_seen: Instant,
+    /// Has (re)joined in the current rebalance.
+    joined: bool,
+}
+
+impl Member {
+    fn metadata(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+}
+
+struct Group {
+    id: String,
+    state: State,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol: Option<String>,
+    leader: Option<String>,
+    /// In join order.
+    members: Vec<Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, awaiting their JoinGroup.
+    pending: HashMap<String, Instant>,
+    rebalance_deadline: Option<Instant>,
+    /// Not before this (group.initial.rebalance.delay.ms for a group that was empty).
+    initial_until: Option<Instant>,
+    offsets: BTreeMap<(Arc<str>, i32), Committed>,
+    /// When the group last became empty (offsets retention counts from then).
+    empty_since_ms: i64,
+}
+
+impl Group {
+    fn new(id: &str, now_ms: i64) -> Group {
+        Group {
+            id: id.to_string(),
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol: None,
+            leader: None,
+            members: Vec::new(),
+            pending: HashMap::new(),
+            rebalance_deadline: None,
+            initial_until: None,
+            offsets: BTreeMap::new(),
+            empty_since_ms: now_ms,
+        }
+    }
+
+    fn member(&mut self, id: &str) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.id == id)
+    }
+
+    fn has_member(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    fn static_member(&self, instance: &str) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.instance_id.as_deref() == Some(instance))
+    }
+
+    /// FENCED_INSTANCE_ID when `instance` belongs to another member id (a newer incarnation).
+    fn check_instance(&self, member_id: &str, instance: Option<&str>) -> Result<(), i16> {
+        if let Some(inst) = instance {
+            if let Some(m) = self.static_member(inst) {
+                if m.id != member_id {
+                    return Err(code::FENCED_INSTANCE_ID);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The protocol every member supports, chosen by the members' preferences (each member
+    /// votes for its first supported candidate; the most votes wins, ties to the earlier).
+    fn select_protocol(&self) -> Option<String> {
+        let first = self.members.first()?;
+        let candidates: Vec<&String> = first
+            .protocols
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                self.members
+                    .iter()
+                    .all(|m| m.protocols.iter().any(|(p, _)| p == *n))
+            })
+            .collect();
+        let mut votes: Vec<(usize, &String)> = candidates.iter().map(|c| (0, *c)).collect();
+        for m in &self.members {
+            if let Some((p, _)) = m.protocols.iter().find(|(p, _)| candidates.contains(&p)) {
+                if let Some(v) = votes.iter_mut().find(|(_, c)| *c == p) {
+                    v.0 += 1;
+                }
+            }
+        }
+        let best = votes.iter().map(|v| v.0).max()?;
+        votes
+            .iter()
+            .find(|v| v.0 == best)
+            .map(|(_, c)| (*c).clone())
+    }
+
+    fn supports_protocols(&self, protocol_type: &str, protocols: &[(String, Bytes)]) -> bool {
+        if self.members.is_empty() {
+            return !protocol_type.is_empty() && !protocols.is_empty();
+        }
+        if self.protocol_type.as_deref() != Some(protocol_type) {
+            return false;
+        }
+        // Some protocol all current members and the newcomer support.
+        self.members[0].protocols.iter().any(|(n, _)| {
+            protocols.iter().any(|(p, _)| p == n)
+                && self
+                    .members
+                    .iter()
+                    .all(|m| m.protocols.iter().any(|(q, _)| q == n))
+        })
+    }
+
+    fn prepare_rebalance(&mut self, now: Instant, cfg: &GroupConfig) {
+        tracing::debug!(group = %self.id, state = self.state.name(), "preparing rebalance");
+        // Members waiting for their assignment must rejoin.
+        for m in &mut self.members {
+            if let Some(tx) = m.sync_reply.take() {
+                let _ = tx.send(SyncResult {
+                    error: code::REBALANCE_IN_PROGRESS,
+                    ..Default::default()
+                });
+            }
+            m.joined = false;
+        }
+        let timeout = self
+            .members
+            .iter()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(1));
+        if self.state == State::Empty {
+            self.initial_until =
+                Some(now + Duration::from_millis(cfg.initial_rebalance_delay_ms).min(timeout));
+        }
+        self.state = State::PreparingRebalance;
+        self.rebalance_deadline = Some(now + timeout);
+    }
+
+    fn all_joined(&self) -> bool {
+        self.members.iter().all(|m| m.joined) && self.pending.is_empty()
+    }
+
+    /// Ends the join phase: members that did not rejoin are dropped, a new generation starts.
+    fn complete_join(&mut self, now_ms: i64) {
+        self.members.retain(|m| m.joined);
+        self.rebalance_deadline = None;
+        self.initial_until = None;
+        self.pending.clear();
+        self.generation += 1;
+        if self.members.is_empty() {
+            self.state = State::Empty;
+            self.protocol = None;
+            self.leader = None;
+            self.empty_since_ms = now_ms;
+            return;
+        }
+        self.protocol = self.select_protocol();
+        let protocol = self.protocol.clone().unwrap_or_default();
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.iter().any(|m| &m.id == l))
+        {
+            self.leader = Some(self.members[0].id.clone());
+        }
+        let leader = self.leader.clone().unwrap_or_default();
+        self.state = State::CompletingRebalance;
+        tracing::debug!(
+            group = %self.id,
+            generation = self.generation,
+            members = self.members.len(),
+            leader = %leader,
+            protocol = %protocol,
+            "group rebalanced"
+        );
+        let all: Vec<(String, Option<String>, Bytes)> = self
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
+            .collect();
+        let (generation, protocol_type) = (self.generation, self.protocol_type.clone());
+        for m in &mut self.members {
+            m.assignment = Bytes::new();
+            if let Some(tx) = m.join_reply.take() {
+                let _ = tx.send(JoinResult {
+                    error: code::NONE,
+                    generation,
+                    protocol_type: protocol_type.clone(),
+                    protocol: Some(protocol.clone()),
+                    leader: leader.clone(),
+                    member_id: m.id.clone(),
+                    members: if m.id == leader {
+                        all.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    skip_assignment: false,
+                });
+            }
+        }
+    }
+
+    fn remove_member(&mut self, id: &str, now: Instant, cfg: &GroupConfig, now_ms: i64) {
+        let Some(i) = self.members.iter().position(|m| m.id == id) else {
+            return;
+        };
+        let m = self.members.remove(i);
+        if let Some(tx) = m.join_reply {
+            let _ = tx.send(JoinResult {
+                error: code::UNKNOWN_MEMBER_ID,
+                member_id: m.id.clone(),
+                ..Default::default()
+            });
+        }
+        if let Some(tx) = m.sync_reply {
+            let _ = tx.send(SyncResult {
+                error: code::UNKNOWN_MEMBER_ID,
+                ..Default::default()
+            });
+        }
+        if self.leader.as_deref() == Some(id) {
+            self.leader = None;
+        }
+        match self.state {
+            State::Stable | State::CompletingRebalance => self.prepare_rebalance(now, cfg),
+            State::PreparingRebalance => {}
+            State::Empty | State::Dead => {}
+        }
+        if self.state == State::PreparingRebalance && self.members.is_empty() {
+            self.complete_join(now_ms);
+        }
+    }
+
+    fn describe(&self) -> Described {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let in_sync = matches!(self.state, State::Stable);
+        Described {
+            error: code::NONE,
+            state: self.state,
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            protocol: protocol.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|m| MemberInfo {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: m.metadata(&protocol),
+                    assignment: if in_sync {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The groups of one shard, and the `__consumer_offsets` partitions that persist them.
+pub struct Coordinator {
+    groups: RefCell<HashMap<String, Group>>,
+    pub config: GroupConfig,
+    /// Groups are loaded from the logs before the shard serves; until then this is false.
+    loaded: std::cell::Cell<bool>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn new_member_id(client_id: &str) -> String {
+    format!(
+        "{}-{}",
+        if client_id.is_empty() {
+            "member"
+        } else {
+            client_id
+        },
+        uuid_string(&crate::metadata::random_id())
+    )
+}
+
+fn uuid_string(b: &[u8; 16]) -> String {
+    let h = crate::metadata::hex(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Coordinator {
+    pub fn new(config: GroupConfig) -> Coordinator {
+        Coordinator {
+            groups: RefCell::new(HashMap::new()),
+            config,
+            loaded: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Restores committed offsets replayed from this shard's `__consumer_offsets` partitions.
+    pub fn load(&self, offsets: HashMap<OffsetKey, Committed>) {
+        let now = now_ms();
+        let mut groups = self.groups.borrow_mut();
+        for ((group, topic, partition), c) in offsets {
+            groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::new(&group, now))
+                .offsets
+                .insert((topic, partition), c);
+        }
+        self.loaded.set(true);
+    }
+
+    /// The live offsets of the groups stored in `partition` of `__consumer_offsets` (what a
+    /// compaction rewrites).
+    pub fn live_offsets(&self, partition: i32, partitions: i32) -> Vec<(OffsetKey, Committed)> {
+        self.groups
+            .borrow()
+            .values()
+            .filter(|g| offsets_store::partition_for(&g.id, partitions) == partition)
+            .flat_map(|g| {
+                g.offsets
+                    .iter()
+                    .map(|((t, p), c)| ((g.id.clone(), t.clone(), *p), c.clone()))
+            })
+            .collect()
+    }
+
+    /// Runs one operation. `log` is the group's `__consumer_offsets` partition (for commits).
+    pub async fn handle(&self, op: GroupOp, log: Option<Log>) {
+        if !self.loaded.get() {
+            reply_error(op, code::COORDINATOR_LOAD_IN_PROGRESS);
+            return;
+        }
+        match op {
+            GroupOp::Join(args, reply) => self.join(args, reply),
+            GroupOp::Sync(args, reply) => self.sync(args, reply),
+            GroupOp::Heartbeat {
+                group,
+                generation,
+                member_id,
+                instance_id,
+                reply,
+            } => {
+                let _ = reply.send(self.heartbeat(&group, generation, &member_id, instance_id));
+            }
+            GroupOp::Leave {
+                group,
+                members,
+                reply,
+            } => {
+                let _ = reply.send(self.leave(&group, &members));
+            }
+            GroupOp::Commit {
+                group,
+                generation,
+                member_id,
+                instance_id,
+                offsets,
+                reply,
+            } => {
+                let r = self
+                    .commit(&group, generation, &member_id, instance_id, offsets, log)
+                    .await;
+                let _ = reply.send(r);
+            }
+            GroupOp::Fetch {
+                group,
+                partitions,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.fetch(&group, partitions)));
+            }
+            GroupOp::Describe { group, reply } => {
+                let d = self.groups.borrow().get(&group).map(Group::describe);
+                let _ = reply.send(d.unwrap_or(Described {
+                    error: code::NONE,
+                    state: State::Dead,
+                    protocol_type: String::new(),
+                    protocol: String::new(),
+                    members: Vec::new(),
+                }));
+            }
+            GroupOp::List { states, reply } => {
+                let list = self
+                    .groups
+                    .borrow()
+                    .values()
+                    .filter(|g| states.is_empty() || states.iter().any(|s| s == g.state.name()))
+                    .map(|g| {
+                        (
+                            g.id.clone(),
+                            g.protocol_type.clone().unwrap_or_default(),
+                            g.state,
+                        )
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            GroupOp::Delete { group, reply } => {
+                let _ = reply.send(self.delete(&group, log).await);
+            }
+            GroupOp::OffsetDelete {
+                group,
+                partitions,
+                reply,
+            } => {
+                let _ = reply.send(self.offset_delete(&group, partitions, log).await);
+            }
+        }
+    }
+
+    fn join(&self, a: JoinArgs, reply: oneshot::Sender<JoinResult>) {
+        let cfg = &self.config;
+        let fail = |error: i16, member_id: &str| JoinResult {
+            error,
+            member_id: member_id.to_string(),
+            generation: -1,
+            ..Default::default()
+        };
+        if a.group.is_empty() {
+            let _ = reply.send(fail(code::INVALID_GROUP_ID, &a.member_id));
+            return;
+        }
+        if a.session_timeout_ms < cfg.min_session_timeout_ms
+            || a.session_timeout_ms > cfg.max_session_timeout_ms
+        {
+            let _ = reply.send(fail(code::INVALID_SESSION_TIMEOUT, &a.member_id));
+            return;
+        }
+        let now = Instant::now();
+        let mut groups = self.groups.borrow_mut();
+        let g = groups
+            .entry(a.group.clone())
+            .or_insert_with(|| Group::new(&a.group, now_ms()));
+        if g.state == State::Dead {
+            let _ = reply.send(fail(code::COORDINATOR_NOT_AVAILABLE, &a.member_id));
+            return;
+        }
+        let known = g.has_member(&a.member_id);
+        if !known || a.member_id.is_empty() {
+            if !a.member_id.is_empty() && !g.pending.contains_key(&a.member_id) {
+                // Static members may rejoin with their old id after we restarted; others
+                // must start over.
+                let static_rejoin = a.instance_id.is_some();
+                if !static_rejoin {
+                    let _ = reply.send(fail(code::UNKNOWN_MEMBER_ID, &a.member_id));
+                    return;
+                }
+            }
+            if !g.supports_protocols(&a.protocol_type, &a.protocols) {
+                let _ = reply.send(fail(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));
+                return;
+            }
+            // KIP-345: a static member that comes back takes over its old slot.
+            if let Some(inst) = &a.instance_id {
+                if let Some(old_id) = g.static_member(inst).map(|m| m.id.clone()) {
+                    let new_id = new_member_id(&a.client_id);
+                    let same_protocols = g
+                        .member(&old_id)
+                        .is_some_and(|m| m.protocols == a.protocols);
+                    let m = g.member(&old_id).expect("static member");
+                    // The old incarnation's pending calls are fenced.
+                    if let Some(tx) = m.join_reply.take() {
+                        let _ = tx.send(fail(code::FENCED_INSTANCE_ID, &old_id));
+                    }
+                    if let Some(tx) = m.sync_reply.take() {
+                        let _ = tx.send(SyncResult {
+                            error: code::FENCED_INSTANCE_ID,
+                            ..Default::default()
+                        });
+                    }
+                    m.id = new_id.clone();
+                    m.last_seen = now;
+                    m.session_timeout = Duration::from_millis(a.session_timeout_ms as u64);
+                    m.rebalance_timeout =
+                        Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64);
+                    m.client_id = a.client_id.clone();
+                    m.client_host = a.client_host.clone();
+                    if g.leader.as_deref() == Some(old_id.as_str()) {
+                        g.leader = Some(new_id.clone());
+                    }
+                    match g.state {
+                        State::Stable | State::CompletingRebalance if same_protocols => {
+                            // No rebalance: the member gets the current generation, and its
+                            // assignment back from SyncGroup.
+                            let protocol = g.protocol.clone().unwrap_or_default();
+                            let is_leader = g.leader.as_deref() == Some(new_id.as_str());
+                            let members = if is_leader {
+                                g.members
+                                    .iter()
+                                    .map(|m| {
+                                        (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol))
+                                    })
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            };
+                            let _ = reply.send(JoinResult {
+                                error: code::NONE,
+                                generation: g.generation,
+                                protocol_type: g.protocol_type.clone(),
+                                protocol: g.protocol.clone(),
+                                leader: g.leader.clone().unwrap_or_default(),
+                                member_id: new_id,
+                                members,
+                                skip_assignment: is_leader,
+                            });
+                        }
+                        _ => {
+                            let m = g.member(&new_id).expect("static member");
+                            m.protocols = a.protocols.clone();
+                            m.join_reply = Some(reply);
+                            m.joined = true;
+                            if g.state != State::PreparingRebalance {
+                                g.prepare_rebalance(now, cfg);
+                            }
+                            self.maybe_complete(g);
+                        }
+                    }
+                    return;
+                }
+            }
+            let member_id = if a.member_id.is_empty() {
+                new_member_id(&a.client_id)
+            } else {
+                a.member_id.clone()
+            };
+            if a.member_id.is_empty() && a.require_known_member_id && a.instance_id.is_none() {
+                // KIP-394: hand out the id first; the member joins again with it.
+                g.pending.insert(member_id.clone(), now);
+                let _ = reply.send(fail(code::MEMBER_ID_REQUIRED, &member_id));
+                return;
+            }
+            g.pending.remove(&member_id);
+            if g.members.is_empty() {
+                g.protocol_type = Some(a.protocol_type.clone());
+            }
+            g.members.push(Member {
+                id: member_id,
+                instance_id: a.instance_id.clone(),
+                client_id: a.client_id.clone(),
+                client_host: a.client_host.clone(),
+                session_timeout: Duration::from_millis(a.session_timeout_ms as u64),
+                rebalance_timeout: Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64),
+                protocols: a.protocols.clone(),
+                assignment: Bytes::new(),
+                join_reply: Some(reply),
+                sync_reply: None,
+                last_seen: now,
+                joined: true,
+            });
+            if g.state != State::PreparingRebalance {
+                g.prepare_rebalance(now, cfg);
+                // prepare_rebalance resets `joined`; the newcomer has joined.
+                if let Some(m) = g.members.last_mut() {
+                    m.joined = true;
+                }
+            }
+            self.maybe_complete(g);
+            return;
+        }
+        // A known member (re)joins.
+        if let Err(e) = g.check_instance(&a.member_id, a.instance_id.as_deref()) {
+            let _ = reply.send(fail(e, &a.member_id));
+            return;
+        }
+        if a.protocol_type != g.protocol_type.clone().unwrap_or_default() {
+            let _ = reply.send(fail(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));
+            return;
+        }
+        let state = g.state;
+        let is_leader = g.leader.as_deref() == Some(a.member_id.as_str());
+        let m = g.member(&a.member_id).expect("known member");
+        let changed = m.protocols != a.protocols;
+        m.protocols = a.protocols.clone();
+        m.last_seen = now;
+        m.session_timeout = Duration::from_millis(a.session_timeout_ms as u64);
+        m.rebalance_timeout = Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64);
+        match state {
+            State::PreparingRebalance => {
+                if let Some(old) = m.join_reply.replace(reply) {
+                    let _ = old.send(fail(code::REBALANCE_IN_PROGRESS, &a.member_id));
+                }
+                m.joined = true;
+                self.maybe_complete(g);
+            }
+            State::CompletingRebalance | State::Stable
+                if !changed && (!is_leader || state == State::CompletingRebalance) =>
+            {
+                // Nothing changed (a retried join, or a lost JoinGroup answer): the current
+                // generation again, with the member list for the leader, as Kafka answers.
+                let protocol = g.protocol.clone().unwrap_or_default();
+                let members = if is_leader {
+                    g.members
+                        .iter()
+                        .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let _ = reply.send(JoinResult {
+                    error: code::NONE,
+                    generation: g.generation,
+                    protocol_type: g.protocol_type.clone(),
+                    protocol: g.protocol.clone(),
+                    leader: g.leader.clone().unwrap_or_default(),
+                    member_id: a.member_id.clone(),
+                    members,
+                    skip_assignment: false,
+                });
+            }
+            _ => {
+                tracing::debug!(group = %a.group, member = %a.member_id, changed, is_leader, state = state.name(), "member rejoins");
+                // A changed subscription, or the leader asking again: a new rebalance.
+                m.join_reply = Some(reply);
+                g.prepare_rebalance(now, cfg);
+                if let Some(m) = g.member(&a.member_id) {
+                    m.joined = true;
+                }
+                self.maybe_complete(g);
+            }
+        }
+    }
+
+    /// Completes the join phase if everyone is in (and the initial delay is over).
+    fn maybe_complete(&self, g: &mut Group) {
+        if g.state != State::PreparingRebalance {
+            return;
+        }
+        let now = Instant::now();
+        let delayed = g.initial_until.is_some_and(|t| now < t);
+        let timed_out = g.rebalance_deadline.is_some_and(|d| now >= d);
+        if (g.all_joined() && !delayed) || timed_out {
+            g.complete_join(now_ms());
+        }
+    }
+
+    fn sync(&self, a: SyncArgs, reply: oneshot::Sender<SyncResult>) {
+        let fail = |error: i16| SyncResult {
+            error,
+            ..Default::default()
+        };
+        let mut groups = self.groups.borrow_mut();
+        let Some(g) = groups.get_mut(&a.group) else {
+            let _ = reply.send(fail(code::UNKNOWN_MEMBER_ID));
+            return;
+        };
+        if !g.has_member(&a.member_id) {
+            let _ = reply.send(fail(code::UNKNOWN_MEMBER_ID));
+            return;
+        }
+        if let Err(e) = g.check_instance(&a.member_id, a.instance_id.as_deref()) {
+            let _ = reply.send(fail(e));
+            return;
+        }
+        if a.generation != g.generation {
+            let _ = reply.send(fail(code::ILLEGAL_GENERATION));
+            return;
+        }
+        if a.protocol_type
+            .as_ref()
+            .is_some_and(|t| Some(t) != g.protocol_type.as_ref())
+            || a.protocol
+                .as_ref()
+                .is_some_and(|p| Some(p) != g.protocol.as_ref())
+        {
+            let _ = reply.send(fail(code::INCONSISTENT_GROUP_PROTOCOL));
+            return;
+        }
+        let (ptype, proto) = (g.protocol_type.clone(), g.protocol.clone());
+        let now = Instant::now();
+        match g.state {
+            State::PreparingRebalance => {
+                let _ = reply.send(fail(code::REBALANCE_IN_PROGRESS));
+            }
+            State::CompletingRebalance => {
+                let is_leader = g.leader.as_deref() == Some(a.member_id.as_str());
+                if let Some(m) = g.member(&a.member_id) {
+                    m.sync_reply = Some(reply);
+                    m.last_seen = now;
+                }
+                if is_leader {
+                    for m in &mut g.members {
+                        m.assignment = a
+                            .assignments
+                            .iter()
+                            .find(|(id, _)| *id == m.id)
+                            .map(|(_, b)| b.clone())
+                            .unwrap_or_default();
+                    }
+                    g.state = State::Stable;
+                    tracing::debug!(group = %g.id, generation = g.generation, "group stable");
+                    for m in &mut g.members {
+                        if let Some(tx) = m.sync_reply.take() {
+                            let _ = tx.send(SyncResult {
+                                error: code::NONE,
+                                protocol_type: ptype.clone(),
+                                protocol: proto.clone(),
+                                assignment: m.assignment.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            State::Stable => {
+                let m = g.member(&a.member_id).expect("member");
+                m.last_seen = now;
+                let _ = reply.send(SyncResult {
+                    error: code::NONE,
+                    protocol_type: ptype,
+                    protocol: proto,
+                    assignment: m.assignment.clone(),
+                });
+            }
+            State::Empty | State::Dead => {
+                let _ = reply.send(fail(code::UNKNOWN_MEMBER_ID));
+            }
+        }
+    }
+
+    fn heartbeat(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<String>,
+    ) -> i16 {
+        let mut groups = self.groups.borrow_mut();
+        let Some(g) = groups.get_mut(group) else {
+            return code::UNKNOWN_MEMBER_ID;
+        };
+        if let Err(e) = g.check_instance(member_id, instance_id.as_deref()) {
+            return e;
+        }
+        if !g.has_member(member_id) {
+            return code::UNKNOWN_MEMBER_ID;
+        }
+        let state = g.state;
+        let current = g.generation;
+        if let Some(m) = g.member(member_id) {
+            m.last_seen = Instant::now();
+        }
+        match state {
+            State::PreparingRebalance => code::REBALANCE_IN_PROGRESS,
+            _ if generation != current => code::ILLEGAL_GENERATION,
+            State::CompletingRebalance | State::Stable => code::NONE,
+            State::Empty | State::Dead => code::UNKNOWN_MEMBER_ID,
+        }
+    }
+
+    fn leave(&self, group: &str, members: &[(String, Option<String>)]) -> (i16, Vec<i16>) {
+        let mut groups = self.groups.borrow_mut();
+        let Some(g) = groups.get_mut(group) else {
+            return (
+                code::NONE,
+                members.iter().map(|_| code::UNKNOWN_MEMBER_ID).collect(),
+            );
+        };
+        let now = Instant::now();
+        let codes = members
+            .iter()
+            .map(|(id, inst)| {
+                // A static member may leave by instance id alone.
+                let id = match (id.is_empty(), inst) {
+                    (true, Some(i)) => match g.static_member(i) {
+                        Some(m) => m.id.clone(),
+                        None => return code::UNKNOWN_MEMBER_ID,
+                    },
+                    _ => id.clone(),
+                };
+                if let Err(e) = g.check_instance(&id, inst.as_deref()) {
+                    return e;
+                }
+                if !g.has_member(&id) {
+                    return code::UNKNOWN_MEMBER_ID;
+                }
+                g.remove_member(&id, now, &self.config, now_ms());
+                code::NONE
+            })
+            .collect();
+        (code::NONE, codes)
+    }
+
+    async fn commit(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<String>,
+        offsets: Vec<CommitEntry>,
+        log: Option<Log>,
+    ) -> Result<Vec<i16>, i16> {
+        {
+            let mut groups = self.groups.borrow_mut();
+            let g = groups
+                .entry(group.to_string())
+                .or_insert_with(|| Group::new(group, now_ms()));
+            // A commit from outside the group protocol (generation -1, no member id) is
+            // allowed only while the group has no members (standalone consumers).
+            if generation < 0 && member_id.is_empty() {
+                if !g.members.is_empty() {
+                    return Err(code::UNKNOWN_MEMBER_ID);
+                }
+            } else {
+                g.check_instance(member_id, instance_id.as_deref())?;
+                if !g.has_member(member_id) {
+                    return Err(code::UNKNOWN_MEMBER_ID);
+                }
+                if generation != g.generation {
+                    return Err(code::ILLEGAL_GENERATION);
+                }
+                if g.state == State::CompletingRebalance {
+                    return Err(code::REBALANCE_IN_PROGRESS);
+                }
+                if let Some(m) = g.member(member_id) {
+                    m.last_seen = Instant::now();
+                }
+            }
+        }
+        let Some(log) = log else {
+            return Err(code::COORDINATOR_NOT_AVAILABLE);
+        };
+        let now = now_ms();
+        let mut codes = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        for (topic, partition, offset, epoch, metadata) in &offsets {
+            if metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+            {
+                codes.push(code::OFFSET_METADATA_TOO_LARGE);
+                continue;
+            }
+            codes.push(code::NONE);
+            records.push((
+                (group.to_string(), topic.clone(), *partition),
+                Some(Committed {
+                    offset: *offset,
+                    leader_epoch: *epoch,
+                    metadata: metadata.clone(),
+                    commit_ms: now,
+                }),
+            ));
+        }
+        if records.is_empty() {
+            return Ok(codes);
+        }
+        if let Err(e) = offsets_store::append(&log, &records, self.config.durable_commits).await {
+            tracing::warn!(group, "offset commit failed: {e}");
+            return Ok(codes
+                .into_iter()
+                .map(|c| {
+                    if c == code::NONE {
+                        code::KAFKA_STORAGE_ERROR
+                    } else {
+                        c
+                    }
+                })
+                .collect());
+        }
+        let mut groups = self.groups.borrow_mut();
+        let g = groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group::new(group, now));
+        for ((_, topic, partition), c) in records {
+            g.offsets.insert((topic, partition), c.expect("a commit"));
+        }
+        Ok(codes)
+    }
+
+    fn fetch(&self, group: &str, partitions: Option<Vec<(String, Vec<i32>)>>) -> Vec<FetchedTopic> {
+        let groups = self.groups.borrow();
+        let offsets = groups.get(group).map(|g| &g.offsets);
+        let row = |t: &str, p: i32| match offsets.and_then(|o| o.get(&(Arc::from(t), p))) {
+            Some(c) => (p, c.offset, c.leader_epoch, c.metadata.clone(), code::NONE),
+            None => (p, -1, -1, Some(String::new()), code::NONE),
+        };
+        match partitions {
+            Some(wanted) => wanted
+                .into_iter()
+                .map(|(t, ps)| {
+                    let rows = ps.into_iter().map(|p| row(&t, p)).collect();
+                    (t, rows)
+                })
+                .collect(),
+            None => {
+                let mut by_topic: BTreeMap<String, Vec<FetchedPartition>> = BTreeMap::new();
+                for ((t, p), c) in offsets.into_iter().flatten() {
+                    by_topic.entry(t.to_string()).or_default().push((
+                        *p,
+                        c.offset,
+                        c.leader_epoch,
+                        c.metadata.clone(),
+                        code::NONE,
+                    ));
+                }
+                by_topic.into_iter().collect()
+            }
+        }
+    }
+
+    async fn delete(&self, group: &str, log: Option<Log>) -> i16 {
+        let keys: Vec<(Arc<str>, i32)> = {
+            let groups = self.groups.borrow();
+            let Some(g) = groups.get(group) else {
+                return code::GROUP_ID_NOT_FOUND;
+            };
+            if g.state == State::Dead {
+                return code::GROUP_ID_NOT_FOUND;
+            }
+            if !g.members.is_empty() {
+                return code::NON_EMPTY_GROUP;
+            }
+            g.offsets.keys().cloned().collect()
+        };
+        if !keys.is_empty() {
+            let Some(log) = log else {
+                return code::COORDINATOR_NOT_AVAILABLE;
+            };
+            let tombstones: Vec<(OffsetKey, Option<Committed>)> = keys
+                .into_iter()
+                .map(|(t, p)| ((group.to_string(), t, p), None))
+                .collect();
+            if let Err(e) =
+                offsets_store::append(&log, &tombstones, self.config.durable_commits).await
+            {
+                tracing::warn!(group, "group deletion failed: {e}");
+                return code::KAFKA_STORAGE_ERROR;
+            }
+        }
+        let mut groups = self.groups.borrow_mut();
+        // A member may have joined during the append: then the offsets are gone but the
+        // group lives on.
+        match groups.get_mut(group) {
+            Some(g) if g.members.is_empty() => {
+                groups.remove(group);
+            }
+            Some(g) => g.offsets.clear(),
+            None => {}
+        }
+        code::NONE
+    }
+
+    async fn offset_delete(
+        &self,
+        group: &str,
+        partitions: Vec<(String, Vec<i32>)>,
+        log: Option<Log>,
+    ) -> (i16, DeletedOffsets) {
+        let subscribed: Vec<String> = {
+            let groups = self.groups.borrow();
+            let Some(g) = groups.get(group) else {
+                return (code::GROUP_ID_NOT_FOUND, Vec::new());
+            };
+            if g.state == State::Dead {
+                return (code::GROUP_ID_NOT_FOUND, Vec::new());
+            }
+            if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
+                g.members
+                    .iter()
+                    .flat_map(|m| {
+                        offsets_store::subscribed_topics(
+                            &m.metadata(g.protocol.as_deref().unwrap_or_default()),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let mut results = Vec::new();
+        let mut tombstones = Vec::new();
+        for (topic, ps) in partitions {
+            let is_subscribed = subscribed.contains(&topic);
+            let rows = ps
+                .iter()
+                .map(|p| {
+                    if is_subscribed {
+                        (*p, code::GROUP_SUBSCRIBED_TO_TOPIC)
+                    } else {
+                        tombstones.push(((group.to_string(), Arc::from(topic.as_str()), *p), None));
+                        (*p, code::NONE)
+                    }
+                })
+                .collect();
+            results.push((topic, rows));
+        }
+        if !tombstones.is_empty() {
+            let Some(log) = log else {
+                return (code::COORDINATOR_NOT_AVAILABLE, Vec::new());
+            };
+            if let Err(e) =
+                offsets_store::append(&log, &tombstones, self.config.durable_commits).await
+            {
+                tracing::warn!(group, "offset deletion failed: {e}");
+                return (code::KAFKA_STORAGE_ERROR, Vec::new());
+            }
+            let mut groups = self.groups.borrow_mut();
+            if let Some(g) = groups.get_mut(group) {
+                for ((_, t, p), _) in &tombstones {
+                    g.offsets.remove(&(t.clone(), *p));
+                }
+            }
+        }
+        (code::NONE, results)
+    }
+
+    /// Session expiry, rebalance deadlines, pending member ids, and (on `retention_due`)
+    /// offsets retention: (group, expired offsets) to tombstone.
+    pub fn tick(&self, retention_due: bool) -> ExpiredOffsets {
+        let now = Instant::now();
+        let wall = now_ms();
+        let mut expired_offsets = Vec::new();
+        let mut groups = self.groups.borrow_mut();
+        for g in groups.values_mut() {
+            // Members handed an id that never came back.
+            g.pending
+                .retain(|_, since| now.duration_since(*since) < Duration::from_secs(300));
+            let dead: Vec<String> = g
+                .members
+                .iter()
+                .filter(|m| {
+                    // Members waiting in JoinGroup are bounded by the rebalance deadline.
+                    m.join_reply.is_none() && now.duration_since(m.last_seen) > m.session_timeout
+                })
+                .map(|m| m.id.clone())
+                .collect();
+            for id in dead {
+                tracing::info!(group = %g.id, member = %id, "member session expired");
+                g.remove_member(&id, now, &self.config, wall);
+            }
+            self.maybe_complete(g);
+            if retention_due && g.state == State::Empty {
+                let cutoff = wall - self.config.offsets_retention_ms as i64;
+                let old: Vec<(Arc<str>, i32)> = g
+                    .offsets
+                    .iter()
+                    .filter(|(_, c)| c.commit_ms.max(g.empty_since_ms) < cutoff)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !old.is_empty() {
+                    expired_offsets.push((g.id.clone(), old));
+                }
+            }
+        }
+        groups.retain(|_, g| {
+            !(g.state == State::Empty && g.offsets.is_empty() && g.pending.is_empty())
+        });
+        expired_offsets
+    }
+
+    /// Forgets offsets whose tombstones were written (retention).
+    pub fn forget(&self, group: &str, keys: &[(Arc<str>, i32)]) {
+        if let Some(g) = self.groups.borrow_mut().get_mut(group) {
+            for k in keys {
+                g.offsets.remove(k);
+            }
+        }
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.borrow().len()
+    }
+}
+
+fn reply_error(op: GroupOp, error: i16) {
+    match op {
+        GroupOp::Join(a, r) => {
+            let _ = r.send(JoinResult {
+                error,
+                member_id: a.member_id,
+                generation: -1,
+                ..Default::default()
+            });
+        }
+        GroupOp::Sync(_, r) => {
+            let _ = r.send(SyncResult {
+                error,
+                ..Default::default()
+            });
+        }
+        GroupOp::Heartbeat { reply, .. } => {
+            let _ = reply.send(error);
+        }
+        GroupOp::Leave { reply, .. } => {
+            let _ = reply.send((error, Vec::new()));
+        }
+        GroupOp::Commit { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        GroupOp::Fetch { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        GroupOp::Describe { reply, .. } => {
+            let _ = reply.send(Described {
+                error,
+                state: State::Dead,
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: Vec::new(),
+            });
+        }
+        GroupOp::List { reply, .. } => {
+            let _ = reply.send(Vec::new());
+        }
+        GroupOp::Delete { reply, .. } => {
+            let _ = reply.send(error);
+        }
+        GroupOp::OffsetDelete { reply, .. } => {
+            let _ = reply.send((error, Vec::new()));
+        }
+    }
+}
