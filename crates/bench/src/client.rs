@@ -115,6 +115,24 @@ pub struct TopicLayout {
     pub leaders: HashMap<i32, String>,
 }
 
+/// Creates `topic` with `partitions` partitions (CreateTopics; an existing topic is fine).
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), Error> {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    let mut c = Conn::connect(bootstrap)?;
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)]);
+    let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 5, &req)?;
+    match r.topics.first().map(|t| t.error_code) {
+        Some(0) | Some(36) => Ok(()), // created, or already there
+        Some(e) => Err(format!("cannot create topic {topic}: error {e}")),
+        None => Err(format!("cannot create topic {topic}: empty answer")),
+    }
+}
+
 /// Metadata for `topic`; with `create`, asks the broker to auto-create it.
 pub fn topic_layout(bootstrap: &str, topic: &str, create: bool) -> Result<TopicLayout, Error> {
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;

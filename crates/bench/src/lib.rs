@@ -69,9 +69,12 @@ pub struct ProduceArgs {
     /// Topic to produce to.
     #[arg(long, default_value = "runnel-bench")]
     pub topic: String,
-    /// Create the topic (Metadata auto-creation) if it does not exist.
+    /// Create the topic if it does not exist (CreateTopics with --partitions).
     #[arg(long)]
     pub create: bool,
+    /// Partitions of a topic created with --create.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
     /// Producer connections (threads); partitions are divided among them.
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -135,9 +138,12 @@ pub struct E2eArgs {
     /// Topic to produce to and tail.
     #[arg(long, default_value = "runnel-bench-e2e")]
     pub topic: String,
-    /// Create the topic (Metadata auto-creation) if it does not exist.
+    /// Create the topic if it does not exist (CreateTopics with --partitions).
     #[arg(long)]
     pub create: bool,
+    /// Partitions of a topic created with --create.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
     /// Records per second.
     #[arg(long, default_value_t = 10_000)]
     pub rate: u64,

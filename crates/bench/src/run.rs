@@ -42,7 +42,10 @@ pub fn produce(bootstrap: &str, a: &ProduceArgs, quiet: bool) -> Result<Report, 
         return Err(format!("--acks must be 0, 1 or -1, got {}", a.acks));
     }
     let compression = parse_compression(&a.compression)?;
-    let layout = topic_layout(bootstrap, &a.topic, a.create)?;
+    if a.create {
+        crate::client::create_topic(bootstrap, &a.topic, a.partitions)?;
+    }
+    let layout = topic_layout(bootstrap, &a.topic, false)?;
     // Each partition's record sequence continues from its high watermark, so runs append
     // to one verifiable sequence (one writer per partition at a time).
     let marks = watermarks(&layout, &a.topic)?;
@@ -485,11 +488,15 @@ fn consumer_thread(
 }
 
 pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> {
-    let layout = topic_layout(bootstrap, &a.topic, a.create)?;
+    if a.create {
+        crate::client::create_topic(bootstrap, &a.topic, a.partitions)?;
+    }
+    let layout = topic_layout(bootstrap, &a.topic, false)?;
     let marks = watermarks(&layout, &a.topic)?;
     let produce = ProduceArgs {
         topic: a.topic.clone(),
         create: false,
+        partitions: a.partitions,
         producers: 1,
         record_size: a.record_size,
         batch_size: (a.record_size * ((a.rate as usize / 1000).max(1))).max(a.record_size),
