@@ -187,8 +187,14 @@ def main():
             data = os.path.join(work, f"many-{n}")
             b = Broker(data)
             base = b.rss_kib()
-            r = bench(b, "produce", "--create", "--topic", f"many-{n}", "--partitions", n, "--producers", 2,
+            try:
+                r = bench(b, "produce", "--create", "--topic", f"many-{n}", "--partitions", n, "--producers", 2,
                       "--batch-size", 16384, "--total-bytes", 256 << 20)
+            except RuntimeError as e:
+                b.stop()
+                rows.append(("many partitions", f"{n} partitions on one broker",
+                             f"not run: {str(e).split('failed: ')[-1]}", ""))
+                continue
             loaded = b.rss_kib()
             b.stop()
             b.start()
@@ -196,9 +202,9 @@ def main():
             rss_idle = b.rss_kib()
             b.stop()
             rows.append(("many partitions", f"{n} partitions on one broker",
-                         f"{r['mb_per_s']:.0f} MB/s produce; RSS {(loaded - base) / n:.1f} KiB "
-                         f"per partition loaded, {rss_idle / 1024:.0f} MiB idle after restart; "
-                         f"restart ready in {startup:.1f} s",
+                         f"{r['mb_per_s']:.0f} MB/s produce; RSS {(rss_idle - idle_rss) / n:.1f} KiB "
+                         f"per idle partition after a restart ({(loaded - base) / n:.1f} KiB while "
+                         f"producing); restart ready in {startup:.1f} s",
                          "target <= 64 KiB per idle partition"))
         rows.append(("broker", "idle broker RSS", f"{idle_rss / 1024:.1f} MiB", "target <= 50 MiB"))
     finally:

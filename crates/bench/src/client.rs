@@ -88,6 +88,32 @@ impl Conn {
             .map_err(|e| format!("{}: connection lost: {e}", self.addr))
     }
 
+    /// Reads one response frame as `Bytes` (no copy: fetched records stay slices of it).
+    pub fn recv_bytes(&mut self) -> Result<Bytes, Error> {
+        let mut size = [0u8; 4];
+        self.stream
+            .read_exact(&mut size)
+            .map_err(|e| format!("{}: connection lost: {e}", self.addr))?;
+        let n = i32::from_be_bytes(size);
+        if n < 0 {
+            return Err(format!("{}: bad response size {n}", self.addr));
+        }
+        let mut buf = BytesMut::zeroed(n as usize);
+        self.stream
+            .read_exact(&mut buf)
+            .map_err(|e| format!("{}: connection lost: {e}", self.addr))?;
+        Ok(buf.freeze())
+    }
+
+    pub fn decode_bytes<T: Decodable + HeaderVersion>(
+        mut b: Bytes,
+        version: i16,
+    ) -> Result<T, Error> {
+        ResponseHeader::decode(&mut b, T::header_version(version))
+            .and_then(|_| T::decode(&mut b, version))
+            .map_err(|e| format!("cannot decode response: {e}"))
+    }
+
     pub fn decode<T: Decodable + HeaderVersion>(buf: &[u8], version: i16) -> Result<T, Error> {
         let mut b = Bytes::copy_from_slice(buf);
         ResponseHeader::decode(&mut b, T::header_version(version))

@@ -432,7 +432,6 @@ fn consumer_thread(
     }
     let mut verifier = a.verify.then(Verifier::default);
     let mut times = Vec::new();
-    let mut buf = Vec::new();
     for (addr, mut parts) in by_leader {
         let mut conn = Conn::connect(&addr)?;
         loop {
@@ -451,8 +450,7 @@ fn consumer_thread(
             let req = fetch_request(&a.topic, &active, a.fetch_max_bytes, 100);
             let frame = conn.frame(ApiKey::Fetch, 11, &req)?;
             conn.send_frame(&frame)?;
-            conn.recv_into(&mut buf)?;
-            let r: FetchResponse = Conn::decode(&buf, 11)?;
+            let r: FetchResponse = Conn::decode_bytes(conn.recv_bytes()?, 11)?;
             for t in &r.responses {
                 for pd in &t.partitions {
                     if pd.error_code != 0 {
@@ -520,7 +518,6 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
             .map(|p| (*p, marks[p].1))
             .collect();
         let mut conn = Conn::connect(&layout2.leaders[&layout2.partitions[0]])?;
-        let mut buf = Vec::new();
         let mut times = Vec::new();
         while Instant::now() < stop_at {
             let parts: Vec<(i32, i64)> = offsets.iter().map(|(p, o)| (*p, *o)).collect();
@@ -530,9 +527,9 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
                 &fetch_request(&topic, &parts, 8 << 20, 100),
             )?;
             conn.send_frame(&frame)?;
-            conn.recv_into(&mut buf)?;
+            let resp = conn.recv_bytes()?;
             let now = now_ns();
-            let r: FetchResponse = Conn::decode(&buf, 11)?;
+            let r: FetchResponse = Conn::decode_bytes(resp, 11)?;
             for t in &r.responses {
                 for pd in &t.partitions {
                     let Some(recs) = pd.records.as_ref() else {

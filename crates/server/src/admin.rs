@@ -39,8 +39,8 @@ pub type AdminResult = Vec<Result<Arc<TopicMeta>, PartitionError>>;
 pub const MAX_PARTITIONS: i32 = 100_000;
 
 /// How many partitions this process can hold open: each needs at least one segment file
-/// descriptor (more after rolls), and connections need theirs. Half the open-file limit,
-/// less some for everything else.
+/// descriptor (one more per rolled segment), and connections need theirs. Three quarters of
+/// the open-file limit above 1024 kept for everything else.
 pub fn partition_budget() -> i64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -52,7 +52,7 @@ pub fn partition_budget() -> i64 {
     {
         return i64::MAX;
     }
-    (lim.rlim_cur as i64 - 256).max(0) / 2
+    (lim.rlim_cur as i64 - 1024).max(0) * 3 / 4
 }
 
 /// Runs `op` on shard 0 from any shard.
