@@ -30,6 +30,8 @@ fn librdkafka_consumes_what_runnel_bench_produces() {
                 &b.addr,
                 "produce",
                 "--create",
+                "--partitions",
+                "2",
                 "--topic",
                 &topic,
                 "--compression",
