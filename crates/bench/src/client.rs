@@ -72,17 +72,19 @@ impl Conn {
             .map_err(|e| format!("{}: {e}", self.addr))
     }
 
-    /// Reads one response frame (size prefix removed) into `buf`.
-    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+    fn read_size(&mut self) -> Result<usize, Error> {
         let mut size = [0u8; 4];
         self.stream
             .read_exact(&mut size)
             .map_err(|e| format!("{}: connection lost: {e}", self.addr))?;
         let n = i32::from_be_bytes(size);
-        if n < 0 {
-            return Err(format!("{}: bad response size {n}", self.addr));
-        }
-        buf.resize(n as usize, 0);
+        usize::try_from(n).map_err(|_| format!("{}: bad response size {n}", self.addr))
+    }
+
+    /// Reads one response frame (size prefix removed) into `buf`.
+    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        let n = self.read_size()?;
+        buf.resize(n, 0);
         self.stream
             .read_exact(buf)
             .map_err(|e| format!("{}: connection lost: {e}", self.addr))
@@ -90,15 +92,8 @@ impl Conn {
 
     /// Reads one response frame as `Bytes` (no copy: fetched records stay slices of it).
     pub fn recv_bytes(&mut self) -> Result<Bytes, Error> {
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .map_err(|e| format!("{}: connection lost: {e}", self.addr))?;
-        let n = i32::from_be_bytes(size);
-        if n < 0 {
-            return Err(format!("{}: bad response size {n}", self.addr));
-        }
-        let mut buf = BytesMut::zeroed(n as usize);
+        let n = self.read_size()?;
+        let mut buf = BytesMut::zeroed(n);
         self.stream
             .read_exact(&mut buf)
             .map_err(|e| format!("{}: connection lost: {e}", self.addr))?;

@@ -23,25 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub mod code {
-    pub const NONE: i16 = 0;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const ILLEGAL_GENERATION: i16 = 22;
-    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const UNKNOWN_MEMBER_ID: i16 = 25;
-    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
-    pub const REBALANCE_IN_PROGRESS: i16 = 27;
-    pub const KAFKA_STORAGE_ERROR: i16 = 56;
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    pub const MEMBER_ID_REQUIRED: i16 = 79;
-    pub const FENCED_INSTANCE_ID: i16 = 82;
-    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
-}
+pub use crate::wire::code;
 
 /// Kafka's offset.metadata.max.bytes.
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -356,6 +338,30 @@ impl Group {
                     .iter()
                     .all(|m| m.protocols.iter().any(|(q, _)| q == n))
         })
+    }
+
+    /// The current generation, as answered to a member that rejoins without changes: the
+    /// member list for the leader; `skip_assignment` when the leader need not reassign.
+    fn current_join(&self, member_id: &str, skip_assignment: bool) -> JoinResult {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        let is_leader = self.leader.as_deref() == Some(member_id);
+        JoinResult {
+            error: code::NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id: member_id.to_string(),
+            members: if is_leader {
+                self.members
+                    .iter()
+                    .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            skip_assignment: skip_assignment && is_leader,
+        }
     }
 
     fn prepare_rebalance(&mut self, now: Instant, cfg: &GroupConfig) {
@@ -741,28 +747,7 @@ impl Coordinator {
                         State::Stable | State::CompletingRebalance if same_protocols => {
                             // No rebalance: the member gets the current generation, and its
                             // assignment back from SyncGroup.
-                            let protocol = g.protocol.clone().unwrap_or_default();
-                            let is_leader = g.leader.as_deref() == Some(new_id.as_str());
-                            let members = if is_leader {
-                                g.members
-                                    .iter()
-                                    .map(|m| {
-                                        (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol))
-                                    })
-                                    .collect()
-                            } else {
-                                Vec::new()
-                            };
-                            let _ = reply.send(JoinResult {
-                                error: code::NONE,
-                                generation: g.generation,
-                                protocol_type: g.protocol_type.clone(),
-                                protocol: g.protocol.clone(),
-                                leader: g.leader.clone().unwrap_or_default(),
-                                member_id: new_id,
-                                members,
-                                skip_assignment: is_leader,
-                            });
+                            let _ = reply.send(g.current_join(&new_id, true));
                         }
                         _ => {
                             let m = g.member(&new_id).expect("static member");
@@ -847,25 +832,7 @@ impl Coordinator {
             {
                 // Nothing changed (a retried join, or a lost JoinGroup answer): the current
                 // generation again, with the member list for the leader, as Kafka answers.
-                let protocol = g.protocol.clone().unwrap_or_default();
-                let members = if is_leader {
-                    g.members
-                        .iter()
-                        .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata(&protocol)))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let _ = reply.send(JoinResult {
-                    error: code::NONE,
-                    generation: g.generation,
-                    protocol_type: g.protocol_type.clone(),
-                    protocol: g.protocol.clone(),
-                    leader: g.leader.clone().unwrap_or_default(),
-                    member_id: a.member_id.clone(),
-                    members,
-                    skip_assignment: false,
-                });
+                let _ = reply.send(g.current_join(&a.member_id, false));
             }
             _ => {
                 tracing::debug!(group = %a.group, member = %a.member_id, changed, is_leader, state = state.name(), "member rejoins");
