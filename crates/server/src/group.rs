@@ -519,6 +519,9 @@ pub struct Coordinator {
     pub config: GroupConfig,
     /// Groups are loaded from the logs before the shard serves; until then this is false.
     loaded: std::cell::Cell<bool>,
+    /// `__consumer_offsets` appends whose state change is not applied yet: a compaction
+    /// must not rewrite the live offsets past one of them (see [`Coordinator::append`]).
+    appends_in_flight: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 fn now_ms() -> i64 {
@@ -557,7 +560,34 @@ impl Coordinator {
             groups: RefCell::new(HashMap::new()),
             config,
             loaded: std::cell::Cell::new(false),
+            appends_in_flight: Default::default(),
         }
+    }
+
+    /// Appends commits or tombstones for this coordinator. The caller applies the matching
+    /// state change right after, without awaiting in between: until then the append counts
+    /// as in flight, so a compaction (which dumps the applied state) waits for it rather
+    /// than writing an older value after a newer record.
+    pub async fn append(
+        &self,
+        log: &Log,
+        records: &[(OffsetKey, Option<Committed>)],
+        durable: bool,
+    ) -> Result<(), runnel_log::LogError> {
+        struct InFlight(std::rc::Rc<std::cell::Cell<usize>>);
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
+        self.appends_in_flight.set(self.appends_in_flight.get() + 1);
+        let _guard = InFlight(self.appends_in_flight.clone());
+        offsets_store::append(log, records, durable).await
+    }
+
+    /// No offsets append is waiting for its state change: the applied state is the log's.
+    pub fn quiescent(&self) -> bool {
+        self.appends_in_flight.get() == 0
     }
 
     /// Restores committed offsets replayed from this shard's `__consumer_offsets` partitions.
@@ -1070,7 +1100,10 @@ impl Coordinator {
         if records.is_empty() {
             return Ok(codes);
         }
-        if let Err(e) = offsets_store::append(&log, &records, self.config.durable_commits).await {
+        if let Err(e) = self
+            .append(&log, &records, self.config.durable_commits)
+            .await
+        {
             tracing::warn!(group, "offset commit failed: {e}");
             return Ok(codes
                 .into_iter()
@@ -1146,8 +1179,9 @@ impl Coordinator {
                 .into_iter()
                 .map(|(t, p)| ((group.to_string(), t, p), None))
                 .collect();
-            if let Err(e) =
-                offsets_store::append(&log, &tombstones, self.config.durable_commits).await
+            if let Err(e) = self
+                .append(&log, &tombstones, self.config.durable_commits)
+                .await
             {
                 tracing::warn!(group, "group deletion failed: {e}");
                 return code::KAFKA_STORAGE_ERROR;
@@ -1214,8 +1248,9 @@ impl Coordinator {
             let Some(log) = log else {
                 return (code::COORDINATOR_NOT_AVAILABLE, Vec::new());
             };
-            if let Err(e) =
-                offsets_store::append(&log, &tombstones, self.config.durable_commits).await
+            if let Err(e) = self
+                .append(&log, &tombstones, self.config.durable_commits)
+                .await
             {
                 tracing::warn!(group, "offset deletion failed: {e}");
                 return (code::KAFKA_STORAGE_ERROR, Vec::new());

@@ -23,7 +23,7 @@ pub const DEFAULT_PARTITIONS: i32 = 50;
 /// Compact when the log holds this many times the live records' bytes (and at least
 /// COMPACT_MIN_BYTES).
 const COMPACT_RATIO: u64 = 4;
-const COMPACT_MIN_BYTES: u64 = 16 << 20;
+pub const COMPACT_MIN_BYTES: u64 = 16 << 20;
 /// Records per batch when writing (commits and compaction dumps).
 const RECORDS_PER_BATCH: usize = 2000;
 
@@ -206,8 +206,15 @@ pub async fn replay(log: &Log) -> Result<HashMap<OffsetKey, Committed>, LogError
 }
 
 /// Rewrites the live offsets at the log end and moves the log start offset to them when
-/// the partition holds much more than that, so replay and disk stay bounded.
-pub async fn maybe_compact(log: &Log, live: Vec<(OffsetKey, Committed)>) -> Result<bool, LogError> {
+/// the partition holds much more than that (and at least `min_bytes`), so replay and disk
+/// stay bounded. `live` must be the partition's whole applied state with no append of it
+/// pending (the caller checks [`crate::group::Coordinator::quiescent`]): the dump is queued
+/// behind every earlier append before this function first yields.
+pub async fn maybe_compact(
+    log: &Log,
+    live: Vec<(OffsetKey, Committed)>,
+    min_bytes: u64,
+) -> Result<bool, LogError> {
     let live_bytes: u64 = live
         .iter()
         .map(|(k, c)| {
@@ -218,7 +225,7 @@ pub async fn maybe_compact(log: &Log, live: Vec<(OffsetKey, Committed)>) -> Resu
         })
         .sum();
     let size = log.size_bytes();
-    if size < COMPACT_MIN_BYTES.max(live_bytes * COMPACT_RATIO) {
+    if size < min_bytes.max(live_bytes * COMPACT_RATIO) {
         return Ok(false);
     }
     let start = log.log_end_offset();
@@ -279,6 +286,70 @@ mod tests {
             .map(|i| partition_for(&format!("group-{i}"), 50))
             .collect();
         assert!(used.len() > 40);
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_live_offsets_and_bounds_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("__consumer_offsets-0");
+        runnel_runtime::run_local(move || async move {
+            let config = runnel_log::LogConfig {
+                segment_bytes: 8 << 10,
+                ..Default::default()
+            };
+            let log = Log::open(&path, TOPIC, 0, config, Default::default())
+                .await
+                .unwrap();
+            let commit = |g: &str, p: i32, offset: i64| {
+                (
+                    (g.to_string(), Arc::<str>::from("t"), p),
+                    Some(Committed {
+                        offset,
+                        leader_epoch: -1,
+                        metadata: None,
+                        commit_ms: offset,
+                    }),
+                )
+            };
+            // Many commits of few keys, and a group deleted along the way.
+            for round in 0..200i64 {
+                let mut records: Vec<_> = (0..10).map(|p| commit("g1", p, round)).collect();
+                records.push(commit("gone", 0, round));
+                append(&log, &records, false).await.unwrap();
+            }
+            append(
+                &log,
+                &[(("gone".to_string(), Arc::from("t"), 0), None)],
+                false,
+            )
+            .await
+            .unwrap();
+            let before = replay(&log).await.unwrap();
+            assert_eq!(before.len(), 10);
+            let size = log.size_bytes();
+            // Below the size threshold nothing happens.
+            let live: Vec<_> = before.clone().into_iter().collect();
+            assert!(!maybe_compact(&log, live.clone(), size * 2).await.unwrap());
+            assert!(maybe_compact(&log, live, 1024).await.unwrap());
+            assert!(log.log_start_offset() > 0, "old records dropped");
+            // Whole segments below the new log start go; at most the one holding it stays.
+            assert!(
+                log.size_bytes() < size / 4,
+                "{} of {size} bytes left",
+                log.size_bytes()
+            );
+            assert_eq!(
+                replay(&log).await.unwrap(),
+                before,
+                "replay after compaction"
+            );
+            // Commits after the compaction still win.
+            append(&log, &[commit("g1", 3, 999)], false).await.unwrap();
+            assert_eq!(
+                replay(&log).await.unwrap()[&("g1".to_string(), Arc::from("t"), 3)].offset,
+                999
+            );
+        });
     }
 
     #[test]

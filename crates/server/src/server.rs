@@ -466,7 +466,7 @@ async fn group_timers(shard: Rc<Shard>) {
                 .iter()
                 .map(|(t, part)| ((group.clone(), t.clone(), *part), None))
                 .collect();
-            match crate::offsets_store::append(&log, &tombstones, false).await {
+            match shard.coordinator.append(&log, &tombstones, false).await {
                 Ok(()) => {
                     shard.coordinator.forget(&group, &keys);
                     tracing::info!(%group, offsets = keys.len(), "expired committed offsets");
@@ -486,8 +486,20 @@ async fn group_timers(shard: Rc<Shard>) {
             .map(|((_, p), l)| (*p, l.clone()))
             .collect();
         for (p, log) in logs {
+            // The dump must hold every applied commit and nothing older than what the log
+            // already has after it: only when no append awaits its state change. Nothing
+            // yields between this check and the dump being queued behind earlier appends.
+            if !shard.coordinator.quiescent() {
+                continue;
+            }
             let live = shard.coordinator.live_offsets(p, partitions);
-            match crate::offsets_store::maybe_compact(&log, live).await {
+            match crate::offsets_store::maybe_compact(
+                &log,
+                live,
+                crate::offsets_store::COMPACT_MIN_BYTES,
+            )
+            .await
+            {
                 Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
                 Ok(false) => {}
                 Err(e) => {
