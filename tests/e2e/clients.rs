@@ -468,6 +468,11 @@ fn zero_copy_sends_no_record_bytes_through_user_space_and_the_copy_path_does() {
                 0,
                 "produce frames never copied"
             );
+            assert!(
+                b.metric_sum("produce_bytes") > 2000 * 4,
+                "appended bytes are counted"
+            );
+            assert_eq!(b.metric_sum("produce_records"), 2000);
         }
     });
 }

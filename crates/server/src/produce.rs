@@ -24,7 +24,8 @@ use std::sync::Arc;
 enum Slot {
     /// Answered before dispatch (unknown partition, too large, ...).
     Done(PartitionError),
-    Pending(oneshot::Receiver<Result<AppendInfo, PartitionError>>),
+    /// Sent to the owner; the bytes count once appended.
+    Pending(oneshot::Receiver<Result<AppendInfo, PartitionError>>, u64),
 }
 
 struct PartitionSlot {
@@ -158,6 +159,7 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
             continue;
         }
         let owner = shard.owner(&name, index);
+        let bytes = records.len() as u64;
         let rx = shard
             .send(owner, |reply| ShardMsg::Produce {
                 key: (name, index),
@@ -166,24 +168,19 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                 reply,
             })
             .await;
-        *slot = Slot::Pending(rx);
+        *slot = Slot::Pending(rx, bytes);
     }
 
     glommio::spawn_local(gather(shard.clone(), topics, acks, version, correlation_id)).detach()
 }
 
 /// The size of the first batch larger than `max`, if any (Kafka checks each batch).
+/// Framing errors are left to the log's validation, which reports them properly.
 fn oversized_batch(records: &[u8], max: u32) -> Option<u64> {
-    let mut pos = 0usize;
-    while records.len() >= pos + 12 {
-        let len = i32::from_be_bytes(records[pos + 8..pos + 12].try_into().unwrap());
-        let total = 12 + len.max(0) as u64;
-        if total > u64::from(max) {
-            return Some(total);
-        }
-        pos += total as usize;
-    }
-    None
+    runnel_record::Batches::new(records)
+        .map_while(Result::ok)
+        .map(|(_, h)| h.total_len() as u64)
+        .find(|&len| len > u64::from(max))
 }
 
 async fn gather(
@@ -198,19 +195,24 @@ async fn gather(
     for t in topics {
         let mut partition_responses = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
+            let mut bytes = 0;
             let result = match p.slot {
                 Slot::Done(e) => Err(e),
-                Slot::Pending(rx) => rx.await.unwrap_or_else(|_| {
-                    Err((
-                        code::NOT_LEADER_OR_FOLLOWER,
-                        "the partition's shard is shutting down".into(),
-                    ))
-                }),
+                Slot::Pending(rx, b) => {
+                    bytes = b;
+                    rx.await.unwrap_or_else(|_| {
+                        Err((
+                            code::NOT_LEADER_OR_FOLLOWER,
+                            "the partition's shard is shutting down".into(),
+                        ))
+                    })
+                }
             };
             let mut r = PartitionProduceResponse::default().with_index(p.index);
             match result {
                 Ok(info) => {
                     shard.counters().produce_records.add(info.record_count);
+                    shard.counters().produce_bytes.add(bytes);
                     r = r
                         .with_base_offset(info.base_offset)
                         .with_log_append_time_ms(info.log_append_time_ms);
