@@ -752,3 +752,68 @@ fn pipelined_requests_are_processed_in_order() {
         );
     });
 }
+
+#[test]
+fn a_recreated_topic_does_not_inherit_the_deleted_ones_checkpoints() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    with_timeout(60, || {
+        let mut b = Broker::start(&["--checkpoint-interval-ms", "100"]);
+        let mut s = connect(&b.addr);
+        create_via_metadata(&mut s, "again");
+        for _ in 0..10 {
+            produce_to(&mut s, 9, vec![("again", 0, batch(&[&b"old"[..]; 10]))]);
+        }
+        let req = DeleteRecordsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("again")))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(80)])]);
+        let _: DeleteRecordsResponse = call(&mut s, ApiKey::DeleteRecords, 2, &req);
+        let ck = b.dir.join("log-start-offset-checkpoint");
+        wait_until(
+            "the log start offset is checkpointed",
+            Duration::from_secs(10),
+            || std::fs::read_to_string(&ck).is_ok_and(|t| t.contains("again 0 80")),
+        );
+        let del = DeleteTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topic_names(vec![TopicName(StrBytes::from_static_str("again"))]);
+        let r: DeleteTopicsResponse = call(&mut s, ApiKey::DeleteTopics, 4, &del);
+        assert_eq!(r.responses[0].error_code, 0);
+        assert!(
+            !std::fs::read_to_string(&ck).unwrap().contains("again 0"),
+            "the deleted partition left the checkpoint before DeleteTopics answered"
+        );
+        // Recreated: 5 records, acknowledged after an fdatasync (acks=-1), then a crash.
+        create_via_metadata(&mut s, "again");
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("again")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch(&[&b"new"[..]; 5])))])]);
+        let r: ProduceResponse = call(&mut s, ApiKey::Produce, 9, &req);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        b.kill();
+        b.restart();
+        let mut s = connect(&b.addr);
+        let r: FetchResponse = call(
+            &mut s,
+            ApiKey::Fetch,
+            12,
+            &fetch_request("again", &[(0, 0, 1 << 20)], 0, 0, 1 << 20),
+        );
+        let parts = fetch_parts(&r);
+        assert_eq!(
+            (parts[0].1, parts[0].2, parts[0].3),
+            (0, 5, 0),
+            "the acknowledged records survive"
+        );
+    });
+}

@@ -105,8 +105,12 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                                         &m.overrides,
                                     ),
                                 });
-                                // Placeholder until the records are dispatched below.
-                                err(code::NONE, String::new())
+                                // Replaced when the records are dispatched below; an error
+                                // if that never happens, never a success.
+                                err(
+                                    code::CORRUPT_MESSAGE,
+                                    "records overlap another partition's in the request".into(),
+                                )
                             }
                         }
                     }
