@@ -102,8 +102,7 @@ impl BatchTemplate {
         }
         self.bytes[27..35].copy_from_slice(&now_ms.to_be_bytes());
         self.bytes[35..43].copy_from_slice(&now_ms.to_be_bytes());
-        let crc = crc32c::crc32c(&self.bytes[21..]);
-        self.bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        runnel_record::set_crc(&mut self.bytes);
         Bytes::copy_from_slice(&self.bytes)
     }
 

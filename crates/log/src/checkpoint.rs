@@ -103,6 +103,25 @@ pub async fn write_atomic(path: &Path, contents: bytes::Bytes) -> io::Result<()>
     sync_dir(parent_dir(path)).await
 }
 
+/// [`write_atomic`] for the file `name` in the directory `dir`, by name relative to the
+/// descriptor (see `Log`'s `dir_fd`): a log whose directory was removed and created again
+/// under the same path never writes into the new one.
+pub async fn write_atomic_at(
+    dir: &Arc<OwnedFd>,
+    name: &str,
+    contents: bytes::Bytes,
+) -> io::Result<()> {
+    let tmp = format!("{name}.tmp");
+    let ring = runnel_runtime::ring();
+    let file: Arc<OwnedFd> = Arc::new(crate::segment::create_at(dir, &tmp)?);
+    ring.write_all_at(&file, 0, vec![contents])
+        .await
+        .map_err(|(e, _)| e)?;
+    ring.fdatasync(&file).await?;
+    rustix::fs::renameat(&**dir, &tmp, &**dir, name)?;
+    ring.fdatasync(dir).await
+}
+
 /// Blocking twin of [`write`], for threads that are not executors (the broker's main thread
 /// writes the checkpoints at shutdown, after the shards are gone).
 pub fn write_blocking(path: &Path, offsets: &Offsets) -> io::Result<()> {

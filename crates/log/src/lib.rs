@@ -22,7 +22,8 @@ mod segment;
 
 pub use config::*;
 pub use log::{
-    AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset, SHORTFALL_DIVISOR,
+    AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset, MAX_RELATIVE_OFFSET,
+    SHORTFALL_DIVISOR,
 };
 pub use segment::{file_name, parse_file_name};
 
@@ -86,6 +87,13 @@ pub enum LogError {
     Sequence(#[from] producer_state::SequenceError),
     #[error("{0} are not supported")]
     Unsupported(String),
+    #[error(
+        "the batches of one append claim {records} records; at most {max} fit a segment's \
+         relative offsets"
+    )]
+    TooManyRecords { records: i64, max: i64 },
+    #[error("the log {dir} is offline after a storage error ({reason}); restart the broker to recover it")]
+    Offline { dir: PathBuf, reason: String },
     #[error("the log {0} is closed")]
     Closed(PathBuf),
     #[error("invalid log config: {0}")]
@@ -113,11 +121,14 @@ impl LogError {
             LogError::Sequence(producer_state::SequenceError::OutOfOrder { .. }) => {
                 error_codes::OUT_OF_ORDER_SEQUENCE_NUMBER
             }
-            LogError::Unsupported(_) => error_codes::INVALID_RECORD,
+            LogError::Unsupported(_) | LogError::TooManyRecords { .. } => {
+                error_codes::INVALID_RECORD
+            }
             LogError::Io { .. }
             | LogError::Corrupt { .. }
             | LogError::CorruptBelowRecoveryPoint { .. }
             | LogError::Closed(_)
+            | LogError::Offline { .. }
             | LogError::Config(_) => error_codes::KAFKA_STORAGE_ERROR,
         }
     }

@@ -1,7 +1,6 @@
 //! [`Log`]: one partition's segments, the append path (group commit), read plans, offset
 //! lookups, roll, retention and the flush policy.
 
-use crate::checkpoint::sync_dir;
 use crate::config::LogConfig;
 use crate::producer_state::{
     BatchMeta, ProducerEntry, ProducerState, SequenceError, Verdict, SNAPSHOT_SUFFIX,
@@ -30,6 +29,13 @@ pub const SHORTFALL_DIVISOR: u64 = 16;
 
 /// Single-broker Runnel is always leader epoch 0; stamped into every batch as Kafka does.
 pub const LEADER_EPOCH: i32 = 0;
+
+/// The largest offset relative to a segment's base the writer puts in it (Kafka's limit: its
+/// indexes read relative offsets as signed 32-bit). One append may claim at most this many
+/// records, so it always fits an empty segment; the writer rolls before an append would
+/// pass it. Compressed batches are never inflated, so their record counts are the
+/// producer's claim: this bound is what keeps a false claim from breaking the indexes.
+pub const MAX_RELATIVE_OFFSET: i64 = i32::MAX as i64;
 
 /// Where an append landed: what a produce response reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,9 +119,20 @@ pub(crate) struct Inner {
     pub config: RefCell<LogConfig>,
     /// Sorted by base offset; the last one is the active segment.
     pub segments: RefCell<Vec<Rc<Segment>>>,
+    /// The partition directory, opened once: every file of the log is created, renamed and
+    /// removed relative to it. A closed log (its topic deleted and perhaps created again
+    /// under the same name) then can only touch its own, unlinked directory.
+    pub dir_fd: Arc<OwnedFd>,
     pub log_start_offset: Cell<i64>,
-    /// Log end offset: the offset the next batch gets. Single broker: also the high watermark.
+    /// Log end offset: the offset the next batch gets (written, maybe not yet visible).
     pub next_offset: Cell<i64>,
+    /// What readers see: batches below it. Moves to the log end offset when a write group is
+    /// done, after its fdatasync when it had acks=all appends (`durable`), so a consumer
+    /// never reads a record a power loss could take back once acknowledged to acks=all.
+    pub high_watermark: Cell<i64>,
+    /// Set when an fdatasync failed: Linux reports a writeback error once, so later syncs
+    /// would succeed over lost pages. Everything but close is refused from then on.
+    pub offline: RefCell<Option<String>>,
     pub recovery_point: Cell<i64>,
     pub unflushed_records: Cell<u64>,
     pub oldest_unflushed_ms: Cell<Option<i64>>,
@@ -137,8 +154,10 @@ pub struct Log {
 }
 
 impl Log {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         dir: PathBuf,
+        dir_fd: Arc<OwnedFd>,
         topic: String,
         partition: i32,
         config: LogConfig,
@@ -151,15 +170,22 @@ impl Log {
             .expect("a log has a segment")
             .next_offset
             .get();
+        // Whatever the files hold when the log opens is visible.
+        for s in &segments {
+            s.visible_size.set(s.size.get());
+        }
         Log {
             inner: Rc::new(Inner {
                 dir,
+                dir_fd,
                 topic,
                 partition,
                 config: RefCell::new(config),
                 segments: RefCell::new(segments),
                 log_start_offset: Cell::new(log_start_offset),
                 next_offset: Cell::new(next_offset),
+                high_watermark: Cell::new(next_offset),
+                offline: RefCell::new(None),
                 recovery_point: Cell::new(recovery_point),
                 unflushed_records: Cell::new(0),
                 oldest_unflushed_ms: Cell::new(None),
@@ -205,10 +231,34 @@ impl Log {
         self.inner.next_offset.get()
     }
 
-    /// One replica: everything appended is committed, so the high watermark is the log end
-    /// offset. (Also the last stable offset: there are no transactions.)
+    /// One replica: everything written is committed once its write group is done (and, for
+    /// acks=all appends, synced): see `Inner::high_watermark`. (Also the last stable offset:
+    /// there are no transactions.)
     pub fn high_watermark(&self) -> i64 {
-        self.inner.next_offset.get()
+        self.inner.high_watermark.get()
+    }
+
+    /// Why the log is offline (a failed fdatasync), or None while it serves.
+    pub fn offline_reason(&self) -> Option<String> {
+        self.inner.offline.borrow().clone()
+    }
+
+    /// Refuses work on a closed or offline log.
+    fn check_open(&self) -> Result<(), LogError> {
+        if self.inner.closed.get() {
+            return Err(LogError::Closed(self.inner.dir.clone()));
+        }
+        self.check_online()
+    }
+
+    fn check_online(&self) -> Result<(), LogError> {
+        match &*self.inner.offline.borrow() {
+            Some(reason) => Err(LogError::Offline {
+                dir: self.inner.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     pub fn recovery_point(&self) -> i64 {
@@ -244,10 +294,17 @@ impl Log {
     /// flight are merged into the next single vectored write (group commit). `durable` asks for
     /// an fdatasync before the answer (acks=all with a flush-on-ack broker policy).
     pub async fn append(&self, records: BytesMut, durable: bool) -> Result<AppendInfo, LogError> {
-        if self.inner.closed.get() {
-            return Err(LogError::Closed(self.inner.dir.clone()));
-        }
+        self.check_open()?;
         let batches = split_validated(records)?;
+        let claimed: i64 = batches.iter().map(|(h, _)| i64::from(h.record_count)).sum();
+        if claimed > MAX_RELATIVE_OFFSET
+            || self.inner.next_offset.get().checked_add(claimed).is_none()
+        {
+            return Err(LogError::TooManyRecords {
+                records: claimed,
+                max: MAX_RELATIVE_OFFSET,
+            });
+        }
         let bytes: u64 = batches.iter().map(|(h, _)| h.total_len() as u64).sum();
         let segment_bytes = self.inner.config.borrow().segment_bytes;
         if bytes > segment_bytes {
@@ -269,6 +326,7 @@ impl Log {
 
     /// Syncs everything written so far and advances the recovery point.
     pub async fn flush(&self) -> Result<(), LogError> {
+        self.check_open()?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(Work::Flush(tx));
         rx.await
@@ -277,6 +335,7 @@ impl Log {
 
     /// Rolls a new active segment now (no-op on an empty active segment).
     pub async fn roll(&self) -> Result<(), LogError> {
+        self.check_open()?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(Work::Roll(tx));
         rx.await
@@ -325,6 +384,7 @@ impl Log {
         max_bytes: u64,
         min_one_batch: bool,
     ) -> Result<ReadPlan, LogError> {
+        self.check_online()?;
         let hw = self.high_watermark();
         let lso = self.log_start_offset();
         if fetch_offset < lso || fetch_offset > hw {
@@ -342,8 +402,8 @@ impl Log {
             all[i..].to_vec()
         };
         for seg in &segments {
-            // Capture the committed end once: appends during our reads must not extend it.
-            let end = seg.size.get();
+            // Capture the visible end once: appends during our reads must not extend it.
+            let end = seg.visible_size.get();
             if fetch_offset >= seg.next_offset.get() || end == 0 {
                 continue; // past this segment's data (or empty): the next one has it
             }
@@ -387,7 +447,7 @@ impl Log {
         Ok(ReadPlan {
             file: active.file.clone(),
             segment_base_offset: active.base_offset,
-            position: active.size.get(),
+            position: active.visible_size.get(),
             len: 0,
             high_watermark: hw,
             log_start_offset: lso,
@@ -483,6 +543,7 @@ impl Log {
     /// DeleteRecords: advances the log start offset to `offset` (-1: the high watermark) and
     /// deletes the segments wholly below it. Returns the new log start offset.
     pub async fn delete_records(&self, offset: i64) -> Result<i64, LogError> {
+        self.check_open()?;
         let hw = self.high_watermark();
         let target = if offset == -1 { hw } else { offset };
         if target < 0 || target > hw {
@@ -504,6 +565,9 @@ impl Log {
     /// low-priority task. If every segment, the active one included, has expired, the active
     /// one is rolled first so it can go too. Returns the number of segments deleted.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        if self.check_open().is_err() {
+            return Ok(0); // a closed log's files are no longer its to delete
+        }
         let config = self.config();
         self.inner
             .producers
@@ -520,6 +584,7 @@ impl Log {
                     .all(|s| now_ms - s.largest_timestamp() > ms as i64);
                 if all_expired {
                     self.roll().await?;
+                    self.check_open()?; // closed while the roll was queued
                 }
             }
         }
@@ -567,19 +632,8 @@ impl Log {
                 .unwrap_or(segments.len() - 1);
             segments.drain(..keep_from).collect()
         };
-        let ring = runnel_runtime::ring();
         for seg in &doomed {
-            for path in [
-                seg.log_path.clone(),
-                seg.index_path(),
-                seg.time_index_path(),
-            ] {
-                match ring.unlink(&path).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(LogError::io("delete segment", &path, e)),
-                }
-            }
+            delete_segment_files(seg).await?;
             tracing::info!(
                 topic = %self.inner.topic, partition = self.inner.partition,
                 base_offset = seg.base_offset, "deleted segment below log start offset {lso}"
@@ -597,13 +651,20 @@ impl Log {
     /// Clean close: waits for queued appends, syncs the data, writes the active segment's
     /// index files. After this the log refuses appends.
     pub async fn close(&self) -> Result<(), LogError> {
+        // An offline log has data whose sync failed: it must not look cleanly closed (the
+        // broker then writes no clean-shutdown marker, and the next start recovers it).
+        let offline = self.check_online();
         // Refuse appends before flushing, not after: one accepted while the flush runs would
         // be acknowledged yet neither synced nor indexed, and the broker writes its clean
         // shutdown marker next. Appends accepted before this point are queued ahead of the
         // flush, so they are still written and synced.
         self.inner.closed.set(true);
         let result = async {
-            self.flush().await?;
+            offline?;
+            let (tx, rx) = oneshot::channel();
+            self.enqueue(Work::Flush(tx));
+            rx.await
+                .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))?;
             self.active().write_indexes().await?;
             write_producer_snapshot(&self.inner).await
         }
@@ -733,10 +794,10 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
             records += a.records();
             let fits = bytes <= config.segment_bytes
                 && inner.next_offset.get() + records as i64 - active.base_offset
-                    <= i64::from(u32::MAX);
+                    <= MAX_RELATIVE_OFFSET;
             // The first append of a run always goes: it fits after the roll above (or the
-            // segment is empty and takes any append that passed the size check, even if
-            // segment.bytes shrank since).
+            // segment is empty and takes any append that passed the size and record-count
+            // checks of `Log::append`, even if segment.bytes shrank since).
             if n > 0 && !fits {
                 break;
             }
@@ -767,6 +828,12 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
     } else {
         Ok(())
     };
+    // Readers see the group only now, after its sync: a consumer must never read (and
+    // commit past) an acks=all record that a power loss could still take away. A failed
+    // sync leaves it unpublished (and the log offline).
+    if flush_result.is_ok() {
+        publish(log);
+    }
     for (a, r) in done {
         let r = match (&flush_result, r) {
             (Err(e), Ok(_)) if a.durable => Err(storage_error(e)),
@@ -872,6 +939,8 @@ async fn write_run(
     active.last_modified_ms.set(now);
     active.size.set(pos);
     inner.next_offset.set(next);
+    // Idempotence state moves with the write, not with the high watermark: a retry of a
+    // batch written but not yet visible is a duplicate of it, not a second copy.
     inner.producers.borrow_mut().commit(pending);
     let stats = &inner.stats;
     stats
@@ -884,8 +953,24 @@ async fn write_run(
     if inner.oldest_unflushed_ms.get().is_none() {
         inner.oldest_unflushed_ms.set(Some(now));
     }
-    log.wake_waiters();
     Ok(results)
+}
+
+/// Makes everything written so far visible to readers: the high watermark moves to the log
+/// end offset, and each segment's visible size to its written size.
+fn publish(log: &Log) {
+    let inner = &log.inner;
+    if inner.high_watermark.get() == inner.next_offset.get() {
+        return;
+    }
+    for seg in inner.segments.borrow().iter().rev() {
+        if seg.visible_size.get() == seg.size.get() {
+            break; // segments before it were published whole already
+        }
+        seg.visible_size.set(seg.size.get());
+    }
+    inner.high_watermark.set(inner.next_offset.get());
+    log.wake_waiters();
 }
 
 /// Checks the idempotent batches of one append against the producer state. Ok(None): write
@@ -903,6 +988,8 @@ fn check_producers(
     let mut duplicates: Vec<BatchMeta> = Vec::new();
     let mut fresh = 0;
     for (h, _) in &a.batches {
+        // Offsets advance by the claimed record count (validated: lastOffsetDelta + 1); the
+        // producer's baseOffset may be anything and is never used in arithmetic here.
         if h.is_transactional() {
             return Err(LogError::Unsupported(
                 "transactional batches (transactions are not supported)".into(),
@@ -918,7 +1005,7 @@ fn check_producers(
             state.record(&mut scratch, &placed, now);
         }
         fresh += 1;
-        next += h.next_offset() - h.base_offset;
+        next += i64::from(h.record_count);
     }
     match (duplicates.first(), duplicates.last()) {
         (Some(first), Some(last)) if fresh == 0 => Ok(Some(AppendInfo {
@@ -1022,22 +1109,39 @@ fn needs_roll(
         .segment_ms
         .zip(active.rolling_base_ms.get())
         .is_some_and(|(ms, base)| now - base >= ms as i64);
-    // Relative offsets in the index are u32.
+    // Relative offsets in the indexes (see MAX_RELATIVE_OFFSET).
     let offsets_overflow =
-        next_offset + incoming_records as i64 - active.base_offset > i64::from(u32::MAX);
+        next_offset + incoming_records as i64 - active.base_offset > MAX_RELATIVE_OFFSET;
     full || old || offsets_overflow
 }
 
-/// Closes the active segment (seals and writes its indexes) and starts a new one at the log
-/// end offset.
+/// Closes the active segment (syncs it, seals and writes its indexes) and starts a new one at
+/// the log end offset.
 async fn roll_now(log: &Log) -> Result<(), LogError> {
     let inner = &log.inner;
+    if inner.closed.get() {
+        // Its directory may already be gone (topic deleted): create nothing more in it.
+        return Err(LogError::Closed(inner.dir.clone()));
+    }
     let old = log.active();
+    // The old segment's data must be on disk before anything of the new segment is: after a
+    // power loss, a durable new segment and producer snapshot above an older segment that
+    // lost its tail would claim batches that are gone (a retry of one would be answered as a
+    // duplicate at offsets not in the log). Recovery also treats a gap between segments as
+    // the end of the log. One fdatasync per roll.
+    flush_now(log).await?;
     old.seal_time_index();
     old.write_indexes().await?;
     let base = inner.next_offset.get();
     let config = inner.config.borrow().clone();
-    let seg = create_segment(&inner.dir, base, config.preallocate, config.segment_bytes).await?;
+    let seg = create_segment(
+        &inner.dir,
+        &inner.dir_fd,
+        base,
+        config.preallocate,
+        config.segment_bytes,
+    )
+    .await?;
     inner.segments.borrow_mut().push(Rc::new(seg));
     inner.dir_dirty.set(true);
     inner.stats.rolls.set(inner.stats.rolls.get() + 1);
@@ -1058,28 +1162,41 @@ async fn roll_now(log: &Log) -> Result<(), LogError> {
 /// newest two snapshots.
 pub(crate) async fn write_producer_snapshot(inner: &Inner) -> Result<(), LogError> {
     let offset = inner.next_offset.get();
-    let path = inner.dir.join(file_name(offset, SNAPSHOT_SUFFIX));
+    let name = file_name(offset, SNAPSHOT_SUFFIX);
+    let path = inner.dir.join(&name);
     let bytes = inner.producers.borrow().encode();
-    crate::checkpoint::write_atomic(&path, bytes.into())
+    crate::checkpoint::write_atomic_at(&inner.dir_fd, &name, bytes.into())
         .await
         .map_err(|e| LogError::io("write producer snapshot", &path, e))?;
-    let mut offsets = list_snapshots(&inner.dir)?;
+    let mut offsets = list_snapshots(&inner.dir, &inner.dir_fd)?;
     offsets.sort_unstable();
     let keep_from = offsets.len().saturating_sub(2);
     for old in &offsets[..keep_from] {
-        let p = inner.dir.join(file_name(*old, SNAPSHOT_SUFFIX));
-        let _ = runnel_runtime::ring().unlink(&p).await;
+        let _ = runnel_runtime::ring()
+            .unlink_at(&inner.dir_fd, &file_name(*old, SNAPSHOT_SUFFIX))
+            .await;
     }
     Ok(())
 }
 
-/// The offsets of the producer state snapshots in a partition directory.
-pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<i64>, LogError> {
+/// The offsets of the producer state snapshots in a partition directory. Snapshots named
+/// by older versions (`<offset>..snapshot`) are renamed to Kafka's name on the way.
+pub(crate) fn list_snapshots(dir: &Path, dir_fd: &OwnedFd) -> Result<Vec<i64>, LogError> {
     let io = |e| LogError::io("list log dir", dir, e);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let name = entry.map_err(io)?.file_name();
-        if let Some(o) = crate::segment::parse_file_name(&name.to_string_lossy(), SNAPSHOT_SUFFIX) {
+        let name = name.to_string_lossy();
+        if let Some(o) = crate::segment::parse_file_name(&name, SNAPSHOT_SUFFIX) {
+            out.push(o);
+        } else if let Some(o) = name
+            .strip_suffix(SNAPSHOT_SUFFIX)
+            .and_then(|s| s.strip_suffix('.'))
+            .and_then(|stem| crate::segment::parse_file_name(stem, ""))
+        {
+            let new = file_name(o, SNAPSHOT_SUFFIX);
+            rustix::fs::renameat(dir_fd, &*name, dir_fd, &new)
+                .map_err(|e| LogError::io("rename producer snapshot", &dir.join(&new), e.into()))?;
             out.push(o);
         }
     }
@@ -1096,7 +1213,7 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
     let lso = log.log_start_offset();
     let mut state = ProducerState::default();
     let mut from = i64::MIN;
-    let snapshots = list_snapshots(&inner.dir)?;
+    let snapshots = list_snapshots(&inner.dir, &inner.dir_fd)?;
     for &o in snapshots.iter().filter(|&&o| o > leo) {
         let _ = std::fs::remove_file(inner.dir.join(file_name(o, SNAPSHOT_SUFFIX)));
     }
@@ -1147,19 +1264,15 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
 /// changing the file size (FALLOC_FL_KEEP_SIZE), so recovery still sees only real data.
 pub(crate) async fn create_segment(
     dir: &Path,
+    dir_fd: &Arc<OwnedFd>,
     base_offset: i64,
     preallocate: bool,
     segment_bytes: u64,
 ) -> Result<Segment, LogError> {
-    let path = dir.join(file_name(base_offset, LOG_SUFFIX));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(|e| LogError::io("create segment", &path, e))?;
-    let seg = Segment::new(dir, base_offset, file.into(), 0, now_ms());
+    let name = file_name(base_offset, LOG_SUFFIX);
+    let file = crate::segment::create_at(dir_fd, &name)
+        .map_err(|e| LogError::io("create segment", &dir.join(&name), e))?;
+    let seg = Segment::new(dir, dir_fd.clone(), base_offset, file, 0, now_ms());
     if preallocate {
         // Best effort: a filesystem without fallocate simply allocates as we write.
         let _ = runnel_runtime::ring()
@@ -1172,6 +1285,24 @@ pub(crate) async fn create_segment(
 /// fdatasync of every segment with unsynced bytes (and the directory if files came or went),
 /// then the recovery point moves to the log end offset as it was when the flush began.
 pub(crate) async fn flush_now(log: &Log) -> Result<(), LogError> {
+    log.check_online()?;
+    let result = sync_all(log).await;
+    if let Err(e) = &result {
+        // As Kafka takes a log dir offline on an I/O error: a failed fdatasync may have lost
+        // pages that readers already saw, and Linux reports it only once (the next fdatasync
+        // would succeed), so nothing written here can be trusted until recovery re-reads it.
+        let inner = &log.inner;
+        tracing::error!(
+            topic = %inner.topic, partition = inner.partition,
+            "{e}: the partition is offline until the broker restarts and recovers it"
+        );
+        *inner.offline.borrow_mut() = Some(e.to_string());
+        log.wake_waiters();
+    }
+    result
+}
+
+async fn sync_all(log: &Log) -> Result<(), LogError> {
     let inner = &log.inner;
     let target = inner.next_offset.get();
     let dirty: Vec<Rc<Segment>> = inner
@@ -1191,7 +1322,7 @@ pub(crate) async fn flush_now(log: &Log) -> Result<(), LogError> {
         seg.synced_size.set(size);
     }
     if inner.dir_dirty.replace(false) {
-        if let Err(e) = sync_dir(&inner.dir).await {
+        if let Err(e) = ring.fdatasync(&inner.dir_fd).await {
             inner.dir_dirty.set(true);
             return Err(LogError::io("fsync directory", &inner.dir, e));
         }
@@ -1206,11 +1337,34 @@ pub(crate) async fn flush_now(log: &Log) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Removes a segment's files (relative to its directory descriptor; missing ones are fine).
+pub(crate) async fn delete_segment_files(seg: &Segment) -> Result<(), LogError> {
+    let ring = runnel_runtime::ring();
+    for name in seg.file_names() {
+        match ring.unlink_at(&seg.dir_fd, &name).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(LogError::io(
+                    "delete segment",
+                    &seg.log_path.with_file_name(&name),
+                    e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A copy of a write-path error for each append it fails (io::Error is not Clone). An I/O
 /// error keeps its operation, file and errno (ENOSPC stays ENOSPC for the caller).
 fn storage_error(e: &LogError) -> LogError {
     match e {
         LogError::Closed(p) => LogError::Closed(p.clone()),
+        LogError::Offline { dir, reason } => LogError::Offline {
+            dir: dir.clone(),
+            reason: reason.clone(),
+        },
         LogError::Io { op, path, source } => LogError::Io {
             op,
             path: path.clone(),
@@ -1247,7 +1401,11 @@ impl Future for WaitForData {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        if this.inner.next_offset.get() > this.offset || this.inner.closed.get() {
+        let inner = &this.inner;
+        if inner.high_watermark.get() > this.offset
+            || inner.closed.get()
+            || inner.offline.borrow().is_some()
+        {
             if let Some(id) = this.id.take() {
                 this.inner.waiters.borrow_mut().wakers.remove(&id);
             }

@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 /// Batches remembered per producer for duplicate detection (Kafka's, and the clients'
 /// max.in.flight.requests.per.connection limit with idempotence).
 pub const CACHED_BATCHES: usize = 5;
-pub const SNAPSHOT_SUFFIX: &str = ".snapshot";
+pub const SNAPSHOT_SUFFIX: &str = "snapshot";
 const MAGIC: &[u8; 4] = b"RNPS";
 const VERSION: u16 = 1;
 

@@ -42,6 +42,11 @@ impl Log {
                 .await
                 .map_err(|e| LogError::io("fsync directory", parent, e))?;
         }
+        let dir_fd: Arc<OwnedFd> = Arc::new(
+            std::fs::File::open(dir)
+                .map_err(|e| LogError::io("open log dir", dir, e))?
+                .into(),
+        );
         let bases = list_segments(dir)?;
         let interval = config.index_interval_bytes;
         let mut segments: Vec<Rc<Segment>> = Vec::new();
@@ -65,7 +70,7 @@ impl Log {
 
         let mut truncated = false;
         for &base in &bases {
-            let seg = open_segment(dir, base)?;
+            let seg = open_segment(dir, &dir_fd, base)?;
             if truncated {
                 // Everything after a truncation point is unreachable: the log is contiguous.
                 delete_segment_files(&seg).await?;
@@ -73,6 +78,22 @@ impl Log {
                 continue;
             }
             if let Some(prev) = segments.last() {
+                if base > prev.next_offset.get() {
+                    // A gap: the previous segment lost a tail it had when this one was rolled
+                    // (a power loss before its data reached the disk). The log ends where the
+                    // surviving data ends; this segment and all after it go, and so do
+                    // producer snapshots above the new end (restore_producers).
+                    tracing::warn!(
+                        path = %seg.log_path.display(),
+                        "segment starts at offset {base} but the previous one ends at {}: \
+                         the log ends there",
+                        prev.next_offset.get()
+                    );
+                    truncated = true;
+                    delete_segment_files(&seg).await?;
+                    dir_changed = true;
+                    continue;
+                }
                 if base < prev.next_offset.get() {
                     return Err(LogError::Corrupt {
                         path: seg.log_path.clone(),
@@ -132,7 +153,8 @@ impl Log {
                 dir_changed = true;
                 let base = requested_start.max(next_offset.unwrap_or(0));
                 segments.push(Rc::new(
-                    create_segment(dir, base, config.preallocate, config.segment_bytes).await?,
+                    create_segment(dir, &dir_fd, base, config.preallocate, config.segment_bytes)
+                        .await?,
                 ));
                 base
             }
@@ -144,6 +166,7 @@ impl Log {
         let log_end_offset = active.next_offset.get();
         let log = Log::from_parts(
             dir.to_path_buf(),
+            dir_fd,
             topic.to_string(),
             partition,
             config,
@@ -208,7 +231,7 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
     Ok(logs)
 }
 
-fn open_segment(dir: &Path, base: i64) -> Result<Segment, LogError> {
+fn open_segment(dir: &Path, dir_fd: &Arc<OwnedFd>, base: i64) -> Result<Segment, LogError> {
     let path = dir.join(crate::file_name(base, LOG_SUFFIX));
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -223,24 +246,19 @@ fn open_segment(dir: &Path, base: i64) -> Result<Segment, LogError> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or_else(now_ms, |d| d.as_millis() as i64);
-    Ok(Segment::new(dir, base, file.into(), meta.len(), mtime_ms))
+    Ok(Segment::new(
+        dir,
+        dir_fd.clone(),
+        base,
+        file.into(),
+        meta.len(),
+        mtime_ms,
+    ))
 }
 
 async fn delete_segment_files(seg: &Segment) -> Result<(), LogError> {
-    let ring = runnel_runtime::ring();
-    for path in [
-        seg.log_path.clone(),
-        seg.index_path(),
-        seg.time_index_path(),
-    ] {
-        match ring.unlink(&path).await {
-            Ok(()) => {
-                tracing::warn!(path = %path.display(), "deleted segment file past the recovered log end")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LogError::io("delete segment", &path, e)),
-        }
-    }
+    crate::log::delete_segment_files(seg).await?;
+    tracing::warn!(path = %seg.log_path.display(), "deleted segment past the recovered log end");
     Ok(())
 }
 

@@ -26,12 +26,33 @@ pub fn parse_file_name(name: &str, suffix: &str) -> Option<i64> {
     stem.parse().ok()
 }
 
+/// Creates (or truncates) the file `name` in the directory `dir`, opened read-write.
+pub(crate) fn create_at(
+    dir: &OwnedFd,
+    name: impl AsRef<std::ffi::OsStr>,
+) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::openat(
+        dir,
+        name.as_ref(),
+        OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(Into::into)
+}
+
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub file: Arc<OwnedFd>,
+    /// The partition directory this segment's files are created and removed in (by name,
+    /// relative to this descriptor: never by path, see [`crate::Log`]'s `dir_fd`).
+    pub dir_fd: Arc<OwnedFd>,
     pub log_path: PathBuf,
-    /// Bytes of whole, written batches. Readers never look past it.
+    /// Bytes of whole, written batches: where the writer appends next.
     pub size: Cell<u64>,
+    /// Bytes readers may see: batches below the high watermark. Lags `size` while an
+    /// acks=all write waits for its fdatasync.
+    pub visible_size: Cell<u64>,
     /// Offset after the last batch (== base_offset while empty).
     pub next_offset: Cell<i64>,
     pub index: RefCell<OffsetIndex>,
@@ -51,12 +72,21 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub fn new(dir: &Path, base_offset: i64, file: OwnedFd, size: u64, mtime_ms: i64) -> Segment {
+    pub fn new(
+        dir: &Path,
+        dir_fd: Arc<OwnedFd>,
+        base_offset: i64,
+        file: OwnedFd,
+        size: u64,
+        mtime_ms: i64,
+    ) -> Segment {
         Segment {
             base_offset,
             file: Arc::new(file),
+            dir_fd,
             log_path: dir.join(file_name(base_offset, LOG_SUFFIX)),
             size: Cell::new(size),
+            visible_size: Cell::new(size),
             next_offset: Cell::new(base_offset),
             index: RefCell::new(OffsetIndex::default()),
             time_index: RefCell::new(TimeIndex::default()),
@@ -90,9 +120,16 @@ impl Segment {
         }
     }
 
+    /// `offset` relative to the segment's base, as the indexes store it. The writer rolls
+    /// before an append would pass [`crate::MAX_RELATIVE_OFFSET`], so this fits; it clamps
+    /// rather than wraps should that ever not hold (a wrapped value would corrupt the index).
     pub fn relative(&self, offset: i64) -> u32 {
-        debug_assert!(offset >= self.base_offset);
-        (offset - self.base_offset) as u32
+        u32::try_from(offset.saturating_sub(self.base_offset).max(0)).unwrap_or(u32::MAX)
+    }
+
+    /// The names of this segment's three files in its directory.
+    pub fn file_names(&self) -> [String; 3] {
+        [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX].map(|sfx| file_name(self.base_offset, sfx))
     }
 
     /// Index bookkeeping for a batch that now lies whole in the file at `position`, as Kafka's
@@ -150,7 +187,8 @@ impl Segment {
             (self.time_index_path(), time_index),
         ] {
             let io = |e| LogError::io("write index", &path, e);
-            let file: Arc<OwnedFd> = Arc::new(std::fs::File::create(&path).map_err(io)?.into());
+            let name = path.file_name().unwrap_or_default();
+            let file: Arc<OwnedFd> = Arc::new(create_at(&self.dir_fd, name).map_err(io)?);
             ring.write_all_at(&file, 0, vec![bytes.into()])
                 .await
                 .map_err(|(e, _)| io(e))?;

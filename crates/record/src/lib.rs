@@ -150,6 +150,15 @@ pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) {
         | header::ATTR_TIMESTAMP_TYPE;
     batch[OFF_ATTRIBUTES..OFF_ATTRIBUTES + 2].copy_from_slice(&attributes.to_be_bytes());
     batch[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    set_crc(batch);
+}
+
+/// Recomputes the CRC-32C over attributes..end of `batch` (exactly one batch) and writes it
+/// into the header: for code that edits CRC-covered header fields (LogAppendTime, the load
+/// generator's patched batches, tests that craft batches with false claims).
+///
+/// Panics if `batch` is shorter than the header.
+pub fn set_crc(batch: &mut [u8]) {
     let crc = crc32c::crc32c(&batch[OFF_ATTRIBUTES..]);
     batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }

@@ -310,6 +310,9 @@ impl Ring {
 
     /// fdatasync(2) through the ring, so a flush never blocks the executor thread.
     pub async fn fdatasync(self: &Rc<Self>, file: &Arc<OwnedFd>) -> io::Result<()> {
+        if let Some(e) = crate::fault::fdatasync_fault(file) {
+            return Err(e);
+        }
         let entry = opcode::Fsync::new(types::Fd(file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
             .build();
@@ -345,6 +348,17 @@ impl Ring {
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let entry = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), c.as_ptr()).build();
         self.run(entry, Box::new(c)).await.map(|_| ())
+    }
+
+    /// unlinkat(2) of `name` in the directory `dir`, through the ring. A log removes its files
+    /// relative to the directory it opened, so a log that was closed (its topic deleted, and
+    /// maybe created again under the same name) can never remove a newer directory's files.
+    pub async fn unlink_at(self: &Rc<Self>, dir: &Arc<OwnedFd>, name: &str) -> io::Result<()> {
+        let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let entry = opcode::UnlinkAt::new(types::Fd(dir.as_raw_fd()), c.as_ptr()).build();
+        self.run(entry, Box::new((dir.clone(), c)))
+            .await
+            .map(|_| ())
     }
 
     /// Linked splice pair: `len` bytes from `file` at `offset` into the pipe, then from the
