@@ -963,10 +963,13 @@ fn publish(log: &Log) {
     if inner.high_watermark.get() == inner.next_offset.get() {
         return;
     }
+    let published = inner.high_watermark.get();
     for seg in inner.segments.borrow().iter().rev() {
-        if seg.visible_size.get() == seg.size.get() {
-            break; // segments before it were published whole already
+        if seg.next_offset.get() <= published {
+            break; // this segment and all before it were published whole already
         }
+        // (An empty segment rolled after the last write is passed over: data before it may
+        // still be unpublished.)
         seg.visible_size.set(seg.size.get());
     }
     inner.high_watermark.set(inner.next_offset.get());
