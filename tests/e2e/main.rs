@@ -4,6 +4,7 @@
 mod bench_tool;
 mod clients;
 mod common;
+mod durability;
 mod groups;
 mod idempotence;
 mod protocol;

@@ -169,6 +169,11 @@ pub async fn delete_records(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 .with_low_watermark(-1);
             match locate(shard, &t.name.0, p.partition_index) {
                 Err(c) => r = r.with_error_code(c),
+                // As Kafka: records of an internal topic are the broker's. Deleting committed
+                // offsets would lose every group's position at the next restart's replay.
+                Ok((name, _)) if &*name == crate::offsets_store::TOPIC => {
+                    r = r.with_error_code(code::INVALID_TOPIC_EXCEPTION)
+                }
                 Ok((name, owner)) => {
                     let key = (name, p.partition_index);
                     let offset = p.offset;

@@ -45,7 +45,7 @@ pub fn run(config: Config) -> Result<(), String> {
     shard::remove_deleted_dirs(&data_dir);
     let snapshot = ensure_offsets_topic(&data_dir, metadata::load(&data_dir)?, &config)?;
     let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
-    let clean_shutdown = marker.exists();
+    let clean_shutdown = take_clean_shutdown_marker(&data_dir, &marker)?;
     let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
     let log_start_offsets = read_checkpoint(&data_dir, checkpoint::LOG_START_OFFSET_CHECKPOINT)?;
     let nr_shards = config.shards();
@@ -98,17 +98,11 @@ pub fn run(config: Config) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the shard executors: {e}"))?;
 
-    // Once every shard has opened its logs, the next crash is an unclean one again.
     while shared.ready.load(Ordering::Acquire) < nr_shards && !shared.stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(reserve);
     if shared.ready.load(Ordering::Acquire) == nr_shards {
-        if let Err(e) = std::fs::remove_file(&marker) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(format!("cannot remove {}: {e}", marker.display()));
-            }
-        }
         tracing::info!(listen = %listen, "runnel is ready");
     }
 
@@ -157,6 +151,22 @@ pub fn run(config: Config) -> Result<(), String> {
         tracing::warn!("runnel stopped; a partition failed to close, the next start recovers");
     }
     Ok(())
+}
+
+/// Whether the last shutdown was clean, and from now on it is not: the marker is removed and
+/// the removal made durable before any log is opened, so a crash at any later moment (a log
+/// half open, clients already writing) makes the next start recover. A stale marker would
+/// let the next start trust torn tails and skip every CRC check.
+fn take_clean_shutdown_marker(data_dir: &Path, marker: &Path) -> Result<bool, String> {
+    match std::fs::remove_file(marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("cannot remove {}: {e}", marker.display())),
+    }
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))?;
+    Ok(true)
 }
 
 async fn shard_main(

@@ -275,7 +275,7 @@ impl Shard {
             ShardMsg::Offsets { key, reply } => {
                 let r = self
                     .log(&key)
-                    .map(|log| (log.log_start_offset(), log.log_end_offset()));
+                    .map(|log| (log.log_start_offset(), log.high_watermark()));
                 let _ = reply.send(r);
             }
             ShardMsg::Checkpoint { reply } => {
