@@ -345,6 +345,9 @@ impl Log {
     /// flush.ms: flushes if unflushed data is older than the policy allows. The owner shard
     /// calls this from one periodic task for all its logs (no timer per partition).
     pub async fn flush_if_due(&self, now_ms: i64) -> Result<bool, LogError> {
+        if self.check_open().is_err() {
+            return Ok(false); // an offline log said so once, loudly; no error every tick
+        }
         let Some(flush_ms) = self.inner.config.borrow().flush_ms else {
             return Ok(false);
         };

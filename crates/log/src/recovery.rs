@@ -3,7 +3,10 @@
 //! After a clean shutdown the indexes are trusted and only each segment's tail (past its last
 //! index entry) is read to find the log end offset. Otherwise every segment from the one
 //! holding the recovery point on is re-read: each batch's CRC and offsets are checked, the
-//! indexes rebuilt, and the file truncated at the first invalid byte; later segments go.
+//! indexes rebuilt, and the file truncated at the first invalid byte; later segments go. A
+//! segment that starts past the end of the one before it ends the log the same way: the older
+//! segment lost a tail (a power loss before its data reached the disk) that the newer one was
+//! rolled after.
 //! Damage below the recovery point (data that was flushed) is never truncated away silently:
 //! the log refuses to open.
 

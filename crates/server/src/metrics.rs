@@ -26,6 +26,10 @@ impl Counter {
             .store(self.0.load(Ordering::Relaxed) - n, Ordering::Relaxed);
     }
 
+    pub fn set(&self, n: u64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -64,6 +68,7 @@ counters! {
     fetch_bytes_copied: "counter", "Record bytes sent to consumers by reading them into user space (--zero-copy=off).";
     produce_bytes_copied: "counter", "Produce record bytes copied in user space (0 unless a frame was shared).";
     cross_shard_messages: "counter", "Messages sent to another shard.";
+    offline_partitions: "gauge", "Partitions taken offline by a storage error (a failed fdatasync); they refuse produce and fetch until a restart recovers them.";
 }
 
 /// The Prometheus text exposition of every shard's counters.

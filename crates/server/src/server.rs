@@ -528,6 +528,8 @@ async fn background(shard: Rc<Shard>) {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         let now = runnel_now_ms();
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
+        let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count();
+        shard.counters().offline_partitions.set(offline as u64);
         for log in &logs {
             if let Err(e) = log.flush_if_due(now).await {
                 tracing::error!(
