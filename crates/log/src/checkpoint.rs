@@ -104,7 +104,7 @@ pub async fn write_atomic(path: &Path, contents: bytes::Bytes) -> io::Result<()>
 }
 
 /// [`write_atomic`] for the file `name` in the directory `dir`, by name relative to the
-/// descriptor (see `Log`'s `dir_fd`): a log whose directory was removed and created again
+/// descriptor (see `Log`'s `dir_id`): a log whose directory was removed and created again
 /// under the same path never writes into the new one.
 pub async fn write_atomic_at(
     dir: &Arc<OwnedFd>,

@@ -119,10 +119,12 @@ pub(crate) struct Inner {
     pub config: RefCell<LogConfig>,
     /// Sorted by base offset; the last one is the active segment.
     pub segments: RefCell<Vec<Rc<Segment>>>,
-    /// The partition directory, opened once: every file of the log is created, renamed and
-    /// removed relative to it. A closed log (its topic deleted and perhaps created again
-    /// under the same name) then can only touch its own, unlinked directory.
-    pub dir_fd: Arc<OwnedFd>,
+    /// The partition directory's (device, inode) when the log was opened: every file of the
+    /// log is created, renamed and removed relative to a descriptor of the directory that is
+    /// checked to be this one (`open_dir`), so a handle that outlived its topic (deleted, and
+    /// perhaps created again under the same name) never touches another log's files. Not a
+    /// descriptor held open: that would cost one more per partition.
+    pub dir_id: (u64, u64),
     pub log_start_offset: Cell<i64>,
     /// Log end offset: the offset the next batch gets (written, maybe not yet visible).
     pub next_offset: Cell<i64>,
@@ -147,6 +149,24 @@ pub(crate) struct Inner {
     pub producers: RefCell<ProducerState>,
 }
 
+impl Inner {
+    /// The partition directory, opened now and checked to be the one the log was opened in
+    /// (same device and inode): files are created and removed relative to it. A log whose
+    /// directory is gone or replaced gets `Closed`.
+    pub(crate) fn open_dir(&self) -> Result<Arc<OwnedFd>, LogError> {
+        use std::os::unix::fs::MetadataExt;
+        let gone = || LogError::Closed(self.dir.clone());
+        let file = std::fs::File::open(&self.dir).map_err(|_| gone())?;
+        let meta = file
+            .metadata()
+            .map_err(|e| LogError::io("stat log dir", &self.dir, e))?;
+        if (meta.dev(), meta.ino()) != self.dir_id {
+            return Err(gone());
+        }
+        Ok(Arc::new(file.into()))
+    }
+}
+
 /// A partition log. Cheap to clone (a handle); lives on its owner shard's thread.
 #[derive(Clone)]
 pub struct Log {
@@ -157,7 +177,7 @@ impl Log {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         dir: PathBuf,
-        dir_fd: Arc<OwnedFd>,
+        dir_id: (u64, u64),
         topic: String,
         partition: i32,
         config: LogConfig,
@@ -177,7 +197,7 @@ impl Log {
         Log {
             inner: Rc::new(Inner {
                 dir,
-                dir_fd,
+                dir_id,
                 topic,
                 partition,
                 config: RefCell::new(config),
@@ -627,16 +647,21 @@ impl Log {
         let lso = self.log_start_offset();
         // Producers whose every remembered batch is gone are forgotten, as in Kafka.
         self.inner.producers.borrow_mut().remove_below(lso);
-        let doomed: Vec<Rc<Segment>> = {
-            let mut segments = self.inner.segments.borrow_mut();
-            let keep_from = segments[..segments.len() - 1]
+        let count = {
+            let segments = self.inner.segments.borrow();
+            segments[..segments.len() - 1]
                 .iter()
                 .position(|s| s.next_offset.get() > lso)
-                .unwrap_or(segments.len() - 1);
-            segments.drain(..keep_from).collect()
+                .unwrap_or(segments.len() - 1)
         };
+        if count == 0 {
+            return Ok(0);
+        }
+        // The directory first: a log whose directory went (topic deleted) keeps its list.
+        let dir = self.inner.open_dir()?;
+        let doomed: Vec<Rc<Segment>> = self.inner.segments.borrow_mut().drain(..count).collect();
         for seg in &doomed {
-            delete_segment_files(seg).await?;
+            delete_segment_files(&dir, seg).await?;
             tracing::info!(
                 topic = %self.inner.topic, partition = self.inner.partition,
                 base_offset = seg.base_offset, "deleted segment below log start offset {lso}"
@@ -668,7 +693,8 @@ impl Log {
             self.enqueue(Work::Flush(tx));
             rx.await
                 .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))?;
-            self.active().write_indexes().await?;
+            let dir = self.inner.open_dir()?;
+            self.active().write_indexes(&dir).await?;
             write_producer_snapshot(&self.inner).await
         }
         .await;
@@ -1130,6 +1156,7 @@ async fn roll_now(log: &Log) -> Result<(), LogError> {
         return Err(LogError::Closed(inner.dir.clone()));
     }
     let old = log.active();
+    let dir = inner.open_dir()?;
     // The old segment's data must be on disk before anything of the new segment is: after a
     // power loss, a durable new segment and producer snapshot above an older segment that
     // lost its tail would claim batches that are gone (a retry of one would be answered as a
@@ -1137,12 +1164,12 @@ async fn roll_now(log: &Log) -> Result<(), LogError> {
     // the end of the log. One fdatasync per roll.
     flush_now(log).await?;
     old.seal_time_index();
-    old.write_indexes().await?;
+    old.write_indexes(&dir).await?;
     let base = inner.next_offset.get();
     let config = inner.config.borrow().clone();
     let seg = create_segment(
         &inner.dir,
-        &inner.dir_fd,
+        &dir,
         base,
         config.preallocate,
         config.segment_bytes,
@@ -1171,15 +1198,16 @@ pub(crate) async fn write_producer_snapshot(inner: &Inner) -> Result<(), LogErro
     let name = file_name(offset, SNAPSHOT_SUFFIX);
     let path = inner.dir.join(&name);
     let bytes = inner.producers.borrow().encode();
-    crate::checkpoint::write_atomic_at(&inner.dir_fd, &name, bytes.into())
+    let dir = inner.open_dir()?;
+    crate::checkpoint::write_atomic_at(&dir, &name, bytes.into())
         .await
         .map_err(|e| LogError::io("write producer snapshot", &path, e))?;
-    let mut offsets = list_snapshots(&inner.dir, &inner.dir_fd)?;
+    let mut offsets = list_snapshots(&inner.dir, &dir)?;
     offsets.sort_unstable();
     let keep_from = offsets.len().saturating_sub(2);
     for old in &offsets[..keep_from] {
         let _ = runnel_runtime::ring()
-            .unlink_at(&inner.dir_fd, &file_name(*old, SNAPSHOT_SUFFIX))
+            .unlink_at(&dir, &file_name(*old, SNAPSHOT_SUFFIX))
             .await;
     }
     Ok(())
@@ -1219,7 +1247,7 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
     let lso = log.log_start_offset();
     let mut state = ProducerState::default();
     let mut from = i64::MIN;
-    let snapshots = list_snapshots(&inner.dir, &inner.dir_fd)?;
+    let snapshots = list_snapshots(&inner.dir, &*inner.open_dir()?)?;
     for &o in snapshots.iter().filter(|&&o| o > leo) {
         let _ = std::fs::remove_file(inner.dir.join(file_name(o, SNAPSHOT_SUFFIX)));
     }
@@ -1278,7 +1306,7 @@ pub(crate) async fn create_segment(
     let name = file_name(base_offset, LOG_SUFFIX);
     let file = crate::segment::create_at(dir_fd, &name)
         .map_err(|e| LogError::io("create segment", &dir.join(&name), e))?;
-    let seg = Segment::new(dir, dir_fd.clone(), base_offset, file, 0, now_ms());
+    let seg = Segment::new(dir, base_offset, file, 0, now_ms());
     if preallocate {
         // Best effort: a filesystem without fallocate simply allocates as we write.
         let _ = runnel_runtime::ring()
@@ -1328,7 +1356,11 @@ async fn sync_all(log: &Log) -> Result<(), LogError> {
         seg.synced_size.set(size);
     }
     if inner.dir_dirty.replace(false) {
-        if let Err(e) = ring.fdatasync(&inner.dir_fd).await {
+        let synced = match inner.open_dir() {
+            Ok(dir) => ring.fdatasync(&dir).await,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        if let Err(e) = synced {
             inner.dir_dirty.set(true);
             return Err(LogError::io("fsync directory", &inner.dir, e));
         }
@@ -1344,10 +1376,13 @@ async fn sync_all(log: &Log) -> Result<(), LogError> {
 }
 
 /// Removes a segment's files (relative to its directory descriptor; missing ones are fine).
-pub(crate) async fn delete_segment_files(seg: &Segment) -> Result<(), LogError> {
+pub(crate) async fn delete_segment_files(
+    dir: &Arc<OwnedFd>,
+    seg: &Segment,
+) -> Result<(), LogError> {
     let ring = runnel_runtime::ring();
     for name in seg.file_names() {
-        match ring.unlink_at(&seg.dir_fd, &name).await {
+        match ring.unlink_at(dir, &name).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {

@@ -45,11 +45,17 @@ impl Log {
                 .await
                 .map_err(|e| LogError::io("fsync directory", parent, e))?;
         }
-        let dir_fd: Arc<OwnedFd> = Arc::new(
-            std::fs::File::open(dir)
-                .map_err(|e| LogError::io("open log dir", dir, e))?
-                .into(),
-        );
+        let dir_file =
+            std::fs::File::open(dir).map_err(|e| LogError::io("open log dir", dir, e))?;
+        let dir_meta = dir_file
+            .metadata()
+            .map_err(|e| LogError::io("stat log dir", dir, e))?;
+        let dir_id = {
+            use std::os::unix::fs::MetadataExt;
+            (dir_meta.dev(), dir_meta.ino())
+        };
+        // Held only while the log opens (see `Inner::dir_id`).
+        let dir_fd: Arc<OwnedFd> = Arc::new(dir_file.into());
         let bases = list_segments(dir)?;
         let interval = config.index_interval_bytes;
         let mut segments: Vec<Rc<Segment>> = Vec::new();
@@ -73,10 +79,10 @@ impl Log {
 
         let mut truncated = false;
         for &base in &bases {
-            let seg = open_segment(dir, &dir_fd, base)?;
+            let seg = open_segment(dir, base)?;
             if truncated {
                 // Everything after a truncation point is unreachable: the log is contiguous.
-                delete_segment_files(&seg).await?;
+                delete_segment_files(&dir_fd, &seg).await?;
                 dir_changed = true;
                 continue;
             }
@@ -93,7 +99,7 @@ impl Log {
                         prev.next_offset.get()
                     );
                     truncated = true;
-                    delete_segment_files(&seg).await?;
+                    delete_segment_files(&dir_fd, &seg).await?;
                     dir_changed = true;
                     continue;
                 }
@@ -136,7 +142,7 @@ impl Log {
                     // As a roll leaves it (and as Kafka's recovery does): the time index ends
                     // with the segment's largest timestamp.
                     seg.seal_time_index();
-                    seg.write_indexes().await?;
+                    seg.write_indexes(&dir_fd).await?;
                 }
             }
             segments.push(Rc::new(seg));
@@ -151,7 +157,7 @@ impl Log {
             _ => {
                 // No data, or the checkpointed start lies past what survived: start empty there.
                 for seg in segments.drain(..) {
-                    delete_segment_files(&seg).await?;
+                    delete_segment_files(&dir_fd, &seg).await?;
                 }
                 dir_changed = true;
                 let base = requested_start.max(next_offset.unwrap_or(0));
@@ -169,7 +175,7 @@ impl Log {
         let log_end_offset = active.next_offset.get();
         let log = Log::from_parts(
             dir.to_path_buf(),
-            dir_fd,
+            dir_id,
             topic.to_string(),
             partition,
             config,
@@ -234,7 +240,7 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
     Ok(logs)
 }
 
-fn open_segment(dir: &Path, dir_fd: &Arc<OwnedFd>, base: i64) -> Result<Segment, LogError> {
+fn open_segment(dir: &Path, base: i64) -> Result<Segment, LogError> {
     let path = dir.join(crate::file_name(base, LOG_SUFFIX));
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -249,18 +255,11 @@ fn open_segment(dir: &Path, dir_fd: &Arc<OwnedFd>, base: i64) -> Result<Segment,
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or_else(now_ms, |d| d.as_millis() as i64);
-    Ok(Segment::new(
-        dir,
-        dir_fd.clone(),
-        base,
-        file.into(),
-        meta.len(),
-        mtime_ms,
-    ))
+    Ok(Segment::new(dir, base, file.into(), meta.len(), mtime_ms))
 }
 
-async fn delete_segment_files(seg: &Segment) -> Result<(), LogError> {
-    crate::log::delete_segment_files(seg).await?;
+async fn delete_segment_files(dir: &Arc<OwnedFd>, seg: &Segment) -> Result<(), LogError> {
+    crate::log::delete_segment_files(dir, seg).await?;
     tracing::warn!(path = %seg.log_path.display(), "deleted segment past the recovered log end");
     Ok(())
 }

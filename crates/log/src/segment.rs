@@ -44,9 +44,6 @@ pub(crate) fn create_at(
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub file: Arc<OwnedFd>,
-    /// The partition directory this segment's files are created and removed in (by name,
-    /// relative to this descriptor: never by path, see [`crate::Log`]'s `dir_fd`).
-    pub dir_fd: Arc<OwnedFd>,
     pub log_path: PathBuf,
     /// Bytes of whole, written batches: where the writer appends next.
     pub size: Cell<u64>,
@@ -72,18 +69,10 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    pub fn new(
-        dir: &Path,
-        dir_fd: Arc<OwnedFd>,
-        base_offset: i64,
-        file: OwnedFd,
-        size: u64,
-        mtime_ms: i64,
-    ) -> Segment {
+    pub fn new(dir: &Path, base_offset: i64, file: OwnedFd, size: u64, mtime_ms: i64) -> Segment {
         Segment {
             base_offset,
             file: Arc::new(file),
-            dir_fd,
             log_path: dir.join(file_name(base_offset, LOG_SUFFIX)),
             size: Cell::new(size),
             visible_size: Cell::new(size),
@@ -176,8 +165,9 @@ impl Segment {
         }
     }
 
-    /// Writes both index files (create, write, fdatasync) from the in-memory indexes.
-    pub async fn write_indexes(&self) -> Result<(), LogError> {
+    /// Writes both index files (create, write, fdatasync) from the in-memory indexes, in the
+    /// partition directory `dir` (see `Inner::open_dir`).
+    pub async fn write_indexes(&self, dir: &OwnedFd) -> Result<(), LogError> {
         let ring = runnel_runtime::ring();
         // Serialise before any await: a borrow held across it would collide with an append.
         let index = self.index.borrow().to_bytes();
@@ -188,7 +178,7 @@ impl Segment {
         ] {
             let io = |e| LogError::io("write index", &path, e);
             let name = path.file_name().unwrap_or_default();
-            let file: Arc<OwnedFd> = Arc::new(create_at(&self.dir_fd, name).map_err(io)?);
+            let file: Arc<OwnedFd> = Arc::new(create_at(dir, name).map_err(io)?);
             ring.write_all_at(&file, 0, vec![bytes.into()])
                 .await
                 .map_err(|(e, _)| io(e))?;
