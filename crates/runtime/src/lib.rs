@@ -9,6 +9,21 @@ pub use ring::{ring, Pipe, Ring};
 
 use std::future::Future;
 
+/// Runs the futures concurrently on this executor and collects their outputs in order.
+pub async fn join_all<F: std::future::Future + 'static>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: 'static,
+{
+    let tasks: Vec<_> = futs.into_iter().map(glommio::spawn_local).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await);
+    }
+    out
+}
+
 /// Runs `f` to completion on a fresh, unpinned glommio executor on a new thread and returns its
 /// output. For tests, benchmarks and tools; the broker builds its own pinned pool.
 pub fn run_local<F, Fut, T>(f: F) -> T

@@ -3,9 +3,9 @@
 //! delete their partitions) before it answers, so a client told a topic exists can use it
 //! on any connection.
 
-use crate::metadata::{self, TopicMeta};
 use crate::shard::{PartitionError, Shard, ShardMsg};
-use crate::wire::code;
+use runnel_metadata::{self as metadata, TopicMeta};
+use runnel_protocol::code;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -106,7 +106,7 @@ pub async fn run(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
         }
         AdminOp::DeleteTopics { names } => {
             for name in names {
-                if name == crate::offsets_store::TOPIC {
+                if name == runnel_group::offsets::TOPIC {
                     results.push(Err((
                         code::INVALID_TOPIC_EXCEPTION,
                         "__consumer_offsets is internal and cannot be deleted".into(),
@@ -131,7 +131,7 @@ pub async fn run(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
         } => {
             for (name, count) in wanted {
                 let r = match topics.get(name.as_str()) {
-                    Some(_) if name == crate::offsets_store::TOPIC => Err((
+                    Some(_) if name == runnel_group::offsets::TOPIC => Err((
                         code::INVALID_TOPIC_EXCEPTION,
                         "__consumer_offsets is internal: its partition count is fixed".into(),
                     )),
@@ -199,7 +199,7 @@ pub async fn run(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
     if deleted {
         // The checkpoints must not keep a deleted partition's offsets: a topic created
         // with the same name would inherit them at the next start.
-        crate::server::write_checkpoints(shard).await;
+        crate::checkpoints::write(shard).await;
     }
     results
 }
@@ -270,23 +270,8 @@ async fn publish(shard: &Rc<Shard>, snapshot: metadata::Snapshot) -> Result<(), 
                 .unwrap_or_else(|| Err(format!("shard {i} is gone")))
         }
     });
-    for r in join_all(calls).await {
+    for r in runnel_runtime::join_all(calls).await {
         r?;
     }
     Ok(())
-}
-
-/// Runs the futures concurrently on this executor and collects their outputs in order.
-pub async fn join_all<F: std::future::Future + 'static>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output>
-where
-    F::Output: 'static,
-{
-    let tasks: Vec<_> = futs.into_iter().map(glommio::spawn_local).collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await);
-    }
-    out
 }

@@ -2,13 +2,14 @@
 //! pipeline), and a writer that sends the answers in request order, splicing record bytes
 //! from the page cache when zero copy is on.
 
-use crate::api::{self, Outcome};
+use crate::dispatch;
 use crate::shard::Shard;
-use crate::wire::Part;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
+use runnel_protocol::Outcome;
+use runnel_protocol::Part;
 use runnel_runtime::{ring, Pipe};
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -167,7 +168,7 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
             break Ok(()); // the writer stopped (socket error or a close)
         }
         order.dispatched.set(seq);
-        let task = api::dispatch(shard, frame.freeze(), &client_host).await;
+        let task = dispatch::dispatch(shard, frame.freeze(), &client_host).await;
         let item = InFlight {
             task,
             _count: count,

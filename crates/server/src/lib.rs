@@ -1,7 +1,7 @@
 //! The Runnel broker: thread-per-core shards speaking the Kafka protocol.
 //!
 //! ```text
-//! client ─TCP─▶ conn (any shard) ─ api::dispatch ─▶ produce / fetch / admin_api
+//! client ─TCP─▶ conn (any shard) ─ dispatch ─▶ handlers::{produce, fetch, admin, groups, ...}
 //!                   │                                  │ ShardMsg over the channel mesh
 //!                   │                                  ▼
 //!                   │                         owner shard: runnel_log::Log
@@ -11,22 +11,19 @@
 //! See ARCHITECTURE.md for the map and the invariants.
 
 pub mod admin;
-pub mod admin_api;
-pub mod api;
+pub mod checkpoints;
 pub mod config;
 pub mod conn;
-pub mod fetch;
-pub mod fetch_response;
-pub mod group;
-pub mod group_api;
-pub mod metadata;
+pub mod dispatch;
+pub mod groups;
+pub mod handlers;
+pub mod inbox;
 pub mod metrics;
 pub mod offsets_store;
-pub mod produce;
+pub mod partitions;
 pub mod producer_ids;
 pub mod server;
 pub mod shard;
-pub mod wire;
 
 pub use config::Config;
 pub use server::run;

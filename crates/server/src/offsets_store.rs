@@ -1,145 +1,22 @@
-//! Committed offsets in `__consumer_offsets`, Runnel's own internal topic: every commit is
-//! a record (key: group, topic, partition; value: offset, leader epoch, commit time,
-//! metadata; a null value deletes), appended to the partition its group hashes to. On start
-//! each shard replays its partitions; a partition grown well past its live content is
-//! compacted by appending the live offsets again and moving the log start offset to them,
-//! so replay stays proportional to what is live.
-//!
-//! Record layout (big-endian):
-//! ```text
-//! key   = version u16 (1) | group: u16 len + UTF-8 | topic: u16 len + UTF-8 | partition i32
-//! value = version u16 (1) | offset i64 | leader epoch i32 | commit ms i64 | metadata: i16 len (-1: null) + UTF-8
-//! ```
+//! Committed offsets in `__consumer_offsets` on the partition logs (the record layout is
+//! [`runnel_group::offsets`]): appending commits, replaying a partition on start, and
+//! compacting a partition grown well past its live content by appending the live offsets
+//! again and moving the log start offset to them, so replay stays proportional to what is
+//! live.
 
 use bytes::BytesMut;
+use runnel_group::offsets::{decode_key, decode_value, encode_key, encode_value};
+use runnel_group::offsets::{Committed, OffsetKey};
 use runnel_log::{Log, LogError};
 use runnel_record::{Batches, Records, HEADER_LEN};
 use std::collections::HashMap;
-use std::sync::Arc;
 
-pub const TOPIC: &str = "__consumer_offsets";
-/// Kafka's offsets.topic.num.partitions.
-pub const DEFAULT_PARTITIONS: i32 = 50;
 /// Compact when the log holds this many times the live records' bytes (and at least
 /// COMPACT_MIN_BYTES).
 const COMPACT_RATIO: u64 = 4;
 pub const COMPACT_MIN_BYTES: u64 = 16 << 20;
 /// Records per batch when writing (commits and compaction dumps).
 const RECORDS_PER_BATCH: usize = 2000;
-
-/// (group, topic, partition)
-pub type OffsetKey = (String, Arc<str>, i32);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Committed {
-    pub offset: i64,
-    pub leader_epoch: i32,
-    pub metadata: Option<String>,
-    pub commit_ms: i64,
-}
-
-/// The `__consumer_offsets` partition of a group.
-pub fn partition_for(group: &str, partitions: i32) -> i32 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in group.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    (h % partitions.max(1) as u64) as i32
-}
-
-fn put_str16(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-pub fn encode_key(k: &OffsetKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + k.0.len() + k.1.len());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    put_str16(&mut out, &k.0);
-    put_str16(&mut out, &k.1);
-    out.extend_from_slice(&k.2.to_be_bytes());
-    out
-}
-
-pub fn encode_value(c: &Committed) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32);
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&c.offset.to_be_bytes());
-    out.extend_from_slice(&c.leader_epoch.to_be_bytes());
-    out.extend_from_slice(&c.commit_ms.to_be_bytes());
-    match &c.metadata {
-        Some(m) => {
-            out.extend_from_slice(&(m.len() as i16).to_be_bytes());
-            out.extend_from_slice(m.as_bytes());
-        }
-        None => out.extend_from_slice(&(-1i16).to_be_bytes()),
-    }
-    out
-}
-
-struct Cursor<'a>(&'a [u8]);
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn str16(&mut self) -> Option<String> {
-        let n = self.u16()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-}
-
-pub fn decode_key(b: &[u8]) -> Option<OffsetKey> {
-    let mut c = Cursor(b);
-    if c.u16()? != 1 {
-        return None;
-    }
-    let group = c.str16()?;
-    let topic = c.str16()?;
-    let partition = c.i32()?;
-    Some((group, topic.into(), partition))
-}
-
-pub fn decode_value(b: &[u8]) -> Option<Committed> {
-    let mut c = Cursor(b);
-    if c.u16()? != 1 {
-        return None;
-    }
-    let offset = c.i64()?;
-    let leader_epoch = c.i32()?;
-    let commit_ms = c.i64()?;
-    let n = c.i16()?;
-    let metadata = if n < 0 {
-        None
-    } else {
-        Some(String::from_utf8(c.take(n as usize)?.to_vec()).ok()?)
-    };
-    Some(Committed {
-        offset,
-        leader_epoch,
-        metadata,
-        commit_ms,
-    })
-}
-
 /// Appends commits (Some) and deletions (None) to the group's partition.
 pub async fn append(
     log: &Log,
@@ -208,7 +85,7 @@ pub async fn replay(log: &Log) -> Result<HashMap<OffsetKey, Committed>, LogError
 /// Rewrites the live offsets at the log end and moves the log start offset to them when
 /// the partition holds much more than that (and at least `min_bytes`), so replay and disk
 /// stay bounded. `live` must be the partition's whole applied state with no append of it
-/// pending (the caller checks [`crate::group::Coordinator::quiescent`]): the dump is queued
+/// pending (the caller checks [`runnel_group::Coordinator::quiescent`]): the dump is queued
 /// behind every earlier append before this function first yields.
 pub async fn maybe_compact(
     log: &Log,
@@ -239,54 +116,11 @@ pub async fn maybe_compact(
     Ok(true)
 }
 
-/// The topics of a consumer protocol Subscription (ConsumerProtocolSubscription: version
-/// i16, topics [string], ...), for OffsetDelete's "still subscribed" check.
-pub fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
-    let mut c = Cursor(metadata);
-    let mut out = Vec::new();
-    let Some(_version) = c.i16() else {
-        return out;
-    };
-    let Some(n) = c.i32() else { return out };
-    for _ in 0..n.clamp(0, 100_000) {
-        let Some(len) = c.i16() else { break };
-        let Some(b) = c.take(len.max(0) as usize) else {
-            break;
-        };
-        out.push(String::from_utf8_lossy(b).into_owned());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_and_values_round_trip() {
-        let k: OffsetKey = ("group-1".into(), "orders".into(), 7);
-        assert_eq!(decode_key(&encode_key(&k)), Some(k));
-        for metadata in [None, Some(String::new()), Some("m".repeat(300))] {
-            let c = Committed {
-                offset: 42,
-                leader_epoch: -1,
-                metadata,
-                commit_ms: 1_700_000_000_000,
-            };
-            assert_eq!(decode_value(&encode_value(&c)), Some(c));
-        }
-        assert_eq!(decode_key(&[0, 2, 0]), None);
-        assert_eq!(decode_value(&[0, 1, 0]), None);
-    }
-
-    #[test]
-    fn groups_spread_over_partitions_stably() {
-        assert_eq!(partition_for("g", 50), partition_for("g", 50));
-        let used: std::collections::HashSet<i32> = (0..500)
-            .map(|i| partition_for(&format!("group-{i}"), 50))
-            .collect();
-        assert!(used.len() > 40);
-    }
+    use runnel_group::offsets::TOPIC;
+    use std::sync::Arc;
 
     #[test]
     fn compaction_keeps_exactly_the_live_offsets_and_bounds_the_log() {
@@ -350,20 +184,5 @@ mod tests {
                 999
             );
         });
-    }
-
-    #[test]
-    fn consumer_subscription_topics() {
-        let mut m = vec![0, 1, 0, 0, 0, 2];
-        for t in ["a", "bc"] {
-            m.extend_from_slice(&(t.len() as i16).to_be_bytes());
-            m.extend_from_slice(t.as_bytes());
-        }
-        m.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            subscribed_topics(&m),
-            vec!["a".to_string(), "bc".to_string()]
-        );
-        assert!(subscribed_topics(&[1]).is_empty());
     }
 }

@@ -4,6 +4,8 @@
 //! end is persisted in `<data-dir>/producer-id-block`; at start the next id is that end, so
 //! an id handed out before a crash is never handed out again (at most a block is skipped).
 
+use crate::shard::{PartitionError, Shard};
+use runnel_protocol::code;
 use std::path::{Path, PathBuf};
 
 pub const FILE: &str = "producer-id-block";
@@ -52,4 +54,40 @@ impl ProducerIds {
         self.next += 1;
         Ok(id)
     }
+}
+
+/// Shard 0's side of InitProducerId. A new producer gets a new id with epoch 0. A producer
+/// that names its id and epoch (v3+, KIP-360) gets the next epoch of the same id, or a
+/// new id when the epoch would overflow.
+pub async fn init(
+    shard: &Shard,
+    producer_id: i64,
+    epoch: i16,
+) -> Result<(i64, i16), PartitionError> {
+    let _permit = shard.producer_ids_lock.acquire_permit(1).await;
+    // Taken out for the await (the allocator persists a block) and put back after.
+    let mut ids = shard.producer_ids.borrow_mut().take().ok_or((
+        code::NOT_COORDINATOR,
+        "producer ids are allocated by shard 0".to_string(),
+    ))?;
+    let result = async {
+        if producer_id >= 0 {
+            if !ids.issued(producer_id) {
+                return Err((
+                    code::INVALID_PRODUCER_ID_MAPPING,
+                    format!("producer id {producer_id} was not issued by this broker"),
+                ));
+            }
+            if (0..i16::MAX - 1).contains(&epoch) {
+                return Ok((producer_id, epoch + 1));
+            }
+        }
+        ids.allocate()
+            .await
+            .map(|id| (id, 0))
+            .map_err(|e| (code::KAFKA_STORAGE_ERROR, e))
+    }
+    .await;
+    *shard.producer_ids.borrow_mut() = Some(ids);
+    result
 }

@@ -8,12 +8,12 @@
 //! 2. leave. The main thread then writes the checkpoints and the clean-shutdown marker.
 
 use crate::config::Config;
-use crate::metadata;
-use crate::shard::{self, Latch, Shard, ShardMsg, Shared, Startup};
+use crate::shard::{Latch, Shard, ShardMsg, Shared, Startup};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use runnel_log::checkpoint::{self, Offsets};
+use runnel_metadata as metadata;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ pub fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
-    shard::remove_deleted_dirs(&data_dir);
+    crate::partitions::remove_deleted_dirs(&data_dir);
     let snapshot = ensure_offsets_topic(&data_dir, metadata::load(&data_dir)?, &config)?;
     let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
     let clean_shutdown = take_clean_shutdown_marker(&data_dir, &marker)?;
@@ -201,7 +201,7 @@ async fn shard_main(
         producer_ids: RefCell::new(None),
         producer_ids_lock: glommio::sync::Semaphore::new(1),
         checkpoint_lock: glommio::sync::Semaphore::new(1),
-        coordinator: crate::group::Coordinator::new(crate::group::GroupConfig {
+        coordinator: runnel_group::Coordinator::new(runnel_group::GroupConfig {
             min_session_timeout_ms: shared.config.group_min_session_timeout_ms,
             max_session_timeout_ms: shared.config.group_max_session_timeout_ms,
             initial_rebalance_delay_ms: shared.config.group_initial_rebalance_delay_ms,
@@ -220,15 +220,15 @@ async fn shard_main(
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = stream.recv().await {
-                glommio::spawn_local(shard.clone().handle(msg)).detach();
+                glommio::spawn_local(crate::inbox::handle(shard.clone(), msg)).detach();
             }
         })
         .detach();
     }
     // Open this shard's partitions.
     let snapshot = Arc::new(shared.startup.snapshot.clone());
-    let opened = match shard.apply_metadata(snapshot, true).await {
-        Ok(()) => load_groups(&shard).await,
+    let opened = match crate::partitions::apply_metadata(&shard, snapshot, true).await {
+        Ok(()) => crate::groups::load(&shard).await,
         Err(e) => Err(e),
     };
     if let Err(e) = opened {
@@ -295,7 +295,7 @@ async fn shard_main(
         .detach()
     });
     let background = glommio::spawn_local(background(shard.clone())).detach();
-    let groups = glommio::spawn_local(group_timers(shard.clone())).detach();
+    let groups = glommio::spawn_local(crate::groups::timers(shard.clone())).detach();
     let checkpoints = (id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
 
     // Run until told to stop.
@@ -387,7 +387,7 @@ fn ensure_offsets_topic(
     snapshot: metadata::Snapshot,
     config: &Config,
 ) -> Result<metadata::Snapshot, String> {
-    use crate::offsets_store::TOPIC;
+    use runnel_group::offsets::TOPIC;
     if snapshot.topic(TOPIC).is_some() {
         return Ok(snapshot);
     }
@@ -416,108 +416,6 @@ fn ensure_offsets_topic(
     let mut s = snapshot.with_topics(topics);
     s.version = snapshot.version;
     Ok(s)
-}
-
-/// Replays this shard's `__consumer_offsets` partitions into its group coordinator.
-async fn load_groups(shard: &Rc<Shard>) -> Result<(), String> {
-    let logs: Vec<runnel_log::Log> = shard
-        .partitions
-        .borrow()
-        .iter()
-        .filter(|((t, _), _)| &**t == crate::offsets_store::TOPIC)
-        .map(|(_, l)| l.clone())
-        .collect();
-    let started = std::time::Instant::now();
-    let mut all = HashMap::new();
-    for log in &logs {
-        let live = crate::offsets_store::replay(log).await.map_err(|e| {
-            format!(
-                "cannot load committed offsets from {}: {e}",
-                log.dir().display()
-            )
-        })?;
-        all.extend(live);
-    }
-    let n = all.len();
-    shard.coordinator.load(all);
-    if n > 0 {
-        tracing::info!(
-            shard = shard.id,
-            offsets = n,
-            groups = shard.coordinator.group_count(),
-            ms = started.elapsed().as_millis() as u64,
-            "loaded committed offsets"
-        );
-    }
-    Ok(())
-}
-
-/// Group sessions and rebalance deadlines (every 100 ms), offsets retention and
-/// `__consumer_offsets` compaction (every minute).
-async fn group_timers(shard: Rc<Shard>) {
-    let mut last_slow = std::time::Instant::now();
-    loop {
-        glommio::timer::sleep(Duration::from_millis(100)).await;
-        let slow = last_slow.elapsed() >= Duration::from_secs(60);
-        let expired = shard.coordinator.tick(slow);
-        if !slow {
-            continue;
-        }
-        last_slow = std::time::Instant::now();
-        for (group, keys) in expired {
-            let (_, p) = crate::group_api::coordinator_of(&shard, &group);
-            let log = shard
-                .partitions
-                .borrow()
-                .get(&(Arc::from(crate::offsets_store::TOPIC), p))
-                .cloned();
-            let Some(log) = log else { continue };
-            let tombstones: Vec<_> = keys
-                .iter()
-                .map(|(t, part)| ((group.clone(), t.clone(), *part), None))
-                .collect();
-            match shard.coordinator.append(&log, &tombstones, false).await {
-                Ok(()) => {
-                    shard.coordinator.forget(&group, &keys);
-                    tracing::info!(%group, offsets = keys.len(), "expired committed offsets");
-                }
-                Err(e) => tracing::warn!(%group, "offsets retention failed: {e}"),
-            }
-        }
-        let partitions = shard
-            .snapshot()
-            .topic(crate::offsets_store::TOPIC)
-            .map_or(0, |t| t.partitions);
-        let logs: Vec<(i32, runnel_log::Log)> = shard
-            .partitions
-            .borrow()
-            .iter()
-            .filter(|((t, _), _)| &**t == crate::offsets_store::TOPIC)
-            .map(|((_, p), l)| (*p, l.clone()))
-            .collect();
-        for (p, log) in logs {
-            // The dump must hold every applied commit and nothing older than what the log
-            // already has after it: only when no append awaits its state change. Nothing
-            // yields between this check and the dump being queued behind earlier appends.
-            if !shard.coordinator.quiescent() {
-                continue;
-            }
-            let live = shard.coordinator.live_offsets(p, partitions);
-            match crate::offsets_store::maybe_compact(
-                &log,
-                live,
-                crate::offsets_store::COMPACT_MIN_BYTES,
-            )
-            .await
-            {
-                Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(partition = p, "__consumer_offsets compaction failed: {e}")
-                }
-            }
-        }
-    }
 }
 
 /// Retention and the flush.ms policy, off the request path.
@@ -569,38 +467,10 @@ async fn checkpoints(shard: Rc<Shard>) {
     let every = Duration::from_millis(shard.config().checkpoint_interval_ms);
     loop {
         glommio::timer::sleep(every).await;
-        if !write_checkpoints(&shard).await {
+        if !crate::checkpoints::write(&shard).await {
             return; // shutting down
         }
     }
-}
-
-/// Gathers every shard's recovery points and log start offsets and writes both checkpoint
-/// files (shard 0; serialised, so an older gather never overwrites a newer one). False when
-/// a shard is gone.
-pub(crate) async fn write_checkpoints(shard: &Rc<Shard>) -> bool {
-    let _permit = shard.checkpoint_lock.acquire_permit(1).await;
-    let mut recovery_points = Offsets::new();
-    let mut log_start_offsets = Offsets::new();
-    for i in 0..shard.shared.nr_shards {
-        let Some(points) = shard.call(i, |reply| ShardMsg::Checkpoint { reply }).await else {
-            return false;
-        };
-        for ((topic, partition), rp, lso) in points {
-            recovery_points.insert((topic.to_string(), partition), rp);
-            log_start_offsets.insert((topic.to_string(), partition), lso);
-        }
-    }
-    let dir = &shard.shared.data_dir;
-    for (name, offsets) in [
-        (checkpoint::RECOVERY_POINT_CHECKPOINT, &recovery_points),
-        (checkpoint::LOG_START_OFFSET_CHECKPOINT, &log_start_offsets),
-    ] {
-        if let Err(e) = checkpoint::write(&dir.join(name), offsets).await {
-            tracing::error!("cannot write {name}: {e}");
-        }
-    }
-    true
 }
 
 fn runnel_now_ms() -> i64 {

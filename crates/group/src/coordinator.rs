@@ -14,16 +14,16 @@
 //! or whose session times out, sends the group back to PreparingRebalance; the others learn
 //! it from their next Heartbeat (REBALANCE_IN_PROGRESS) and rejoin.
 
-use crate::offsets_store::{self, Committed, OffsetKey};
+use crate::offsets::{self, Committed, OffsetKey};
 use bytes::Bytes;
 use futures_channel::oneshot;
-use runnel_log::Log;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use crate::wire::code;
+pub use runnel_protocol::code;
 
 /// Kafka's offset.metadata.max.bytes.
 pub const MAX_METADATA_BYTES: usize = 4096;
@@ -513,15 +513,64 @@ impl Group {
     }
 }
 
-/// The groups of one shard, and the `__consumer_offsets` partitions that persist them.
+/// The groups of one shard, as a state machine: operations come in ([`Coordinator::handle`],
+/// [`Coordinator::tick`]), answers go out on their reply channels, and what must be written
+/// to `__consumer_offsets` first comes back as a [`PendingWrite`] for the caller to append
+/// and [`Coordinator::complete`]. No I/O and no runtime inside.
 pub struct Coordinator {
     groups: RefCell<HashMap<String, Group>>,
     pub config: GroupConfig,
     /// Groups are loaded from the logs before the shard serves; until then this is false.
-    loaded: std::cell::Cell<bool>,
-    /// `__consumer_offsets` appends whose state change is not applied yet: a compaction
-    /// must not rewrite the live offsets past one of them (see [`Coordinator::append`]).
-    appends_in_flight: std::rc::Rc<std::cell::Cell<usize>>,
+    loaded: Cell<bool>,
+    /// Writes handed out and not completed yet: a compaction must not rewrite the live
+    /// offsets past one of them (see [`PendingWrite`]).
+    writes_in_flight: Rc<Cell<usize>>,
+    /// Added to the clocks (for tests, which cannot wait out session timeouts).
+    clock_skew: Cell<Duration>,
+}
+
+/// Records an operation needs in `__consumer_offsets` before it can be answered. The caller
+/// appends `records` to the group's partition and hands the outcome to
+/// [`Coordinator::complete`] right after, awaiting nothing else in between: until then the
+/// write counts as in flight, so a compaction (which dumps the applied state) waits for it
+/// rather than write an older value after a newer record.
+pub struct PendingWrite {
+    pub group: String,
+    pub records: Vec<(OffsetKey, Option<Committed>)>,
+    then: Then,
+    _in_flight: InFlight,
+}
+
+/// What completing a write does.
+enum Then {
+    Commit {
+        codes: Vec<i16>,
+        reply: oneshot::Sender<Result<Vec<i16>, i16>>,
+    },
+    Delete {
+        reply: oneshot::Sender<i16>,
+    },
+    OffsetDelete {
+        results: DeletedOffsets,
+        reply: oneshot::Sender<(i16, DeletedOffsets)>,
+    },
+    /// Offsets retention: forget the expired offsets once their tombstones are written.
+    Expire,
+}
+
+struct InFlight(Rc<Cell<usize>>);
+
+impl InFlight {
+    fn new(count: &Rc<Cell<usize>>) -> InFlight {
+        count.set(count.get() + 1);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 fn now_ms() -> i64 {
@@ -538,12 +587,12 @@ fn new_member_id(client_id: &str) -> String {
         } else {
             client_id
         },
-        uuid_string(&crate::metadata::random_id())
+        uuid_string(&runnel_metadata::random_id())
     )
 }
 
 fn uuid_string(b: &[u8; 16]) -> String {
-    let h = crate::metadata::hex(b);
+    let h = runnel_metadata::hex(b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -559,40 +608,47 @@ impl Coordinator {
         Coordinator {
             groups: RefCell::new(HashMap::new()),
             config,
-            loaded: std::cell::Cell::new(false),
-            appends_in_flight: Default::default(),
+            loaded: Cell::new(false),
+            writes_in_flight: Default::default(),
+            clock_skew: Cell::new(Duration::ZERO),
         }
     }
 
-    /// Appends commits or tombstones for this coordinator. The caller applies the matching
-    /// state change right after, without awaiting in between: until then the append counts
-    /// as in flight, so a compaction (which dumps the applied state) waits for it rather
-    /// than writing an older value after a newer record.
-    pub async fn append(
-        &self,
-        log: &Log,
-        records: &[(OffsetKey, Option<Committed>)],
-        durable: bool,
-    ) -> Result<(), runnel_log::LogError> {
-        struct InFlight(std::rc::Rc<std::cell::Cell<usize>>);
-        impl Drop for InFlight {
-            fn drop(&mut self) {
-                self.0.set(self.0.get() - 1);
-            }
-        }
-        self.appends_in_flight.set(self.appends_in_flight.get() + 1);
-        let _guard = InFlight(self.appends_in_flight.clone());
-        offsets_store::append(log, records, durable).await
+    fn now(&self) -> Instant {
+        Instant::now() + self.clock_skew.get()
     }
 
-    /// No offsets append is waiting for its state change: the applied state is the log's.
+    fn wall_ms(&self) -> i64 {
+        now_ms() + self.clock_skew.get().as_millis() as i64
+    }
+
+    /// Moves this coordinator's clocks forward (tests: session expiry without waiting).
+    pub fn advance_clock(&self, by: Duration) {
+        self.clock_skew.set(self.clock_skew.get() + by);
+    }
+
+    /// No write is waiting for its state change: the applied state is the log's.
     pub fn quiescent(&self) -> bool {
-        self.appends_in_flight.get() == 0
+        self.writes_in_flight.get() == 0
+    }
+
+    fn write(
+        &self,
+        group: &str,
+        records: Vec<(OffsetKey, Option<Committed>)>,
+        then: Then,
+    ) -> PendingWrite {
+        PendingWrite {
+            group: group.to_string(),
+            records,
+            then,
+            _in_flight: InFlight::new(&self.writes_in_flight),
+        }
     }
 
     /// Restores committed offsets replayed from this shard's `__consumer_offsets` partitions.
     pub fn load(&self, offsets: HashMap<OffsetKey, Committed>) {
-        let now = now_ms();
+        let now = self.wall_ms();
         let mut groups = self.groups.borrow_mut();
         for ((group, topic, partition), c) in offsets {
             groups
@@ -610,7 +666,7 @@ impl Coordinator {
         self.groups
             .borrow()
             .values()
-            .filter(|g| offsets_store::partition_for(&g.id, partitions) == partition)
+            .filter(|g| offsets::partition_for(&g.id, partitions) == partition)
             .flat_map(|g| {
                 g.offsets
                     .iter()
@@ -619,11 +675,12 @@ impl Coordinator {
             .collect()
     }
 
-    /// Runs one operation. `log` is the group's `__consumer_offsets` partition (for commits).
-    pub async fn handle(&self, op: GroupOp, log: Option<Log>) {
+    /// Runs one operation: answers it, or returns what must be written first (then the
+    /// answer comes from [`Coordinator::complete`]).
+    pub fn handle(&self, op: GroupOp) -> Option<PendingWrite> {
         if !self.loaded.get() {
             reply_error(op, code::COORDINATOR_LOAD_IN_PROGRESS);
-            return;
+            return None;
         }
         match op {
             GroupOp::Join(args, reply) => self.join(args, reply),
@@ -652,10 +709,7 @@ impl Coordinator {
                 offsets,
                 reply,
             } => {
-                let r = self
-                    .commit(&group, generation, &member_id, instance_id, offsets, log)
-                    .await;
-                let _ = reply.send(r);
+                return self.commit(&group, generation, &member_id, instance_id, offsets, reply);
             }
             GroupOp::Fetch {
                 group,
@@ -690,17 +744,92 @@ impl Coordinator {
                     .collect();
                 let _ = reply.send(list);
             }
-            GroupOp::Delete { group, reply } => {
-                let _ = reply.send(self.delete(&group, log).await);
-            }
+            GroupOp::Delete { group, reply } => return self.delete(&group, reply),
             GroupOp::OffsetDelete {
                 group,
                 partitions,
                 reply,
-            } => {
-                let _ = reply.send(self.offset_delete(&group, partitions, log).await);
+            } => return self.offset_delete(&group, partitions, reply),
+        }
+        None
+    }
+
+    /// Applies a write's state change once its records are appended (`Ok`), or answers
+    /// with the error (`Err(code)`: COORDINATOR_NOT_AVAILABLE without a partition to write
+    /// to, KAFKA_STORAGE_ERROR when the append failed).
+    pub fn complete(&self, w: PendingWrite, result: Result<(), i16>) {
+        let group = w.group.as_str();
+        let mut groups = self.groups.borrow_mut();
+        match w.then {
+            Then::Commit { codes, reply } => {
+                let r = match result {
+                    Ok(()) => {
+                        let g = groups
+                            .entry(group.to_string())
+                            .or_insert_with(|| Group::new(group, self.wall_ms()));
+                        for ((_, topic, partition), c) in w.records {
+                            if let Some(c) = c {
+                                g.offsets.insert((topic, partition), c);
+                            }
+                        }
+                        Ok(codes)
+                    }
+                    Err(c) if c == code::COORDINATOR_NOT_AVAILABLE => Err(c),
+                    Err(c) => Ok(codes
+                        .into_iter()
+                        .map(|x| if x == code::NONE { c } else { x })
+                        .collect()),
+                };
+                let _ = reply.send(r);
+            }
+            Then::Delete { reply } => {
+                if let Err(c) = result {
+                    let _ = reply.send(c);
+                    return;
+                }
+                // A member may have joined during the append: then the offsets are gone but
+                // the group lives on.
+                match groups.get_mut(group) {
+                    Some(g) if g.members.is_empty() => {
+                        groups.remove(group);
+                    }
+                    Some(g) => g.offsets.clear(),
+                    None => {}
+                }
+                let _ = reply.send(code::NONE);
+            }
+            Then::OffsetDelete { results, reply } => {
+                if let Err(c) = result {
+                    let _ = reply.send((c, Vec::new()));
+                    return;
+                }
+                if let Some(g) = groups.get_mut(group) {
+                    for ((_, t, p), _) in &w.records {
+                        g.offsets.remove(&(t.clone(), *p));
+                    }
+                }
+                let _ = reply.send((code::NONE, results));
+            }
+            Then::Expire => {
+                if result.is_ok() {
+                    if let Some(g) = groups.get_mut(group) {
+                        for ((_, t, p), _) in &w.records {
+                            g.offsets.remove(&(t.clone(), *p));
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// The tombstones for offsets that retention expired (from [`Coordinator::tick`]); the
+    /// coordinator forgets them when the write completes.
+    pub fn expire(&self, group: &str, keys: Vec<(Arc<str>, i32)>) -> PendingWrite {
+        let records = keys
+            .into_iter()
+            .map(|(t, p)| ((group.to_string(), t, p), None))
+            .collect();
+        self.write(group, records, Then::Expire)
     }
 
     fn join(&self, a: JoinArgs, reply: oneshot::Sender<JoinResult>) {
@@ -721,11 +850,11 @@ impl Coordinator {
             let _ = reply.send(fail(code::INVALID_SESSION_TIMEOUT, &a.member_id));
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         let mut groups = self.groups.borrow_mut();
         let g = groups
             .entry(a.group.clone())
-            .or_insert_with(|| Group::new(&a.group, now_ms()));
+            .or_insert_with(|| Group::new(&a.group, self.wall_ms()));
         if g.state == State::Dead {
             let _ = reply.send(fail(code::COORDINATOR_NOT_AVAILABLE, &a.member_id));
             return;
@@ -882,11 +1011,11 @@ impl Coordinator {
         if g.state != State::PreparingRebalance {
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         let delayed = g.initial_until.is_some_and(|t| now < t);
         let timed_out = g.rebalance_deadline.is_some_and(|d| now >= d);
         if (g.all_joined() && !delayed) || timed_out {
-            g.complete_join(now_ms());
+            g.complete_join(self.wall_ms());
         }
     }
 
@@ -923,7 +1052,7 @@ impl Coordinator {
             return;
         }
         let (ptype, proto) = (g.protocol_type.clone(), g.protocol.clone());
-        let now = Instant::now();
+        let now = self.now();
         match g.state {
             State::PreparingRebalance => {
                 let _ = reply.send(fail(code::REBALANCE_IN_PROGRESS));
@@ -993,7 +1122,7 @@ impl Coordinator {
         let state = g.state;
         let current = g.generation;
         if let Some(m) = g.member(member_id) {
-            m.last_seen = Instant::now();
+            m.last_seen = self.now();
         }
         match state {
             State::PreparingRebalance => code::REBALANCE_IN_PROGRESS,
@@ -1011,7 +1140,7 @@ impl Coordinator {
                 members.iter().map(|_| code::UNKNOWN_MEMBER_ID).collect(),
             );
         };
-        let now = Instant::now();
+        let now = self.now();
         let codes = members
             .iter()
             .map(|(id, inst)| {
@@ -1029,56 +1158,30 @@ impl Coordinator {
                 if !g.has_member(&id) {
                     return code::UNKNOWN_MEMBER_ID;
                 }
-                g.remove_member(&id, now, &self.config, now_ms());
+                g.remove_member(&id, now, &self.config, self.wall_ms());
                 code::NONE
             })
             .collect();
         (code::NONE, codes)
     }
 
-    async fn commit(
+    fn commit(
         &self,
         group: &str,
         generation: i32,
         member_id: &str,
         instance_id: Option<String>,
         offsets: Vec<CommitEntry>,
-        log: Option<Log>,
-    ) -> Result<Vec<i16>, i16> {
-        {
-            let mut groups = self.groups.borrow_mut();
-            let g = groups
-                .entry(group.to_string())
-                .or_insert_with(|| Group::new(group, now_ms()));
-            // A commit from outside the group protocol (generation -1, no member id) is
-            // allowed only while the group has no members (standalone consumers).
-            if generation < 0 && member_id.is_empty() {
-                if !g.members.is_empty() {
-                    return Err(code::UNKNOWN_MEMBER_ID);
-                }
-            } else {
-                g.check_instance(member_id, instance_id.as_deref())?;
-                if !g.has_member(member_id) {
-                    return Err(code::UNKNOWN_MEMBER_ID);
-                }
-                if generation != g.generation {
-                    return Err(code::ILLEGAL_GENERATION);
-                }
-                if g.state == State::CompletingRebalance {
-                    return Err(code::REBALANCE_IN_PROGRESS);
-                }
-                if let Some(m) = g.member(member_id) {
-                    m.last_seen = Instant::now();
-                }
-            }
+        reply: oneshot::Sender<Result<Vec<i16>, i16>>,
+    ) -> Option<PendingWrite> {
+        if let Err(e) = self.check_commit(group, generation, member_id, instance_id) {
+            let _ = reply.send(Err(e));
+            return None;
         }
-        let Some(log) = log else {
-            return Err(code::COORDINATOR_NOT_AVAILABLE);
-        };
-        let now = now_ms();
+        let now = self.wall_ms();
         let mut codes = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
-        for (topic, partition, offset, epoch, metadata) in &offsets {
+        for (topic, partition, offset, epoch, metadata) in offsets {
             if metadata
                 .as_ref()
                 .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
@@ -1088,42 +1191,57 @@ impl Coordinator {
             }
             codes.push(code::NONE);
             records.push((
-                (group.to_string(), topic.clone(), *partition),
+                (group.to_string(), topic, partition),
                 Some(Committed {
-                    offset: *offset,
-                    leader_epoch: *epoch,
-                    metadata: metadata.clone(),
+                    offset,
+                    leader_epoch: epoch,
+                    metadata,
                     commit_ms: now,
                 }),
             ));
         }
         if records.is_empty() {
-            return Ok(codes);
+            let _ = reply.send(Ok(codes));
+            return None;
         }
-        if let Err(e) = self
-            .append(&log, &records, self.config.durable_commits)
-            .await
-        {
-            tracing::warn!(group, "offset commit failed: {e}");
-            return Ok(codes
-                .into_iter()
-                .map(|c| {
-                    if c == code::NONE {
-                        code::KAFKA_STORAGE_ERROR
-                    } else {
-                        c
-                    }
-                })
-                .collect());
-        }
+        Some(self.write(group, records, Then::Commit { codes, reply }))
+    }
+
+    /// Whether `member_id` of `generation` may commit now.
+    fn check_commit(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        instance_id: Option<String>,
+    ) -> Result<(), i16> {
         let mut groups = self.groups.borrow_mut();
         let g = groups
             .entry(group.to_string())
-            .or_insert_with(|| Group::new(group, now));
-        for ((_, topic, partition), c) in records {
-            g.offsets.insert((topic, partition), c.expect("a commit"));
+            .or_insert_with(|| Group::new(group, self.wall_ms()));
+        // A commit from outside the group protocol (generation -1, no member id) is allowed
+        // only while the group has no members (standalone consumers).
+        if generation < 0 && member_id.is_empty() {
+            if !g.members.is_empty() {
+                return Err(code::UNKNOWN_MEMBER_ID);
+            }
+            return Ok(());
         }
-        Ok(codes)
+        g.check_instance(member_id, instance_id.as_deref())?;
+        if !g.has_member(member_id) {
+            return Err(code::UNKNOWN_MEMBER_ID);
+        }
+        if generation != g.generation {
+            return Err(code::ILLEGAL_GENERATION);
+        }
+        if g.state == State::CompletingRebalance {
+            return Err(code::REBALANCE_IN_PROGRESS);
+        }
+        let now = self.now();
+        if let Some(m) = g.member(member_id) {
+            m.last_seen = now;
+        }
+        Ok(())
     }
 
     fn fetch(&self, group: &str, partitions: Option<Vec<(String, Vec<i32>)>>) -> Vec<FetchedTopic> {
@@ -1157,68 +1275,50 @@ impl Coordinator {
         }
     }
 
-    async fn delete(&self, group: &str, log: Option<Log>) -> i16 {
+    fn delete(&self, group: &str, reply: oneshot::Sender<i16>) -> Option<PendingWrite> {
         let keys: Vec<(Arc<str>, i32)> = {
             let groups = self.groups.borrow();
-            let Some(g) = groups.get(group) else {
-                return code::GROUP_ID_NOT_FOUND;
+            let refusal = match groups.get(group) {
+                None => Some(code::GROUP_ID_NOT_FOUND),
+                Some(g) if g.state == State::Dead => Some(code::GROUP_ID_NOT_FOUND),
+                Some(g) if !g.members.is_empty() => Some(code::NON_EMPTY_GROUP),
+                Some(_) => None,
             };
-            if g.state == State::Dead {
-                return code::GROUP_ID_NOT_FOUND;
+            if let Some(c) = refusal {
+                let _ = reply.send(c);
+                return None;
             }
-            if !g.members.is_empty() {
-                return code::NON_EMPTY_GROUP;
-            }
-            g.offsets.keys().cloned().collect()
+            groups[group].offsets.keys().cloned().collect()
         };
-        if !keys.is_empty() {
-            let Some(log) = log else {
-                return code::COORDINATOR_NOT_AVAILABLE;
-            };
-            let tombstones: Vec<(OffsetKey, Option<Committed>)> = keys
-                .into_iter()
-                .map(|(t, p)| ((group.to_string(), t, p), None))
-                .collect();
-            if let Err(e) = self
-                .append(&log, &tombstones, self.config.durable_commits)
-                .await
-            {
-                tracing::warn!(group, "group deletion failed: {e}");
-                return code::KAFKA_STORAGE_ERROR;
-            }
-        }
-        let mut groups = self.groups.borrow_mut();
-        // A member may have joined during the append: then the offsets are gone but the
-        // group lives on.
-        match groups.get_mut(group) {
-            Some(g) if g.members.is_empty() => {
-                groups.remove(group);
-            }
-            Some(g) => g.offsets.clear(),
-            None => {}
-        }
-        code::NONE
+        let tombstones = keys
+            .into_iter()
+            .map(|(t, p)| ((group.to_string(), t, p), None))
+            .collect();
+        // Even with nothing to write the deletion goes through `complete`, which removes the
+        // group.
+        Some(self.write(group, tombstones, Then::Delete { reply }))
     }
 
-    async fn offset_delete(
+    fn offset_delete(
         &self,
         group: &str,
         partitions: Vec<(String, Vec<i32>)>,
-        log: Option<Log>,
-    ) -> (i16, DeletedOffsets) {
+        reply: oneshot::Sender<(i16, DeletedOffsets)>,
+    ) -> Option<PendingWrite> {
         let subscribed: Vec<String> = {
             let groups = self.groups.borrow();
-            let Some(g) = groups.get(group) else {
-                return (code::GROUP_ID_NOT_FOUND, Vec::new());
+            let g = match groups.get(group) {
+                Some(g) if g.state != State::Dead => g,
+                _ => {
+                    let _ = reply.send((code::GROUP_ID_NOT_FOUND, Vec::new()));
+                    return None;
+                }
             };
-            if g.state == State::Dead {
-                return (code::GROUP_ID_NOT_FOUND, Vec::new());
-            }
             if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
                 g.members
                     .iter()
                     .flat_map(|m| {
-                        offsets_store::subscribed_topics(
+                        offsets::subscribed_topics(
                             &m.metadata(g.protocol.as_deref().unwrap_or_default()),
                         )
                     })
@@ -1244,32 +1344,18 @@ impl Coordinator {
                 .collect();
             results.push((topic, rows));
         }
-        if !tombstones.is_empty() {
-            let Some(log) = log else {
-                return (code::COORDINATOR_NOT_AVAILABLE, Vec::new());
-            };
-            if let Err(e) = self
-                .append(&log, &tombstones, self.config.durable_commits)
-                .await
-            {
-                tracing::warn!(group, "offset deletion failed: {e}");
-                return (code::KAFKA_STORAGE_ERROR, Vec::new());
-            }
-            let mut groups = self.groups.borrow_mut();
-            if let Some(g) = groups.get_mut(group) {
-                for ((_, t, p), _) in &tombstones {
-                    g.offsets.remove(&(t.clone(), *p));
-                }
-            }
+        if tombstones.is_empty() {
+            let _ = reply.send((code::NONE, results));
+            return None;
         }
-        (code::NONE, results)
+        Some(self.write(group, tombstones, Then::OffsetDelete { results, reply }))
     }
 
     /// Session expiry, rebalance deadlines, pending member ids, and (on `retention_due`)
     /// offsets retention: (group, expired offsets) to tombstone.
     pub fn tick(&self, retention_due: bool) -> ExpiredOffsets {
-        let now = Instant::now();
-        let wall = now_ms();
+        let now = self.now();
+        let wall = self.wall_ms();
         let mut expired_offsets = Vec::new();
         let mut groups = self.groups.borrow_mut();
         for g in groups.values_mut() {
@@ -1307,15 +1393,6 @@ impl Coordinator {
             !(g.state == State::Empty && g.offsets.is_empty() && g.pending.is_empty())
         });
         expired_offsets
-    }
-
-    /// Forgets offsets whose tombstones were written (retention).
-    pub fn forget(&self, group: &str, keys: &[(Arc<str>, i32)]) {
-        if let Some(g) = self.groups.borrow_mut().get_mut(group) {
-            for k in keys {
-                g.offsets.remove(k);
-            }
-        }
     }
 
     pub fn group_count(&self) -> usize {

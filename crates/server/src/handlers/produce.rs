@@ -6,10 +6,7 @@
 //! takes `BytesMut`: once the decoded request is dropped the frame has a single owner again,
 //! becomes a `BytesMut` without a copy, and is cut into one piece per partition.
 
-use crate::api::{encode_or_close, sb, topic_name, Outcome, Request};
-use crate::metadata;
 use crate::shard::{PartitionError, Shard, ShardMsg};
-use crate::wire::code;
 use bytes::{Buf, BytesMut};
 use futures_channel::oneshot;
 use glommio::task::JoinHandle;
@@ -18,6 +15,9 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::ProduceRequest;
 use runnel_log::AppendInfo;
+use runnel_metadata as metadata;
+use runnel_protocol::code;
+use runnel_protocol::{encode_or_close, sb, topic_name, Outcome, Request};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -76,7 +76,7 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                     code::INVALID_REQUIRED_ACKS,
                     format!("acks={acks} is not 0, 1 or -1"),
                 )
-            } else if &*name == crate::offsets_store::TOPIC {
+            } else if &*name == runnel_group::offsets::TOPIC {
                 err(
                     code::INVALID_TOPIC_EXCEPTION,
                     "__consumer_offsets is written by the broker only".into(),

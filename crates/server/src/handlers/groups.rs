@@ -1,9 +1,8 @@
 //! The group APIs on the connection's shard: decode, send to the group's coordinator shard
-//! ([`crate::group`]), and encode the answer for the request's version.
+//! ([`runnel_group`], driven by [`crate::groups`]), and encode the answer for the request's
+//! version.
 
-use crate::api::{encode_or_close, sb, topic_name, Outcome, Request};
-use crate::group::{self, code, GroupOp, JoinArgs, SyncArgs};
-use crate::offsets_store;
+use crate::groups::coordinator_of;
 use crate::shard::{Shard, ShardMsg};
 use futures_channel::oneshot;
 use kafka_protocol::messages::delete_groups_response::{
@@ -27,6 +26,8 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use runnel_group::{self as group, code, GroupOp, JoinArgs, SyncArgs};
+use runnel_protocol::{encode_or_close, sb, topic_name, Outcome, Request};
 use std::rc::Rc;
 
 macro_rules! decode {
@@ -36,16 +37,6 @@ macro_rules! decode {
             Err(e) => return Outcome::Close(e),
         }
     };
-}
-
-/// The shard coordinating `group`: the owner of its `__consumer_offsets` partition.
-pub fn coordinator_of(shard: &Shard, group: &str) -> (usize, i32) {
-    let partitions = shard
-        .snapshot()
-        .topic(offsets_store::TOPIC)
-        .map_or(offsets_store::DEFAULT_PARTITIONS, |t| t.partitions);
-    let p = offsets_store::partition_for(group, partitions);
-    (shard.owner(offsets_store::TOPIC, p), p)
 }
 
 /// Sends `op` (built around its reply channel) to the group's coordinator and waits.

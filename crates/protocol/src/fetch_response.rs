@@ -7,8 +7,8 @@
 //! follows Kafka's FetchResponse.json for versions 4-16; tests check every version byte for
 //! byte against kafka-protocol's encoder.
 
-use crate::metadata::TopicId;
 use crate::wire::{put_uvarint, Part, Response};
+use crate::TopicId;
 use bytes::{BufMut, BytesMut};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;

@@ -1,13 +1,13 @@
 //! Fetch: read plans from the owner shards, long polling woken by appends, and a response
-//! whose record bytes are file ranges (see [`crate::fetch_response`]).
+//! whose record bytes are file ranges (see [`runnel_protocol::fetch_response`]).
 
-use crate::api::{Outcome, Request};
-use crate::fetch_response::{self, FileRange, PartitionOut, TopicOut};
 use crate::shard::{PartitionError, Shard, ShardMsg};
-use crate::wire::code;
 use futures_lite::future;
 use kafka_protocol::messages::FetchRequest;
 use runnel_log::ReadPlan;
+use runnel_protocol::code;
+use runnel_protocol::fetch_response::{self, FileRange, PartitionOut, TopicOut};
+use runnel_protocol::{Outcome, Request};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,7 +160,7 @@ type ReadResult = Result<ReadPlan, (i16, Option<(i64, i64)>)>;
 /// max_bytes in request order: a partition that would overflow is planned again with what
 /// is left (KIP-74: the first partition with data always gets at least one whole batch).
 async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: u64) -> Vec<ReadResult> {
-    let first = crate::admin::join_all(wanted.iter().map(|w| {
+    let first = runnel_runtime::join_all(wanted.iter().map(|w| {
         let shard = shard.clone();
         let (error, name, partition, offset, limit) = (
             w.error,

@@ -2,10 +2,7 @@
 //! DeleteTopics, CreatePartitions, DescribeConfigs and DescribeCluster.
 
 use crate::admin::{self, AdminOp, NewTopic};
-use crate::api::{encode_or_close, sb, topic_name, Outcome, Request};
-use crate::metadata::NODE_ID;
 use crate::shard::{Shard, ShardMsg};
-use crate::wire::code;
 use kafka_protocol::messages::create_partitions_response::{
     CreatePartitionsResponse, CreatePartitionsTopicResult,
 };
@@ -32,6 +29,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::*;
+use runnel_metadata::NODE_ID;
+use runnel_protocol::code;
+use runnel_protocol::{encode_or_close, sb, topic_name, Outcome, Request};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -171,7 +171,7 @@ pub async fn delete_records(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 Err(c) => r = r.with_error_code(c),
                 // As Kafka: records of an internal topic are the broker's. Deleting committed
                 // offsets would lose every group's position at the next restart's replay.
-                Ok((name, _)) if &*name == crate::offsets_store::TOPIC => {
+                Ok((name, _)) if &*name == runnel_group::offsets::TOPIC => {
                     r = r.with_error_code(code::INVALID_TOPIC_EXCEPTION)
                 }
                 Ok((name, owner)) => {

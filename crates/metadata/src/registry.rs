@@ -1,6 +1,6 @@
 //! Cluster metadata: the topics, their ids, partition counts and config overrides.
 //!
-//! Shard 0 is the single writer ([`crate::admin`]); every shard reads an immutable
+//! One writer (the broker's shard 0) changes it; every shard reads an immutable
 //! [`Snapshot`] it was handed, so the hot path never locks. The registry is persisted in
 //! `<data-dir>/runnel-topics`, rewritten atomically on every change:
 //!

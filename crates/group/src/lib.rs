@@ -1,0 +1,10 @@
+//! Consumer groups: the classic group coordinator ([`coordinator`]) as a state machine that
+//! takes operations and clock ticks and gives answers and the records to write, and the
+//! `__consumer_offsets` record layout ([`offsets`]). The broker's shards drive it: they
+//! route each group's operations to the shard that owns the group's offsets partition,
+//! append the records it asks for, and tell it how the append went.
+
+pub mod coordinator;
+pub mod offsets;
+
+pub use coordinator::*;

@@ -1,0 +1,345 @@
+//! The group coordinator as a state machine, without a broker or a runtime: operations in,
+//! answers out on their channels, writes handed back, time moved by hand.
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use runnel_group::{
+    code, Coordinator, GroupConfig, GroupOp, JoinArgs, JoinResult, State, SyncArgs, SyncResult,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const SESSION_MS: i32 = 10_000;
+
+fn coordinator(initial_delay_ms: u64) -> Coordinator {
+    let c = Coordinator::new(GroupConfig {
+        min_session_timeout_ms: 1_000,
+        max_session_timeout_ms: 300_000,
+        initial_rebalance_delay_ms: initial_delay_ms,
+        offsets_retention_ms: 7 * 24 * 3600 * 1000,
+        durable_commits: false,
+    });
+    c.load(HashMap::new());
+    c
+}
+
+fn args(member_id: &str, instance: Option<&str>) -> JoinArgs {
+    JoinArgs {
+        group: "g".into(),
+        member_id: member_id.into(),
+        instance_id: instance.map(String::from),
+        session_timeout_ms: SESSION_MS,
+        rebalance_timeout_ms: 30_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![("range".into(), Bytes::from_static(b"subscription"))],
+        client_id: "c".into(),
+        client_host: "/127.0.0.1".into(),
+        require_known_member_id: true,
+    }
+}
+
+/// The answer on `rx`, if it was given.
+fn answer<T>(rx: &mut oneshot::Receiver<T>) -> Option<T> {
+    rx.try_recv()
+        .expect("the coordinator kept or answered the reply")
+}
+
+fn join(c: &Coordinator, a: JoinArgs) -> oneshot::Receiver<JoinResult> {
+    let (tx, rx) = oneshot::channel();
+    assert!(c.handle(GroupOp::Join(a, tx)).is_none());
+    rx
+}
+
+/// A new member's two JoinGroups (KIP-394): the id, then the join with it (still waiting).
+fn new_member(c: &Coordinator, instance: Option<&str>) -> (String, oneshot::Receiver<JoinResult>) {
+    if instance.is_some() {
+        let mut rx = join(c, args("", instance));
+        // Static members join at once; their id comes with the join answer.
+        let pending = answer(&mut rx);
+        assert!(pending.is_none(), "the join waits for the round");
+        return (String::new(), rx);
+    }
+    let r = answer(&mut join(c, args("", None))).expect("answered at once");
+    assert_eq!(r.error, code::MEMBER_ID_REQUIRED);
+    let rx = join(c, args(&r.member_id, None));
+    (r.member_id, rx)
+}
+
+fn sync(
+    c: &Coordinator,
+    member: &str,
+    generation: i32,
+    assignments: Vec<(String, Bytes)>,
+) -> oneshot::Receiver<SyncResult> {
+    let (tx, rx) = oneshot::channel();
+    let a = SyncArgs {
+        group: "g".into(),
+        generation,
+        member_id: member.into(),
+        instance_id: None,
+        protocol_type: Some("consumer".into()),
+        protocol: Some("range".into()),
+        assignments,
+    };
+    assert!(c.handle(GroupOp::Sync(a, tx)).is_none());
+    rx
+}
+
+fn heartbeat(c: &Coordinator, member: &str, generation: i32) -> i16 {
+    let (tx, mut rx) = oneshot::channel();
+    assert!(c
+        .handle(GroupOp::Heartbeat {
+            group: "g".into(),
+            generation,
+            member_id: member.into(),
+            instance_id: None,
+            reply: tx,
+        })
+        .is_none());
+    answer(&mut rx).expect("heartbeats are answered at once")
+}
+
+fn state(c: &Coordinator) -> (State, usize) {
+    let (tx, mut rx) = oneshot::channel();
+    assert!(c
+        .handle(GroupOp::Describe {
+            group: "g".into(),
+            reply: tx
+        })
+        .is_none());
+    let d = answer(&mut rx).unwrap();
+    (d.state, d.members.len())
+}
+
+/// Three members in one round, synced: (member ids, generation, leader).
+fn stable_group(c: &Coordinator, instances: [Option<&str>; 3]) -> (Vec<String>, i32, String) {
+    let mut joins: Vec<(String, oneshot::Receiver<JoinResult>)> =
+        instances.iter().map(|i| new_member(c, *i)).collect();
+    for (_, rx) in &mut joins {
+        assert!(
+            answer(rx).is_none(),
+            "nobody is answered before the round ends"
+        );
+    }
+    // group.initial.rebalance.delay.ms holds the first round open for more members.
+    c.advance_clock(Duration::from_secs(4));
+    assert!(c.tick(false).is_empty());
+    let results: Vec<JoinResult> = joins
+        .iter_mut()
+        .map(|(_, rx)| answer(rx).expect("the round completed"))
+        .collect();
+    let generation = results[0].generation;
+    let leader = results[0].leader.clone();
+    let ids: Vec<String> = results.iter().map(|r| r.member_id.clone()).collect();
+    for r in &results {
+        assert_eq!(
+            (r.error, r.generation, &r.leader),
+            (code::NONE, generation, &leader)
+        );
+        assert_eq!(r.protocol.as_deref(), Some("range"));
+        let expected = if r.member_id == leader { 3 } else { 0 };
+        assert_eq!(
+            r.members.len(),
+            expected,
+            "only the leader gets the member list"
+        );
+    }
+    assert_eq!(state(c), (State::CompletingRebalance, 3));
+    // The leader assigns; everyone gets their part.
+    let assignments: Vec<(String, Bytes)> = ids
+        .iter()
+        .map(|m| (m.clone(), Bytes::from(format!("for {m}"))))
+        .collect();
+    let mut others: Vec<_> = ids
+        .iter()
+        .filter(|m| **m != leader)
+        .map(|m| (m.clone(), sync(c, m, generation, Vec::new())))
+        .collect();
+    for (_, rx) in &mut others {
+        assert!(
+            answer(rx).is_none(),
+            "followers wait for the leader's assignment"
+        );
+    }
+    let mine = answer(&mut sync(c, &leader, generation, assignments)).unwrap();
+    assert_eq!(mine.assignment, Bytes::from(format!("for {leader}")));
+    for (m, rx) in &mut others {
+        let r = answer(rx).unwrap();
+        assert_eq!(
+            (r.error, r.assignment.clone()),
+            (code::NONE, Bytes::from(format!("for {m}")))
+        );
+    }
+    assert_eq!(state(c), (State::Stable, 3));
+    (ids, generation, leader)
+}
+
+#[test]
+fn three_members_join_one_round_and_sync_their_assignments() {
+    let c = coordinator(3_000);
+    let (ids, generation, leader) = stable_group(&c, [None, None, None]);
+    assert_eq!(generation, 1);
+    assert!(ids.contains(&leader));
+    for m in &ids {
+        assert_eq!(heartbeat(&c, m, generation), code::NONE);
+    }
+    assert_eq!(
+        heartbeat(&c, &ids[0], generation + 1),
+        code::ILLEGAL_GENERATION
+    );
+    assert_eq!(
+        heartbeat(&c, "stranger", generation),
+        code::UNKNOWN_MEMBER_ID
+    );
+}
+
+#[test]
+fn a_member_whose_session_expires_is_removed_and_the_others_rebalance() {
+    let c = coordinator(3_000);
+    let (ids, generation, _) = stable_group(&c, [None, None, None]);
+    let (alive, dead) = (&ids[..2], &ids[2]);
+    // The first two keep heartbeating; the third goes silent past its session timeout.
+    for _ in 0..3 {
+        c.advance_clock(Duration::from_millis(SESSION_MS as u64 * 2 / 5));
+        for m in alive {
+            assert_eq!(heartbeat(&c, m, generation), code::NONE);
+        }
+        c.tick(false);
+    }
+    assert_eq!(state(&c), (State::PreparingRebalance, 2));
+    assert_eq!(heartbeat(&c, dead, generation), code::UNKNOWN_MEMBER_ID);
+    let mut rejoins: Vec<_> = alive
+        .iter()
+        .map(|m| {
+            assert_eq!(heartbeat(&c, m, generation), code::REBALANCE_IN_PROGRESS);
+            join(&c, args(m, None))
+        })
+        .collect();
+    let results: Vec<JoinResult> = rejoins.iter_mut().map(|rx| answer(rx).unwrap()).collect();
+    for r in &results {
+        assert_eq!((r.error, r.generation), (code::NONE, generation + 1));
+    }
+    assert_eq!(state(&c), (State::CompletingRebalance, 2));
+}
+
+#[test]
+fn a_static_member_that_restarts_takes_its_slot_back_without_a_rebalance() {
+    let c = coordinator(3_000);
+    let (ids, generation, leader) = stable_group(&c, [Some("i1"), Some("i2"), Some("i3")]);
+    // Which member was instance i2: the one the describe lists with it.
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(GroupOp::Describe {
+        group: "g".into(),
+        reply: tx,
+    });
+    let described = answer(&mut rx).unwrap();
+    let old = described
+        .members
+        .iter()
+        .find(|m| m.instance_id.as_deref() == Some("i2"))
+        .unwrap();
+    let old_id = old.member_id.clone();
+    let old_assignment = old.assignment.clone();
+    assert!(!old_assignment.is_empty());
+
+    // The process restarts: a new JoinGroup with no member id and the same instance id.
+    let r = answer(&mut join(&c, args("", Some("i2")))).expect("answered at once");
+    assert_eq!((r.error, r.generation), (code::NONE, generation));
+    assert_ne!(r.member_id, old_id);
+    assert_eq!(state(&c), (State::Stable, 3), "no rebalance");
+    // The old incarnation is fenced; the others see nothing happen.
+    let (tx, mut hb) = oneshot::channel();
+    c.handle(GroupOp::Heartbeat {
+        group: "g".into(),
+        generation,
+        member_id: old_id.clone(),
+        instance_id: Some("i2".into()),
+        reply: tx,
+    });
+    assert_eq!(answer(&mut hb), Some(code::FENCED_INSTANCE_ID));
+    for m in ids.iter().filter(|m| **m != old_id) {
+        assert_eq!(heartbeat(&c, m, generation), code::NONE);
+    }
+    let _ = leader;
+    // Its SyncGroup returns the assignment it had.
+    let s = answer(&mut sync(&c, &r.member_id, generation, Vec::new())).unwrap();
+    assert_eq!((s.error, s.assignment), (code::NONE, old_assignment));
+}
+
+fn commit(
+    c: &Coordinator,
+    generation: i32,
+    member: &str,
+    offset: i64,
+) -> (
+    Option<runnel_group::PendingWrite>,
+    oneshot::Receiver<Result<Vec<i16>, i16>>,
+) {
+    let (tx, rx) = oneshot::channel();
+    let w = c.handle(GroupOp::Commit {
+        group: "g".into(),
+        generation,
+        member_id: member.into(),
+        instance_id: None,
+        offsets: vec![("t".into(), 0, offset, -1, None)],
+        reply: tx,
+    });
+    (w, rx)
+}
+
+fn committed(c: &Coordinator) -> i64 {
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(GroupOp::Fetch {
+        group: "g".into(),
+        partitions: Some(vec![("t".into(), vec![0])]),
+        reply: tx,
+    });
+    answer(&mut rx).unwrap().unwrap()[0].1[0].1
+}
+
+#[test]
+fn commits_are_checked_against_the_generation_and_applied_only_once_written() {
+    let c = coordinator(0);
+    let (id, mut rx) = new_member(&c, None);
+    let generation = answer(&mut rx).unwrap().generation;
+    // Not synced yet: the group is completing its rebalance.
+    let (w, mut r) = commit(&c, generation, &id, 5);
+    assert!(w.is_none());
+    assert_eq!(answer(&mut r), Some(Err(code::REBALANCE_IN_PROGRESS)));
+    answer(&mut sync(
+        &c,
+        &id,
+        generation,
+        vec![(id.clone(), Bytes::new())],
+    ))
+    .unwrap();
+
+    for (generation, member, expected) in [
+        (generation + 1, id.as_str(), code::ILLEGAL_GENERATION),
+        (generation, "someone-else", code::UNKNOWN_MEMBER_ID),
+        // A standalone commit is for groups without members.
+        (-1, "", code::UNKNOWN_MEMBER_ID),
+    ] {
+        let (w, mut r) = commit(&c, generation, member, 5);
+        assert!(w.is_none());
+        assert_eq!(answer(&mut r), Some(Err(expected)));
+    }
+
+    // A good commit is answered only after its record is written.
+    let (w, mut r) = commit(&c, generation, &id, 7);
+    let w = w.expect("a write");
+    assert_eq!(w.records.len(), 1);
+    assert!(!c.quiescent(), "a write is in flight");
+    assert!(answer(&mut r).is_none());
+    assert_eq!(committed(&c), -1, "not applied before it is written");
+    c.complete(w, Ok(()));
+    assert!(c.quiescent());
+    assert_eq!(answer(&mut r), Some(Ok(vec![code::NONE])));
+    assert_eq!(committed(&c), 7);
+
+    // A failed write answers KAFKA_STORAGE_ERROR and changes nothing.
+    let (w, mut r) = commit(&c, generation, &id, 9);
+    c.complete(w.unwrap(), Err(code::KAFKA_STORAGE_ERROR));
+    assert_eq!(answer(&mut r), Some(Ok(vec![code::KAFKA_STORAGE_ERROR])));
+    assert_eq!(committed(&c), 7);
+}

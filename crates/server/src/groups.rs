@@ -1,0 +1,141 @@
+//! The shard's side of consumer groups: it drives its [`runnel_group::Coordinator`] (the
+//! groups placed on this shard), does the coordinator's writes to `__consumer_offsets`,
+//! replays the offsets at start, and runs the group timers.
+
+use crate::offsets_store;
+use crate::shard::Shard;
+use runnel_group::offsets::{self, TOPIC};
+use runnel_group::{code, GroupOp, PendingWrite};
+use runnel_log::Log;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The shard coordinating `group`, and the group's `__consumer_offsets` partition: the
+/// owner of that partition.
+pub fn coordinator_of(shard: &Shard, group: &str) -> (usize, i32) {
+    let partitions = shard
+        .snapshot()
+        .topic(TOPIC)
+        .map_or(offsets::DEFAULT_PARTITIONS, |t| t.partitions);
+    let p = offsets::partition_for(group, partitions);
+    (shard.owner(TOPIC, p), p)
+}
+
+/// This shard's log of the group's `__consumer_offsets` partition.
+fn offsets_log(shard: &Shard, group: &str) -> Option<Log> {
+    let (_, p) = coordinator_of(shard, group);
+    shard
+        .partitions
+        .borrow()
+        .get(&(Arc::from(TOPIC), p))
+        .cloned()
+}
+
+/// Runs a group operation on this (its coordinator's) shard, with the write it may need.
+pub async fn run(shard: &Shard, op: GroupOp) {
+    if let Some(w) = shard.coordinator.handle(op) {
+        let _ = write(shard, w, shard.coordinator.config.durable_commits).await;
+    }
+}
+
+/// Appends a coordinator's records to the group's partition and completes the write with
+/// the outcome, awaiting nothing else in between (see [`PendingWrite`]).
+async fn write(shard: &Shard, w: PendingWrite, durable: bool) -> Result<(), i16> {
+    let result = if w.records.is_empty() {
+        Ok(())
+    } else {
+        match offsets_log(shard, &w.group) {
+            None => Err(code::COORDINATOR_NOT_AVAILABLE),
+            Some(log) => offsets_store::append(&log, &w.records, durable)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(group = %w.group, "__consumer_offsets write failed: {e}");
+                    code::KAFKA_STORAGE_ERROR
+                }),
+        }
+    };
+    shard.coordinator.complete(w, result);
+    result
+}
+
+/// Replays this shard's `__consumer_offsets` partitions into its group coordinator.
+pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
+    let logs: Vec<runnel_log::Log> = shard
+        .partitions
+        .borrow()
+        .iter()
+        .filter(|((t, _), _)| &**t == TOPIC)
+        .map(|(_, l)| l.clone())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut all = HashMap::new();
+    for log in &logs {
+        let live = offsets_store::replay(log).await.map_err(|e| {
+            format!(
+                "cannot load committed offsets from {}: {e}",
+                log.dir().display()
+            )
+        })?;
+        all.extend(live);
+    }
+    let n = all.len();
+    shard.coordinator.load(all);
+    if n > 0 {
+        tracing::info!(
+            shard = shard.id,
+            offsets = n,
+            groups = shard.coordinator.group_count(),
+            ms = started.elapsed().as_millis() as u64,
+            "loaded committed offsets"
+        );
+    }
+    Ok(())
+}
+
+/// Group sessions and rebalance deadlines (every 100 ms), offsets retention and
+/// `__consumer_offsets` compaction (every minute).
+pub async fn timers(shard: Rc<Shard>) {
+    let mut last_slow = std::time::Instant::now();
+    loop {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        let slow = last_slow.elapsed() >= Duration::from_secs(60);
+        let expired = shard.coordinator.tick(slow);
+        if !slow {
+            continue;
+        }
+        last_slow = std::time::Instant::now();
+        for (group, keys) in expired {
+            let n = keys.len();
+            let w = shard.coordinator.expire(&group, keys);
+            if write(&shard, w, false).await.is_ok() {
+                tracing::info!(%group, offsets = n, "expired committed offsets");
+            }
+        }
+        let partitions = shard.snapshot().topic(TOPIC).map_or(0, |t| t.partitions);
+        let logs: Vec<(i32, runnel_log::Log)> = shard
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|((t, _), _)| &**t == TOPIC)
+            .map(|((_, p), l)| (*p, l.clone()))
+            .collect();
+        for (p, log) in logs {
+            // The dump must hold every applied commit and nothing older than what the log
+            // already has after it: only when no append awaits its state change. Nothing
+            // yields between this check and the dump being queued behind earlier appends.
+            if !shard.coordinator.quiescent() {
+                continue;
+            }
+            let live = shard.coordinator.live_offsets(p, partitions);
+            match offsets_store::maybe_compact(&log, live, offsets_store::COMPACT_MIN_BYTES).await {
+                Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(partition = p, "__consumer_offsets compaction failed: {e}")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Metadata (with topic auto-creation).
+
+use crate::shard::Shard;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::*;
+use runnel_protocol::{code, encode_or_close, sb, topic_name, Outcome, Request};
+use std::rc::Rc;
+
+/// Metadata: the brokers (this one), the topics asked for (all: null), each partition led
+/// by this broker; missing topics are auto-created when allowed.
+pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> Outcome {
+    let version = req.version;
+    let config = shard.config();
+    let mut snapshot = shard.snapshot();
+    // Which topics: null = all; v0 sends an empty list for all.
+    let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match &body.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(
+            t.iter()
+                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+                .collect(),
+        ),
+    };
+    let auto_create = config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
+    if let (Some(wanted), true) = (&wanted, auto_create) {
+        let missing: Vec<crate::admin::NewTopic> = wanted
+            .iter()
+            .filter_map(|(n, _)| n.as_ref())
+            .filter(|n| snapshot.topic(n).is_none())
+            .filter(|n| runnel_metadata::validate_topic_name(n).is_ok())
+            .map(|n| crate::admin::NewTopic {
+                name: n.clone(),
+                partitions: config.default_partitions,
+                configs: Default::default(),
+            })
+            .collect();
+        if !missing.is_empty() {
+            for (t, r) in missing.iter().zip(
+                crate::admin::submit(
+                    shard,
+                    crate::admin::AdminOp::CreateTopics {
+                        topics: missing.clone(),
+                        validate_only: false,
+                    },
+                )
+                .await,
+            ) {
+                match r {
+                    Ok(_) => tracing::info!(
+                        topic = %t.name,
+                        partitions = t.partitions,
+                        "auto-created topic"
+                    ),
+                    Err((c, e)) if c != code::TOPIC_ALREADY_EXISTS => {
+                        tracing::warn!(topic = %t.name, "auto-create failed: {e}")
+                    }
+                    Err(_) => {}
+                }
+            }
+            snapshot = shard.snapshot();
+        }
+    }
+    let topic_out = |meta: &runnel_metadata::TopicMeta| {
+        let mut t = MetadataResponseTopic::default()
+            .with_name(Some(topic_name(&meta.name)))
+            .with_partitions(
+                (0..meta.partitions)
+                    .map(|p| {
+                        MetadataResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_leader_id(BrokerId(runnel_metadata::NODE_ID))
+                            .with_leader_epoch(0)
+                            .with_replica_nodes(vec![BrokerId(runnel_metadata::NODE_ID)])
+                            .with_isr_nodes(vec![BrokerId(runnel_metadata::NODE_ID)])
+                    })
+                    .collect(),
+            );
+        if version >= 10 {
+            t = t.with_topic_id(uuid::Uuid::from_bytes(meta.id));
+        }
+        if version >= 1 && &*meta.name == runnel_group::offsets::TOPIC {
+            t = t.with_is_internal(true);
+        }
+        t
+    };
+    let topics: Vec<MetadataResponseTopic> = match wanted {
+        None => snapshot.topics.values().map(|m| topic_out(m)).collect(),
+        Some(wanted) => wanted
+            .iter()
+            .map(|(name, id)| {
+                let meta = match name {
+                    Some(n) => snapshot.topic(n),
+                    None => snapshot.topic_by_id(id.as_bytes()),
+                };
+                match (meta, name) {
+                    (Some(m), _) => topic_out(m),
+                    (None, Some(n)) => {
+                        let err = if runnel_metadata::validate_topic_name(n).is_err() {
+                            code::INVALID_TOPIC_EXCEPTION
+                        } else {
+                            code::UNKNOWN_TOPIC_OR_PARTITION
+                        };
+                        MetadataResponseTopic::default()
+                            .with_error_code(err)
+                            .with_name(Some(topic_name(n)))
+                    }
+                    (None, None) => {
+                        let mut t = MetadataResponseTopic::default()
+                            .with_error_code(code::UNKNOWN_TOPIC_ID)
+                            .with_name(None);
+                        if version >= 10 {
+                            t = t.with_topic_id(*id);
+                        }
+                        t
+                    }
+                }
+            })
+            .collect(),
+    };
+    let mut broker = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(runnel_metadata::NODE_ID))
+        .with_host(sb(&shard.shared.advertised_host))
+        .with_port(shard.shared.advertised_port);
+    broker.rack = None;
+    let mut resp = MetadataResponse::default()
+        .with_brokers(vec![broker])
+        .with_topics(topics);
+    if version >= 1 {
+        resp = resp.with_controller_id(BrokerId(runnel_metadata::NODE_ID));
+    }
+    if version >= 2 {
+        resp = resp.with_cluster_id(Some(sb(&snapshot.cluster_id)));
+    }
+    encode_or_close(req.correlation_id, version, &resp)
+}

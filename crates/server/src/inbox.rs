@@ -1,0 +1,134 @@
+//! The owner side of the shard: the work a [`ShardMsg`] asks of this shard (from another
+//! shard over the mesh, or from this one), each kind handed to the module that owns it.
+
+use crate::shard::{log_error, PartitionError, Shard, ShardMsg};
+use runnel_log::{Log, TimestampOffset};
+use runnel_protocol::code;
+use std::rc::Rc;
+
+/// Does the work of one message on this (the owner) shard: each kind of message goes to the
+/// module that owns that work.
+pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
+    match msg {
+        ShardMsg::Produce {
+            key,
+            records,
+            durable,
+            reply,
+        } => {
+            let r = match shard.log(&key) {
+                Ok(log) => log.append(records, durable).await.map_err(log_error),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(r);
+        }
+        ShardMsg::Read {
+            key,
+            offset,
+            max_bytes,
+            min_one_batch,
+            reply,
+        } => {
+            let r = match shard.log(&key) {
+                Ok(log) => log
+                    .read(offset, max_bytes, min_one_batch)
+                    .await
+                    .map_err(log_error),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(r);
+        }
+        ShardMsg::WaitForData {
+            key,
+            offset,
+            mut reply,
+        } => {
+            let Ok(log) = shard.log(&key) else {
+                let _ = reply.send(());
+                return;
+            };
+            // Closing the log (shutdown, topic deletion) also ends the wait.
+            let wait = log.wait_for_data(offset);
+            let cancelled = reply.cancellation();
+            futures_lite::future::or(wait, cancelled).await;
+            let _ = reply.send(());
+        }
+        ShardMsg::ListOffset {
+            key,
+            timestamp,
+            reply,
+        } => {
+            let r = match shard.log(&key) {
+                Ok(log) => list_offset(&log, timestamp).await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(r);
+        }
+        ShardMsg::DeleteRecords { key, offset, reply } => {
+            let r = match shard.log(&key) {
+                Ok(log) => log.delete_records(offset).await.map_err(log_error),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(r);
+        }
+        ShardMsg::Offsets { key, reply } => {
+            let r = shard
+                .log(&key)
+                .map(|log| (log.log_start_offset(), log.high_watermark()));
+            let _ = reply.send(r);
+        }
+        ShardMsg::Checkpoint { reply } => {
+            let points = shard
+                .partitions
+                .borrow()
+                .iter()
+                .map(|(k, log)| (k.clone(), log.recovery_point(), log.log_start_offset()))
+                .collect();
+            let _ = reply.send(points);
+        }
+        ShardMsg::ApplyMetadata { snapshot, reply } => {
+            let r = crate::partitions::apply_metadata(&shard, snapshot, false).await;
+            let _ = reply.send(r);
+        }
+        ShardMsg::InitProducerId {
+            producer_id,
+            epoch,
+            reply,
+        } => {
+            let r = crate::producer_ids::init(&shard, producer_id, epoch).await;
+            let _ = reply.send(r);
+        }
+        ShardMsg::Group { op, done } => {
+            crate::groups::run(&shard, op).await;
+            let _ = done.send(());
+        }
+        ShardMsg::Admin { op, reply } => {
+            let r = crate::admin::run(&shard, op).await;
+            let _ = reply.send(r);
+        }
+    }
+}
+
+async fn list_offset(log: &Log, timestamp: i64) -> Result<Option<TimestampOffset>, PartitionError> {
+    const LATEST: i64 = -1;
+    const EARLIEST: i64 = -2;
+    const MAX_TIMESTAMP: i64 = -3;
+    const EARLIEST_LOCAL: i64 = -4;
+    const LATEST_TIERED: i64 = -5;
+    let at = |offset| {
+        Ok(Some(TimestampOffset {
+            timestamp: -1,
+            offset,
+        }))
+    };
+    match timestamp {
+        LATEST | LATEST_TIERED => at(log.high_watermark()),
+        EARLIEST | EARLIEST_LOCAL => at(log.log_start_offset()),
+        MAX_TIMESTAMP => Ok(log.max_timestamp_offset()),
+        t if t >= 0 => log.offset_for_timestamp(t).await.map_err(log_error),
+        t => Err((
+            code::INVALID_REQUEST,
+            format!("timestamp {t} is not a ListOffsets target"),
+        )),
+    }
+}

@@ -1,0 +1,139 @@
+//! A shard's partitions: opening, reconfiguring and deleting them as metadata snapshots
+//! arrive, and removing deleted partitions' directories off the executor.
+
+use crate::shard::{PartitionKey, Shard};
+use runnel_log::{Log, LogConfig, OpenOptions};
+use runnel_metadata::{self as metadata, Snapshot};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Opens the partitions of `snapshot` this shard owns, reconfigures the open ones and
+/// closes and deletes those of deleted topics; then publishes the snapshot here.
+pub async fn apply_metadata(
+    shard: &Rc<Shard>,
+    snapshot: Arc<Snapshot>,
+    at_startup: bool,
+) -> Result<(), String> {
+    let nr = shard.shared.nr_shards;
+    // Open what is new.
+    for t in snapshot.topics.values() {
+        let config = metadata::log_config(&shard.shared.defaults, &t.overrides);
+        for p in 0..t.partitions {
+            if runnel_metadata::placement::owner(&t.name, p, nr) != shard.id {
+                continue;
+            }
+            let key: PartitionKey = (t.name.clone(), p);
+            let existing = shard.partitions.borrow().get(&key).cloned();
+            match existing {
+                Some(log) => {
+                    if log.config() != config {
+                        log.set_config(config.clone()).map_err(|e| e.to_string())?;
+                    }
+                }
+                None => {
+                    let log = open_log(shard, &key, config.clone(), at_startup).await?;
+                    shard.partitions.borrow_mut().insert(key, log);
+                }
+            }
+        }
+    }
+    // Close and delete what is gone (a deleted topic, or one recreated with a new id).
+    let old = shard.snapshot();
+    let doomed: Vec<PartitionKey> = shard
+        .partitions
+        .borrow()
+        .keys()
+        .filter(|(name, p)| match (snapshot.topic(name), old.topic(name)) {
+            (Some(new), Some(prev)) => new.id != prev.id || *p >= new.partitions,
+            (Some(new), None) => *p >= new.partitions,
+            (None, _) => true,
+        })
+        .cloned()
+        .collect();
+    *shard.snapshot.borrow_mut() = snapshot;
+    for key in doomed {
+        let Some(log) = shard.partitions.borrow_mut().remove(&key) else {
+            continue;
+        };
+        if let Err(e) = log.close().await {
+            tracing::warn!(topic = %key.0, partition = key.1, "closing a deleted partition: {e}");
+        }
+        delete_partition_dir(log.dir().to_path_buf());
+    }
+    Ok(())
+}
+
+async fn open_log(
+    shard: &Shard,
+    key: &PartitionKey,
+    config: LogConfig,
+    at_startup: bool,
+) -> Result<Log, String> {
+    let dir = shard.shared.data_dir.join(format!("{}-{}", key.0, key.1));
+    let ck = (key.0.to_string(), key.1);
+    let st = &shard.shared.startup;
+    let opts = if at_startup {
+        OpenOptions {
+            recovery_point: st.recovery_points.get(&ck).copied(),
+            log_start_offset: st.log_start_offsets.get(&ck).copied(),
+            clean_shutdown: st.clean_shutdown,
+        }
+    } else {
+        OpenOptions::default()
+    };
+    Log::open(&dir, &key.0, key.1, config, opts)
+        .await
+        .map_err(|e| format!("cannot open partition {}-{}: {e}", key.0, key.1))
+}
+
+/// Renames a deleted partition's directory out of the way at once (a new topic of the same
+/// name may be created right after), then removes it on the deleter thread: removing a large
+/// directory is many blocking syscalls, and the segment files may still be held open by
+/// in-flight fetches, which keep reading them until they finish.
+fn delete_partition_dir(dir: PathBuf) {
+    let mut doomed = dir.clone().into_os_string();
+    doomed.push(format!(".{}-delete", metadata::hex(&metadata::random_id())));
+    let doomed = PathBuf::from(doomed);
+    if let Err(e) = std::fs::rename(&dir, &doomed) {
+        tracing::warn!("cannot rename {} for deletion: {e}", dir.display());
+        return;
+    }
+    static DELETER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<PathBuf>>> =
+        std::sync::OnceLock::new();
+    let deleter = DELETER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+        std::thread::Builder::new()
+            .name("runnel-deleter".into())
+            .spawn(move || {
+                for dir in rx {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!("cannot delete {}: {e}", dir.display());
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!("no deleter thread ({e}): deleting inline"))
+            .ok()
+            .map(|_| tx)
+    });
+    let leftover = match deleter {
+        Some(tx) => tx.send(doomed).err().map(|e| e.0),
+        None => Some(doomed),
+    };
+    if let Some(doomed) = leftover {
+        // No deleter thread: the next start removes it (remove_deleted_dirs).
+        tracing::warn!("{} is left for the next start to delete", doomed.display());
+    }
+}
+
+/// Removes directories left by deletions a crash interrupted.
+pub fn remove_deleted_dirs(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().ends_with("-delete") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
