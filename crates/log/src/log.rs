@@ -156,7 +156,10 @@ impl Inner {
     pub(crate) fn open_dir(&self) -> Result<Arc<OwnedFd>, LogError> {
         use std::os::unix::fs::MetadataExt;
         let gone = || LogError::Closed(self.dir.clone());
-        let file = std::fs::File::open(&self.dir).map_err(|_| gone())?;
+        let file = std::fs::File::open(&self.dir).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => gone(),
+            _ => LogError::io("open log dir", &self.dir, e),
+        })?;
         let meta = file
             .metadata()
             .map_err(|e| LogError::io("stat log dir", &self.dir, e))?;
@@ -193,6 +196,8 @@ impl Log {
         // Whatever the files hold when the log opens is visible.
         for s in &segments {
             s.visible_size.set(s.size.get());
+            s.visible_max_timestamp
+                .set((s.max_timestamp.get(), s.offset_of_max_timestamp.get()));
         }
         Log {
             inner: Rc::new(Inner {
@@ -388,7 +393,8 @@ impl Log {
         }
     }
 
-    /// Resolves once the log end offset is past `offset` (data to fetch) or the log closes.
+    /// Resolves once the high watermark is past `offset` (data to fetch), or the log closes
+    /// or goes offline.
     pub fn wait_for_data(&self, offset: i64) -> WaitForData {
         WaitForData {
             inner: self.inner.clone(),
@@ -530,6 +536,7 @@ impl Log {
         &self,
         timestamp: i64,
     ) -> Result<Option<TimestampOffset>, LogError> {
+        self.check_online()?;
         let lso = self.log_start_offset();
         let segments: Vec<Rc<Segment>> = self.inner.segments.borrow().clone();
         // Segments before the first whose largest timestamp reaches the target hold only
@@ -546,21 +553,20 @@ impl Log {
         Ok(None)
     }
 
-    /// The offset and timestamp of the record with the largest timestamp (ListOffsets -3).
-    pub fn max_timestamp_offset(&self) -> Option<TimestampOffset> {
+    /// The offset and timestamp of the visible record with the largest timestamp
+    /// (ListOffsets -3).
+    pub fn max_timestamp_offset(&self) -> Result<Option<TimestampOffset>, LogError> {
+        self.check_online()?;
         // On a tie the earliest segment wins, as within a segment (and as in Kafka): the
         // first record to reach the largest timestamp. (`max_by_key` would pick the last.)
         let segments = self.inner.segments.borrow();
-        let mut best: Option<&Rc<Segment>> = None;
-        for s in segments.iter().filter(|s| s.max_timestamp.get() >= 0) {
-            if best.is_none_or(|b| s.max_timestamp.get() > b.max_timestamp.get()) {
-                best = Some(s);
+        let mut best: Option<(i64, i64)> = None;
+        for (ts, offset) in segments.iter().map(|s| s.visible_max_timestamp.get()) {
+            if ts >= 0 && best.is_none_or(|(b, _)| ts > b) {
+                best = Some((ts, offset));
             }
         }
-        best.map(|s| TimestampOffset {
-            timestamp: s.max_timestamp.get(),
-            offset: s.offset_of_max_timestamp.get(),
-        })
+        Ok(best.map(|(timestamp, offset)| TimestampOffset { timestamp, offset }))
     }
 
     /// DeleteRecords: advances the log start offset to `offset` (-1: the high watermark) and
@@ -616,7 +622,11 @@ impl Log {
             let closed = &segments[..segments.len() - 1];
             let mut total: u64 = segments.iter().map(|s| s.size.get()).sum();
             let mut n = 0;
+            let hw = self.high_watermark();
             for seg in closed {
+                if seg.next_offset.get() > hw {
+                    break; // not all visible yet (Kafka's deletableSegments rule)
+                }
                 let expired = config
                     .retention_ms
                     .is_some_and(|ms| now_ms - seg.largest_timestamp() > ms as i64);
@@ -792,6 +802,13 @@ async fn writer(inner: Rc<Inner>) {
 
 async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
     let inner = &log.inner;
+    if let Err(e) = log.check_online() {
+        // Queued before a sync failed: nothing more is written to an offline log.
+        for a in appends {
+            let _ = a.reply.send(Err(storage_error(&e)));
+        }
+        return;
+    }
     let config = inner.config.borrow().clone();
     let now = now_ms();
     let mut rest: VecDeque<PendingAppend> = appends.into();
@@ -989,7 +1006,7 @@ async fn write_run(
 /// end offset, and each segment's visible size to its written size.
 fn publish(log: &Log) {
     let inner = &log.inner;
-    if inner.high_watermark.get() == inner.next_offset.get() {
+    if inner.high_watermark.get() == inner.next_offset.get() || inner.offline.borrow().is_some() {
         return;
     }
     let published = inner.high_watermark.get();
@@ -1000,6 +1017,8 @@ fn publish(log: &Log) {
         // (An empty segment rolled after the last write is passed over: data before it may
         // still be unpublished.)
         seg.visible_size.set(seg.size.get());
+        seg.visible_max_timestamp
+            .set((seg.max_timestamp.get(), seg.offset_of_max_timestamp.get()));
     }
     inner.high_watermark.set(inner.next_offset.get());
     log.wake_waiters();
@@ -1068,7 +1087,8 @@ async fn offset_for_timestamp_in(
     timestamp: i64,
     lso: i64,
 ) -> Result<Option<TimestampOffset>, LogError> {
-    let end = seg.size.get();
+    // Visible batches only: nothing at or past the high watermark is answered.
+    let end = seg.visible_size.get();
     let start_offset = seg
         .time_index
         .borrow()
@@ -1151,10 +1171,6 @@ fn needs_roll(
 /// the log end offset.
 async fn roll_now(log: &Log) -> Result<(), LogError> {
     let inner = &log.inner;
-    if inner.closed.get() {
-        // Its directory may already be gone (topic deleted): create nothing more in it.
-        return Err(LogError::Closed(inner.dir.clone()));
-    }
     let old = log.active();
     let dir = inner.open_dir()?;
     // The old segment's data must be on disk before anything of the new segment is: after a
@@ -1247,9 +1263,23 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
     let lso = log.log_start_offset();
     let mut state = ProducerState::default();
     let mut from = i64::MIN;
-    let snapshots = list_snapshots(&inner.dir, &*inner.open_dir()?)?;
-    for &o in snapshots.iter().filter(|&&o| o > leo) {
-        let _ = std::fs::remove_file(inner.dir.join(file_name(o, SNAPSHOT_SUFFIX)));
+    let dir = inner.open_dir()?;
+    let snapshots = list_snapshots(&inner.dir, &dir)?;
+    let stale: Vec<i64> = snapshots.iter().copied().filter(|&o| o > leo).collect();
+    for &o in &stale {
+        // A snapshot past the log end describes batches that are gone; its removal must be
+        // durable before anything is appended at those offsets again.
+        let name = file_name(o, SNAPSHOT_SUFFIX);
+        runnel_runtime::ring()
+            .unlink_at(&dir, &name)
+            .await
+            .map_err(|e| LogError::io("delete producer snapshot", &inner.dir.join(&name), e))?;
+    }
+    if !stale.is_empty() {
+        runnel_runtime::ring()
+            .fdatasync(&dir)
+            .await
+            .map_err(|e| LogError::io("fsync directory", &inner.dir, e))?;
     }
     for &o in snapshots.iter().rev().filter(|&&o| o <= leo) {
         let path = inner.dir.join(file_name(o, SNAPSHOT_SUFFIX));
@@ -1321,7 +1351,14 @@ pub(crate) async fn create_segment(
 pub(crate) async fn flush_now(log: &Log) -> Result<(), LogError> {
     log.check_online()?;
     let result = sync_all(log).await;
-    if let Err(e) = &result {
+    let sync_failed = matches!(
+        &result,
+        Err(LogError::Io {
+            op: "fdatasync" | "fsync directory",
+            ..
+        })
+    );
+    if let (true, Err(e)) = (sync_failed, &result) {
         // As Kafka takes a log dir offline on an I/O error: a failed fdatasync may have lost
         // pages that readers already saw, and Linux reports it only once (the next fdatasync
         // would succeed), so nothing written here can be trusted until recovery re-reads it.
@@ -1356,11 +1393,12 @@ async fn sync_all(log: &Log) -> Result<(), LogError> {
         seg.synced_size.set(size);
     }
     if inner.dir_dirty.replace(false) {
-        let synced = match inner.open_dir() {
-            Ok(dir) => ring.fdatasync(&dir).await,
-            Err(e) => Err(std::io::Error::other(e.to_string())),
-        };
-        if let Err(e) = synced {
+        // Not being able to open the directory (gone, or out of descriptors) is no failed
+        // sync: the entries stay dirty for the next flush.
+        let dir = inner
+            .open_dir()
+            .inspect_err(|_| inner.dir_dirty.set(true))?;
+        if let Err(e) = ring.fdatasync(&dir).await {
             inner.dir_dirty.set(true);
             return Err(LogError::io("fsync directory", &inner.dir, e));
         }

@@ -87,6 +87,20 @@ impl Log {
                 continue;
             }
             if let Some(prev) = segments.last() {
+                if base > prev.next_offset.get() && prev.next_offset.get() < flushed_up_to {
+                    // Flushed data is missing: as with damage below the recovery point, the
+                    // log does not open rather than silently dropping what follows.
+                    return Err(LogError::CorruptBelowRecoveryPoint {
+                        path: seg.log_path.clone(),
+                        position: 0,
+                        offset: prev.next_offset.get(),
+                        recovery_point: flushed_up_to,
+                        reason: format!(
+                            "segment starts at offset {base} but the previous one ends at {}",
+                            prev.next_offset.get()
+                        ),
+                    });
+                }
                 if base > prev.next_offset.get() {
                     // A gap: the previous segment lost a tail it had when this one was rolled
                     // (a power loss before its data reached the disk). The log ends where the

@@ -50,6 +50,9 @@ pub(crate) struct Segment {
     /// Bytes readers may see: batches below the high watermark. Lags `size` while an
     /// acks=all write waits for its fdatasync.
     pub visible_size: Cell<u64>,
+    /// (max_timestamp, offset_of_max_timestamp) as of `visible_size`: what ListOffsets -3
+    /// may answer.
+    pub visible_max_timestamp: Cell<(i64, i64)>,
     /// Offset after the last batch (== base_offset while empty).
     pub next_offset: Cell<i64>,
     pub index: RefCell<OffsetIndex>,
@@ -76,6 +79,7 @@ impl Segment {
             log_path: dir.join(file_name(base_offset, LOG_SUFFIX)),
             size: Cell::new(size),
             visible_size: Cell::new(size),
+            visible_max_timestamp: Cell::new((NO_TIMESTAMP, base_offset)),
             next_offset: Cell::new(base_offset),
             index: RefCell::new(OffsetIndex::default()),
             time_index: RefCell::new(TimeIndex::default()),

@@ -9,6 +9,7 @@ use common::{batch, now_ms, run};
 use runnel_log::{Log, LogConfig, LogError, OpenOptions, MAX_RELATIVE_OFFSET};
 use runnel_record::builder::BatchBuilder;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -260,6 +261,8 @@ fn the_high_watermark_moves_only_after_the_acks_all_fdatasync() {
         let (s, l) = (seen.clone(), log.clone());
         runnel_runtime::fault::set_fdatasync_hook(Some(Box::new(move |_| {
             s.borrow_mut().push(l.high_watermark());
+            // ListOffsets answers only from what readers may see.
+            assert_eq!(l.max_timestamp_offset().unwrap(), None);
             None
         })));
         let waiter = glommio::spawn_local({
@@ -378,5 +381,139 @@ fn producer_snapshots_have_kafkas_name_and_old_names_are_renamed() {
         let info = log.append(idempotent(0, 5), false).await.unwrap();
         assert_eq!((info.base_offset, info.record_count), (0, 0));
         log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn appends_queued_behind_a_failed_fdatasync_are_refused_and_nothing_is_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let log = open(&dir, config(), OpenOptions::default()).await;
+        log.append(batch(2, 10, 1, now_ms()), true).await.unwrap();
+        let failed = Rc::new(Cell::new(false));
+        let f = failed.clone();
+        runnel_runtime::fault::set_fdatasync_hook(Some(Box::new(move |_| {
+            (!f.replace(true)).then(|| io::Error::from_raw_os_error(libc::EIO))
+        })));
+        let first = glommio::spawn_local({
+            let log = log.clone();
+            async move { log.append(batch(3, 10, 2, now_ms()), true).await }
+        });
+        // Let the writer take the first append and start its write; this one queues behind.
+        common::yield_now().await;
+        let second = log.append(batch(4, 10, 3, now_ms()), false).await;
+        let first = first.await;
+        runnel_runtime::fault::set_fdatasync_hook(None);
+        assert!(failed.get());
+        assert_eq!(first.unwrap_err().kafka_error_code(), STORAGE_ERROR);
+        let second = second.unwrap_err();
+        assert_eq!(second.kafka_error_code(), STORAGE_ERROR, "{second}");
+        assert_eq!(
+            log.high_watermark(),
+            2,
+            "nothing after the failed sync is visible"
+        );
+        assert!(log.close().await.is_err());
+    });
+}
+
+#[test]
+fn retention_never_deletes_a_segment_whose_data_is_not_visible_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            segment_bytes: 1500,
+            retention_bytes: Some(1),
+            ..config()
+        };
+        let log = open(&dir, config, OpenOptions::default()).await;
+        // Retention decides (and moves the log start offset) before its first await: run that
+        // part at every sync the writer does, as the shard's background task may then.
+        let seen: Rc<RefCell<Vec<(i64, i64)>>> = Rc::default();
+        let (s, l) = (seen.clone(), log.clone());
+        runnel_runtime::fault::set_fdatasync_hook(Some(Box::new(move |_| {
+            let retention = std::pin::pin!(l.apply_retention(now_ms()));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let _ = retention.poll(&mut cx);
+            s.borrow_mut()
+                .push((l.log_start_offset(), l.high_watermark()));
+            None
+        })));
+        // Two appends in one write group that does not fit one segment: the group rolls
+        // between them and publishes only after its sync.
+        // (The first append's group is under way when the other two queue behind it.)
+        let (x, (a, b)) = common::join2(
+            log.append(batch(1, 10, 0, now_ms()), true),
+            common::join2(
+                log.append(batch(4, 200, 1, now_ms()), true),
+                log.append(batch(4, 200, 2, now_ms()), true),
+            ),
+        )
+        .await;
+        assert_eq!(x.unwrap().base_offset, 0);
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!((a.base_offset, b.base_offset), (1, 5));
+        runnel_runtime::fault::set_fdatasync_hook(None);
+        let seen = seen.borrow().clone();
+        assert!(!seen.is_empty(), "retention ran during the group's syncs");
+        for (lso, hw) in &seen {
+            assert!(
+                lso <= hw,
+                "log start {lso} past the high watermark {hw}: {seen:?}"
+            );
+        }
+        assert_eq!(log.high_watermark(), b.last_offset + 1);
+        assert_eq!(
+            log.segment_base_offsets(),
+            vec![0, 5],
+            "the group rolled once"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_gap_below_the_recovery_point_refuses_the_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t-0");
+    run(move || async move {
+        let log = open(&dir, config(), OpenOptions::default()).await;
+        let a = batch(5, 100, 1, now_ms());
+        let a_len = a.len() as u64;
+        log.append(a, true).await.unwrap();
+        log.append(batch(5, 100, 2, now_ms()), true).await.unwrap();
+        log.roll().await.unwrap();
+        log.append(batch(5, 100, 3, now_ms()), true).await.unwrap();
+        let flushed = log.recovery_point();
+        assert_eq!(flushed, 15);
+        drop(log);
+        // Flushed data of segment 0 went missing (a damaged disk, not a power loss: it was
+        // synced before segment 10 existed).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(seg(&dir, 0, "log"))
+            .unwrap()
+            .set_len(a_len)
+            .unwrap();
+        let e = Log::open(
+            &dir,
+            "t",
+            0,
+            config(),
+            OpenOptions {
+                recovery_point: Some(flushed),
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .err()
+        .expect("the open is refused");
+        assert!(
+            matches!(e, LogError::CorruptBelowRecoveryPoint { .. }),
+            "{e}"
+        );
+        assert!(seg(&dir, 10, "log").exists(), "nothing was deleted");
     });
 }

@@ -586,7 +586,7 @@ fn offset_for_timestamp_finds_first_record_at_or_after() {
         assert_eq!(at(1003).await, Some((33, 1100)));
         assert_eq!(at(3902).await, Some((119, 3902)));
         assert_eq!(at(3903).await, None, "after the last record");
-        assert_eq!(log.max_timestamp_offset().unwrap().offset, 119);
+        assert_eq!(log.max_timestamp_offset().unwrap().unwrap().offset, 119);
     });
 }
 
@@ -769,7 +769,7 @@ fn max_timestamp_offset_on_a_tie_is_the_first_record_to_reach_it() {
             .await
             .unwrap();
         assert_eq!(
-            log.max_timestamp_offset().unwrap().offset,
+            log.max_timestamp_offset().unwrap().unwrap().offset,
             1,
             "within a segment"
         );
@@ -777,7 +777,7 @@ fn max_timestamp_offset_on_a_tie_is_the_first_record_to_reach_it() {
         log.append(batch_at(&record_values(1, 10, 2), &[500]), false)
             .await
             .unwrap();
-        let max = log.max_timestamp_offset().unwrap();
+        let max = log.max_timestamp_offset().unwrap().unwrap();
         assert_eq!((max.offset, max.timestamp), (1, 500), "across segments");
     });
 }

@@ -492,7 +492,10 @@ async fn check_log(log: &Log, case: &Case, lso: i64, phase: &str) -> Result<(), 
     // keeps only the batch's last offset (Kafka's "shallow" offset), so with other orders any
     // offset from that record to the end of its batch passes.
     let max = batches.iter().map(|b| b.header.max_timestamp).max();
-    let got = log.max_timestamp_offset().map(|t| (t.offset, t.timestamp));
+    let got = log
+        .max_timestamp_offset()
+        .map_err(|e| e.to_string())?
+        .map(|t| (t.offset, t.timestamp));
     match max.and_then(|m| batches.iter().find(|b| b.header.max_timestamp == m)) {
         None => ensure!(
             got.is_none(),

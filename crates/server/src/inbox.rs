@@ -124,7 +124,7 @@ async fn list_offset(log: &Log, timestamp: i64) -> Result<Option<TimestampOffset
     match timestamp {
         LATEST | LATEST_TIERED => at(log.high_watermark()),
         EARLIEST | EARLIEST_LOCAL => at(log.log_start_offset()),
-        MAX_TIMESTAMP => Ok(log.max_timestamp_offset()),
+        MAX_TIMESTAMP => log.max_timestamp_offset().map_err(log_error),
         t if t >= 0 => log.offset_for_timestamp(t).await.map_err(log_error),
         t => Err((
             code::INVALID_REQUEST,

@@ -105,7 +105,7 @@ pub async fn maybe_compact(
     if size < min_bytes.max(live_bytes * COMPACT_RATIO) {
         return Ok(false);
     }
-    let start = log.log_end_offset();
+    let start = log.high_watermark();
     let records: Vec<(OffsetKey, Option<Committed>)> =
         live.into_iter().map(|(k, c)| (k, Some(c))).collect();
     if !records.is_empty() {
