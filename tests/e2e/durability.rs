@@ -13,14 +13,14 @@ use std::time::Duration;
 const INVALID_TOPIC_EXCEPTION: i16 = 17;
 const INVALID_RECORD: i16 = 87;
 
-/// A ~5 KB producer batch flagged gzip whose header claims `claim` records (with a matching
-/// lastOffsetDelta and a valid CRC): the broker never inflates compressed batches, so only
-/// the claim's consistency can be checked.
-fn claiming(claim: i32) -> Bytes {
-    let values: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 240]).collect();
+/// A producer batch of `kib` KiB flagged with `codec` whose header claims `claim` records
+/// (with a matching lastOffsetDelta and a valid CRC): the broker never inflates compressed
+/// batches, so only the claim's consistency and plausibility can be checked.
+fn claiming(claim: i32, codec: i16, kib: usize) -> Bytes {
+    let values: Vec<Vec<u8>> = (0..kib).map(|i| vec![i as u8; 1000]).collect();
     let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
     let mut b = BytesMut::from(&batch(&refs)[..]);
-    b[21..23].copy_from_slice(&1i16.to_be_bytes()); // attributes: gzip
+    b[21..23].copy_from_slice(&codec.to_be_bytes()); // attributes: the codec
     b[23..27].copy_from_slice(&(claim - 1).to_be_bytes()); // lastOffsetDelta
     b[57..61].copy_from_slice(&claim.to_be_bytes()); // recordCount
     runnel_record::set_crc(&mut b);
@@ -40,23 +40,38 @@ fn a_produce_claiming_billions_of_records_is_refused_and_the_broker_serves_on() 
         let mut b = Broker::start(&[]);
         let mut s = connect(&b.addr);
         create_via_metadata(&mut s, "claims");
-        // The request that stopped the broker: three such batches to one partition.
+        // The request that stopped the broker: three ~5 KB gzip batches to one partition,
+        // each claiming 2^31-1 records. Refused (5 KB of gzip cannot hold that many), and so
+        // is one of them alone.
         let mut three = BytesMut::new();
         for _ in 0..3 {
-            three.extend_from_slice(&claiming(i32::MAX));
+            three.extend_from_slice(&claiming(i32::MAX, 1, 5));
         }
         assert_eq!(
             produce_one(&mut s, "claims", three.freeze()),
             (INVALID_RECORD, -1)
         );
+        assert_eq!(
+            produce_one(&mut s, "claims", claiming(i32::MAX, 1, 5)),
+            (INVALID_RECORD, -1)
+        );
+        // Plausible claims (120 KB of zstd) whose sum passes a segment's offset range in one
+        // request: refused too.
+        let mut two = BytesMut::new();
+        for _ in 0..2 {
+            two.extend_from_slice(&claiming(i32::MAX, 4, 120));
+        }
+        assert_eq!(
+            produce_one(&mut s, "claims", two.freeze()),
+            (INVALID_RECORD, -1)
+        );
         assert_eq!(segment_batches(&b.partition_dir("claims", 0)), vec![]);
 
-        // The same claims one request each are consistent, and each gets its own segment's
-        // offset range: nothing wraps.
+        // One request each, each gets its own segment's offset range: nothing wraps.
         let max = i64::from(i32::MAX);
         for i in 0..3 {
             assert_eq!(
-                produce_one(&mut s, "claims", claiming(i32::MAX)),
+                produce_one(&mut s, "claims", claiming(i32::MAX, 4, 120)),
                 (0, i * max)
             );
         }

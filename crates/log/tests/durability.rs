@@ -39,11 +39,12 @@ fn unclean() -> OpenOptions {
     }
 }
 
-/// A producer batch flagged gzip whose header claims `claim` records: validation never
-/// inflates compressed batches, so only the header's consistency is checked.
+/// A producer batch flagged zstd whose header claims `claim` records: validation never
+/// inflates compressed batches, so only the header's consistency and plausibility (about
+/// 115 KB of zstd could hold 2^31 minimal records) are checked.
 fn claiming(claim: i32) -> BytesMut {
-    let mut b = batch(20, 200, 3, now_ms()); // about 5 KB, like the reported request
-    b[21..23].copy_from_slice(&1i16.to_be_bytes()); // attributes: gzip
+    let mut b = batch(60, 2000, 3, now_ms());
+    b[21..23].copy_from_slice(&4i16.to_be_bytes()); // attributes: zstd
     b[23..27].copy_from_slice(&(claim - 1).to_be_bytes()); // lastOffsetDelta
     b[57..61].copy_from_slice(&claim.to_be_bytes()); // recordCount
     runnel_record::set_crc(&mut b);

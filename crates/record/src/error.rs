@@ -25,6 +25,15 @@ pub enum BatchError {
         last_offset_delta: i32,
         record_count: i32,
     },
+    #[error(
+        "recordCount {record_count} is more than {max} records of at least 7 bytes could \
+         inflate to from {compressed} compressed bytes"
+    )]
+    ImplausibleRecordCount {
+        record_count: i32,
+        compressed: usize,
+        max: i64,
+    },
     #[error("record {index} has offsetDelta {offset_delta}")]
     BadOffsetDelta { index: i32, offset_delta: i32 },
     #[error("record framing is invalid: {reason}")]
@@ -58,6 +67,7 @@ impl BatchError {
             BatchError::UnsupportedMagic { .. }
             | BatchError::NoRecords { .. }
             | BatchError::RecordCountMismatch { .. }
+            | BatchError::ImplausibleRecordCount { .. }
             | BatchError::BadOffsetDelta { .. }
             | BatchError::BadRecord { .. } => INVALID_RECORD,
         }

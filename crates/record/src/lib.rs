@@ -76,6 +76,15 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     header.check_timestamps()?;
+    let compressed = batch.len() - HEADER_LEN;
+    let max = max_records(compression, compressed);
+    if i64::from(header.record_count) > max {
+        return Err(BatchError::ImplausibleRecordCount {
+            record_count: header.record_count,
+            compressed,
+            max,
+        });
+    }
     if compression == Compression::None {
         // recordCount and lastOffsetDelta already agree, so a walk that finds a different
         // number of records is a framing error, not a header one: report it as such rather
@@ -103,6 +112,25 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         }
     }
     Ok(header)
+}
+
+/// The most records `len` bytes of records compressed with `compression` can hold. The broker
+/// never inflates compressed batches, so their recordCount is the producer's claim; this
+/// bound keeps a false claim from costing more offsets (and segment rolls) than its bytes
+/// could honestly hold. A record takes at least 7 bytes uncompressed (length, attributes,
+/// timestamp delta, offset delta, key length, value length and header count, one byte
+/// each), and no codec expands its input more than these ratios (deflate's maximum is
+/// 1032:1; snappy's copy ops give at most 64 bytes per 3; an LZ4 length byte adds 255; a
+/// zstd block of up to 128 KiB can be a 4-byte RLE block), rounded up for slack.
+pub fn max_records(compression: Compression, len: usize) -> i64 {
+    let ratio: i64 = match compression {
+        Compression::None => 1,
+        Compression::Gzip => 1100,
+        Compression::Snappy => 64,
+        Compression::Lz4 => 300,
+        Compression::Zstd => 1 << 17,
+    };
+    (len as i64).saturating_mul(ratio) / 7 + 1
 }
 
 /// Checks a stored batch when it is read back (recovery, index rebuild): header, length and

@@ -371,6 +371,50 @@ fn record_count_zero_is_no_records_invalid_record() {
 }
 
 #[test]
+fn compressed_record_counts_beyond_what_the_bytes_could_hold_are_invalid_record() {
+    for codec in [
+        KCompression::Gzip,
+        KCompression::Snappy,
+        KCompression::Lz4,
+        KCompression::Zstd,
+    ] {
+        let batch = encode(&sample_specs(), codec);
+        let compressed = batch.len() - runnel_record::HEADER_LEN;
+        let max = runnel_record::max_records(runnel_codec(codec), compressed);
+        for (count, ok) in [
+            (SAMPLE_COUNT, true),
+            (max as i32, true),
+            (max as i32 + 1, false),
+        ] {
+            let mut batch = batch.clone();
+            put_i32(&mut batch, AT_RECORD_COUNT, count);
+            put_i32(&mut batch, AT_LAST_OFFSET_DELTA, count - 1);
+            fix_crc(&mut batch);
+            match validate(&batch) {
+                Ok(_) => assert!(ok, "{codec:?} {count}: accepted"),
+                Err(e) => {
+                    assert!(!ok, "{codec:?} {count}: {e}");
+                    assert_eq!(
+                        e,
+                        BatchError::ImplausibleRecordCount {
+                            record_count: count,
+                            compressed,
+                            max
+                        }
+                    );
+                    assert_eq!(e.kafka_error_code(), INVALID_RECORD);
+                }
+            }
+        }
+    }
+    // Uncompressed: the records are walked, so the bound is never what refuses.
+    assert_eq!(
+        runnel_record::max_records(runnel_record::Compression::None, 61),
+        9
+    );
+}
+
+#[test]
 fn empty_batch_with_last_offset_delta_minus_one_is_no_records() {
     let mut batch = sample_batch();
     set_count(&mut batch, 0);
