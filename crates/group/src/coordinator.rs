@@ -834,20 +834,14 @@ impl Coordinator {
 
     fn join(&self, a: JoinArgs, reply: oneshot::Sender<JoinResult>) {
         let cfg = &self.config;
-        let fail = |error: i16, member_id: &str| JoinResult {
-            error,
-            member_id: member_id.to_string(),
-            generation: -1,
-            ..Default::default()
-        };
         if a.group.is_empty() {
-            let _ = reply.send(fail(code::INVALID_GROUP_ID, &a.member_id));
+            let _ = reply.send(join_error(code::INVALID_GROUP_ID, &a.member_id));
             return;
         }
         if a.session_timeout_ms < cfg.min_session_timeout_ms
             || a.session_timeout_ms > cfg.max_session_timeout_ms
         {
-            let _ = reply.send(fail(code::INVALID_SESSION_TIMEOUT, &a.member_id));
+            let _ = reply.send(join_error(code::INVALID_SESSION_TIMEOUT, &a.member_id));
             return;
         }
         let now = self.now();
@@ -856,7 +850,7 @@ impl Coordinator {
             .entry(a.group.clone())
             .or_insert_with(|| Group::new(&a.group, self.wall_ms()));
         if g.state == State::Dead {
-            let _ = reply.send(fail(code::COORDINATOR_NOT_AVAILABLE, &a.member_id));
+            let _ = reply.send(join_error(code::COORDINATOR_NOT_AVAILABLE, &a.member_id));
             return;
         }
         let known = g.has_member(&a.member_id);
@@ -866,108 +860,148 @@ impl Coordinator {
                 // must start over.
                 let static_rejoin = a.instance_id.is_some();
                 if !static_rejoin {
-                    let _ = reply.send(fail(code::UNKNOWN_MEMBER_ID, &a.member_id));
+                    let _ = reply.send(join_error(code::UNKNOWN_MEMBER_ID, &a.member_id));
                     return;
                 }
             }
             if !g.supports_protocols(&a.protocol_type, &a.protocols) {
-                let _ = reply.send(fail(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));
+                let _ = reply.send(join_error(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));
                 return;
             }
             // KIP-345: a static member that comes back takes over its old slot.
             if let Some(inst) = &a.instance_id {
                 if let Some(old_id) = g.static_member(inst).map(|m| m.id.clone()) {
-                    let new_id = new_member_id(&a.client_id);
-                    let same_protocols = g
-                        .member(&old_id)
-                        .is_some_and(|m| m.protocols == a.protocols);
-                    let m = g.member(&old_id).expect("static member");
-                    // The old incarnation's pending calls are fenced.
-                    if let Some(tx) = m.join_reply.take() {
-                        let _ = tx.send(fail(code::FENCED_INSTANCE_ID, &old_id));
-                    }
-                    if let Some(tx) = m.sync_reply.take() {
-                        let _ = tx.send(SyncResult {
-                            error: code::FENCED_INSTANCE_ID,
-                            ..Default::default()
-                        });
-                    }
-                    m.id = new_id.clone();
-                    m.last_seen = now;
-                    m.session_timeout = Duration::from_millis(a.session_timeout_ms as u64);
-                    m.rebalance_timeout =
-                        Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64);
-                    m.client_id = a.client_id.clone();
-                    m.client_host = a.client_host.clone();
-                    if g.leader.as_deref() == Some(old_id.as_str()) {
-                        g.leader = Some(new_id.clone());
-                    }
-                    match g.state {
-                        State::Stable | State::CompletingRebalance if same_protocols => {
-                            // No rebalance: the member gets the current generation, and its
-                            // assignment back from SyncGroup.
-                            let _ = reply.send(g.current_join(&new_id, true));
-                        }
-                        _ => {
-                            let m = g.member(&new_id).expect("static member");
-                            m.protocols = a.protocols.clone();
-                            m.join_reply = Some(reply);
-                            m.joined = true;
-                            if g.state != State::PreparingRebalance {
-                                g.prepare_rebalance(now, cfg);
-                            }
-                            self.maybe_complete(g);
-                        }
-                    }
+                    self.static_member_returns(g, &a, old_id, reply, now);
                     return;
                 }
             }
-            let member_id = if a.member_id.is_empty() {
-                new_member_id(&a.client_id)
-            } else {
-                a.member_id.clone()
-            };
-            if a.member_id.is_empty() && a.require_known_member_id && a.instance_id.is_none() {
-                // KIP-394: hand out the id first; the member joins again with it.
-                g.pending.insert(member_id.clone(), now);
-                let _ = reply.send(fail(code::MEMBER_ID_REQUIRED, &member_id));
-                return;
-            }
-            g.pending.remove(&member_id);
-            if g.members.is_empty() {
-                g.protocol_type = Some(a.protocol_type.clone());
-            }
-            g.members.push(Member {
-                id: member_id,
-                instance_id: a.instance_id.clone(),
-                client_id: a.client_id.clone(),
-                client_host: a.client_host.clone(),
-                session_timeout: Duration::from_millis(a.session_timeout_ms as u64),
-                rebalance_timeout: Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64),
-                protocols: a.protocols.clone(),
-                assignment: Bytes::new(),
-                join_reply: Some(reply),
-                sync_reply: None,
-                last_seen: now,
-                joined: true,
-            });
-            if g.state != State::PreparingRebalance {
-                g.prepare_rebalance(now, cfg);
-                // prepare_rebalance resets `joined`; the newcomer has joined.
-                if let Some(m) = g.members.last_mut() {
-                    m.joined = true;
-                }
-            }
-            self.maybe_complete(g);
+            self.new_member_joins(g, &a, reply, now);
             return;
         }
+        self.known_member_joins(g, &a, reply, now);
+    }
+
+    /// KIP-345: a static member (by group.instance.id) comes back with a new member id and
+    /// takes over `old_id`'s slot; its old incarnation is fenced. Without a change of
+    /// protocols it gets the current generation and no rebalance happens.
+    fn static_member_returns(
+        &self,
+        g: &mut Group,
+        a: &JoinArgs,
+        old_id: String,
+        reply: oneshot::Sender<JoinResult>,
+        now: Instant,
+    ) {
+        let cfg = &self.config;
+        let new_id = new_member_id(&a.client_id);
+        let same_protocols = g
+            .member(&old_id)
+            .is_some_and(|m| m.protocols == a.protocols);
+        let m = g.member(&old_id).expect("static member");
+        // The old incarnation's pending calls are fenced.
+        if let Some(tx) = m.join_reply.take() {
+            let _ = tx.send(join_error(code::FENCED_INSTANCE_ID, &old_id));
+        }
+        if let Some(tx) = m.sync_reply.take() {
+            let _ = tx.send(SyncResult {
+                error: code::FENCED_INSTANCE_ID,
+                ..Default::default()
+            });
+        }
+        m.id = new_id.clone();
+        m.last_seen = now;
+        m.session_timeout = Duration::from_millis(a.session_timeout_ms as u64);
+        m.rebalance_timeout = Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64);
+        m.client_id = a.client_id.clone();
+        m.client_host = a.client_host.clone();
+        if g.leader.as_deref() == Some(old_id.as_str()) {
+            g.leader = Some(new_id.clone());
+        }
+        match g.state {
+            State::Stable | State::CompletingRebalance if same_protocols => {
+                // No rebalance: the member gets the current generation, and its
+                // assignment back from SyncGroup.
+                let _ = reply.send(g.current_join(&new_id, true));
+            }
+            _ => {
+                let m = g.member(&new_id).expect("static member");
+                m.protocols = a.protocols.clone();
+                m.join_reply = Some(reply);
+                m.joined = true;
+                if g.state != State::PreparingRebalance {
+                    g.prepare_rebalance(now, cfg);
+                }
+                self.maybe_complete(g);
+            }
+        }
+    }
+
+    /// A member without an id gets one (MEMBER_ID_REQUIRED, KIP-394) or, with its id, joins:
+    /// the group prepares a rebalance that completes when everyone is in.
+    fn new_member_joins(
+        &self,
+        g: &mut Group,
+        a: &JoinArgs,
+        reply: oneshot::Sender<JoinResult>,
+        now: Instant,
+    ) {
+        let cfg = &self.config;
+        let member_id = if a.member_id.is_empty() {
+            new_member_id(&a.client_id)
+        } else {
+            a.member_id.clone()
+        };
+        if a.member_id.is_empty() && a.require_known_member_id && a.instance_id.is_none() {
+            // KIP-394: hand out the id first; the member joins again with it.
+            g.pending.insert(member_id.clone(), now);
+            let _ = reply.send(join_error(code::MEMBER_ID_REQUIRED, &member_id));
+            return;
+        }
+        g.pending.remove(&member_id);
+        if g.members.is_empty() {
+            g.protocol_type = Some(a.protocol_type.clone());
+        }
+        g.members.push(Member {
+            id: member_id,
+            instance_id: a.instance_id.clone(),
+            client_id: a.client_id.clone(),
+            client_host: a.client_host.clone(),
+            session_timeout: Duration::from_millis(a.session_timeout_ms as u64),
+            rebalance_timeout: Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64),
+            protocols: a.protocols.clone(),
+            assignment: Bytes::new(),
+            join_reply: Some(reply),
+            sync_reply: None,
+            last_seen: now,
+            joined: true,
+        });
+        if g.state != State::PreparingRebalance {
+            g.prepare_rebalance(now, cfg);
+            // prepare_rebalance resets `joined`; the newcomer has joined.
+            if let Some(m) = g.members.last_mut() {
+                m.joined = true;
+            }
+        }
+        self.maybe_complete(g);
+    }
+
+    /// A current member joins again: part of a rebalance, a retry answered with the current
+    /// generation, or (changed protocols, the leader asking) the start of a new rebalance.
+    fn known_member_joins(
+        &self,
+        g: &mut Group,
+        a: &JoinArgs,
+        reply: oneshot::Sender<JoinResult>,
+        now: Instant,
+    ) {
+        let cfg = &self.config;
         // A known member (re)joins.
         if let Err(e) = g.check_instance(&a.member_id, a.instance_id.as_deref()) {
-            let _ = reply.send(fail(e, &a.member_id));
+            let _ = reply.send(join_error(e, &a.member_id));
             return;
         }
         if a.protocol_type != g.protocol_type.clone().unwrap_or_default() {
-            let _ = reply.send(fail(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));
+            let _ = reply.send(join_error(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));
             return;
         }
         let state = g.state;
@@ -981,7 +1015,7 @@ impl Coordinator {
         match state {
             State::PreparingRebalance => {
                 if let Some(old) = m.join_reply.replace(reply) {
-                    let _ = old.send(fail(code::REBALANCE_IN_PROGRESS, &a.member_id));
+                    let _ = old.send(join_error(code::REBALANCE_IN_PROGRESS, &a.member_id));
                 }
                 m.joined = true;
                 self.maybe_complete(g);
@@ -1397,6 +1431,16 @@ impl Coordinator {
 
     pub fn group_count(&self) -> usize {
         self.groups.borrow().len()
+    }
+}
+
+/// A JoinGroup refusal.
+fn join_error(error: i16, member_id: &str) -> JoinResult {
+    JoinResult {
+        error,
+        member_id: member_id.to_string(),
+        generation: -1,
+        ..Default::default()
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::shard::{PartitionKey, Shard};
 use runnel_log::{Log, LogConfig, OpenOptions};
 use runnel_metadata::{self as metadata, Snapshot};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ pub async fn apply_metadata(
     let nr = shard.shared.nr_shards;
     // Open what is new.
     for t in snapshot.topics.values() {
-        let config = metadata::log_config(&shard.shared.defaults, &t.overrides);
+        let config = log_config(&shard.shared.defaults, &t.overrides);
         for p in 0..t.partitions {
             if runnel_metadata::placement::owner(&t.name, p, nr) != shard.id {
                 continue;
@@ -135,5 +136,45 @@ pub fn remove_deleted_dirs(data_dir: &std::path::Path) {
         if e.file_name().to_string_lossy().ends_with("-delete") {
             let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// The log settings of a topic: the broker's defaults with the topic's overrides applied.
+pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) -> LogConfig {
+    let mut c = defaults.clone();
+    for (k, v) in overrides {
+        let n = v.parse::<i64>().ok();
+        match k.as_str() {
+            "segment.bytes" => c.segment_bytes = n.unwrap_or(0) as u64,
+            "segment.ms" => c.segment_ms = n.map(|n| n as u64),
+            "retention.ms" => c.retention_ms = n.and_then(|n| u64::try_from(n).ok()),
+            "retention.bytes" => c.retention_bytes = n.and_then(|n| u64::try_from(n).ok()),
+            "flush.messages" => c.flush_messages = n.map(|n| n as u64),
+            "flush.ms" => c.flush_ms = n.map(|n| n as u64),
+            "message.timestamp.type" => c.log_append_time = v == "LogAppendTime",
+            _ => {}
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_configs_apply_over_the_broker_defaults() {
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".into(), "-1".into());
+        o.insert("segment.bytes".into(), "1048576".into());
+        let c = log_config(&LogConfig::default(), &o);
+        assert_eq!(c.retention_ms, None);
+        assert_eq!(c.segment_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn segment_bytes_bounds_agree_with_the_log() {
+        assert_eq!(metadata::MIN_SEGMENT_BYTES, runnel_log::MIN_SEGMENT_BYTES);
+        assert_eq!(metadata::MAX_SEGMENT_BYTES, runnel_log::MAX_SEGMENT_BYTES);
     }
 }

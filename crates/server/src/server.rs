@@ -182,39 +182,7 @@ async fn shard_main(
         .join()
         .await
         .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
-    let id = senders.peer_id();
-    let shard = Rc::new(Shard {
-        id,
-        shared: shared.clone(),
-        snapshot: RefCell::new(Arc::new(metadata::Snapshot::default())),
-        partitions: RefCell::new(HashMap::new()),
-        mesh: senders,
-        stopping: Latch::default(),
-        admin_lock: glommio::sync::Semaphore::new(1),
-        connections: Cell::new(0),
-        request_budget: Rc::new(glommio::sync::Semaphore::new(
-            shared
-                .config
-                .queued_max_request_bytes
-                .max(u64::from(shared.config.max_request_bytes)),
-        )),
-        producer_ids: RefCell::new(None),
-        producer_ids_lock: glommio::sync::Semaphore::new(1),
-        checkpoint_lock: glommio::sync::Semaphore::new(1),
-        coordinator: runnel_group::Coordinator::new(runnel_group::GroupConfig {
-            min_session_timeout_ms: shared.config.group_min_session_timeout_ms,
-            max_session_timeout_ms: shared.config.group_max_session_timeout_ms,
-            initial_rebalance_delay_ms: shared.config.group_initial_rebalance_delay_ms,
-            offsets_retention_ms: shared.config.offsets_retention_ms,
-            durable_commits: shared.config.sync_on_acks_all,
-        }),
-    });
-    if id == 0 {
-        match crate::producer_ids::ProducerIds::load(&shared.data_dir) {
-            Ok(ids) => *shard.producer_ids.borrow_mut() = Some(ids),
-            Err(e) => tracing::error!("producer ids: {e}; InitProducerId will fail"),
-        }
-    }
+    let shard = new_shard(&shared, senders);
     // Serve the other shards' messages, each in a task of its own.
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();
@@ -225,15 +193,9 @@ async fn shard_main(
         })
         .detach();
     }
-    // Open this shard's partitions.
-    let snapshot = Arc::new(shared.startup.snapshot.clone());
-    let opened = match crate::partitions::apply_metadata(&shard, snapshot, true).await {
-        Ok(()) => crate::groups::load(&shard).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = opened {
+    if let Err(e) = open_partitions(&shard).await {
         shared.stop.store(true, Ordering::Release);
-        tracing::error!(shard = id, "{e}");
+        tracing::error!(shard = shard.id, "{e}");
         close_logs(&shard).await;
         for phase in 0..3 {
             wait_phase(&shared, phase).await;
@@ -241,62 +203,12 @@ async fn shard_main(
         }
         return Err(e);
     }
-    shared.ready.fetch_add(1, Ordering::AcqRel);
-    while shared.ready.load(Ordering::Acquire) < shared.nr_shards {
-        if shared.stop.load(Ordering::Acquire) {
-            break;
-        }
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
-
-    let listener = TcpListener::bind(shared.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", shared.listen));
-    let listener = match listener {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::error!(shard = id, "{e}");
-            shared.stop.store(true, Ordering::Release);
-            None
-        }
-    };
-    if id == 0 {
-        if let Some(addr) = shared.config.metrics_listen {
-            match TcpListener::bind(addr) {
-                Ok(l) => {
-                    tracing::info!(%addr, "serving metrics");
-                    glommio::spawn_local(crate::metrics::serve(shared.clone(), l)).detach();
-                }
-                Err(e) => tracing::error!("cannot serve metrics on {addr}: {e}"),
-            }
-        }
-    }
-    let accept = listener.map(|l| {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                let accepted = futures_lite::future::or(async { Some(l.accept().await) }, async {
-                    shard.stopping.wait().await;
-                    None
-                })
-                .await;
-                match accepted {
-                    None => break,
-                    Some(Ok(stream)) => {
-                        glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
-                    }
-                    Some(Err(e)) => {
-                        // EMFILE and the like: say so, back off, keep serving.
-                        tracing::warn!("accept failed: {e}");
-                        glommio::timer::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        })
-        .detach()
-    });
+    wait_until_all_ready(&shared).await;
+    let accept = start_listeners(&shard);
     let background = glommio::spawn_local(background(shard.clone())).detach();
     let groups = glommio::spawn_local(crate::groups::timers(shard.clone())).detach();
-    let checkpoints = (id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
+    let checkpoints =
+        (shard.id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
 
     // Run until told to stop.
     while !shared.stop.load(Ordering::Acquire) {
@@ -311,17 +223,7 @@ async fn shard_main(
     if let Some(c) = checkpoints {
         c.cancel();
     }
-    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    if shard.connections.get() > 0 {
-        tracing::warn!(
-            shard = id,
-            "{} connections still busy at shutdown",
-            shard.connections.get()
-        );
-    }
+    drain_connections(&shard).await;
     wait_phase(&shared, 0).await;
     guard.passed += 1;
     let exit = close_logs(&shard).await;
@@ -331,6 +233,132 @@ async fn shard_main(
     wait_phase(&shared, 2).await;
     guard.passed += 1;
     Ok(exit)
+}
+
+/// The shard of this executor, with an empty snapshot and no partitions yet (shard 0 also
+/// loads the producer id allocator).
+fn new_shard(
+    shared: &Arc<Shared>,
+    senders: glommio::channels::channel_mesh::Senders<ShardMsg>,
+) -> Rc<Shard> {
+    let config = &shared.config;
+    let shard = Rc::new(Shard {
+        id: senders.peer_id(),
+        shared: shared.clone(),
+        snapshot: RefCell::new(Arc::new(metadata::Snapshot::default())),
+        partitions: RefCell::new(HashMap::new()),
+        mesh: senders,
+        stopping: Latch::default(),
+        admin_lock: glommio::sync::Semaphore::new(1),
+        connections: Cell::new(0),
+        request_budget: Rc::new(glommio::sync::Semaphore::new(
+            config
+                .queued_max_request_bytes
+                .max(u64::from(config.max_request_bytes)),
+        )),
+        producer_ids: RefCell::new(None),
+        producer_ids_lock: glommio::sync::Semaphore::new(1),
+        checkpoint_lock: glommio::sync::Semaphore::new(1),
+        coordinator: runnel_group::Coordinator::new(runnel_group::GroupConfig {
+            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            max_session_timeout_ms: config.group_max_session_timeout_ms,
+            initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+            offsets_retention_ms: config.offsets_retention_ms,
+            durable_commits: config.sync_on_acks_all,
+        }),
+    });
+    if shard.id == 0 {
+        match crate::producer_ids::ProducerIds::load(&shared.data_dir) {
+            Ok(ids) => *shard.producer_ids.borrow_mut() = Some(ids),
+            Err(e) => tracing::error!("producer ids: {e}; InitProducerId will fail"),
+        }
+    }
+    shard
+}
+
+/// Opens this shard's partitions of the startup snapshot and loads its groups' offsets.
+async fn open_partitions(shard: &Rc<Shard>) -> Result<(), String> {
+    let snapshot = Arc::new(shard.shared.startup.snapshot.clone());
+    crate::partitions::apply_metadata(shard, snapshot, true).await?;
+    crate::groups::load(shard).await
+}
+
+/// Says this shard is ready, then waits for the others (or a stop), so no shard takes
+/// clients before every partition is open.
+async fn wait_until_all_ready(shared: &Shared) {
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    while shared.ready.load(Ordering::Acquire) < shared.nr_shards {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Binds the client listener (and on shard 0 the metrics listener) and starts accepting;
+/// the returned task ends when the shard stops. None (and a stop) if the port cannot be had.
+fn start_listeners(shard: &Rc<Shard>) -> Option<glommio::task::JoinHandle<()>> {
+    let shared = &shard.shared;
+    let listener = match TcpListener::bind(shared.listen) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(shard = shard.id, "cannot listen on {}: {e}", shared.listen);
+            shared.stop.store(true, Ordering::Release);
+            None
+        }
+    };
+    if shard.id == 0 {
+        if let Some(addr) = shared.config.metrics_listen {
+            match TcpListener::bind(addr) {
+                Ok(l) => {
+                    tracing::info!(%addr, "serving metrics");
+                    glommio::spawn_local(crate::metrics::serve(shared.clone(), l)).detach();
+                }
+                Err(e) => tracing::error!("cannot serve metrics on {addr}: {e}"),
+            }
+        }
+    }
+    let listener = listener?;
+    let shard = shard.clone();
+    Some(
+        glommio::spawn_local(async move {
+            loop {
+                let accepted =
+                    futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                        shard.stopping.wait().await;
+                        None
+                    })
+                    .await;
+                match accepted {
+                    None => break,
+                    Some(Ok(stream)) => {
+                        glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                    }
+                    Some(Err(e)) => {
+                        // EMFILE and the like: say so, back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        glommio::timer::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+        .detach(),
+    )
+}
+
+/// Waits (up to DRAIN_TIMEOUT) for the connections to answer what they started.
+async fn drain_connections(shard: &Shard) {
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if shard.connections.get() > 0 {
+        tracing::warn!(
+            shard = shard.id,
+            "{} connections still busy at shutdown",
+            shard.connections.get()
+        );
+    }
 }
 
 /// Stops the broker and counts this shard through the shutdown phases it has not passed, when
