@@ -5,9 +5,11 @@ any failure exits non-zero with the traceback. The broker runs with short group 
 (--group-initial-rebalance-delay-ms 100, --group-min-session-timeout-ms 1000).
 """
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import confluent_kafka as ck
@@ -62,6 +64,22 @@ def wait_any(c, timeout=DEADLINE):
     while not c.assignment():
         assert time.time() - t0 < timeout, "never assigned"
         c.poll(0.1)
+
+
+def readline_polling(proc, consumers, timeout=DEADLINE):
+    """A line from `proc`'s stdout, read while `consumers` are polled: a member that is not
+    polled cannot rejoin, so the member in `proc` could wait for it forever."""
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    t0 = time.time()
+    while True:
+        try:
+            return lines.get_nowait()
+        except queue.Empty:
+            pass
+        assert time.time() - t0 < timeout, "no line from the member process"
+        for c in consumers:
+            c.poll(0.1)
 
 
 def wait_assigned(consumers, total=3, timeout=DEADLINE):
@@ -168,7 +186,7 @@ def expel(b):
     wait_any(c1)
     t0 = time.time()
     # Both hold partitions.
-    line = victim.stdout.readline()
+    line = readline_polling(victim, [c1])
     assert b"ASSIGNED" in line
     while len(c1.assignment()) not in (1, 2):
         assert time.time() - t0 < DEADLINE
@@ -242,7 +260,7 @@ def static_membership(b):
     c1.subscribe(["g-static"], on_assign=lambda c, ps: assigns.append(sorted(p.partition for p in ps)),
                  on_revoke=lambda c, ps: assigns.append(("revoke", sorted(p.partition for p in ps))))
     other = subprocess.Popen([sys.executable, "-c", STATIC, b], stdout=subprocess.PIPE)
-    first = other.stdout.readline().decode()
+    first = readline_polling(other, [c1]).decode()
     assert first.startswith("ASSIGNED"), first
     wait_any(c1)
     t0 = time.time()
@@ -258,7 +276,7 @@ def static_membership(b):
     other.send_signal(signal.SIGKILL)
     other.wait()
     again = subprocess.Popen([sys.executable, "-c", STATIC, b], stdout=subprocess.PIPE)
-    line = again.stdout.readline().decode()
+    line = readline_polling(again, [c1]).decode()
     assert line == first, f"the restarted static member got {line!r}, before {first!r}"
     t0 = time.time()
     while time.time() - t0 < 3:
