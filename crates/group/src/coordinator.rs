@@ -240,7 +240,9 @@ struct Group {
     leader: Option<String>,
     /// In join order.
     members: Vec<Member>,
-    /// Member ids handed out with MEMBER_ID_REQUIRED, awaiting their JoinGroup.
+    /// Member ids handed out with MEMBER_ID_REQUIRED, awaiting their JoinGroup: when each
+    /// expires (its session timeout after it was handed out, as in Kafka). A join waits for
+    /// them, so one that never comes back must not hold a rebalance for long.
     pending: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
     /// Not before this (group.initial.rebalance.delay.ms for a group that was empty).
@@ -953,7 +955,8 @@ impl Coordinator {
         };
         if a.member_id.is_empty() && a.require_known_member_id && a.instance_id.is_none() {
             // KIP-394: hand out the id first; the member joins again with it.
-            g.pending.insert(member_id.clone(), now);
+            let session = Duration::from_millis(a.session_timeout_ms.max(0) as u64);
+            g.pending.insert(member_id.clone(), now + session);
             let _ = reply.send(join_error(code::MEMBER_ID_REQUIRED, &member_id));
             return;
         }
@@ -1393,9 +1396,8 @@ impl Coordinator {
         let mut expired_offsets = Vec::new();
         let mut groups = self.groups.borrow_mut();
         for g in groups.values_mut() {
-            // Members handed an id that never came back.
-            g.pending
-                .retain(|_, since| now.duration_since(*since) < Duration::from_secs(300));
+            // Members handed an id that did not come back within their session timeout.
+            g.pending.retain(|_, expires| now < *expires);
             let dead: Vec<String> = g
                 .members
                 .iter()

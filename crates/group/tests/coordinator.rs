@@ -343,3 +343,28 @@ fn commits_are_checked_against_the_generation_and_applied_only_once_written() {
     assert_eq!(answer(&mut r), Some(Ok(vec![code::KAFKA_STORAGE_ERROR])));
     assert_eq!(committed(&c), 7);
 }
+
+#[test]
+fn a_member_id_handed_out_and_never_used_holds_a_rebalance_only_for_its_session_timeout() {
+    let c = coordinator(0);
+    let (id, mut rx) = new_member(&c, None);
+    let generation = answer(&mut rx).unwrap().generation;
+    answer(&mut sync(&c, &id, generation, vec![(id.clone(), Bytes::new())])).unwrap();
+    // A second consumer gets its id (KIP-394) and never joins with it (it resubscribed, or
+    // went away); a third joins properly, which starts a rebalance.
+    let abandoned = answer(&mut join(&c, args("", None))).unwrap();
+    assert_eq!(abandoned.error, code::MEMBER_ID_REQUIRED);
+    let (_, mut third) = new_member(&c, None);
+    assert_eq!(heartbeat(&c, &id, generation), code::REBALANCE_IN_PROGRESS);
+    let mut first = join(&c, args(&id, None));
+    c.tick(false);
+    assert!(answer(&mut first).is_none(), "the join waits for the handed-out id");
+    // Past its session timeout the id is forgotten and the round completes, long before the
+    // rebalance timeout.
+    c.advance_clock(Duration::from_millis(SESSION_MS as u64 + 100));
+    c.tick(false);
+    let r = answer(&mut first).expect("the round completed");
+    assert_eq!((r.error, r.generation), (code::NONE, generation + 1));
+    assert_eq!(answer(&mut third).unwrap().generation, generation + 1);
+    assert_eq!(state(&c), (State::CompletingRebalance, 2));
+}
