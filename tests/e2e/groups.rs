@@ -72,6 +72,14 @@ fn cooperative_sticky_rebalances_incrementally() {
 }
 
 #[test]
+fn eight_cooperative_members_converge_through_fast_subscription_changes() {
+    with_timeout(600, || {
+        let _serial = serial();
+        case(&Broker::start(GROUP_FLAGS), "subscription_changes")
+    });
+}
+
+#[test]
 fn a_restarted_static_member_gets_its_assignment_back_without_a_rebalance() {
     with_timeout(600, || {
         let _serial = serial();

@@ -351,6 +351,44 @@ def resume_after_restart(b):
     c.close()
 
 
+def subscription_changes(b):
+    """librdkafka's 0113 u_multiple_subscription_changes (variation 1, no rebalance
+    callback) with its playbook and timings: 8 cooperative-sticky members, two 16-partition
+    topics with data, subscriptions changing faster than rebalances finish. The group must
+    converge: every member ends with 2 partitions of the first topic, within a bound."""
+    t1, t2 = "g-subs-1", "g-subs-2"
+    create(b, t1, 16)
+    create(b, t2, 16)
+    produce(b, t1, range(16 * 200), partitions=16)
+    produce(b, t2, range(16 * 200), partitions=16)
+    consumers = [consumer(b, "subs", **{"client.id": f"C_{i}",
+                                        "partition.assignment.strategy": "cooperative-sticky"})
+                 for i in range(8)]
+    s1, s2 = [t1], [t2]
+    playbook = [(0, 0, s1), (4, 1, s1), (4, 1, s1), (4, 1, s1), (4, 2, s1), (6, 3, s1),
+                (6, 4, s1), (6, 5, s1), (6, 6, s1), (6, 7, s2), (6, 1, s1), (6, 1, s2),
+                (6, 1, s1), (6, 2, s2), (7, 2, s1), (7, 1, s2), (8, 0, s2), (8, 1, s1),
+                (8, 0, s1), (13, 2, s1), (13, 1, s2), (13, 5, s2), (14, 6, s2), (15, 7, s1),
+                (15, 1, s1), (15, 5, s1), (15, 6, s1)]
+    t0 = time.time()
+    for at, i, topics in playbook:
+        while time.time() - t0 < at:
+            for c in consumers:
+                c.poll(0.01)
+        consumers[i].subscribe(topics)
+    last = time.time()
+    while True:
+        got = [sorted((p.topic, p.partition) for p in c.assignment()) for c in consumers]
+        if all(len(a) == 2 and all(t == t1 for t, _ in a) for a in got):
+            break
+        assert time.time() - last < 60, f"not converged 60 s after the last change: {got}"
+        for c in consumers:
+            c.poll(0.01)
+    assert sorted(p for a in got for _, p in a) == list(range(16))
+    print(f"converged {time.time() - last:.1f} s after the last subscription change")
+    for c in consumers:
+        c.close()
+
 if __name__ == "__main__":
     case, bootstrap = sys.argv[1], sys.argv[2]
     globals()[case](bootstrap)

@@ -1192,6 +1192,11 @@ impl Coordinator {
                 if let Err(e) = g.check_instance(&id, inst.as_deref()) {
                     return e;
                 }
+                // A member that got its id (MEMBER_ID_REQUIRED) and leaves before joining
+                // with it: the join need not wait for it (Kafka's removePendingMember).
+                if g.pending.remove(&id).is_some() {
+                    return code::NONE;
+                }
                 if !g.has_member(&id) {
                     return code::UNKNOWN_MEMBER_ID;
                 }
@@ -1199,6 +1204,7 @@ impl Coordinator {
                 code::NONE
             })
             .collect();
+        self.maybe_complete(g);
         (code::NONE, codes)
     }
 

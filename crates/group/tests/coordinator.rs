@@ -349,7 +349,13 @@ fn a_member_id_handed_out_and_never_used_holds_a_rebalance_only_for_its_session_
     let c = coordinator(0);
     let (id, mut rx) = new_member(&c, None);
     let generation = answer(&mut rx).unwrap().generation;
-    answer(&mut sync(&c, &id, generation, vec![(id.clone(), Bytes::new())])).unwrap();
+    answer(&mut sync(
+        &c,
+        &id,
+        generation,
+        vec![(id.clone(), Bytes::new())],
+    ))
+    .unwrap();
     // A second consumer gets its id (KIP-394) and never joins with it (it resubscribed, or
     // went away); a third joins properly, which starts a rebalance.
     let abandoned = answer(&mut join(&c, args("", None))).unwrap();
@@ -358,7 +364,10 @@ fn a_member_id_handed_out_and_never_used_holds_a_rebalance_only_for_its_session_
     assert_eq!(heartbeat(&c, &id, generation), code::REBALANCE_IN_PROGRESS);
     let mut first = join(&c, args(&id, None));
     c.tick(false);
-    assert!(answer(&mut first).is_none(), "the join waits for the handed-out id");
+    assert!(
+        answer(&mut first).is_none(),
+        "the join waits for the handed-out id"
+    );
     // Past its session timeout the id is forgotten and the round completes, long before the
     // rebalance timeout.
     c.advance_clock(Duration::from_millis(SESSION_MS as u64 + 100));
@@ -367,4 +376,38 @@ fn a_member_id_handed_out_and_never_used_holds_a_rebalance_only_for_its_session_
     assert_eq!((r.error, r.generation), (code::NONE, generation + 1));
     assert_eq!(answer(&mut third).unwrap().generation, generation + 1);
     assert_eq!(state(&c), (State::CompletingRebalance, 2));
+}
+
+#[test]
+fn a_member_that_leaves_with_a_handed_out_id_no_longer_holds_the_rebalance() {
+    let c = coordinator(0);
+    let (id, mut rx) = new_member(&c, None);
+    let generation = answer(&mut rx).unwrap().generation;
+    answer(&mut sync(
+        &c,
+        &id,
+        generation,
+        vec![(id.clone(), Bytes::new())],
+    ))
+    .unwrap();
+    let abandoned = answer(&mut join(&c, args("", None))).unwrap().member_id;
+    let (_, mut third) = new_member(&c, None);
+    let mut first = join(&c, args(&id, None));
+    assert!(
+        answer(&mut first).is_none(),
+        "the join waits for the handed-out id"
+    );
+    // It unsubscribes before joining with its id: LeaveGroup with that id.
+    let (tx, mut left) = oneshot::channel();
+    c.handle(GroupOp::Leave {
+        group: "g".into(),
+        members: vec![(abandoned, None)],
+        reply: tx,
+    });
+    assert_eq!(answer(&mut left), Some((code::NONE, vec![code::NONE])));
+    assert_eq!(
+        answer(&mut first).expect("completed").generation,
+        generation + 1
+    );
+    assert_eq!(answer(&mut third).unwrap().generation, generation + 1);
 }
