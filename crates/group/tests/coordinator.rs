@@ -266,6 +266,20 @@ fn a_static_member_that_restarts_takes_its_slot_back_without_a_rebalance() {
     assert_eq!((s.error, s.assignment), (code::NONE, old_assignment));
 }
 
+/// A group of one member, joined and synced: (its id, the generation).
+fn one_synced_member(c: &Coordinator) -> (String, i32) {
+    let (id, mut rx) = new_member(c, None);
+    let generation = answer(&mut rx).unwrap().generation;
+    answer(&mut sync(
+        c,
+        &id,
+        generation,
+        vec![(id.clone(), Bytes::new())],
+    ))
+    .unwrap();
+    (id, generation)
+}
+
 fn commit(
     c: &Coordinator,
     generation: i32,
@@ -347,15 +361,7 @@ fn commits_are_checked_against_the_generation_and_applied_only_once_written() {
 #[test]
 fn a_member_id_handed_out_and_never_used_holds_a_rebalance_only_for_its_session_timeout() {
     let c = coordinator(0);
-    let (id, mut rx) = new_member(&c, None);
-    let generation = answer(&mut rx).unwrap().generation;
-    answer(&mut sync(
-        &c,
-        &id,
-        generation,
-        vec![(id.clone(), Bytes::new())],
-    ))
-    .unwrap();
+    let (id, generation) = one_synced_member(&c);
     // A second consumer gets its id (KIP-394) and never joins with it (it resubscribed, or
     // went away); a third joins properly, which starts a rebalance.
     let abandoned = answer(&mut join(&c, args("", None))).unwrap();
@@ -381,15 +387,7 @@ fn a_member_id_handed_out_and_never_used_holds_a_rebalance_only_for_its_session_
 #[test]
 fn a_member_that_leaves_with_a_handed_out_id_no_longer_holds_the_rebalance() {
     let c = coordinator(0);
-    let (id, mut rx) = new_member(&c, None);
-    let generation = answer(&mut rx).unwrap().generation;
-    answer(&mut sync(
-        &c,
-        &id,
-        generation,
-        vec![(id.clone(), Bytes::new())],
-    ))
-    .unwrap();
+    let (id, generation) = one_synced_member(&c);
     let abandoned = answer(&mut join(&c, args("", None))).unwrap().member_id;
     let (_, mut third) = new_member(&c, None);
     let mut first = join(&c, args(&id, None));
