@@ -1,8 +1,9 @@
-//! Cluster metadata: what topics exist, with their ids, partition counts and config
-//! overrides ([`registry`]), and where things live ([`placement`]). One writer changes it;
-//! every shard reads an immutable [`Snapshot`]. The cluster metadata state machine (the
-//! records a Raft log will carry) belongs here.
+//! Cluster metadata: the brokers, the topics with their ids, partitions, replicas, leaders
+//! and config overrides ([`registry`]), the metadata log's commands and how they apply
+//! ([`cluster`]), and which shard of a broker owns a partition ([`placement`]). Every
+//! shard reads an immutable [`Snapshot`].
 
+pub mod cluster;
 pub mod placement;
 mod registry;
 

@@ -1,8 +1,10 @@
-//! Cluster metadata: the topics, their ids, partition counts and config overrides.
+//! Cluster metadata: the brokers, the topics with their ids, partitions, replicas, leaders
+//! and config overrides.
 //!
-//! One writer (the broker's shard 0) changes it; every shard reads an immutable
-//! [`Snapshot`] it was handed, so the hot path never locks. The registry is persisted in
-//! `<data-dir>/runnel-topics`, rewritten atomically on every change:
+//! The metadata log ([`crate::cluster`]) changes it; every shard reads an immutable
+//! [`Snapshot`] it was handed, so the hot path never locks. Before the metadata log, a
+//! single broker kept its topics in `<data-dir>/runnel-topics`; [`decode_topics`] reads that
+//! file once, to import it:
 //!
 //! ```text
 //! # runnel topics v1
@@ -15,9 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub const TOPICS_FILE: &str = "runnel-topics";
+/// Kafka's name for the metadata log; its directory is `<data-dir>/__cluster_metadata-0`.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
 /// Kafka's meta.properties: the cluster id and node id of this data dir.
 pub const META_PROPERTIES: &str = "meta.properties";
-pub const NODE_ID: i32 = 0;
+/// The node id of a broker started without --node-id (a single node).
+pub const DEFAULT_NODE_ID: i32 = 0;
 const HEADER: &str = "# runnel topics v1";
 
 /// A 16-byte topic id (Kafka's Uuid).
@@ -30,6 +35,51 @@ pub struct TopicMeta {
     pub partitions: i32,
     /// Topic-level config overrides (CreateTopics configs), validated.
     pub overrides: BTreeMap<String, String>,
+    /// Per partition (`partitions` of them): replicas, ISR, leader.
+    pub assignment: Vec<PartitionMeta>,
+}
+
+impl TopicMeta {
+    pub fn partition(&self, p: i32) -> Option<&PartitionMeta> {
+        usize::try_from(p).ok().and_then(|p| self.assignment.get(p))
+    }
+}
+
+/// One partition's replica set and leadership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMeta {
+    /// Broker ids; the first is the preferred leader.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas: the only ones a new leader is chosen from.
+    pub isr: Vec<i32>,
+    /// -1: no leader (every ISR member is down).
+    pub leader: i32,
+    /// Bumped on every leader change.
+    pub leader_epoch: i32,
+}
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerMeta {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+    /// The data dir's directory.id: a broker restarted on another (wiped) dir gets a new one.
+    pub dir_id: TopicId,
+    /// Random per process start: tells a fence or a shutdown of an older run from this one.
+    pub incarnation: u64,
+    pub state: BrokerState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Registered and heard from: may lead and be in ISRs.
+    Active,
+    /// Not heard from for the session timeout: leads nothing until it is heard again.
+    Fenced,
+    /// Asked to stop (controlled shutdown): leads nothing until it registers again.
+    ShutDown,
 }
 
 /// What every shard sees of the cluster: replaced whole on each change.
@@ -40,6 +90,11 @@ pub struct Snapshot {
     pub cluster_id: String,
     pub topics: BTreeMap<Arc<str>, Arc<TopicMeta>>,
     pub by_id: HashMap<TopicId, Arc<str>>,
+    pub brokers: BTreeMap<i32, BrokerMeta>,
+    /// The active controller (the metadata log's Raft leader); -1 when there is none.
+    pub controller_id: i32,
+    /// The next producer id the quorum hands out (in blocks).
+    pub next_producer_id: i64,
 }
 
 impl Snapshot {
@@ -51,14 +106,30 @@ impl Snapshot {
         self.by_id.get(id).and_then(|n| self.topics.get(n))
     }
 
-    pub fn with_topics(&self, topics: BTreeMap<Arc<str>, Arc<TopicMeta>>) -> Snapshot {
-        let by_id = topics.values().map(|t| (t.id, t.name.clone())).collect();
-        Snapshot {
-            version: self.version + 1,
-            cluster_id: self.cluster_id.clone(),
-            topics,
-            by_id,
-        }
+    /// The brokers clients may use: registered and not fenced or shut down.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerMeta> {
+        self.brokers
+            .values()
+            .filter(|b| b.state == BrokerState::Active)
+    }
+
+    pub fn is_live(&self, id: i32) -> bool {
+        self.brokers
+            .get(&id)
+            .is_some_and(|b| b.state == BrokerState::Active)
+    }
+
+    /// The partition's state, if the topic and partition exist.
+    pub fn partition(&self, topic: &str, p: i32) -> Option<&PartitionMeta> {
+        self.topic(topic).and_then(|t| t.partition(p))
+    }
+
+    pub(crate) fn reindex(&mut self) {
+        self.by_id = self
+            .topics
+            .values()
+            .map(|t| (t.id, t.name.clone()))
+            .collect();
     }
 }
 
@@ -66,6 +137,9 @@ impl Snapshot {
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("topic name is empty".into());
+    }
+    if name == METADATA_TOPIC {
+        return Err(format!("{METADATA_TOPIC} is the metadata log's name"));
     }
     if name == "." || name == ".." {
         return Err(format!("topic name {name:?} is not allowed"));
@@ -196,6 +270,7 @@ pub fn decode_topics(text: &str) -> Result<BTreeMap<Arc<str>, Arc<TopicMeta>>, S
                 id,
                 partitions,
                 overrides,
+                assignment: Vec::new(),
             }),
         );
     }
@@ -206,7 +281,7 @@ pub fn hex(id: &TopicId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<TopicId> {
+pub fn unhex(s: &str) -> Option<TopicId> {
     if s.len() != 32 {
         return None;
     }
@@ -249,38 +324,69 @@ pub fn base64_id(id: &TopicId) -> String {
     out
 }
 
-/// Reads (or on first start creates) meta.properties and the topic registry of a data dir.
-pub fn load(data_dir: &Path) -> Result<Snapshot, String> {
-    let props = data_dir.join(META_PROPERTIES);
-    let cluster_id = match std::fs::read_to_string(&props) {
-        Ok(text) => text
-            .lines()
-            .find_map(|l| l.strip_prefix("cluster.id="))
-            .map(str::to_string)
-            .ok_or_else(|| format!("{} has no cluster.id", props.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = base64_id(&random_id());
-            let text =
-                format!("#Written by runnel\nversion=1\nnode.id={NODE_ID}\ncluster.id={id}\n");
-            write_file_blocking(&props, text.as_bytes())
-                .map_err(|e| format!("cannot write {}: {e}", props.display()))?;
-            id
+/// Kafka's meta.properties of a data dir: which node and cluster it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaProperties {
+    pub node_id: Option<i32>,
+    pub cluster_id: Option<String>,
+    pub directory_id: Option<TopicId>,
+}
+
+impl MetaProperties {
+    pub fn read(data_dir: &Path) -> Result<MetaProperties, String> {
+        let path = data_dir.join(META_PROPERTIES);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::trim)
+        };
+        let bad = |key: &str| format!("{}: bad {key}", path.display());
+        Ok(MetaProperties {
+            node_id: get("node.id")
+                .map(|v| v.parse().map_err(|_| bad("node.id")))
+                .transpose()?,
+            cluster_id: get("cluster.id").map(str::to_string),
+            directory_id: get("directory.id")
+                .map(|v| unhex(v).ok_or_else(|| bad("directory.id")))
+                .transpose()?,
+        })
+    }
+
+    /// Startup only: written atomically and synced.
+    pub fn write(&self, data_dir: &Path) -> Result<(), String> {
+        let mut text = String::from("#Written by runnel\nversion=1\n");
+        if let Some(n) = self.node_id {
+            let _ = writeln!(text, "node.id={n}");
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", props.display())),
-    };
+        if let Some(c) = &self.cluster_id {
+            let _ = writeln!(text, "cluster.id={c}");
+        }
+        if let Some(d) = &self.directory_id {
+            let _ = writeln!(text, "directory.id={}", hex(d));
+        }
+        let path = data_dir.join(META_PROPERTIES);
+        write_file_blocking(&path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+}
+
+/// The topics of a data dir from before the metadata log (`runnel-topics`), if any.
+pub fn load_legacy_topics(
+    data_dir: &Path,
+) -> Result<Option<BTreeMap<Arc<str>, Arc<TopicMeta>>>, String> {
     let path = data_dir.join(TOPICS_FILE);
-    let topics = match std::fs::read_to_string(&path) {
-        Ok(text) => decode_topics(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let by_id = topics.values().map(|t| (t.id, t.name.clone())).collect();
-    Ok(Snapshot {
-        version: 1,
-        cluster_id,
-        topics,
-        by_id,
-    })
+    match std::fs::read_to_string(&path) {
+        Ok(text) => decode_topics(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// Startup-only (before the shards run): write, sync, rename, sync the directory.
@@ -312,6 +418,7 @@ mod tests {
                     id: random_id(),
                     partitions: parts,
                     overrides,
+                    assignment: Vec::new(),
                 }),
             );
         }

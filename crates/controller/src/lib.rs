@@ -1,0 +1,532 @@
+//! The metadata quorum (Kafka's KRaft, KIP-500/595/631): every change to the cluster's
+//! metadata is a command in a Raft log ([`runnel_metadata::cluster`]), and every broker
+//! applies the committed commands in order to its snapshot.
+//!
+//! Consensus is TiKV's `raft` crate: it is sans-IO (we call tick, step and propose, and it
+//! hands back messages to send and entries to persist), so its storage ([`storage`]) and
+//! transport ([`transport`]) are ours and it needs no async runtime of its own. It runs on
+//! a thread beside the shard executors; shards reach it through [`Controller::propose`] and
+//! receive every applied snapshot through the [`Applied`] channel.
+//!
+//! Every node is a voter and a broker (Kafka's combined mode). The Raft leader is the
+//! active controller: besides ordering commands, it fences brokers it has not heard from
+//! for the session timeout (a broker is heard through its controller's Raft traffic: the
+//! two are one process), unfences them when heard again, names the cluster, creates
+//! `__consumer_offsets` and moves leaderships back to preferred replicas.
+
+pub mod storage;
+mod transport;
+
+use futures_channel::oneshot;
+use raft::prelude::*;
+use raft::storage::MemStorage;
+use raft::StateRole;
+use runnel_metadata::cluster::{self, Command, CommandResult, Proposal};
+use runnel_metadata::{BrokerState, Snapshot};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Kafka's NOT_CONTROLLER and REQUEST_TIMED_OUT.
+const NOT_CONTROLLER: i16 = 41;
+const REQUEST_TIMED_OUT: i16 = 7;
+/// One Raft tick; elections time out after 10-20 ticks, leaders heartbeat every tick.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the active controller retries a duty whose command did not apply yet.
+const DUTY_RETRY: Duration = Duration::from_secs(3);
+
+pub type Answer = Result<Vec<CommandResult>, (i16, String)>;
+pub type Reply = oneshot::Sender<Answer>;
+
+/// A batch of applied commands: the snapshot after them, and the answers to this node's
+/// proposals among them (to send once the snapshot is in force).
+pub struct Applied {
+    pub snapshot: Arc<Snapshot>,
+    pub replies: Vec<(Reply, Answer)>,
+}
+
+pub struct ControllerConfig {
+    pub node_id: i32,
+    /// node id -> host:port of its controller listener; this node among them.
+    pub voters: BTreeMap<i32, String>,
+    /// Where to accept other controllers; None for a quorum of one.
+    pub listen: Option<SocketAddr>,
+    /// `<data-dir>/__cluster_metadata-0`.
+    pub dir: PathBuf,
+    pub session_timeout: Duration,
+    /// The cluster id to name a new cluster with (an existing data dir's); else random.
+    pub cluster_id: Option<String>,
+    /// `__consumer_offsets`: partitions, replication factor (capped by the voters) and configs.
+    pub offsets_topic: (i32, i16, BTreeMap<String, String>),
+    /// 0: no automatic preferred leader election.
+    pub leader_imbalance_check_interval: Duration,
+}
+
+impl ControllerConfig {
+    /// The voters as written in --controller-quorum-voters (sorted), to compare quorums.
+    pub fn voters_text(&self) -> String {
+        self.voters
+            .iter()
+            .map(|(id, a)| format!("{id}@{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+pub(crate) enum Input {
+    Raft(Message),
+    Propose {
+        commands: Vec<Command>,
+        timeout: Duration,
+        reply: Reply,
+    },
+    /// A peer refused this node's voters.
+    Rejected(String),
+    Stop,
+}
+
+/// The handle shards and the broker hold.
+pub struct Controller {
+    tx: mpsc::Sender<Input>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Controller {
+    /// Opens the metadata log and starts the quorum member. Applied snapshots (the first
+    /// one after replaying the log) arrive on the returned channel, in order.
+    pub fn start(
+        cfg: ControllerConfig,
+    ) -> Result<(Controller, futures_channel::mpsc::UnboundedReceiver<Applied>), String> {
+        let voters_text = cfg.voters_text();
+        storage::check_quorum(&cfg.dir, &voters_text)?;
+        let (disk, replayed) = storage::DiskLog::open(&cfg.dir)?;
+        let raft_id = |n: i32| n as u64 + 1;
+        let ids: Vec<u64> = cfg.voters.keys().map(|&n| raft_id(n)).collect();
+        let store = MemStorage::new_with_conf_state(ConfState::from((ids.clone(), vec![])));
+        {
+            let mut w = store.wl();
+            w.append(&replayed.entries).map_err(|e| e.to_string())?;
+            w.set_hardstate(replayed.hard_state);
+        }
+        let config = Config {
+            id: raft_id(cfg.node_id),
+            election_tick: 10,
+            heartbeat_tick: 1,
+            check_quorum: true,
+            pre_vote: true,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1 << 20,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| e.to_string())?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut node = RawNode::new(&config, store, &logger).map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel();
+        let transport = match cfg.listen {
+            Some(listen) => Some(transport::Transport::start(
+                raft_id(cfg.node_id),
+                listen,
+                &cfg.voters.iter().map(|(&n, a)| (raft_id(n), a.clone())).collect(),
+                &voters_text,
+                tx.clone(),
+            )?),
+            None if cfg.voters.len() > 1 => {
+                return Err("a quorum of several voters needs --controller-listen".into())
+            }
+            None => None,
+        };
+        if ids.len() == 1 {
+            // A quorum of one: no one to wait for.
+            node.campaign().map_err(|e| e.to_string())?;
+        }
+        let (out, applied) = futures_channel::mpsc::unbounded();
+        let mut member = Member {
+            node,
+            disk,
+            transport,
+            out,
+            state: Snapshot {
+                controller_id: -1,
+                ..Default::default()
+            },
+            pending: HashMap::new(),
+            last_heard: HashMap::new(),
+            duties: HashMap::new(),
+            leader: 0,
+            next_rebalance: Instant::now() + cfg.leader_imbalance_check_interval,
+            cfg,
+            published: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("runnel-controller".into())
+            .spawn(move || member.run(rx))
+            .map_err(|e| e.to_string())?;
+        Ok((
+            Controller {
+                tx,
+                thread: Some(thread),
+            },
+            applied,
+        ))
+    }
+
+    /// Proposes `commands` as one entry; answered when it has applied on this node (in an
+    /// [`Applied`] batch), or with NOT_CONTROLLER / REQUEST_TIMED_OUT.
+    pub fn propose(&self, commands: Vec<Command>, timeout: Duration) -> oneshot::Receiver<Answer> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Input::Propose { reply, .. })) = self.tx.send(Input::Propose {
+            commands,
+            timeout,
+            reply,
+        }) {
+            let _ = reply.send(Err((NOT_CONTROLLER, "the controller has stopped".into())));
+        }
+        rx
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.tx.send(Input::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Member {
+    node: RawNode<MemStorage>,
+    disk: storage::DiskLog,
+    transport: Option<transport::Transport>,
+    out: futures_channel::mpsc::UnboundedSender<Applied>,
+    /// The applied state.
+    state: Snapshot,
+    /// This node's proposals awaiting their entry: request id -> (reply, deadline).
+    pending: HashMap<u64, (Reply, Instant)>,
+    /// When each peer's controller was last heard from (raft id).
+    last_heard: HashMap<u64, Instant>,
+    /// Duties proposed by the active controller and when, so they are not proposed every
+    /// tick while the entry is on its way.
+    duties: HashMap<String, Instant>,
+    /// The Raft leader's id (0: none).
+    leader: u64,
+    next_rebalance: Instant,
+    cfg: ControllerConfig,
+    /// The snapshot version last sent out.
+    published: u64,
+}
+
+impl Member {
+    fn run(&mut self, rx: mpsc::Receiver<Input>) {
+        let mut next_tick = Instant::now() + TICK;
+        // The replayed log's commands apply before anything else.
+        self.on_ready();
+        self.publish(Vec::new());
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Input::Raft(m)) => {
+                    self.last_heard.insert(m.from, Instant::now());
+                    if let Err(e) = self.node.step(m) {
+                        tracing::debug!("raft step: {e}");
+                    }
+                }
+                Ok(Input::Propose {
+                    commands,
+                    timeout,
+                    reply,
+                }) => self.propose(commands, Some((reply, Instant::now() + timeout))),
+                Ok(Input::Rejected(why)) => {
+                    tracing::error!("{why}");
+                    // A misconfigured quorum member must not run: Kafka's controllers halt too.
+                    std::process::exit(1);
+                }
+                Ok(Input::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                next_tick += TICK;
+                self.node.tick();
+                self.expire_pending();
+                if self.node.raft.state == StateRole::Leader {
+                    self.duties();
+                }
+            }
+            self.on_ready();
+        }
+    }
+
+    fn propose(&mut self, commands: Vec<Command>, reply: Option<(Reply, Instant)>) {
+        let request_id = u64::from_le_bytes(
+            runnel_metadata::random_id()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        let p = Proposal {
+            request_id,
+            from: self.cfg.node_id,
+            commands,
+        };
+        match self.node.propose(Vec::new(), p.encode().into_bytes()) {
+            Ok(()) => {
+                if let Some(r) = reply {
+                    self.pending.insert(request_id, r);
+                }
+            }
+            Err(e) => {
+                if let Some((reply, _)) = reply {
+                    let _ = reply.send(Err((
+                        NOT_CONTROLLER,
+                        format!("no active controller to take the change ({e})"),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn expire_pending(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((reply, _)) = self.pending.remove(&id) {
+                let _ = reply.send(Err((
+                    REQUEST_TIMED_OUT,
+                    "the metadata change did not commit in time (no quorum?)".into(),
+                )));
+            }
+        }
+    }
+
+    /// Proposes `c` unless the same duty was proposed less than DUTY_RETRY ago.
+    fn duty(&mut self, key: String, c: Command) {
+        let now = Instant::now();
+        if self
+            .duties
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < DUTY_RETRY)
+        {
+            return;
+        }
+        self.duties.insert(key, now);
+        self.propose(vec![c], None);
+    }
+
+    /// The active controller's work, each tick.
+    fn duties(&mut self) {
+        let now = Instant::now();
+        let me = self.cfg.node_id;
+        if self.state.cluster_id.is_empty() {
+            let id = self
+                .cfg
+                .cluster_id
+                .clone()
+                .unwrap_or_else(|| runnel_metadata::base64_id(&runnel_metadata::random_id()));
+            self.duty("init".into(), Command::InitCluster { cluster_id: id });
+        }
+        let brokers: Vec<_> = self.state.brokers.values().cloned().collect();
+        for b in brokers {
+            if b.id == me {
+                continue;
+            }
+            let heard = self
+                .last_heard
+                .get(&(b.id as u64 + 1))
+                .is_some_and(|at| now.duration_since(*at) < self.cfg.session_timeout);
+            match b.state {
+                BrokerState::Active if !heard => {
+                    tracing::warn!(
+                        broker = b.id,
+                        "not heard from for {:?}: fencing it",
+                        self.cfg.session_timeout
+                    );
+                    self.duty(
+                        format!("fence {} {}", b.id, b.incarnation),
+                        Command::FenceBroker {
+                            id: b.id,
+                            incarnation: b.incarnation,
+                        },
+                    );
+                }
+                BrokerState::Fenced if heard => self.duty(
+                    format!("unfence {} {}", b.id, b.incarnation),
+                    Command::UnfenceBroker {
+                        id: b.id,
+                        incarnation: b.incarnation,
+                    },
+                ),
+                _ => {}
+            }
+        }
+        let (partitions, rf, configs) = &self.cfg.offsets_topic;
+        let rf = (*rf).min(self.cfg.voters.len() as i16);
+        if self.state.topic(cluster::OFFSETS_TOPIC).is_none()
+            && self.state.live_brokers().count() >= rf as usize
+        {
+            self.duty(
+                "offsets".into(),
+                Command::CreateTopic {
+                    name: cluster::OFFSETS_TOPIC.into(),
+                    id: runnel_metadata::random_id(),
+                    partitions: *partitions,
+                    replication_factor: rf,
+                    assignment: None,
+                    configs: configs.clone(),
+                },
+            );
+        }
+        if !self.cfg.leader_imbalance_check_interval.is_zero() && now >= self.next_rebalance {
+            self.next_rebalance = now + self.cfg.leader_imbalance_check_interval;
+            let imbalanced = self.state.topics.values().any(|t| {
+                t.assignment.iter().any(|p| {
+                    let pref = p.replicas[0];
+                    p.leader != pref && p.isr.contains(&pref) && self.state.is_live(pref)
+                })
+            });
+            if imbalanced {
+                tracing::info!("moving leaderships back to preferred replicas");
+                self.propose(vec![Command::ElectPreferred { topics: None }], None);
+            }
+        }
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        if let Some(t) = &self.transport {
+            for m in msgs {
+                t.send(m);
+            }
+        }
+    }
+
+    fn on_ready(&mut self) {
+        if !self.node.has_ready() {
+            return;
+        }
+        let mut ready = self.node.ready();
+        if let Some(ss) = ready.ss() {
+            if ss.leader_id != self.leader {
+                self.leader = ss.leader_id;
+                tracing::info!(
+                    controller = self.leader as i64 - 1,
+                    "the active controller is {}",
+                    if self.leader == 0 {
+                        "unknown".to_string()
+                    } else {
+                        format!("node {}", self.leader - 1)
+                    }
+                );
+                if ss.raft_state == StateRole::Leader {
+                    // Everyone gets a full session before being judged.
+                    let now = Instant::now();
+                    for id in self.node.raft.prs().conf().voters().ids().iter() {
+                        self.last_heard.insert(id, now);
+                    }
+                    self.duties.clear();
+                }
+            }
+        }
+        self.send(ready.take_messages());
+        let mut replies = Vec::new();
+        let committed = ready.take_committed_entries();
+        self.apply(committed, &mut replies);
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            self.persist(ready.entries(), ready.hs().cloned());
+            let mut w = self.node.mut_store().wl();
+            if let Err(e) = w.append(ready.entries()) {
+                fatal(format!("metadata log append: {e}"));
+            }
+            if let Some(hs) = ready.hs() {
+                w.set_hardstate(hs.clone());
+            }
+        }
+        self.send(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let hs = {
+                let mut w = self.node.mut_store().wl();
+                w.mut_hard_state().commit = commit;
+                w.hard_state().clone()
+            };
+            self.persist(&[], Some(hs));
+        }
+        self.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(committed, &mut replies);
+        self.node.advance_apply();
+        self.publish(replies);
+    }
+
+    fn persist(&mut self, entries: &[Entry], hs: Option<HardState>) {
+        if let Err(e) = self.disk.write(entries, hs.as_ref()) {
+            fatal(e);
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, replies: &mut Vec<(Reply, Answer)>) {
+        for e in entries {
+            if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
+                continue;
+            }
+            let p = match std::str::from_utf8(&e.data)
+                .map_err(|e| e.to_string())
+                .and_then(Proposal::decode)
+            {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::error!(index = e.index, "skipping a metadata entry: {err}");
+                    continue;
+                }
+            };
+            let results: Vec<CommandResult> = p
+                .commands
+                .iter()
+                .map(|c| cluster::apply(&mut self.state, c))
+                .collect();
+            self.state.version += 1;
+            if p.from == self.cfg.node_id {
+                if let Some((reply, _)) = self.pending.remove(&p.request_id) {
+                    replies.push((reply, Ok(results)));
+                }
+            }
+        }
+    }
+
+    /// Sends the snapshot out when it changed (or the active controller did).
+    fn publish(&mut self, replies: Vec<(Reply, Answer)>) {
+        let controller = if self.leader == 0 {
+            -1
+        } else {
+            self.leader as i32 - 1
+        };
+        if controller != self.state.controller_id {
+            self.state.controller_id = controller;
+            self.state.version += 1;
+        }
+        if self.state.version == self.published && replies.is_empty() && self.published != 0 {
+            return;
+        }
+        self.published = self.state.version;
+        let _ = self.out.unbounded_send(Applied {
+            snapshot: Arc::new(self.state.clone()),
+            replies,
+        });
+    }
+}
+
+/// The metadata log cannot be written: this node must stop rather than vote or lead on
+/// a log it cannot keep (Kafka halts its process here too).
+fn fatal(why: String) -> ! {
+    tracing::error!("metadata log failure, stopping: {why}");
+    std::process::exit(1);
+}

@@ -1,0 +1,766 @@
+//! The metadata log's state machine: the commands a Raft entry carries and how every broker
+//! applies them, in log order, to its [`Snapshot`].
+//!
+//! Kafka's controller computes records (a topic's replicas, a partition's new leader) and
+//! logs the results. Runnel logs the *commands* and computes their effect when applying
+//! them: apply is deterministic (it reads only the snapshot and the command: no clock, no
+//! randomness, no local state), so every broker reaches the same snapshot, any broker can
+//! propose, and a command is validated against exactly the state it applies to. What must
+//! vary (topic ids, a broker's incarnation) is chosen by the proposer and carried in the
+//! command. The price is that apply must stay the same across versions for entries already
+//! in a log; ARCHITECTURE.md lists this divergence.
+//!
+//! An entry is UTF-8 text, one line per command after a header line:
+//!
+//! ```text
+//! proposal <request id> <proposing node>
+//! register 1 10.0.0.1 9092 rack-a <directory id hex> <incarnation>
+//! create orders <topic id hex> 6 3 - retention.ms=1000
+//! ```
+
+use crate::registry::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Kafka's error codes the state machine answers with.
+pub mod code {
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const INVALID_CONFIG: i16 = 40;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const INCONSISTENT_CLUSTER_ID: i16 = 104;
+    pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
+}
+
+/// The internal topic that cannot be deleted nor grown.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The most partitions one topic may have; each is a directory and open files.
+pub const MAX_PARTITIONS: i32 = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Names the cluster; only the first one counts.
+    InitCluster { cluster_id: String },
+    /// A broker starting: registers it (again) and makes it active.
+    RegisterBroker(BrokerMeta),
+    /// The active controller did not hear from the broker for the session timeout.
+    FenceBroker { id: i32, incarnation: u64 },
+    /// The active controller hears from a fenced broker again.
+    UnfenceBroker { id: i32, incarnation: u64 },
+    /// Controlled shutdown: move the broker's leaderships away before it stops.
+    ShutdownBroker { id: i32, incarnation: u64 },
+    CreateTopic {
+        name: String,
+        id: TopicId,
+        partitions: i32,
+        replication_factor: i16,
+        /// Explicit replicas per partition (CreateTopics assignments), or placed by apply.
+        assignment: Option<Vec<Vec<i32>>>,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic { name: String },
+    CreatePartitions {
+        name: String,
+        count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
+    },
+    /// Moves leadership back to each partition's first replica where it is live and in the
+    /// ISR; `topics` None: every partition.
+    ElectPreferred { topics: Option<Vec<(String, i32)>> },
+    /// Hands out `count` producer ids; the result is the first.
+    AllocateProducerIds { count: i64 },
+}
+
+/// What a command did, for its proposer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Topic(Arc<TopicMeta>),
+    ProducerIds(i64),
+    /// ElectPreferred: per partition asked for, the error code (0: moved or already there).
+    Elected(Vec<((String, i32), i16)>),
+}
+
+pub type CommandResult = Result<Outcome, (i16, String)>;
+
+/// One Raft entry: commands applied together, and who waits for their results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub request_id: u64,
+    pub from: i32,
+    pub commands: Vec<Command>,
+}
+
+impl Proposal {
+    pub fn encode(&self) -> String {
+        let mut out = format!("proposal {} {}\n", self.request_id, self.from);
+        for c in &self.commands {
+            encode_command(&mut out, c);
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn decode(text: &str) -> Result<Proposal, String> {
+        let mut lines = text.lines();
+        let head = lines.next().ok_or("empty entry")?;
+        let mut w = head.split(' ');
+        if w.next() != Some("proposal") {
+            return Err(format!("bad entry header {head:?}"));
+        }
+        let request_id = num(w.next())?;
+        let from = num(w.next())?;
+        let commands = lines
+            .filter(|l| !l.is_empty())
+            .map(decode_command)
+            .collect::<Result<_, _>>()?;
+        Ok(Proposal {
+            request_id,
+            from,
+            commands,
+        })
+    }
+}
+
+fn num<T: std::str::FromStr>(w: Option<&str>) -> Result<T, String> {
+    let w = w.ok_or("a word is missing")?;
+    w.parse().map_err(|_| format!("bad number {w:?}"))
+}
+
+fn encode_assignment(a: &Option<Vec<Vec<i32>>>) -> String {
+    match a {
+        None => "-".into(),
+        Some(parts) => parts
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect::<Vec<_>>()
+            .join(";"),
+    }
+}
+
+fn decode_assignment(w: Option<&str>) -> Result<Option<Vec<Vec<i32>>>, String> {
+    match w.ok_or("assignment missing")? {
+        "-" => Ok(None),
+        s => s
+            .split(';')
+            .map(|r| r.split(',').map(|b| num(Some(b))).collect())
+            .collect::<Result<_, _>>()
+            .map(Some),
+    }
+}
+
+fn encode_command(out: &mut String, c: &Command) {
+    let _ = match c {
+        Command::InitCluster { cluster_id } => write!(out, "init {cluster_id}"),
+        Command::RegisterBroker(b) => write!(
+            out,
+            "register {} {} {} {} {} {}",
+            b.id,
+            b.host,
+            b.port,
+            b.rack.as_deref().unwrap_or("-"),
+            hex(&b.dir_id),
+            b.incarnation
+        ),
+        Command::FenceBroker { id, incarnation } => write!(out, "fence {id} {incarnation}"),
+        Command::UnfenceBroker { id, incarnation } => write!(out, "unfence {id} {incarnation}"),
+        Command::ShutdownBroker { id, incarnation } => {
+            write!(out, "shutdown {id} {incarnation}")
+        }
+        Command::CreateTopic {
+            name,
+            id,
+            partitions,
+            replication_factor,
+            assignment,
+            configs,
+        } => {
+            let _ = write!(
+                out,
+                "create {name} {} {partitions} {replication_factor} {}",
+                hex(id),
+                encode_assignment(assignment)
+            );
+            for (k, v) in configs {
+                let _ = write!(out, " {k}={v}");
+            }
+            Ok(())
+        }
+        Command::DeleteTopic { name } => write!(out, "delete {name}"),
+        Command::CreatePartitions {
+            name,
+            count,
+            assignment,
+        } => write!(
+            out,
+            "partitions {name} {count} {}",
+            encode_assignment(assignment)
+        ),
+        Command::ElectPreferred { topics: None } => write!(out, "elect-preferred -"),
+        Command::ElectPreferred { topics: Some(ts) } => write!(
+            out,
+            "elect-preferred {}",
+            ts.iter()
+                .map(|(t, p)| format!("{t}:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Command::AllocateProducerIds { count } => write!(out, "producer-ids {count}"),
+    };
+}
+
+fn decode_command(line: &str) -> Result<Command, String> {
+    let mut w = line.split(' ');
+    let bad = |e: String| format!("bad command {line:?}: {e}");
+    let word = |w: Option<&str>| w.map(str::to_string).ok_or("a word is missing".to_string());
+    let c = (|| -> Result<Command, String> {
+        Ok(match w.next().unwrap_or("") {
+            "init" => Command::InitCluster {
+                cluster_id: word(w.next())?,
+            },
+            "register" => Command::RegisterBroker(BrokerMeta {
+                id: num(w.next())?,
+                host: word(w.next())?,
+                port: num(w.next())?,
+                rack: word(w.next()).map(|r| (r != "-").then_some(r))?,
+                dir_id: unhex(w.next().unwrap_or("")).ok_or("bad directory id")?,
+                incarnation: num(w.next())?,
+                state: BrokerState::Active,
+            }),
+            "fence" => Command::FenceBroker {
+                id: num(w.next())?,
+                incarnation: num(w.next())?,
+            },
+            "unfence" => Command::UnfenceBroker {
+                id: num(w.next())?,
+                incarnation: num(w.next())?,
+            },
+            "shutdown" => Command::ShutdownBroker {
+                id: num(w.next())?,
+                incarnation: num(w.next())?,
+            },
+            "create" => {
+                let name = word(w.next())?;
+                let id = unhex(w.next().unwrap_or("")).ok_or("bad topic id")?;
+                let partitions = num(w.next())?;
+                let replication_factor = num(w.next())?;
+                let assignment = decode_assignment(w.next())?;
+                let mut configs = BTreeMap::new();
+                for kv in w.by_ref() {
+                    let (k, v) = kv.split_once('=').ok_or("bad config")?;
+                    configs.insert(k.to_string(), v.to_string());
+                }
+                Command::CreateTopic {
+                    name,
+                    id,
+                    partitions,
+                    replication_factor,
+                    assignment,
+                    configs,
+                }
+            }
+            "delete" => Command::DeleteTopic {
+                name: word(w.next())?,
+            },
+            "partitions" => Command::CreatePartitions {
+                name: word(w.next())?,
+                count: num(w.next())?,
+                assignment: decode_assignment(w.next())?,
+            },
+            "elect-preferred" => match w.next() {
+                Some("-") => Command::ElectPreferred { topics: None },
+                Some(list) => Command::ElectPreferred {
+                    topics: Some(
+                        list.split(',')
+                            .map(|tp| {
+                                let (t, p) = tp.rsplit_once(':').ok_or("bad partition")?;
+                                Ok((t.to_string(), num(Some(p))?))
+                            })
+                            .collect::<Result<_, String>>()?,
+                    ),
+                },
+                None => return Err("a word is missing".into()),
+            },
+            "producer-ids" => Command::AllocateProducerIds {
+                count: num(w.next())?,
+            },
+            other => return Err(format!("unknown command {other:?}")),
+        })
+    })()
+    .map_err(bad)?;
+    if w.next().is_some() {
+        return Err(bad("extra words".into()));
+    }
+    Ok(c)
+}
+
+/// A host or rack name that fits in a command: no spaces or separators.
+pub fn validate_name(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s == "-"
+        || s.len() > 255
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '[' | ']'))
+    {
+        return Err(format!(
+            "{what} {s:?} must be 1-255 characters of letters, digits, '.', '_', '-', ':'"
+        ));
+    }
+    Ok(())
+}
+
+/// Applies one command to `s` (the next version of the snapshot) and returns its result.
+/// Deterministic: see the module comment.
+pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
+    match c {
+        Command::InitCluster { cluster_id } => {
+            if s.cluster_id.is_empty() {
+                s.cluster_id = cluster_id.clone();
+            }
+            Ok(Outcome::Done)
+        }
+        Command::RegisterBroker(b) => register(s, b),
+        Command::FenceBroker { id, incarnation } => {
+            set_state(s, *id, *incarnation, BrokerState::Fenced, &[BrokerState::Active])
+        }
+        Command::UnfenceBroker { id, incarnation } => {
+            set_state(s, *id, *incarnation, BrokerState::Active, &[BrokerState::Fenced])
+        }
+        Command::ShutdownBroker { id, incarnation } => set_state(
+            s,
+            *id,
+            *incarnation,
+            BrokerState::ShutDown,
+            &[BrokerState::Active, BrokerState::Fenced],
+        ),
+        Command::CreateTopic {
+            name,
+            id,
+            partitions,
+            replication_factor,
+            assignment,
+            configs,
+        } => create_topic(
+            s,
+            name,
+            *id,
+            *partitions,
+            *replication_factor,
+            assignment.as_deref(),
+            configs,
+        ),
+        Command::DeleteTopic { name } => {
+            if name == OFFSETS_TOPIC {
+                return Err((
+                    code::INVALID_TOPIC_EXCEPTION,
+                    format!("{OFFSETS_TOPIC} is internal and cannot be deleted"),
+                ));
+            }
+            match s.topics.remove(name.as_str()) {
+                Some(t) => {
+                    s.reindex();
+                    Ok(Outcome::Topic(t))
+                }
+                None => Err((
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic {name} does not exist"),
+                )),
+            }
+        }
+        Command::CreatePartitions {
+            name,
+            count,
+            assignment,
+        } => create_partitions(s, name, *count, assignment.as_deref()),
+        Command::ElectPreferred { topics } => Ok(Outcome::Elected(elect_preferred(
+            s,
+            topics.as_deref(),
+        ))),
+        Command::AllocateProducerIds { count } => {
+            if *count < 1 {
+                return Err((code::INVALID_REQUEST, "count must be positive".into()));
+            }
+            let first = s.next_producer_id;
+            s.next_producer_id = first.saturating_add(*count);
+            Ok(Outcome::ProducerIds(first))
+        }
+    }
+}
+
+fn register(s: &mut Snapshot, b: &BrokerMeta) -> CommandResult {
+    if let Some(old) = s.brokers.get(&b.id) {
+        // A live registration from another data dir: two processes share a node id, or the
+        // dir was wiped and the old process is still up. Refused until the old one is fenced.
+        if old.dir_id != b.dir_id && old.state == BrokerState::Active {
+            return Err((
+                code::DUPLICATE_BROKER_REGISTRATION,
+                format!(
+                    "node id {} is registered by a running broker with directory id {} \
+                     ({}:{}); this one has directory id {}",
+                    b.id,
+                    hex(&old.dir_id),
+                    old.host,
+                    old.port,
+                    hex(&b.dir_id)
+                ),
+            ));
+        }
+    }
+    let mut b = b.clone();
+    b.state = BrokerState::Active;
+    let id = b.id;
+    s.brokers.insert(id, b);
+    became_live(s, id);
+    Ok(Outcome::Done)
+}
+
+fn set_state(
+    s: &mut Snapshot,
+    id: i32,
+    incarnation: u64,
+    to: BrokerState,
+    from: &[BrokerState],
+) -> CommandResult {
+    let Some(b) = s.brokers.get_mut(&id) else {
+        return Err((code::INVALID_REQUEST, format!("broker {id} is not registered")));
+    };
+    // A fence or shutdown decided about an earlier run of the broker does not touch a
+    // later one.
+    if b.incarnation != incarnation || !from.contains(&b.state) {
+        return Ok(Outcome::Done);
+    }
+    b.state = to;
+    match to {
+        BrokerState::Active => became_live(s, id),
+        _ => went_away(s, id),
+    }
+    Ok(Outcome::Done)
+}
+
+/// Applies `f` to every partition, replacing the topics whose partitions it changed.
+fn for_each_partition(s: &mut Snapshot, mut f: impl FnMut(&str, i32, &mut PartitionMeta) -> bool) {
+    let mut changed = Vec::new();
+    for (name, t) in &s.topics {
+        let mut parts = t.assignment.clone();
+        let mut any = false;
+        for (p, pm) in parts.iter_mut().enumerate() {
+            any |= f(name, p as i32, pm);
+        }
+        if any {
+            changed.push(Arc::new(TopicMeta {
+                assignment: parts,
+                ..(**t).clone()
+            }));
+        }
+    }
+    for t in changed {
+        s.topics.insert(t.name.clone(), t);
+    }
+}
+
+/// A broker went away: it leaves every ISR it is not the last member of, and its
+/// leaderships go to another live ISR member (or to nobody).
+fn went_away(s: &mut Snapshot, id: i32) {
+    let live: Vec<i32> = s.live_brokers().map(|b| b.id).collect();
+    for_each_partition(s, |_, _, pm| {
+        let mut changed = false;
+        if pm.isr.contains(&id) && pm.isr.len() > 1 {
+            pm.isr.retain(|&r| r != id);
+            changed = true;
+        }
+        if pm.leader == id {
+            pm.leader = pm
+                .replicas
+                .iter()
+                .copied()
+                .find(|r| *r != id && pm.isr.contains(r) && live.contains(r))
+                .unwrap_or(-1);
+            pm.leader_epoch += 1;
+            changed = true;
+        }
+        changed
+    });
+}
+
+/// A broker is live again. Until follower replication exists, a replica has nothing to
+/// catch up on, so it rejoins the ISR at once; partitions without a leader get it.
+fn became_live(s: &mut Snapshot, id: i32) {
+    for_each_partition(s, |_, _, pm| {
+        if !pm.replicas.contains(&id) {
+            return false;
+        }
+        let mut changed = false;
+        if !pm.isr.contains(&id) {
+            pm.isr.push(id);
+            pm.isr.sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
+            changed = true;
+        }
+        if pm.leader == -1 {
+            pm.leader = id;
+            pm.leader_epoch += 1;
+            changed = true;
+        }
+        changed
+    });
+}
+
+fn elect_preferred(s: &mut Snapshot, only: Option<&[(String, i32)]>) -> Vec<((String, i32), i16)> {
+    let live: Vec<i32> = s.live_brokers().map(|b| b.id).collect();
+    let mut out = Vec::new();
+    if let Some(only) = only {
+        for (t, p) in only {
+            if s.partition(t, *p).is_none() {
+                out.push(((t.clone(), *p), code::UNKNOWN_TOPIC_OR_PARTITION));
+            }
+        }
+    }
+    for_each_partition(s, |t, p, pm| {
+        if let Some(only) = only {
+            if !only.iter().any(|(ot, op)| ot == t && *op == p) {
+                return false;
+            }
+        }
+        let preferred = pm.replicas[0];
+        if pm.leader == preferred {
+            out.push(((t.to_string(), p), 0));
+            return false;
+        }
+        if !(live.contains(&preferred) && pm.isr.contains(&preferred)) {
+            // Kafka's PREFERRED_LEADER_NOT_AVAILABLE.
+            out.push(((t.to_string(), p), 80));
+            return false;
+        }
+        pm.leader = preferred;
+        pm.leader_epoch += 1;
+        out.push(((t.to_string(), p), 0));
+        true
+    });
+    out
+}
+
+/// Checks a new topic's name and configs (not its placement).
+pub fn check_new_topic(
+    s: &Snapshot,
+    name: &str,
+    partitions: i32,
+    configs: &BTreeMap<String, String>,
+) -> Result<(), (i16, String)> {
+    validate_topic_name(name).map_err(|e| (code::INVALID_TOPIC_EXCEPTION, e))?;
+    if s.topics.contains_key(name) {
+        return Err((
+            code::TOPIC_ALREADY_EXISTS,
+            format!("topic {name} already exists"),
+        ));
+    }
+    // Kafka refuses names that collide once '.' and '_' are treated alike (metric names).
+    let norm = |s: &str| s.replace('.', "_");
+    if let Some(other) = s.topics.keys().find(|k| norm(k) == norm(name)) {
+        return Err((
+            code::INVALID_TOPIC_EXCEPTION,
+            format!("topic {name} collides with existing topic {other} ('.' and '_' are alike)"),
+        ));
+    }
+    if !(1..=MAX_PARTITIONS).contains(&partitions) {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!("partition count must be between 1 and {MAX_PARTITIONS}, got {partitions}"),
+        ));
+    }
+    for (k, v) in configs {
+        validate_topic_config(k, v).map_err(|e| (code::INVALID_CONFIG, e))?;
+    }
+    Ok(())
+}
+
+fn create_topic(
+    s: &mut Snapshot,
+    name: &str,
+    id: TopicId,
+    partitions: i32,
+    rf: i16,
+    assignment: Option<&[Vec<i32>]>,
+    configs: &BTreeMap<String, String>,
+) -> CommandResult {
+    check_new_topic(s, name, partitions, configs)?;
+    if s.by_id.contains_key(&id) {
+        return Err((code::INVALID_REQUEST, "topic id already in use".into()));
+    }
+    let replicas = match assignment {
+        Some(a) => {
+            if a.len() != partitions as usize {
+                return Err((
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    format!("{} partitions but {} assignments", partitions, a.len()),
+                ));
+            }
+            check_assignment(s, a)?;
+            a.to_vec()
+        }
+        None => place(s, &id, 0, partitions, rf)?,
+    };
+    let name: Arc<str> = name.into();
+    let meta = Arc::new(TopicMeta {
+        name: name.clone(),
+        id,
+        partitions,
+        overrides: configs.clone(),
+        assignment: replicas.into_iter().map(|r| new_partition(s, r)).collect(),
+    });
+    s.topics.insert(name, meta.clone());
+    s.reindex();
+    Ok(Outcome::Topic(meta))
+}
+
+fn create_partitions(
+    s: &mut Snapshot,
+    name: &str,
+    count: i32,
+    assignment: Option<&[Vec<i32>]>,
+) -> CommandResult {
+    let Some(t) = s.topics.get(name).cloned() else {
+        return Err((
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("topic {name} does not exist"),
+        ));
+    };
+    if name == OFFSETS_TOPIC {
+        return Err((
+            code::INVALID_TOPIC_EXCEPTION,
+            format!("{OFFSETS_TOPIC} is internal: its partition count is fixed"),
+        ));
+    }
+    if count <= t.partitions {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!(
+                "topic {name} has {} partitions; the new count must be larger, got {count}",
+                t.partitions
+            ),
+        ));
+    }
+    if count > MAX_PARTITIONS {
+        return Err((
+            code::INVALID_PARTITIONS,
+            format!("at most {MAX_PARTITIONS} partitions per topic"),
+        ));
+    }
+    let added = count - t.partitions;
+    let rf = t.assignment.first().map_or(1, |p| p.replicas.len()) as i16;
+    let replicas = match assignment {
+        Some(a) => {
+            if a.len() != added as usize {
+                return Err((
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    format!("{added} new partitions but {} assignments", a.len()),
+                ));
+            }
+            check_assignment(s, a)?;
+            a.to_vec()
+        }
+        None => place(s, &t.id, t.partitions, added, rf)?,
+    };
+    let mut parts = t.assignment.clone();
+    parts.extend(replicas.into_iter().map(|r| new_partition(s, r)));
+    let meta = Arc::new(TopicMeta {
+        partitions: count,
+        assignment: parts,
+        ..(*t).clone()
+    });
+    s.topics.insert(meta.name.clone(), meta.clone());
+    Ok(Outcome::Topic(meta))
+}
+
+fn new_partition(s: &Snapshot, replicas: Vec<i32>) -> PartitionMeta {
+    let isr: Vec<i32> = replicas.iter().copied().filter(|r| s.is_live(*r)).collect();
+    PartitionMeta {
+        leader: isr.first().copied().unwrap_or(-1),
+        isr: if isr.is_empty() { replicas.clone() } else { isr },
+        replicas,
+        leader_epoch: 0,
+    }
+}
+
+fn check_assignment(s: &Snapshot, a: &[Vec<i32>]) -> Result<(), (i16, String)> {
+    let rf = a.first().map_or(0, Vec::len);
+    for r in a {
+        let bad = |why: String| Err((code::INVALID_REPLICA_ASSIGNMENT, why));
+        if r.is_empty() || r.len() != rf {
+            return bad(format!(
+                "every partition needs the same number (at least 1) of replicas: {r:?}"
+            ));
+        }
+        if let Some(b) = r.iter().find(|b| !s.brokers.contains_key(b)) {
+            return bad(format!("broker {b} is not registered"));
+        }
+        let mut sorted = r.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != r.len() {
+            return bad(format!("a broker appears twice in {r:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// Replicas for partitions `first..first+count` over the live brokers, as Kafka's
+/// rack-aware assignment: brokers ordered alternating racks, each partition's replicas
+/// consecutive in that order from a start that moves one broker per partition (so
+/// leaders spread), beginning at an offset taken from the topic id (so topics spread).
+fn place(
+    s: &Snapshot,
+    topic_id: &TopicId,
+    first: i32,
+    count: i32,
+    rf: i16,
+) -> Result<Vec<Vec<i32>>, (i16, String)> {
+    let live: Vec<&BrokerMeta> = s.live_brokers().collect();
+    if rf < 1 || rf as usize > live.len() {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {rf} with {} live brokers ({})",
+                live.len(),
+                live.iter()
+                    .map(|b| b.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    // Group by rack (brokers without one form their own group), then take one per rack in
+    // turn.
+    let mut racks: BTreeMap<Option<&str>, Vec<i32>> = BTreeMap::new();
+    for b in &live {
+        racks.entry(b.rack.as_deref()).or_default().push(b.id);
+    }
+    let mut order = Vec::with_capacity(live.len());
+    let mut i = 0;
+    while order.len() < live.len() {
+        for ids in racks.values() {
+            if let Some(id) = ids.get(i) {
+                order.push(*id);
+            }
+        }
+        i += 1;
+    }
+    let n = order.len();
+    let start = crate::placement::fnv1a(topic_id) as usize % n;
+    Ok((first..first + count)
+        .map(|p| {
+            let lead = (start + p as usize) % n;
+            (0..rf as usize).map(|j| order[(lead + j) % n]).collect()
+        })
+        .collect())
+}
