@@ -6,6 +6,12 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // clap exits with code 2 and a message on a bad flag.
     let config = runnel_server::Config::parse();
+    if let Err(e) = config.validate() {
+        use clap::CommandFactory;
+        runnel_server::Config::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit();
+    }
     let level: tracing::Level = config.log_level.parse().unwrap_or(tracing::Level::INFO);
     tracing_subscriber::fmt()
         .with_max_level(level)

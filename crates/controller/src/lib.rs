@@ -91,7 +91,7 @@ pub(crate) enum Input {
 /// The handle shards and the broker hold.
 pub struct Controller {
     tx: mpsc::Sender<Input>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Controller {
@@ -101,6 +101,8 @@ impl Controller {
         cfg: ControllerConfig,
     ) -> Result<(Controller, futures_channel::mpsc::UnboundedReceiver<Applied>), String> {
         let voters_text = cfg.voters_text();
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
         storage::check_quorum(&cfg.dir, &voters_text)?;
         let (disk, replayed) = storage::DiskLog::open(&cfg.dir)?;
         let raft_id = |n: i32| n as u64 + 1;
@@ -167,7 +169,7 @@ impl Controller {
         Ok((
             Controller {
                 tx,
-                thread: Some(thread),
+                thread: std::sync::Mutex::new(Some(thread)),
             },
             applied,
         ))
@@ -187,9 +189,11 @@ impl Controller {
         rx
     }
 
-    pub fn stop(&mut self) {
+    /// Stops the quorum member (what it persisted stays); waits for its thread.
+    pub fn stop(&self) {
         let _ = self.tx.send(Input::Stop);
-        if let Some(t) = self.thread.take() {
+        let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }

@@ -141,6 +141,46 @@ pub struct Config {
     #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub offsets_topic_partitions: i32,
 
+    /// This broker's node id (node.id): unique in the cluster, fixed for its data dir.
+    #[arg(long, default_value_t = runnel_metadata::DEFAULT_NODE_ID, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(0..=1_000_000))]
+    pub node_id: i32,
+
+    /// The metadata quorum (controller.quorum.voters): every node of the cluster as
+    /// ID@HOST:PORT, comma-separated, the address being its controller listener. Every node
+    /// is a voter and a broker (Kafka's combined mode). Default: this node alone.
+    #[arg(long, value_name = "ID@HOST:PORT,...", value_parser = parse_voters)]
+    pub controller_quorum_voters: Option<Voters>,
+
+    /// Address to accept the other controllers on. Default: this node's address in
+    /// --controller-quorum-voters.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub controller_listen: Option<SocketAddr>,
+
+    /// This broker's rack (broker.rack): replicas of a partition go to different racks.
+    #[arg(long, value_name = "RACK", value_parser = parse_rack)]
+    pub rack: Option<String>,
+
+    /// Replication factor of topics created without one (default.replication.factor).
+    /// Default: min(3, live brokers).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i16).range(1..=100))]
+    pub default_replication_factor: Option<i16>,
+
+    /// The active controller fences a broker it has not heard from for this long and moves
+    /// its leaderships (broker.session.timeout.ms).
+    #[arg(long, default_value_t = 9_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(200..))]
+    pub broker_session_timeout_ms: u64,
+
+    /// How often the active controller moves leaderships back to preferred replicas
+    /// (leader.imbalance.check.interval.seconds, in ms); 0: never.
+    #[arg(long, default_value_t = 300_000, value_name = "MS")]
+    pub leader_imbalance_check_interval_ms: u64,
+
+    /// Replication factor of __consumer_offsets, capped by the number of voters
+    /// (offsets.topic.replication.factor).
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(i16).range(1..=100))]
+    pub offsets_topic_replication_factor: i16,
+
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics). Default: off.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -148,6 +188,38 @@ pub struct Config {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info", value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
+}
+
+/// --controller-quorum-voters: node id -> host:port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voters(pub std::collections::BTreeMap<i32, String>);
+
+fn parse_voters(s: &str) -> Result<Voters, String> {
+    let mut voters = std::collections::BTreeMap::new();
+    for v in s.split(',') {
+        let (id, addr) = v
+            .split_once('@')
+            .ok_or_else(|| format!("{v:?} is not ID@HOST:PORT"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| format!("{v:?}: the node id must be a number >= 0"))?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{v:?} is not ID@HOST:PORT"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("{v:?} has a bad port"))?;
+        runnel_metadata::cluster::validate_name("host", host)?;
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} appears twice"));
+        }
+    }
+    Ok(Voters(voters))
+}
+
+fn parse_rack(s: &str) -> Result<String, String> {
+    runnel_metadata::cluster::validate_name("rack", s).map(|_| s.to_string())
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -172,6 +244,23 @@ impl Config {
             producer_id_expiration_ms: self.producer_id_expiration_ms,
             ..LogConfig::default()
         }
+    }
+
+    /// Checks the flags against each other; the error is for the operator (exit code 2).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(v) = &self.controller_quorum_voters {
+            if !v.0.contains_key(&self.node_id) {
+                return Err(format!(
+                    "--node-id {} is not among --controller-quorum-voters ({}): every node \
+                     is a voter",
+                    self.node_id,
+                    v.0.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        } else if self.controller_listen.is_some() {
+            return Err("--controller-listen needs --controller-quorum-voters".into());
+        }
+        Ok(())
     }
 
     /// The shard count in effect.

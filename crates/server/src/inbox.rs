@@ -102,10 +102,6 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             crate::groups::run(&shard, op).await;
             let _ = done.send(());
         }
-        ShardMsg::Admin { op, reply } => {
-            let r = crate::admin::run(&shard, op).await;
-            let _ = reply.send(r);
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! A shard's partitions: opening, reconfiguring and deleting them as metadata snapshots
-//! arrive, and removing deleted partitions' directories off the executor.
+//! arrive, and removing deleted partitions' directories off the executor. A broker holds a
+//! log for every partition it is a replica of (leader or not).
 
 use crate::shard::{PartitionKey, Shard};
 use runnel_log::{Log, LogConfig, OpenOptions};
@@ -9,8 +10,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Opens the partitions of `snapshot` this shard owns, reconfigures the open ones and
-/// closes and deletes those of deleted topics; then publishes the snapshot here.
+/// Opens the partitions of `snapshot` this broker is a replica of and this shard owns,
+/// reconfigures the open ones and closes and deletes those of deleted topics; then
+/// publishes the snapshot here.
 pub async fn apply_metadata(
     shard: &Rc<Shard>,
     snapshot: Arc<Snapshot>,
@@ -20,8 +22,11 @@ pub async fn apply_metadata(
     // Open what is new.
     for t in snapshot.topics.values() {
         let config = log_config(&shard.shared.defaults, &t.overrides);
-        for p in 0..t.partitions {
-            if runnel_metadata::placement::owner(&t.name, p, nr) != shard.id {
+        for (p, pm) in t.assignment.iter().enumerate() {
+            let p = p as i32;
+            if runnel_metadata::placement::owner(&t.name, p, nr) != shard.id
+                || !pm.replicas.contains(&shard.node_id())
+            {
                 continue;
             }
             let key: PartitionKey = (t.name.clone(), p);
@@ -50,6 +55,7 @@ pub async fn apply_metadata(
             (Some(new), None) => *p >= new.partitions,
             (None, _) => true,
         })
+        // (Moving a replica off this broker is not possible yet: no reassignment.)
         .cloned()
         .collect();
     *shard.snapshot.borrow_mut() = snapshot;

@@ -43,13 +43,19 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let _lock = lock_data_dir(&data_dir)?;
     crate::partitions::remove_deleted_dirs(&data_dir);
-    let snapshot = ensure_offsets_topic(&data_dir, metadata::load(&data_dir)?, &config)?;
-    let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
-    let clean_shutdown = take_clean_shutdown_marker(&data_dir, &marker)?;
-    let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
-    let log_start_offsets = read_checkpoint(&data_dir, checkpoint::LOG_START_OFFSET_CHECKPOINT)?;
-    let nr_shards = config.shards();
-    check_memlock(nr_shards);
+    let signalled = Arc::new(AtomicBool::new(false));
+    install_signal_handler(signalled.clone())?;
+    let mut props = metadata::MetaProperties::read(&data_dir)?;
+    if let Some(n) = props.node_id.filter(|n| *n != config.node_id) {
+        return Err(format!(
+            "{} belongs to node {n}, not to --node-id {}",
+            data_dir.display(),
+            config.node_id
+        ));
+    }
+    let dir_id = *props.directory_id.get_or_insert_with(metadata::random_id);
+    props.node_id = Some(config.node_id);
+    props.write(&data_dir)?;
 
     // Port 0: reserve a port all shards can share (SO_REUSEPORT) before they bind it.
     let reserve = reserve_listen_addr(config.listen)?;
@@ -59,9 +65,49 @@ pub fn run(config: Config) -> Result<(), String> {
         .as_socket()
         .expect("inet");
     let (advertised_host, advertised_port) = advertised(&config, listen)?;
+    let (controller, mut applied) = start_controller(&config, &data_dir, &props)?;
+    let incarnation = u64::from_le_bytes(metadata::random_id()[..8].try_into().expect("8"));
+    let snapshot = crate::cluster::join(
+        &config,
+        &controller,
+        &mut applied,
+        &signalled,
+        metadata::BrokerMeta {
+            id: config.node_id,
+            host: advertised_host.clone(),
+            port: advertised_port,
+            rack: config.rack.clone(),
+            dir_id,
+            incarnation,
+            state: metadata::BrokerState::Active,
+        },
+        props.cluster_id.clone(),
+    )?;
+    match &props.cluster_id {
+        Some(c) if *c != snapshot.cluster_id => {
+            return Err(format!(
+                "{} belongs to cluster {c}, but the metadata quorum's cluster is {}",
+                data_dir.display(),
+                snapshot.cluster_id
+            ))
+        }
+        Some(_) => {}
+        None => {
+            props.cluster_id = Some(snapshot.cluster_id.clone());
+            props.write(&data_dir)?;
+        }
+    }
+    let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
+    let clean_shutdown = take_clean_shutdown_marker(&data_dir, &marker)?;
+    let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
+    let log_start_offsets = read_checkpoint(&data_dir, checkpoint::LOG_START_OFFSET_CHECKPOINT)?;
+    let nr_shards = config.shards();
+    check_memlock(nr_shards);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         shards = nr_shards,
+        node = config.node_id,
+        cluster = %snapshot.cluster_id,
         data_dir = %data_dir.display(),
         topics = snapshot.topics.len(),
         clean_shutdown,
@@ -77,16 +123,19 @@ pub fn run(config: Config) -> Result<(), String> {
         listen,
         data_dir: data_dir.clone(),
         startup: Startup {
-            snapshot,
+            snapshot: (*snapshot).clone(),
             clean_shutdown,
             recovery_points,
             log_start_offsets,
         },
+        controller,
+        applied: std::sync::Mutex::new(Some(applied)),
+        incarnation,
+        signalled,
         stop: AtomicBool::new(false),
         phase: Default::default(),
         ready: AtomicUsize::new(0),
     });
-    install_signal_handler(shared.clone())?;
 
     let mesh = MeshBuilder::<ShardMsg, _>::full(nr_shards, 1024);
     let pool = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(nr_shards, None))
@@ -98,7 +147,10 @@ pub fn run(config: Config) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the shard executors: {e}"))?;
 
-    while shared.ready.load(Ordering::Acquire) < nr_shards && !shared.stop.load(Ordering::Acquire) {
+    while shared.ready.load(Ordering::Acquire) < nr_shards
+        && !shared.stop.load(Ordering::Acquire)
+        && !shared.signalled.load(Ordering::Acquire)
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(reserve);
@@ -127,6 +179,7 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         }
     }
+    shared.controller.stop();
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -204,14 +257,26 @@ async fn shard_main(
         return Err(e);
     }
     wait_until_all_ready(&shared).await;
+    if shard.id == 0 {
+        // From now on shard 0 applies what the metadata log commits.
+        let applied = shared.applied.lock().ok().and_then(|mut a| a.take());
+        if let Some(applied) = applied {
+            glommio::spawn_local(crate::admin::apply_updates(shard.clone(), applied)).detach();
+        }
+    }
     let accept = start_listeners(&shard);
     let background = glommio::spawn_local(background(shard.clone())).detach();
     let groups = glommio::spawn_local(crate::groups::timers(shard.clone())).detach();
     let checkpoints =
         (shard.id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
 
-    // Run until told to stop.
+    // Run until told to stop. Shard 0 first hands this broker's leaderships to others
+    // (controlled shutdown), serving meanwhile, then stops every shard.
     while !shared.stop.load(Ordering::Acquire) {
+        if shard.id == 0 && shared.signalled.load(Ordering::Acquire) {
+            crate::cluster::controlled_shutdown(&shard).await;
+            shared.stop.store(true, Ordering::Release);
+        }
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     shard.stopping.set();
@@ -249,7 +314,6 @@ fn new_shard(
         partitions: RefCell::new(HashMap::new()),
         mesh: senders,
         stopping: Latch::default(),
-        admin_lock: glommio::sync::Semaphore::new(1),
         connections: Cell::new(0),
         request_budget: Rc::new(glommio::sync::Semaphore::new(
             config
@@ -408,42 +472,55 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
     exit
 }
 
-/// Creates the internal `__consumer_offsets` topic on first start: offsets are kept until
-/// deleted (no time retention), in 100 MiB segments, as Kafka's offsets topic.
-fn ensure_offsets_topic(
-    data_dir: &Path,
-    snapshot: metadata::Snapshot,
+/// Opens the metadata log and starts this node's quorum member.
+fn start_controller(
     config: &Config,
-) -> Result<metadata::Snapshot, String> {
-    use runnel_group::offsets::TOPIC;
-    if snapshot.topic(TOPIC).is_some() {
-        return Ok(snapshot);
-    }
-    let mut topics = snapshot.topics.clone();
-    let mut overrides = std::collections::BTreeMap::new();
-    overrides.insert("retention.ms".to_string(), "-1".to_string());
-    overrides.insert("segment.bytes".to_string(), (100u64 << 20).to_string());
-    let name: Arc<str> = TOPIC.into();
-    topics.insert(
-        name.clone(),
-        Arc::new(metadata::TopicMeta {
-            name,
-            id: metadata::random_id(),
-            partitions: config.offsets_topic_partitions,
-            overrides,
-        }),
-    );
-    let path = data_dir.join(metadata::TOPICS_FILE);
-    let text = metadata::encode_topics(&topics);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text.as_bytes())
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .and_then(|_| std::fs::File::open(data_dir)?.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    let mut s = snapshot.with_topics(topics);
-    s.version = snapshot.version;
-    Ok(s)
+    data_dir: &Path,
+    props: &metadata::MetaProperties,
+) -> Result<
+    (
+        runnel_controller::Controller,
+        futures_channel::mpsc::UnboundedReceiver<runnel_controller::Applied>,
+    ),
+    String,
+> {
+    let (voters, listen) = match &config.controller_quorum_voters {
+        Some(v) => {
+            let own = &v.0[&config.node_id];
+            let listen = match config.controller_listen {
+                Some(l) => l,
+                None => std::net::ToSocketAddrs::to_socket_addrs(own.as_str())
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| format!("cannot resolve this node's controller address {own}"))?,
+            };
+            (v.0.clone(), Some(listen))
+        }
+        None => (
+            std::iter::once((config.node_id, "local".to_string())).collect(),
+            None,
+        ),
+    };
+    // __consumer_offsets as Kafka's: offsets kept until deleted, 100 MiB segments.
+    let mut offsets_configs = std::collections::BTreeMap::new();
+    offsets_configs.insert("retention.ms".to_string(), "-1".to_string());
+    offsets_configs.insert("segment.bytes".to_string(), (100u64 << 20).to_string());
+    runnel_controller::Controller::start(runnel_controller::ControllerConfig {
+        node_id: config.node_id,
+        voters,
+        listen,
+        dir: data_dir.join(format!("{}-0", metadata::METADATA_TOPIC)),
+        session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
+        cluster_id: props.cluster_id.clone(),
+        offsets_topic: (
+            config.offsets_topic_partitions,
+            config.offsets_topic_replication_factor,
+            offsets_configs,
+        ),
+        leader_imbalance_check_interval: Duration::from_millis(
+            config.leader_imbalance_check_interval_ms,
+        ),
+    })
 }
 
 /// Retention and the flush.ms policy, off the request path.
@@ -604,7 +681,7 @@ fn check_memlock(shards: usize) {
     }
 }
 
-fn install_signal_handler(shared: Arc<Shared>) -> Result<(), String> {
+fn install_signal_handler(signalled: Arc<AtomicBool>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -614,7 +691,7 @@ fn install_signal_handler(shared: Arc<Shared>) -> Result<(), String> {
             if let Some(sig) = signals.forever().next() {
                 let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
                 tracing::info!("{name}: stopping (finishing in-flight requests, flushing)");
-                shared.stop.store(true, Ordering::Release);
+                signalled.store(true, Ordering::Release);
             }
         })
         .map_err(|e| e.to_string())?;

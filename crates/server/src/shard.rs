@@ -2,7 +2,6 @@
 //! its owner shard only; other shards reach it with a [`ShardMsg`] over glommio's channel
 //! mesh (record bytes travel as `BytesMut`, never copied).
 
-use crate::admin::AdminOp;
 use crate::config::Config;
 use crate::metrics::ShardCounters;
 use bytes::BytesMut;
@@ -85,11 +84,6 @@ pub enum ShardMsg {
         op: runnel_group::GroupOp,
         done: oneshot::Sender<()>,
     },
-    /// To shard 0, the metadata writer.
-    Admin {
-        op: AdminOp,
-        reply: oneshot::Sender<crate::admin::AdminResult>,
-    },
 }
 
 /// What the whole process shares: read-only after start, or atomics.
@@ -103,6 +97,16 @@ pub struct Shared {
     pub data_dir: PathBuf,
     pub startup: Startup,
     pub counters: Vec<ShardCounters>,
+    /// This node's member of the metadata quorum.
+    pub controller: runnel_controller::Controller,
+    /// What the metadata log applies, until shard 0 takes it at start.
+    pub applied: std::sync::Mutex<
+        Option<futures_channel::mpsc::UnboundedReceiver<runnel_controller::Applied>>,
+    >,
+    /// This run's registration (a restart registers anew).
+    pub incarnation: u64,
+    /// SIGTERM or SIGINT arrived: shard 0 runs the controlled shutdown, then sets `stop`.
+    pub signalled: Arc<std::sync::atomic::AtomicBool>,
     pub stop: std::sync::atomic::AtomicBool,
     /// Shards that finished a shutdown phase; see [`crate::server`].
     pub phase: [std::sync::atomic::AtomicUsize; 3],
@@ -124,8 +128,6 @@ pub struct Shard {
     pub partitions: RefCell<HashMap<PartitionKey, Log>>,
     pub mesh: Senders<ShardMsg>,
     pub stopping: Latch,
-    /// Serialises admin operations on shard 0.
-    pub admin_lock: glommio::sync::Semaphore,
     pub connections: Cell<usize>,
     /// Bytes of requests read and not yet answered on this shard (--queued-max-request-bytes).
     pub request_budget: Rc<glommio::sync::Semaphore>,
@@ -150,6 +152,29 @@ impl Shard {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// This broker's node id.
+    pub fn node_id(&self) -> i32 {
+        self.shared.config.node_id
+    }
+
+    /// Whether this broker leads `topic`-`partition`, and whether the client's leader epoch
+    /// (-1: none given) is the current one: FENCED_LEADER_EPOCH when the client's is
+    /// older, UNKNOWN_LEADER_EPOCH when it is newer than this broker knows.
+    pub fn check_leader(&self, topic: &str, partition: i32, client_epoch: i32) -> Result<(), i16> {
+        let snapshot = self.snapshot.borrow();
+        let Some(p) = snapshot.partition(topic, partition) else {
+            return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
+        };
+        if p.leader != self.node_id() {
+            return Err(code::NOT_LEADER_OR_FOLLOWER);
+        }
+        match client_epoch {
+            e if e < 0 || e == p.leader_epoch => Ok(()),
+            e if e < p.leader_epoch => Err(code::FENCED_LEADER_EPOCH),
+            _ => Err(code::UNKNOWN_LEADER_EPOCH),
+        }
     }
 
     pub fn owner(&self, topic: &str, partition: i32) -> usize {

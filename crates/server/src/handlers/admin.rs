@@ -29,7 +29,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderEpochResponse, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::*;
-use runnel_metadata::NODE_ID;
+use kafka_protocol::protocol::StrBytes;
 use runnel_protocol::code;
 use runnel_protocol::{encode_or_close, sb, topic_name, Outcome, Request};
 use std::collections::BTreeMap;
@@ -45,13 +45,18 @@ macro_rules! decode {
     };
 }
 
-/// Where a partition lives, or the error for a topic/partition that does not exist.
-fn locate(shard: &Shard, topic: &str, partition: i32) -> Result<(Arc<str>, usize), i16> {
+/// Where a partition this broker leads lives, or the error: it does not exist, another
+/// broker leads it, or the client's leader epoch is not the current one.
+fn locate(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    client_epoch: i32,
+) -> Result<(Arc<str>, usize), i16> {
+    shard.check_leader(topic, partition, client_epoch)?;
     match shard.snapshot().topic(topic) {
-        Some(m) if (0..m.partitions).contains(&partition) => {
-            Ok((m.name.clone(), shard.owner(topic, partition)))
-        }
-        _ => Err(code::UNKNOWN_TOPIC_OR_PARTITION),
+        Some(m) => Ok((m.name.clone(), shard.owner(topic, partition))),
+        None => Err(code::UNKNOWN_TOPIC_OR_PARTITION),
     }
 }
 
@@ -65,9 +70,9 @@ pub async fn list_offsets(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 .with_partition_index(p.partition_index)
                 .with_timestamp(-1)
                 .with_offset(-1);
-            let answer = match locate(shard, &t.name.0, p.partition_index) {
+            let answer = match locate(shard, &t.name.0, p.partition_index, p.current_leader_epoch)
+            {
                 Err(c) => Err(c),
-                Ok(_) if p.current_leader_epoch > 0 => Err(code::UNKNOWN_LEADER_EPOCH),
                 Ok((name, owner)) => {
                     let key = (name, p.partition_index);
                     let timestamp = p.timestamp;
@@ -121,11 +126,8 @@ pub async fn offset_for_leader_epoch(shard: &Rc<Shard>, req: &Request) -> Outcom
                 .with_partition(p.partition)
                 .with_leader_epoch(-1)
                 .with_end_offset(-1);
-            match locate(shard, &t.topic.0, p.partition) {
+            match locate(shard, &t.topic.0, p.partition, p.current_leader_epoch) {
                 Err(c) => r = r.with_error_code(c),
-                Ok(_) if p.current_leader_epoch > 0 => {
-                    r = r.with_error_code(code::UNKNOWN_LEADER_EPOCH)
-                }
                 Ok((name, owner)) => {
                     let key = (name, p.partition);
                     match shard
@@ -167,7 +169,7 @@ pub async fn delete_records(shard: &Rc<Shard>, req: &Request) -> Outcome {
             let mut r = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
-            match locate(shard, &t.name.0, p.partition_index) {
+            match locate(shard, &t.name.0, p.partition_index, -1) {
                 Err(c) => r = r.with_error_code(c),
                 // As Kafka: records of an internal topic are the broker's. Deleting committed
                 // offsets would lose every group's position at the next restart's replay.
@@ -231,26 +233,30 @@ pub async fn create_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
             ));
             continue;
         }
-        // One broker: replication factor 1 (or -1, the broker default) only.
-        if t.replication_factor != -1 && t.replication_factor != 1 {
+        if !t.assignments.is_empty() && (t.num_partitions != -1 || t.replication_factor != -1) {
             results.push(fail(
-                code::INVALID_REPLICATION_FACTOR,
-                format!(
-                    "replication factor {} is larger than the 1 available broker",
-                    t.replication_factor
-                ),
+                code::INVALID_REQUEST,
+                "replica assignments go with numPartitions and replicationFactor -1".into(),
             ));
             continue;
         }
-        if !t.assignments.is_empty()
-            && (t.num_partitions != -1
-                || t.assignments
-                    .iter()
-                    .any(|a| a.broker_ids.iter().any(|b| b.0 != NODE_ID)))
-        {
+        if t.replication_factor == 0 || t.replication_factor < -1 {
+            results.push(fail(
+                code::INVALID_REPLICATION_FACTOR,
+                format!("replication factor {} is not allowed", t.replication_factor),
+            ));
+            continue;
+        }
+        let mut assignment: Vec<(i32, Vec<i32>)> = t
+            .assignments
+            .iter()
+            .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| b.0).collect()))
+            .collect();
+        assignment.sort_by_key(|(p, _)| *p);
+        if assignment.iter().enumerate().any(|(i, (p, _))| *p != i as i32) {
             results.push(fail(
                 code::INVALID_REPLICA_ASSIGNMENT,
-                "replica assignments may only name broker 0, without a partition count".into(),
+                "assignments must name partitions 0, 1, ... once each".into(),
             ));
             continue;
         }
@@ -269,6 +275,9 @@ pub async fn create_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
         new.push(NewTopic {
             name,
             partitions,
+            replication_factor: (t.replication_factor > 0).then_some(t.replication_factor),
+            assignment: (!assignment.is_empty())
+                .then(|| assignment.into_iter().map(|(_, r)| r).collect()),
             configs,
         });
     }
@@ -297,7 +306,9 @@ pub async fn create_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
                         if version >= 5 {
                             r = r
                                 .with_num_partitions(meta.partitions)
-                                .with_replication_factor(1)
+                                .with_replication_factor(
+                                    meta.assignment.first().map_or(1, |p| p.replicas.len() as i16),
+                                )
                                 .with_configs(Some(
                                     topic_configs(shard, &meta.overrides)
                                         .into_iter()
@@ -397,10 +408,17 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
 
 pub async fn create_partitions(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let body: CreatePartitionsRequest = decode!(req);
-    let wanted: Vec<(String, i32)> = body
+    let wanted: Vec<(String, i32, Option<Vec<Vec<i32>>>)> = body
         .topics
         .iter()
-        .map(|t| (t.name.0.to_string(), t.count))
+        .map(|t| {
+            let assignment = t.assignments.as_ref().map(|a| {
+                a.iter()
+                    .map(|r| r.broker_ids.iter().map(|b| b.0).collect())
+                    .collect()
+            });
+            (t.name.0.to_string(), t.count, assignment)
+        })
         .collect();
     let answers = admin::submit(
         shard,
@@ -413,7 +431,7 @@ pub async fn create_partitions(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let results = wanted
         .iter()
         .zip(answers)
-        .map(|((name, count), r)| {
+        .map(|((name, count, _), r)| {
             let mut out = CreatePartitionsTopicResult::default().with_name(topic_name(name));
             match r {
                 Ok(_) => {
@@ -435,13 +453,22 @@ pub async fn create_partitions(shard: &Rc<Shard>, req: &Request) -> Outcome {
 
 pub async fn describe_cluster(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let _body: DescribeClusterRequest = decode!(req);
+    let snapshot = shard.snapshot();
     let resp = DescribeClusterResponse::default()
-        .with_cluster_id(sb(&shard.snapshot().cluster_id))
-        .with_controller_id(BrokerId(NODE_ID))
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(NODE_ID))
-            .with_host(sb(&shard.shared.advertised_host))
-            .with_port(shard.shared.advertised_port)]);
+        .with_cluster_id(sb(&snapshot.cluster_id))
+        .with_controller_id(BrokerId(snapshot.controller_id))
+        .with_brokers(
+            snapshot
+                .live_brokers()
+                .map(|b| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(b.id))
+                        .with_host(sb(&b.host))
+                        .with_port(b.port)
+                        .with_rack(b.rack.as_deref().map(sb))
+                })
+                .collect(),
+        );
     encode_or_close(req.correlation_id, req.version, &resp)
 }
 
@@ -452,17 +479,29 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: &Request) -> Outcome {
     const GROUP: i8 = 0;
     let body: FindCoordinatorRequest = decode!(req);
     let version = req.version;
-    let host = sb(&shard.shared.advertised_host);
-    let port = shard.shared.advertised_port;
-    // One broker: it coordinates every group. Transactions are not supported.
-    let answer = |key_type: i8| -> Result<(), (i16, String)> {
-        if key_type == GROUP {
-            Ok(())
-        } else {
-            Err((
+    // A group's coordinator is the leader of its __consumer_offsets partition.
+    let snapshot = shard.snapshot();
+    let answer = |key_type: i8, key: &str| -> Result<(i32, StrBytes, i32), (i16, String)> {
+        if key_type != GROUP {
+            return Err((
                 code::COORDINATOR_NOT_AVAILABLE,
                 "transactions are not supported".into(),
-            ))
+            ));
+        }
+        let Some(t) = snapshot.topic(runnel_group::offsets::TOPIC) else {
+            return Err((
+                code::COORDINATOR_NOT_AVAILABLE,
+                "__consumer_offsets is not created yet".into(),
+            ));
+        };
+        let p = runnel_group::offsets::partition_for(key, t.partitions);
+        let leader = t.partition(p).map_or(-1, |pm| pm.leader);
+        match snapshot.brokers.get(&leader) {
+            Some(b) if snapshot.is_live(leader) => Ok((b.id, sb(&b.host), b.port)),
+            _ => Err((
+                code::COORDINATOR_NOT_AVAILABLE,
+                format!("__consumer_offsets-{p} has no leader"),
+            )),
         }
     };
     let mut resp = FindCoordinatorResponse::default();
@@ -472,10 +511,10 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: &Request) -> Outcome {
             .iter()
             .map(|k| {
                 let c = Coordinator::default().with_key(k.clone());
-                match answer(body.key_type) {
-                    Ok(()) => c
-                        .with_node_id(BrokerId(NODE_ID))
-                        .with_host(host.clone())
+                match answer(body.key_type, k) {
+                    Ok((node, host, port)) => c
+                        .with_node_id(BrokerId(node))
+                        .with_host(host)
                         .with_port(port),
                     Err((e, msg)) => c
                         .with_node_id(BrokerId(-1))
@@ -486,10 +525,10 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: &Request) -> Outcome {
             })
             .collect();
     } else {
-        match answer(body.key_type) {
-            Ok(()) => {
+        match answer(body.key_type, &body.key) {
+            Ok((node, host, port)) => {
                 resp = resp
-                    .with_node_id(BrokerId(NODE_ID))
+                    .with_node_id(BrokerId(node))
                     .with_host(host)
                     .with_port(port)
             }
@@ -683,7 +722,7 @@ fn broker_configs(shard: &Shard) -> Vec<ConfigEntry> {
         ),
         e(
             "broker.id",
-            NODE_ID.to_string(),
+            shard.node_id().to_string(),
             ctype::INT,
             "This broker's id.",
         ),
@@ -760,13 +799,13 @@ pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     )),
                 },
                 BROKER
-                    if r.resource_name.is_empty() || *r.resource_name == *NODE_ID.to_string() =>
+                    if r.resource_name.is_empty() || *r.resource_name == *shard.node_id().to_string() =>
                 {
                     Ok(broker_configs(shard))
                 }
                 BROKER => Err((
                     code::INVALID_REQUEST,
-                    format!("this broker is {NODE_ID}, not {}", &*r.resource_name),
+                    format!("this broker is {}, not {}", shard.node_id(), &*r.resource_name),
                 )),
                 t => Err((
                     code::INVALID_REQUEST,

@@ -69,10 +69,9 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 Some(m) if !(0..m.partitions).contains(&p.partition) => {
                     Some(code::UNKNOWN_TOPIC_OR_PARTITION)
                 }
-                // One broker, leader epoch 0 forever: a client that knows a newer epoch
-                // is talking about another cluster's state.
-                Some(_) if p.current_leader_epoch > 0 => Some(code::UNKNOWN_LEADER_EPOCH),
-                Some(_) => None,
+                Some(m) => shard
+                    .check_leader(&m.name, p.partition, p.current_leader_epoch)
+                    .err(),
             };
             wanted.push(Wanted {
                 topic: ti,

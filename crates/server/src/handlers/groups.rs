@@ -39,17 +39,23 @@ macro_rules! decode {
     };
 }
 
-/// Sends `op` (built around its reply channel) to the group's coordinator and waits.
+/// Sends `op` (built around its reply channel) to the group's coordinator shard and waits;
+/// NOT_COORDINATOR when another broker leads the group's `__consumer_offsets` partition.
 async fn ask<R>(
     shard: &Rc<Shard>,
     group: &str,
     make: impl FnOnce(oneshot::Sender<R>) -> GroupOp,
-) -> Option<R> {
-    let (to, _) = coordinator_of(shard, group);
+) -> Result<R, i16> {
+    let (to, p) = coordinator_of(shard, group);
+    match shard.check_leader(runnel_group::offsets::TOPIC, p, -1) {
+        Ok(()) => {}
+        Err(code::UNKNOWN_TOPIC_OR_PARTITION) => return Err(code::COORDINATOR_NOT_AVAILABLE),
+        Err(_) => return Err(code::NOT_COORDINATOR),
+    }
     let (tx, rx) = oneshot::channel();
     let op = make(tx);
     let _ = shard.call(to, |done| ShardMsg::Group { op, done }).await;
-    rx.await.ok()
+    rx.await.map_err(|_| code::COORDINATOR_NOT_AVAILABLE)
 }
 
 fn s(x: &StrBytes) -> String {
@@ -88,8 +94,8 @@ pub async fn join_group(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let group = args.group.clone();
     let r = ask(shard, &group, |tx| GroupOp::Join(args, tx))
         .await
-        .unwrap_or_else(|| group::JoinResult {
-            error: code::COORDINATOR_NOT_AVAILABLE,
+        .unwrap_or_else(|e| group::JoinResult {
+            error: e,
             generation: -1,
             member_id,
             ..Default::default()
@@ -145,8 +151,8 @@ pub async fn sync_group(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let group = args.group.clone();
     let r = ask(shard, &group, |tx| GroupOp::Sync(args, tx))
         .await
-        .unwrap_or(group::SyncResult {
-            error: code::COORDINATOR_NOT_AVAILABLE,
+        .unwrap_or_else(|e| group::SyncResult {
+            error: e,
             ..Default::default()
         });
     let mut resp = SyncGroupResponse::default()
@@ -171,7 +177,7 @@ pub async fn heartbeat(shard: &Rc<Shard>, req: &Request) -> Outcome {
         reply,
     })
     .await
-    .unwrap_or(code::COORDINATOR_NOT_AVAILABLE);
+    .unwrap_or_else(|e| e);
     encode_or_close(
         req.correlation_id,
         req.version,
@@ -198,7 +204,7 @@ pub async fn leave_group(shard: &Rc<Shard>, req: &Request) -> Outcome {
         reply,
     })
     .await
-    .unwrap_or((code::COORDINATOR_NOT_AVAILABLE, Vec::new()));
+    .unwrap_or_else(|e| (e, Vec::new()));
     let mut resp = LeaveGroupResponse::default();
     if v >= 3 {
         resp = resp.with_error_code(error).with_members(
@@ -266,7 +272,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: &Request) -> Outcome {
             reply,
         })
         .await
-        .unwrap_or(Err(code::COORDINATOR_NOT_AVAILABLE))
+        .unwrap_or_else(|e| Err(e))
     };
     let mut codes = match &result {
         Ok(c) => c.clone().into_iter(),
@@ -311,7 +317,7 @@ async fn fetch_group(
         reply,
     })
     .await
-    .unwrap_or(Err(code::COORDINATOR_NOT_AVAILABLE))
+    .unwrap_or_else(|e| Err(e))
 }
 
 pub async fn offset_fetch(shard: &Rc<Shard>, req: &Request) -> Outcome {
@@ -409,7 +415,7 @@ pub async fn describe_groups(shard: &Rc<Shard>, req: &Request) -> Outcome {
         .await;
         let mut out = DescribedGroup::default().with_group_id(g.clone());
         match d {
-            Some(d) => {
+            Ok(d) => {
                 out = out
                     .with_error_code(d.error)
                     .with_group_state(sb(d.state.name()))
@@ -433,7 +439,7 @@ pub async fn describe_groups(shard: &Rc<Shard>, req: &Request) -> Outcome {
                             .collect(),
                     );
             }
-            None => out = out.with_error_code(code::COORDINATOR_NOT_AVAILABLE),
+            Err(e) => out = out.with_error_code(e),
         }
         groups.push(out);
     }
@@ -493,7 +499,7 @@ pub async fn delete_groups(shard: &Rc<Shard>, req: &Request) -> Outcome {
             reply,
         })
         .await
-        .unwrap_or(code::COORDINATOR_NOT_AVAILABLE);
+        .unwrap_or_else(|e| e);
         if c == code::NONE {
             tracing::info!(group = %g.as_str(), "deleted group");
         }
@@ -529,7 +535,7 @@ pub async fn offset_delete(shard: &Rc<Shard>, req: &Request) -> Outcome {
         reply,
     })
     .await
-    .unwrap_or((code::COORDINATOR_NOT_AVAILABLE, Vec::new()));
+    .unwrap_or_else(|e| (e, Vec::new()));
     let resp = OffsetDeleteResponse::default()
         .with_error_code(error)
         .with_topics(

@@ -8,8 +8,8 @@ use kafka_protocol::messages::*;
 use runnel_protocol::{code, encode_or_close, sb, topic_name, Outcome, Request};
 use std::rc::Rc;
 
-/// Metadata: the brokers (this one), the topics asked for (all: null), each partition led
-/// by this broker; missing topics are auto-created when allowed.
+/// Metadata: the live brokers, the topics asked for (all: null) with each partition's
+/// leader, replicas, ISR and offline replicas; missing topics are auto-created when allowed.
 pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> Outcome {
     let version = req.version;
     let config = shard.config();
@@ -34,6 +34,8 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
             .map(|n| crate::admin::NewTopic {
                 name: n.clone(),
                 partitions: config.default_partitions,
+                replication_factor: None,
+                assignment: None,
                 configs: Default::default(),
             })
             .collect();
@@ -67,14 +69,30 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
         let mut t = MetadataResponseTopic::default()
             .with_name(Some(topic_name(&meta.name)))
             .with_partitions(
-                (0..meta.partitions)
-                    .map(|p| {
-                        MetadataResponsePartition::default()
-                            .with_partition_index(p)
-                            .with_leader_id(BrokerId(runnel_metadata::NODE_ID))
-                            .with_leader_epoch(0)
-                            .with_replica_nodes(vec![BrokerId(runnel_metadata::NODE_ID)])
-                            .with_isr_nodes(vec![BrokerId(runnel_metadata::NODE_ID)])
+                meta.assignment
+                    .iter()
+                    .enumerate()
+                    .map(|(p, pm)| {
+                        let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
+                        let offline: Vec<i32> = pm
+                            .replicas
+                            .iter()
+                            .copied()
+                            .filter(|r| !snapshot.is_live(*r))
+                            .collect();
+                        let mut out = MetadataResponsePartition::default()
+                            .with_partition_index(p as i32)
+                            .with_leader_id(BrokerId(pm.leader))
+                            .with_leader_epoch(pm.leader_epoch)
+                            .with_replica_nodes(ids(&pm.replicas))
+                            .with_isr_nodes(ids(&pm.isr));
+                        if version >= 5 {
+                            out = out.with_offline_replicas(ids(&offline));
+                        }
+                        if pm.leader < 0 {
+                            out = out.with_error_code(code::LEADER_NOT_AVAILABLE);
+                        }
+                        out
                     })
                     .collect(),
             );
@@ -120,16 +138,21 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
             })
             .collect(),
     };
-    let mut broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(runnel_metadata::NODE_ID))
-        .with_host(sb(&shard.shared.advertised_host))
-        .with_port(shard.shared.advertised_port);
-    broker.rack = None;
+    let brokers = snapshot
+        .live_brokers()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(sb(&b.host))
+                .with_port(b.port)
+                .with_rack(b.rack.as_deref().map(sb))
+        })
+        .collect();
     let mut resp = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_topics(topics);
     if version >= 1 {
-        resp = resp.with_controller_id(BrokerId(runnel_metadata::NODE_ID));
+        resp = resp.with_controller_id(BrokerId(snapshot.controller_id));
     }
     if version >= 2 {
         resp = resp.with_cluster_id(Some(sb(&snapshot.cluster_id)));
