@@ -46,6 +46,8 @@ pub struct Broker {
     log: Arc<Mutex<String>>,
     args: Vec<String>,
     pub metrics_addr: Option<String>,
+    /// The listen address announced by a launched broker, until it is ready.
+    ready: Option<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Broker {
@@ -59,6 +61,14 @@ impl Broker {
     }
 
     pub fn start_in(dir: &Path, args: &[&str]) -> Broker {
+        let mut b = Broker::launch(dir, "127.0.0.1:0", args);
+        b.await_ready();
+        b
+    }
+
+    /// Starts the process without waiting for it to be ready (a cluster's brokers wait for
+    /// each other): [`Broker::await_ready`] next.
+    pub fn launch(dir: &Path, listen: &str, args: &[&str]) -> Broker {
         let mut b = Broker {
             child: None,
             addr: String::new(),
@@ -67,12 +77,33 @@ impl Broker {
             log: Arc::default(),
             args: args.iter().map(|s| s.to_string()).collect(),
             metrics_addr: None,
+            ready: None,
         };
-        b.spawn("127.0.0.1:0");
+        b.launch_process(listen);
         b
     }
 
+    pub fn await_ready(&mut self) {
+        let rx = self.ready.take().expect("launched");
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => panic!("runnel did not become ready:\n{}", self.logs()),
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     fn spawn(&mut self, listen: &str) {
+        self.launch_process(listen);
+        self.await_ready();
+    }
+
+    fn launch_process(&mut self, listen: &str) {
         let mut cmd = Command::new(BIN);
         cmd.arg("--listen")
             .arg(listen)
@@ -116,10 +147,7 @@ impl Broker {
         }
         self.log = log;
         self.child = Some(child);
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => self.addr = addr,
-            Err(_) => panic!("runnel did not become ready:\n{}", self.logs()),
-        }
+        self.ready = Some(rx);
     }
 
     pub fn logs(&self) -> String {
@@ -145,7 +173,7 @@ impl Broker {
         self.wait(Duration::from_secs(30));
     }
 
-    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("broker running");
         let deadline = Instant::now() + timeout;
         loop {
@@ -162,9 +190,15 @@ impl Broker {
 
     /// Starts again on the same data dir and port.
     pub fn restart(&mut self) {
+        self.relaunch();
+        self.await_ready();
+    }
+
+    /// [`Broker::restart`] without waiting for it to be ready.
+    pub fn relaunch(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");
         let addr = self.addr.clone();
-        self.spawn(&addr);
+        self.launch_process(&addr);
     }
 
     /// The sum over shards of a counter from the metrics endpoint, per shard.

@@ -3,6 +3,7 @@
 
 mod bench_tool;
 mod clients;
+mod cluster;
 mod common;
 mod durability;
 mod groups;

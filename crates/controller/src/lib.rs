@@ -99,7 +99,13 @@ impl Controller {
     /// one after replaying the log) arrive on the returned channel, in order.
     pub fn start(
         cfg: ControllerConfig,
-    ) -> Result<(Controller, futures_channel::mpsc::UnboundedReceiver<Applied>), String> {
+    ) -> Result<
+        (
+            Controller,
+            futures_channel::mpsc::UnboundedReceiver<Applied>,
+        ),
+        String,
+    > {
         let voters_text = cfg.voters_text();
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
@@ -131,7 +137,10 @@ impl Controller {
             Some(listen) => Some(transport::Transport::start(
                 raft_id(cfg.node_id),
                 listen,
-                &cfg.voters.iter().map(|(&n, a)| (raft_id(n), a.clone())).collect(),
+                &cfg.voters
+                    .iter()
+                    .map(|(&n, a)| (raft_id(n), a.clone()))
+                    .collect(),
                 &voters_text,
                 tx.clone(),
             )?),

@@ -35,7 +35,8 @@ pub struct Replayed {
 
 impl DiskLog {
     pub fn open(dir: &Path) -> Result<(DiskLog, Replayed), String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let path = dir.join(LOG_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -73,7 +74,12 @@ impl DiskLog {
                         format!("{}: bad hard state at byte {pos}: {e}", path.display())
                     })?;
                 }
-                k => return Err(format!("{}: unknown frame kind {k} at byte {pos}", path.display())),
+                k => {
+                    return Err(format!(
+                        "{}: unknown frame kind {k} at byte {pos}",
+                        path.display()
+                    ))
+                }
             }
             pos = next;
         }
@@ -91,13 +97,25 @@ impl DiskLog {
     }
 
     /// Appends entries and/or the hard state and makes them durable.
-    pub fn write(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), String> {
+    pub fn write(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), String> {
         let mut buf = Vec::new();
         for e in entries {
-            push_frame(&mut buf, ENTRY, &e.write_to_bytes().map_err(|e| e.to_string())?);
+            push_frame(
+                &mut buf,
+                ENTRY,
+                &e.write_to_bytes().map_err(|e| e.to_string())?,
+            );
         }
         if let Some(hs) = hard_state {
-            push_frame(&mut buf, HARD_STATE, &hs.write_to_bytes().map_err(|e| e.to_string())?);
+            push_frame(
+                &mut buf,
+                HARD_STATE,
+                &hs.write_to_bytes().map_err(|e| e.to_string())?,
+            );
         }
         if buf.is_empty() {
             return Ok(());
@@ -160,11 +178,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &str) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.as_bytes().to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.as_bytes().to_vec().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -173,11 +192,16 @@ mod tests {
         {
             let (mut log, r) = DiskLog::open(dir.path()).unwrap();
             assert!(r.entries.is_empty());
-            log.write(&[entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")], None)
-                .unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.commit = 1;
+            log.write(
+                &[entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")],
+                None,
+            )
+            .unwrap();
+            let hs = HardState {
+                term: 2,
+                commit: 1,
+                ..Default::default()
+            };
             // A new leader replaces 2 and 3.
             log.write(&[entry(2, 2, "B")], Some(&hs)).unwrap();
         }
@@ -206,6 +230,9 @@ mod tests {
         check_quorum(dir.path(), "1@a:1,2@b:2").unwrap();
         check_quorum(dir.path(), "1@a:1,2@b:2").unwrap();
         let e = check_quorum(dir.path(), "1@a:1,3@c:3").unwrap_err();
-        assert!(e.contains("1@a:1,3@c:3") && e.contains("1@a:1,2@b:2"), "{e}");
+        assert!(
+            e.contains("1@a:1,3@c:3") && e.contains("1@a:1,2@b:2"),
+            "{e}"
+        );
     }
 }

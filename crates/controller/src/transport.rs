@@ -118,7 +118,9 @@ fn read_from(stream: TcpStream, voters_text: &str, inbox: &Sender<Input>) -> std
     let mut words = hello.splitn(3, ' ');
     let (magic, from, theirs) = (words.next(), words.next(), words.next().unwrap_or(""));
     if magic != Some(HELLO) {
-        return Err(std::io::Error::other(format!("not a controller: {hello:?}")));
+        return Err(std::io::Error::other(format!(
+            "not a controller: {hello:?}"
+        )));
     }
     if theirs != voters_text {
         tracing::error!(

@@ -46,15 +46,26 @@ pub const MAX_PARTITIONS: i32 = 100_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Names the cluster; only the first one counts.
-    InitCluster { cluster_id: String },
+    InitCluster {
+        cluster_id: String,
+    },
     /// A broker starting: registers it (again) and makes it active.
     RegisterBroker(BrokerMeta),
     /// The active controller did not hear from the broker for the session timeout.
-    FenceBroker { id: i32, incarnation: u64 },
+    FenceBroker {
+        id: i32,
+        incarnation: u64,
+    },
     /// The active controller hears from a fenced broker again.
-    UnfenceBroker { id: i32, incarnation: u64 },
+    UnfenceBroker {
+        id: i32,
+        incarnation: u64,
+    },
     /// Controlled shutdown: move the broker's leaderships away before it stops.
-    ShutdownBroker { id: i32, incarnation: u64 },
+    ShutdownBroker {
+        id: i32,
+        incarnation: u64,
+    },
     CreateTopic {
         name: String,
         id: TopicId,
@@ -64,7 +75,9 @@ pub enum Command {
         assignment: Option<Vec<Vec<i32>>>,
         configs: BTreeMap<String, String>,
     },
-    DeleteTopic { name: String },
+    DeleteTopic {
+        name: String,
+    },
     CreatePartitions {
         name: String,
         count: i32,
@@ -72,9 +85,13 @@ pub enum Command {
     },
     /// Moves leadership back to each partition's first replica where it is live and in the
     /// ISR; `topics` None: every partition.
-    ElectPreferred { topics: Option<Vec<(String, i32)>> },
+    ElectPreferred {
+        topics: Option<Vec<(String, i32)>>,
+    },
     /// Hands out `count` producer ids; the result is the first.
-    AllocateProducerIds { count: i64 },
+    AllocateProducerIds {
+        count: i64,
+    },
 }
 
 /// What a command did, for its proposer.
@@ -332,12 +349,20 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
             Ok(Outcome::Done)
         }
         Command::RegisterBroker(b) => register(s, b),
-        Command::FenceBroker { id, incarnation } => {
-            set_state(s, *id, *incarnation, BrokerState::Fenced, &[BrokerState::Active])
-        }
-        Command::UnfenceBroker { id, incarnation } => {
-            set_state(s, *id, *incarnation, BrokerState::Active, &[BrokerState::Fenced])
-        }
+        Command::FenceBroker { id, incarnation } => set_state(
+            s,
+            *id,
+            *incarnation,
+            BrokerState::Fenced,
+            &[BrokerState::Active],
+        ),
+        Command::UnfenceBroker { id, incarnation } => set_state(
+            s,
+            *id,
+            *incarnation,
+            BrokerState::Active,
+            &[BrokerState::Fenced],
+        ),
         Command::ShutdownBroker { id, incarnation } => set_state(
             s,
             *id,
@@ -384,10 +409,9 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
             count,
             assignment,
         } => create_partitions(s, name, *count, assignment.as_deref()),
-        Command::ElectPreferred { topics } => Ok(Outcome::Elected(elect_preferred(
-            s,
-            topics.as_deref(),
-        ))),
+        Command::ElectPreferred { topics } => {
+            Ok(Outcome::Elected(elect_preferred(s, topics.as_deref())))
+        }
         Command::AllocateProducerIds { count } => {
             if *count < 1 {
                 return Err((code::INVALID_REQUEST, "count must be positive".into()));
@@ -434,7 +458,10 @@ fn set_state(
     from: &[BrokerState],
 ) -> CommandResult {
     let Some(b) = s.brokers.get_mut(&id) else {
-        return Err((code::INVALID_REQUEST, format!("broker {id} is not registered")));
+        return Err((
+            code::INVALID_REQUEST,
+            format!("broker {id} is not registered"),
+        ));
     };
     // A fence or shutdown decided about an earlier run of the broker does not touch a
     // later one.
@@ -504,7 +531,8 @@ fn became_live(s: &mut Snapshot, id: i32) {
         let mut changed = false;
         if !pm.isr.contains(&id) {
             pm.isr.push(id);
-            pm.isr.sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
+            pm.isr
+                .sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
             changed = true;
         }
         if pm.leader == -1 {
@@ -686,7 +714,11 @@ fn new_partition(s: &Snapshot, replicas: Vec<i32>) -> PartitionMeta {
     let isr: Vec<i32> = replicas.iter().copied().filter(|r| s.is_live(*r)).collect();
     PartitionMeta {
         leader: isr.first().copied().unwrap_or(-1),
-        isr: if isr.is_empty() { replicas.clone() } else { isr },
+        isr: if isr.is_empty() {
+            replicas.clone()
+        } else {
+            isr
+        },
         replicas,
         leader_epoch: 0,
     }

@@ -25,6 +25,9 @@ pub const META_PROPERTIES: &str = "meta.properties";
 pub const DEFAULT_NODE_ID: i32 = 0;
 const HEADER: &str = "# runnel topics v1";
 
+/// Topics by name.
+pub type Topics = BTreeMap<Arc<str>, Arc<TopicMeta>>;
+
 /// A 16-byte topic id (Kafka's Uuid).
 pub type TopicId = [u8; 16];
 
@@ -376,9 +379,7 @@ impl MetaProperties {
 }
 
 /// The topics of a data dir from before the metadata log (`runnel-topics`), if any.
-pub fn load_legacy_topics(
-    data_dir: &Path,
-) -> Result<Option<BTreeMap<Arc<str>, Arc<TopicMeta>>>, String> {
+pub fn load_legacy_topics(data_dir: &Path) -> Result<Option<Topics>, String> {
     let path = data_dir.join(TOPICS_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => decode_topics(&text)

@@ -35,10 +35,14 @@ pub enum AdminOp {
         names: Vec<String>,
     },
     CreatePartitions {
-        topics: Vec<(String, i32, Option<Vec<Vec<i32>>>)>,
+        topics: Vec<NewPartitions>,
         validate_only: bool,
     },
 }
+
+/// CreatePartitions for one topic: its name, the new count, explicit replicas of the new
+/// partitions.
+pub type NewPartitions = (String, i32, Option<Vec<Vec<i32>>>);
 
 /// One answer per topic of the operation, in order.
 pub type AdminResult = Vec<Result<Arc<TopicMeta>, PartitionError>>;
@@ -81,7 +85,11 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
             topics,
             validate_only,
         } => {
-            let total: i64 = snapshot.topics.values().map(|t| i64::from(t.partitions)).sum();
+            let total: i64 = snapshot
+                .topics
+                .values()
+                .map(|t| i64::from(t.partitions))
+                .sum();
             for t in topics {
                 if total + i64::from(t.partitions) > partition_budget() {
                     early.push(Some((
@@ -120,7 +128,11 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
             topics,
             validate_only,
         } => {
-            let total: i64 = snapshot.topics.values().map(|t| i64::from(t.partitions)).sum();
+            let total: i64 = snapshot
+                .topics
+                .values()
+                .map(|t| i64::from(t.partitions))
+                .sum();
             for (name, count, assignment) in topics {
                 let now = snapshot.topic(&name).map_or(0, |t| t.partitions);
                 if total + i64::from(count - now).max(0) > partition_budget() {
@@ -149,7 +161,10 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
     } else if validate_only {
         // The same checks the log's apply makes, on a copy of this broker's snapshot.
         let mut copy = (*snapshot).clone();
-        commands.iter().map(|c| cluster::apply(&mut copy, c)).collect()
+        commands
+            .iter()
+            .map(|c| cluster::apply(&mut copy, c))
+            .collect()
     } else {
         let n = commands.len();
         match shard

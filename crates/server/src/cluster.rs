@@ -35,15 +35,17 @@ pub fn join(
         // Names a new cluster (the existing id of a data dir from before the quorum);
         // ignored once the cluster has a name.
         Command::InitCluster {
-            cluster_id: cluster_id
-                .unwrap_or_else(|| metadata::base64_id(&metadata::random_id())),
+            cluster_id: cluster_id.unwrap_or_else(|| metadata::base64_id(&metadata::random_id())),
         },
         Command::RegisterBroker(me.clone()),
     ];
     // __consumer_offsets at once when this broker alone is enough for its replication
     // factor (a single node); TOPIC_ALREADY_EXISTS or INVALID_REPLICATION_FACTOR otherwise,
     // and the active controller creates it once enough brokers have registered.
-    let voters = config.controller_quorum_voters.as_ref().map_or(1, |v| v.0.len());
+    let voters = config
+        .controller_quorum_voters
+        .as_ref()
+        .map_or(1, |v| v.0.len());
     let mut offsets_configs = std::collections::BTreeMap::new();
     offsets_configs.insert("retention.ms".to_string(), "-1".to_string());
     offsets_configs.insert("segment.bytes".to_string(), (100u64 << 20).to_string());

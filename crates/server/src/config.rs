@@ -254,7 +254,10 @@ impl Config {
                     "--node-id {} is not among --controller-quorum-voters ({}): every node \
                      is a voter",
                     self.node_id,
-                    v.0.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                    v.0.keys()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         } else if self.controller_listen.is_some() {

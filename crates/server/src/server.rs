@@ -492,7 +492,9 @@ fn start_controller(
                 None => std::net::ToSocketAddrs::to_socket_addrs(own.as_str())
                     .ok()
                     .and_then(|mut a| a.next())
-                    .ok_or_else(|| format!("cannot resolve this node's controller address {own}"))?,
+                    .ok_or_else(|| {
+                        format!("cannot resolve this node's controller address {own}")
+                    })?,
             };
             (v.0.clone(), Some(listen))
         }

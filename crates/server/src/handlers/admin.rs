@@ -70,8 +70,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 .with_partition_index(p.partition_index)
                 .with_timestamp(-1)
                 .with_offset(-1);
-            let answer = match locate(shard, &t.name.0, p.partition_index, p.current_leader_epoch)
-            {
+            let answer = match locate(shard, &t.name.0, p.partition_index, p.current_leader_epoch) {
                 Err(c) => Err(c),
                 Ok((name, owner)) => {
                     let key = (name, p.partition_index);
@@ -250,10 +249,19 @@ pub async fn create_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
         let mut assignment: Vec<(i32, Vec<i32>)> = t
             .assignments
             .iter()
-            .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| b.0).collect()))
+            .map(|a| {
+                (
+                    a.partition_index,
+                    a.broker_ids.iter().map(|b| b.0).collect(),
+                )
+            })
             .collect();
         assignment.sort_by_key(|(p, _)| *p);
-        if assignment.iter().enumerate().any(|(i, (p, _))| *p != i as i32) {
+        if assignment
+            .iter()
+            .enumerate()
+            .any(|(i, (p, _))| *p != i as i32)
+        {
             results.push(fail(
                 code::INVALID_REPLICA_ASSIGNMENT,
                 "assignments must name partitions 0, 1, ... once each".into(),
@@ -408,7 +416,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
 
 pub async fn create_partitions(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let body: CreatePartitionsRequest = decode!(req);
-    let wanted: Vec<(String, i32, Option<Vec<Vec<i32>>>)> = body
+    let wanted: Vec<admin::NewPartitions> = body
         .topics
         .iter()
         .map(|t| {
@@ -799,13 +807,18 @@ pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     )),
                 },
                 BROKER
-                    if r.resource_name.is_empty() || *r.resource_name == *shard.node_id().to_string() =>
+                    if r.resource_name.is_empty()
+                        || *r.resource_name == *shard.node_id().to_string() =>
                 {
                     Ok(broker_configs(shard))
                 }
                 BROKER => Err((
                     code::INVALID_REQUEST,
-                    format!("this broker is {}, not {}", shard.node_id(), &*r.resource_name),
+                    format!(
+                        "this broker is {}, not {}",
+                        shard.node_id(),
+                        &*r.resource_name
+                    ),
                 )),
                 t => Err((
                     code::INVALID_REQUEST,

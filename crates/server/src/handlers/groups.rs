@@ -272,7 +272,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: &Request) -> Outcome {
             reply,
         })
         .await
-        .unwrap_or_else(|e| Err(e))
+        .unwrap_or_else(Err)
     };
     let mut codes = match &result {
         Ok(c) => c.clone().into_iter(),
@@ -317,7 +317,7 @@ async fn fetch_group(
         reply,
     })
     .await
-    .unwrap_or_else(|e| Err(e))
+    .unwrap_or_else(Err)
 }
 
 pub async fn offset_fetch(shard: &Rc<Shard>, req: &Request) -> Outcome {

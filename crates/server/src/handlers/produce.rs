@@ -88,12 +88,17 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                 )
             } else {
                 match meta {
-                    Some(m) if (0..m.partitions).contains(&p.index)
-                        && shard.check_leader(&m.name, p.index, -1).is_err() =>
+                    Some(m)
+                        if (0..m.partitions).contains(&p.index)
+                            && shard.check_leader(&m.name, p.index, -1).is_err() =>
                     {
                         err(
                             code::NOT_LEADER_OR_FOLLOWER,
-                            format!("broker {} does not lead {name}-{}", shard.node_id(), p.index),
+                            format!(
+                                "broker {} does not lead {name}-{}",
+                                shard.node_id(),
+                                p.index
+                            ),
                         )
                     }
                     Some(m) if (0..m.partitions).contains(&p.index) => {

@@ -1,0 +1,469 @@
+//! Several `runnel` processes on loopback forming a cluster: the metadata quorum, broker
+//! registration, placement, leader failover, controlled shutdown, bad quorum flags.
+//!
+//! Followers do not copy data yet (replication is the next step): these tests check
+//! leadership and metadata, and what a failover may lose is not asserted here.
+
+use crate::clients::{consumer, producer};
+use crate::common::*;
+use crate::protocol::{call, connect};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Cluster {
+    pub brokers: Vec<Broker>,
+    pub voters: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` brokers, node ids 1..=n, every one a voter; started together, waited on together.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let voters = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, c))| format!("{}@127.0.0.1:{c}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut brokers: Vec<Broker> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, _))| {
+                let node = (i + 1).to_string();
+                let mut args = vec!["--node-id", &node, "--controller-quorum-voters", &voters];
+                args.extend_from_slice(extra);
+                Broker::launch(
+                    &tmp.path().join(format!("node{}", i + 1)),
+                    &format!("127.0.0.1:{client}"),
+                    &args,
+                )
+            })
+            .collect();
+        for b in &mut brokers {
+            b.await_ready();
+        }
+        Cluster {
+            brokers,
+            voters,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|b| b.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node id -> index in `brokers`.
+    pub fn node(&mut self, id: i32) -> &mut Broker {
+        &mut self.brokers[(id - 1) as usize]
+    }
+}
+
+/// The cluster as one broker sees it.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub controller: i32,
+    pub brokers: BTreeSet<i32>,
+    /// partition -> (error, leader, leader epoch, replicas, isr)
+    pub partitions: BTreeMap<i32, (i16, i32, i32, Vec<i32>, Vec<i32>)>,
+}
+
+pub fn metadata(addr: &str, topic: Option<&str>) -> View {
+    let mut s = connect(addr);
+    let req = MetadataRequest::default()
+        .with_topics(topic.map(|t| {
+            vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))]
+        }))
+        .with_allow_auto_topic_creation(true);
+    let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 12, &req);
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    View {
+        controller: r.controller_id.0,
+        brokers: r.brokers.iter().map(|b| b.node_id.0).collect(),
+        partitions: r
+            .topics
+            .first()
+            .filter(|_| topic.is_some())
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.partition_index,
+                            (
+                                p.error_code,
+                                p.leader_id.0,
+                                p.leader_epoch,
+                                ids(&p.replica_nodes),
+                                ids(&p.isr_nodes),
+                            ),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// Waits until `addr`'s view satisfies `cond`; returns it.
+fn await_view(addr: &str, topic: Option<&str>, what: &str, cond: impl Fn(&View) -> bool) -> View {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = metadata(addr, topic);
+        if cond(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Produces `n` keyed records through `bootstrap` (acks=all); returns delivery failures.
+fn produce(bootstrap: &str, topic: &str, from: u32, n: u32) -> Vec<String> {
+    let (p, d) = producer(
+        bootstrap,
+        &[("acks", "all"), ("message.timeout.ms", "60000")],
+    );
+    for i in from..from + n {
+        let v = i.to_string();
+        loop {
+            match p.send(BaseRecord::<str, str>::to(topic).key(&v).payload(&v)) {
+                Ok(()) => break,
+                Err(_) => {
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let r = d.0.lock().unwrap();
+    assert_eq!(r.len(), n as usize);
+    r.iter().filter_map(|x| x.as_ref().err().cloned()).collect()
+}
+
+fn consume_all(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> BTreeSet<u32> {
+    let c = consumer(bootstrap, &[]);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut got = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            got.insert(
+                std::str::from_utf8(m.payload().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
+        }
+    }
+    got
+}
+
+#[test]
+fn three_brokers_form_a_cluster_and_serve_an_rf3_topic_through_one_bootstrap_address() {
+    with_timeout(180, || {
+        let c = Cluster::start(3, &["--default-partitions", "6"]);
+        let first = c.brokers[0].addr.clone();
+        let v = await_view(&first, None, "three live brokers", |v| {
+            v.brokers.len() == 3 && v.controller > 0
+        });
+        assert_eq!(v.brokers, BTreeSet::from([1, 2, 3]));
+        // Auto-created with the default replication factor: min(3, brokers).
+        let v = await_view(&first, Some("rf3"), "the topic", |v| {
+            v.partitions.len() == 6
+        });
+        let leaders: BTreeSet<i32> = v.partitions.values().map(|p| p.1).collect();
+        assert_eq!(leaders, BTreeSet::from([1, 2, 3]), "{v:?}");
+        for (p, (err, leader, epoch, replicas, isr)) in &v.partitions {
+            assert_eq!(*err, 0);
+            assert_eq!(replicas.len(), 3, "partition {p}");
+            assert_eq!(replicas[0], *leader, "the first replica leads");
+            assert_eq!(*epoch, 0);
+            assert_eq!(isr.len(), 3);
+        }
+        // Every broker sees the same.
+        for b in &c.brokers[1..] {
+            let w = await_view(&b.addr, Some("rf3"), "the same metadata", |w| {
+                w.partitions == v.partitions
+            });
+            assert_eq!(w.controller, v.controller);
+        }
+        // librdkafka through one bootstrap address finds each partition's leader.
+        assert!(produce(&first, "rf3", 0, 600).is_empty());
+        let last = c.brokers[2].addr.clone();
+        assert_eq!(consume_all(&last, "rf3", 6, 600), (0..600).collect());
+        // kcat too.
+        let (st, out, err) = run_cmd(
+            std::process::Command::new("kcat").args([
+                "-b",
+                &last,
+                "-C",
+                "-t",
+                "rf3",
+                "-o",
+                "beginning",
+                "-e",
+                "-q",
+            ]),
+            Duration::from_secs(60),
+        );
+        assert!(st.success(), "{err}");
+        assert_eq!(out.lines().count(), 600);
+        // A broker that leads nothing of a partition refuses to take its records.
+        let (follower, p) = v
+            .partitions
+            .iter()
+            .find_map(|(p, x)| (x.1 != 1).then_some((1, *p)))
+            .unwrap();
+        let mut s = connect(&c.brokers[follower - 1].addr);
+        let r = crate::protocol::produce_to(
+            &mut s,
+            9,
+            vec![("rf3", p, crate::protocol::batch(&[b"x"]))],
+        );
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 6);
+    });
+}
+
+#[test]
+fn killing_a_partition_leader_moves_its_leadership_within_the_session_timeout() {
+    with_timeout(240, || {
+        let session_ms = 2000;
+        let mut c = Cluster::start(
+            3,
+            &[
+                "--default-partitions",
+                "3",
+                "--broker-session-timeout-ms",
+                "2000",
+            ],
+        );
+        let first = c.brokers[0].addr.clone();
+        let v = await_view(&first, Some("fo"), "the topic", |v| {
+            v.partitions.len() == 3 && v.brokers.len() == 3
+        });
+        let (leader, epoch) = (v.partitions[&0].1, v.partitions[&0].2);
+        let other = c
+            .brokers
+            .iter()
+            .enumerate()
+            .find(|(i, _)| *i as i32 + 1 != leader)
+            .map(|(_, b)| b.addr.clone())
+            .unwrap();
+        let killed_at = Instant::now();
+        c.node(leader).kill();
+        let w = await_view(&other, Some("fo"), "a new leader", |w| {
+            w.partitions[&0].1 > 0 && w.partitions[&0].1 != leader
+        });
+        let took = killed_at.elapsed();
+        println!(
+            "leader {leader} killed: partition 0 led by {} after {} ms (session timeout {session_ms} ms)",
+            w.partitions[&0].1,
+            took.as_millis()
+        );
+        assert!(took <= Duration::from_millis(session_ms + 2000), "{took:?}");
+        assert!(w.partitions[&0].2 > epoch, "the leader epoch moves on");
+        assert!(
+            !w.brokers.contains(&leader),
+            "a fenced broker is not listed"
+        );
+        assert!(!w.partitions[&0].4.contains(&leader), "nor in the ISR");
+        // Clients follow the metadata and carry on.
+        assert!(produce(&other, "fo", 0, 100).is_empty());
+        // The killed broker restarts and rejoins.
+        c.node(leader).restart();
+        await_view(&other, Some("fo"), "the restarted broker back", |w| {
+            w.brokers.contains(&leader) && w.partitions[&0].4.contains(&leader)
+        });
+    });
+}
+
+#[test]
+fn killing_the_active_controller_elects_another_and_metadata_keeps_changing() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(3, &["--broker-session-timeout-ms", "2000"]);
+        let first = c.brokers[0].addr.clone();
+        await_view(&first, Some("before"), "a topic", |v| {
+            v.partitions.len() == 1
+        });
+        let controller = await_view(&first, None, "a controller", |v| v.controller > 0).controller;
+        c.node(controller).kill();
+        let survivor = (1..=3).find(|n| *n != controller).unwrap();
+        let other = c.node(survivor).addr.clone();
+        let v = await_view(&other, None, "another controller", |v| {
+            v.controller > 0 && v.controller != controller
+        });
+        println!(
+            "controller {controller} killed; node {} took over",
+            v.controller
+        );
+        // Metadata changes go on: a new topic, and the old one is still there.
+        await_view(&other, Some("after"), "a new topic", |v| {
+            v.partitions.len() == 1
+        });
+        await_view(&other, Some("before"), "the old topic", |v| {
+            v.partitions.len() == 1
+        });
+        // The killed controller comes back and learns what it missed.
+        c.node(controller).restart();
+        let back = c.node(controller).addr.clone();
+        let mut s = connect(&back);
+        let r: MetadataResponse = call(
+            &mut s,
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        );
+        let names: BTreeSet<String> = r
+            .topics
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.to_string()))
+            .collect();
+        assert!(
+            names.contains("before") && names.contains("after"),
+            "{names:?}"
+        );
+    });
+}
+
+#[test]
+fn sigterm_moves_leaderships_away_first_and_metadata_survives_a_full_restart() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(3, &["--default-partitions", "6"]);
+        let first = c.brokers[0].addr.clone();
+        let v = await_view(&first, Some("rolling"), "the topic", |v| {
+            v.partitions.len() == 6 && v.brokers.len() == 3
+        });
+        // Controlled shutdown: by the time broker 3 has exited, it leads nothing and the
+        // others say so (no waiting for a session timeout).
+        let status = c.node(3).stop();
+        assert!(status.success());
+        assert!(c.node(3).logs().contains("controlled shutdown done"));
+        let w = metadata(&first, Some("rolling"));
+        assert!(
+            w.partitions.values().all(|p| p.1 != 3 && p.1 > 0),
+            "broker 3 still leads: {w:?}"
+        );
+        assert!(!w.brokers.contains(&3));
+        c.node(3).restart();
+        await_view(&first, None, "broker 3 back", |w| w.brokers.contains(&3));
+        // Every broker stops; all start again; the topic and its replica sets are there.
+        for b in &mut c.brokers {
+            assert!(b.stop().success());
+        }
+        for b in &mut c.brokers {
+            b.relaunch();
+        }
+        for b in &mut c.brokers {
+            b.await_ready();
+        }
+        let w = await_view(
+            &first,
+            Some("rolling"),
+            "the topic after the restart",
+            |w| {
+                w.partitions.len() == 6
+                    && w.brokers.len() == 3
+                    && w.partitions.values().all(|p| p.1 > 0)
+            },
+        );
+        for (p, x) in &v.partitions {
+            assert_eq!(w.partitions[p].3, x.3, "replicas of partition {p}");
+        }
+    });
+}
+
+#[test]
+fn bad_quorum_configurations_are_refused_with_a_clear_message() {
+    with_timeout(180, || {
+        let c = Cluster::start(3, &[]);
+        let tmp = tempfile::tempdir().unwrap();
+        // A fourth process claiming node 2 with another data dir: node 2's controller port
+        // is taken.
+        let (st, _, err) = run_cmd(
+            std::process::Command::new(BIN).args([
+                "--node-id",
+                "2",
+                "--controller-quorum-voters",
+                &c.voters,
+                "--data-dir",
+                tmp.path().join("dup").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(err.contains("node id 2"), "{err}");
+        // Voters that disagree with the quorum's: refused, both named.
+        let wrong = format!("{},4@127.0.0.1:{}", c.voters, free_port());
+        let own = wrong.rsplit('@').next().unwrap().to_string();
+        let (st, _, err) = run_cmd(
+            std::process::Command::new(BIN).args([
+                "--node-id",
+                "4",
+                "--controller-quorum-voters",
+                &wrong,
+                "--controller-listen",
+                &own,
+                "--data-dir",
+                tmp.path().join("wrong").to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(err.contains(&wrong) && err.contains(&c.voters), "{err}");
+        // A node id outside the voters: a flag error.
+        let (st, _, err) = run_cmd(
+            std::process::Command::new(BIN).args([
+                "--node-id",
+                "9",
+                "--controller-quorum-voters",
+                &c.voters,
+                "--data-dir",
+                tmp.path().join("nine").to_str().unwrap(),
+            ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(st.code(), Some(2), "{err}");
+        assert!(err.contains("--node-id 9"), "{err}");
+        // A data dir of node 1 started as node 2.
+        let dir1: PathBuf = c.brokers[0].dir.clone();
+        drop(c);
+        let (st, _, err) = run_cmd(
+            std::process::Command::new(BIN).args([
+                "--node-id",
+                "2",
+                "--data-dir",
+                dir1.to_str().unwrap(),
+            ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(err.contains("belongs to node 1"), "{err}");
+    });
+}
