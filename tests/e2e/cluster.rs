@@ -452,14 +452,17 @@ fn bad_quorum_configurations_are_refused_with_a_clear_message() {
         assert_eq!(st.code(), Some(2), "{err}");
         assert!(err.contains("--node-id 9"), "{err}");
         // A data dir of node 1 started as node 2.
+        let mut c = c;
         let dir1: PathBuf = c.brokers[0].dir.clone();
-        drop(c);
+        assert!(c.node(1).stop().success());
         let (st, _, err) = run_cmd(
             std::process::Command::new(BIN).args([
                 "--node-id",
                 "2",
                 "--data-dir",
                 dir1.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
             ]),
             Duration::from_secs(30),
         );
