@@ -440,10 +440,17 @@ impl Member {
                     }
                 );
                 if ss.raft_state == StateRole::Leader {
-                    // Everyone gets a full session before being judged.
+                    // A peer heard within the session (the old leader, whose heartbeats
+                    // this node got as a follower) keeps its time: a dead old leader is
+                    // fenced a session after it died, not a session after this election.
+                    // Followers do not hear each other: the others get a full session.
                     let now = Instant::now();
+                    let session = self.cfg.session_timeout;
                     for id in self.node.raft.prs().conf().voters().ids().iter() {
-                        self.last_heard.insert(id, now);
+                        let at = self.last_heard.entry(id).or_insert(now);
+                        if now.duration_since(*at) >= session {
+                            *at = now;
+                        }
                     }
                     self.duties.clear();
                 }

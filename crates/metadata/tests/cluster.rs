@@ -1,0 +1,260 @@
+//! The metadata log's state machine: commands, their encoding, placement and leadership.
+
+use runnel_metadata::cluster::{apply, code, Command, Outcome, Proposal};
+use runnel_metadata::{BrokerMeta, BrokerState, Snapshot};
+use std::collections::{BTreeMap, BTreeSet};
+
+fn broker(id: i32, rack: Option<&str>) -> BrokerMeta {
+    BrokerMeta {
+        id,
+        host: format!("10.0.0.{id}"),
+        port: 9092,
+        rack: rack.map(str::to_string),
+        dir_id: [id as u8; 16],
+        incarnation: 100 + id as u64,
+        state: BrokerState::Active,
+    }
+}
+
+fn cluster(racks: &[Option<&str>]) -> Snapshot {
+    let mut s = Snapshot::default();
+    for (i, r) in racks.iter().enumerate() {
+        apply(&mut s, &Command::RegisterBroker(broker(i as i32 + 1, *r))).unwrap();
+    }
+    s
+}
+
+fn create(
+    s: &mut Snapshot,
+    name: &str,
+    partitions: i32,
+    rf: i16,
+) -> Result<Outcome, (i16, String)> {
+    apply(
+        s,
+        &Command::CreateTopic {
+            name: name.into(),
+            id: runnel_metadata::random_id(),
+            partitions,
+            replication_factor: rf,
+            assignment: None,
+            configs: BTreeMap::new(),
+        },
+    )
+}
+
+fn leaders(s: &Snapshot, topic: &str) -> Vec<i32> {
+    s.topic(topic)
+        .unwrap()
+        .assignment
+        .iter()
+        .map(|p| p.leader)
+        .collect()
+}
+
+#[test]
+fn every_command_round_trips_through_its_text() {
+    let mut configs = BTreeMap::new();
+    configs.insert("retention.ms".to_string(), "1000".to_string());
+    let p = Proposal {
+        request_id: u64::MAX,
+        from: 3,
+        commands: vec![
+            Command::InitCluster {
+                cluster_id: "abc-_".into(),
+            },
+            Command::RegisterBroker(broker(1, Some("rack-a"))),
+            Command::RegisterBroker(broker(2, None)),
+            Command::FenceBroker {
+                id: 1,
+                incarnation: 7,
+            },
+            Command::UnfenceBroker {
+                id: 1,
+                incarnation: 7,
+            },
+            Command::ShutdownBroker {
+                id: 2,
+                incarnation: 8,
+            },
+            Command::CreateTopic {
+                name: "t.x_y-z".into(),
+                id: [9; 16],
+                partitions: 2,
+                replication_factor: 2,
+                assignment: Some(vec![vec![1, 2], vec![2, 1]]),
+                configs,
+            },
+            Command::CreateTopic {
+                name: "u".into(),
+                id: [8; 16],
+                partitions: 1,
+                replication_factor: 1,
+                assignment: None,
+                configs: BTreeMap::new(),
+            },
+            Command::DeleteTopic { name: "u".into() },
+            Command::CreatePartitions {
+                name: "t".into(),
+                count: 4,
+                assignment: None,
+            },
+            Command::ElectPreferred { topics: None },
+            Command::ElectPreferred {
+                topics: Some(vec![("a:b".into(), 1), ("c".into(), 0)]),
+            },
+            Command::AllocateProducerIds { count: 1000 },
+        ],
+    };
+    assert_eq!(Proposal::decode(&p.encode()).unwrap(), p);
+    assert!(Proposal::decode("proposal 1 2\nfly away\n").is_err());
+    assert!(Proposal::decode("proposal 1 2\ndelete a b\n").is_err());
+    assert!(Proposal::decode("nonsense").is_err());
+}
+
+#[test]
+fn replicas_spread_over_brokers_and_racks_and_the_first_replica_leads() {
+    let mut s = cluster(&[None, None, None]);
+    create(&mut s, "t", 6, 3).unwrap();
+    let t = s.topic("t").unwrap().clone();
+    for p in &t.assignment {
+        let set: BTreeSet<i32> = p.replicas.iter().copied().collect();
+        assert_eq!(set, BTreeSet::from([1, 2, 3]));
+        assert_eq!(p.leader, p.replicas[0]);
+        assert_eq!(p.isr, p.replicas);
+    }
+    let mut per_leader = BTreeMap::new();
+    for l in leaders(&s, "t") {
+        *per_leader.entry(l).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_leader.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+
+    let mut s = cluster(&[Some("a"), Some("a"), Some("b"), Some("b")]);
+    create(&mut s, "r", 8, 2).unwrap();
+    let rack = |id: i32| s.brokers[&id].rack.clone();
+    for p in &s.topic("r").unwrap().assignment {
+        assert_ne!(rack(p.replicas[0]), rack(p.replicas[1]), "{p:?}");
+    }
+    assert_eq!(
+        create(&mut s, "big", 1, 5).unwrap_err().0,
+        code::INVALID_REPLICATION_FACTOR
+    );
+    assert_eq!(
+        create(&mut s, "r", 1, 1).unwrap_err().0,
+        code::TOPIC_ALREADY_EXISTS
+    );
+}
+
+#[test]
+fn a_fenced_broker_loses_its_leaderships_to_the_isr_and_gets_them_back_when_needed() {
+    let mut s = cluster(&[None, None, None]);
+    create(&mut s, "t", 3, 2).unwrap();
+    let before = s.topic("t").unwrap().clone();
+    let led_by_1: Vec<usize> = (0..3)
+        .filter(|&p| before.assignment[p].leader == 1)
+        .collect();
+    assert!(!led_by_1.is_empty());
+    apply(
+        &mut s,
+        &Command::FenceBroker {
+            id: 1,
+            incarnation: 101,
+        },
+    )
+    .unwrap();
+    let after = s.topic("t").unwrap().clone();
+    for p in 0..3 {
+        let (b, a) = (&before.assignment[p], &after.assignment[p]);
+        assert!(!a.isr.contains(&1) || a.isr == vec![1]);
+        assert_ne!(a.leader, 1);
+        if b.leader == 1 {
+            assert_eq!(a.leader_epoch, b.leader_epoch + 1);
+            assert!(a.leader > 0 && b.replicas.contains(&a.leader));
+        } else {
+            assert_eq!((a.leader, a.leader_epoch), (b.leader, b.leader_epoch));
+        }
+    }
+    assert!(!s.is_live(1));
+    // A fence decided about an earlier run does not touch the broker's next run.
+    apply(&mut s, &Command::RegisterBroker(broker(1, None))).unwrap();
+    let mut newer = broker(1, None);
+    newer.incarnation = 999;
+    apply(&mut s, &Command::RegisterBroker(newer)).unwrap();
+    apply(
+        &mut s,
+        &Command::FenceBroker {
+            id: 1,
+            incarnation: 101,
+        },
+    )
+    .unwrap();
+    assert!(s.is_live(1));
+    // The last ISR member going away leaves the partition without a leader, still in
+    // the ISR; it leads again when it is back.
+    let mut s = cluster(&[None]);
+    create(&mut s, "one", 1, 1).unwrap();
+    apply(
+        &mut s,
+        &Command::ShutdownBroker {
+            id: 1,
+            incarnation: 101,
+        },
+    )
+    .unwrap();
+    let p = s.partition("one", 0).unwrap().clone();
+    assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (-1, vec![1], 1));
+    apply(&mut s, &Command::RegisterBroker(broker(1, None))).unwrap();
+    let p = s.partition("one", 0).unwrap();
+    assert_eq!((p.leader, p.leader_epoch), (1, 2));
+}
+
+#[test]
+fn a_node_id_live_on_another_directory_is_refused_until_fenced() {
+    let mut s = cluster(&[None, None]);
+    let mut other = broker(2, None);
+    other.dir_id = [77; 16];
+    let e = apply(&mut s, &Command::RegisterBroker(other.clone())).unwrap_err();
+    assert_eq!(e.0, code::DUPLICATE_BROKER_REGISTRATION);
+    assert!(e.1.contains("node id 2"), "{}", e.1);
+    apply(
+        &mut s,
+        &Command::FenceBroker {
+            id: 2,
+            incarnation: 102,
+        },
+    )
+    .unwrap();
+    apply(&mut s, &Command::RegisterBroker(other)).unwrap();
+    assert_eq!(s.brokers[&2].dir_id, [77; 16]);
+}
+
+#[test]
+fn preferred_leaders_come_back_and_producer_ids_come_in_blocks() {
+    let mut s = cluster(&[None, None, None]);
+    create(&mut s, "t", 3, 3).unwrap();
+    let preferred = leaders(&s, "t");
+    apply(
+        &mut s,
+        &Command::ShutdownBroker {
+            id: 2,
+            incarnation: 102,
+        },
+    )
+    .unwrap();
+    apply(&mut s, &Command::RegisterBroker(broker(2, None))).unwrap();
+    assert_ne!(leaders(&s, "t"), preferred);
+    let r = apply(&mut s, &Command::ElectPreferred { topics: None }).unwrap();
+    assert!(matches!(r, Outcome::Elected(ref v) if v.iter().all(|(_, c)| *c == 0)));
+    assert_eq!(leaders(&s, "t"), preferred);
+    assert_eq!(
+        apply(&mut s, &Command::AllocateProducerIds { count: 1000 }).unwrap(),
+        Outcome::ProducerIds(0)
+    );
+    assert_eq!(
+        apply(&mut s, &Command::AllocateProducerIds { count: 1000 }).unwrap(),
+        Outcome::ProducerIds(1000)
+    );
+}
