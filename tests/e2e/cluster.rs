@@ -470,3 +470,112 @@ fn bad_quorum_configurations_are_refused_with_a_clear_message() {
         assert!(err.contains("belongs to node 1"), "{err}");
     });
 }
+
+/// FindCoordinator's answer for `group` from `addr`: (error, node).
+fn find_coordinator(addr: &str, group: &str) -> (i16, i32) {
+    let mut s = connect(addr);
+    let r: FindCoordinatorResponse = call(
+        &mut s,
+        ApiKey::FindCoordinator,
+        3,
+        &FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_string())),
+    );
+    (r.error_code, r.node_id.0)
+}
+
+#[test]
+fn the_group_coordinator_is_the_offsets_partitions_leader_and_moves_with_it() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(
+            3,
+            &[
+                "--broker-session-timeout-ms",
+                "2000",
+                "--offsets-topic-partitions",
+                "3",
+                "--default-partitions",
+                "2",
+            ],
+        );
+        let first = c.brokers[0].addr.clone();
+        await_view(
+            &first,
+            Some("__consumer_offsets"),
+            "__consumer_offsets",
+            |v| v.partitions.len() == 3 && v.partitions.values().all(|p| p.1 > 0),
+        );
+        let (err, coordinator) = find_coordinator(&first, "g");
+        assert_eq!(err, 0);
+        // Every broker names the same coordinator; the others refuse the group's requests.
+        for b in &c.brokers {
+            assert_eq!(find_coordinator(&b.addr, "g"), (0, coordinator));
+        }
+        let not_coordinator = c
+            .brokers
+            .iter()
+            .enumerate()
+            .find(|(i, _)| *i as i32 + 1 != coordinator)
+            .map(|(_, b)| b.addr.clone())
+            .unwrap();
+        let mut s = connect(&not_coordinator);
+        let r: HeartbeatResponse = call(
+            &mut s,
+            ApiKey::Heartbeat,
+            3,
+            &HeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_generation_id(1)
+                .with_member_id(StrBytes::from_static_str("m")),
+        );
+        assert_eq!(r.error_code, 16, "NOT_COORDINATOR");
+
+        // A subscribed consumer reads, its coordinator is killed, the group re-forms on the
+        // new leader of the group's offsets partition and the consumer reads on.
+        assert!(produce(&c.bootstrap(), "gt", 0, 50).is_empty());
+        let cons = consumer(
+            &c.bootstrap(),
+            &[
+                ("group.id", "g"),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "6000"),
+            ],
+        );
+        cons.subscribe(&["gt"]).unwrap();
+        let read = |n: usize| {
+            let mut got = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while got < n && Instant::now() < deadline {
+                if let Some(Ok(_)) = cons.poll(Duration::from_millis(100)) {
+                    got += 1;
+                }
+            }
+            got
+        };
+        assert_eq!(read(50), 50);
+        c.node(coordinator).kill();
+        let survivor = (1..=3).find(|n| *n != coordinator).unwrap();
+        let addr = c.node(survivor).addr.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let moved = loop {
+            let (e, n) = find_coordinator(&addr, "g");
+            if e == 0 && n != coordinator {
+                break n;
+            }
+            assert!(Instant::now() < deadline, "the coordinator did not move");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        println!("group coordinator {coordinator} killed; node {moved} took over");
+        let live: String = c
+            .brokers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as i32 + 1 != coordinator)
+            .map(|(_, b)| b.addr.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        // Records produced after the move reach the consumer (follower replicas hold no
+        // data yet, so what the killed broker led is not asserted).
+        assert!(produce(&live, "gt", 1000, 50).is_empty());
+        assert!(read(50) >= 1, "the group did not re-form");
+    });
+}

@@ -662,6 +662,15 @@ impl Coordinator {
         self.loaded.set(true);
     }
 
+    /// Forgets the groups stored in `partition` of `__consumer_offsets` (this broker no
+    /// longer leads it); returns how many.
+    pub fn unload(&self, partition: i32, partitions: i32) -> usize {
+        let mut groups = self.groups.borrow_mut();
+        let before = groups.len();
+        groups.retain(|id, _| offsets::partition_for(id, partitions) != partition);
+        before - groups.len()
+    }
+
     /// The live offsets of the groups stored in `partition` of `__consumer_offsets` (what a
     /// compaction rewrites).
     pub fn live_offsets(&self, partition: i32, partitions: i32) -> Vec<(OffsetKey, Committed)> {
@@ -1452,7 +1461,8 @@ fn join_error(error: i16, member_id: &str) -> JoinResult {
     }
 }
 
-fn reply_error(op: GroupOp, error: i16) {
+/// Answers `op` with `error` (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, ...).
+pub fn reply_error(op: GroupOp, error: i16) {
     match op {
         GroupOp::Join(a, r) => {
             let _ = r.send(JoinResult {

@@ -69,6 +69,21 @@ pub fn join(
     }
     // After the import, which may carry the data dir's own __consumer_offsets.
     commands.push(offsets);
+    // A single broker's producer ids from before the quorum: the quorum's counter moves
+    // past them, so none is handed out again.
+    let pid_file = config.data_dir.join(crate::producer_ids::FILE);
+    let legacy_pids = match std::fs::read_to_string(&pid_file) {
+        Ok(text) => Some(
+            text.trim()
+                .parse::<i64>()
+                .map_err(|e| format!("{}: {e}", pid_file.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", pid_file.display())),
+    };
+    if let Some(end) = legacy_pids.filter(|e| *e > 0) {
+        commands.push(Command::AllocateProducerIds { count: end });
+    }
     let mut latest: Option<Arc<Snapshot>> = None;
     let started = Instant::now();
     let mut said = Instant::now();
@@ -135,6 +150,11 @@ pub fn join(
             from.display(),
             to.display()
         );
+    }
+    if legacy_pids.is_some() {
+        let to = pid_file.with_extension("imported");
+        std::fs::rename(&pid_file, &to)
+            .map_err(|e| format!("cannot rename {}: {e}", pid_file.display()))?;
     }
     tracing::info!(
         node = me.id,

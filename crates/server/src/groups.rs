@@ -60,14 +60,15 @@ async fn write(shard: &Shard, w: PendingWrite, durable: bool) -> Result<(), i16>
     result
 }
 
-/// Replays this shard's `__consumer_offsets` partitions into its group coordinator.
-pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
+/// Replays `__consumer_offsets` partition `p` (this broker now leads it) into this shard's
+/// group coordinator.
+pub async fn load(shard: &Rc<Shard>, p: i32) -> Result<(), String> {
     let logs: Vec<runnel_log::Log> = shard
         .partitions
         .borrow()
-        .iter()
-        .filter(|((t, _), _)| &**t == TOPIC)
-        .map(|(_, l)| l.clone())
+        .get(&(Arc::from(TOPIC), p))
+        .cloned()
+        .into_iter()
         .collect();
     let started = std::time::Instant::now();
     let mut all = HashMap::new();
@@ -85,6 +86,7 @@ pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
     if n > 0 {
         tracing::info!(
             shard = shard.id,
+            partition = p,
             offsets = n,
             groups = shard.coordinator.group_count(),
             ms = started.elapsed().as_millis() as u64,

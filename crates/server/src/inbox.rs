@@ -99,6 +99,19 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             let _ = reply.send(r);
         }
         ShardMsg::Group { op, done } => {
+            // Checked again here, with the coordinator shard's own snapshot: it takes a
+            // leadership only once the partition's groups are loaded.
+            if let Some(group) = op.group_id() {
+                let (_, p) = crate::groups::coordinator_of(&shard, group);
+                if shard
+                    .check_leader(runnel_group::offsets::TOPIC, p, -1)
+                    .is_err()
+                {
+                    runnel_group::reply_error(op, code::NOT_COORDINATOR);
+                    let _ = done.send(());
+                    return;
+                }
+            }
             crate::groups::run(&shard, op).await;
             let _ = done.send(());
         }

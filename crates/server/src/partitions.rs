@@ -44,8 +44,9 @@ pub async fn apply_metadata(
             }
         }
     }
-    // Close and delete what is gone (a deleted topic, or one recreated with a new id).
     let old = shard.snapshot();
+    coordinate(shard, &old, &snapshot).await?;
+    // Close and delete what is gone (a deleted topic, or one recreated with a new id).
     let doomed: Vec<PartitionKey> = shard
         .partitions
         .borrow()
@@ -67,6 +68,41 @@ pub async fn apply_metadata(
             tracing::warn!(topic = %key.0, partition = key.1, "closing a deleted partition: {e}");
         }
         delete_partition_dir(log.dir().to_path_buf());
+    }
+    Ok(())
+}
+
+/// Loads the groups of the `__consumer_offsets` partitions this shard owns and this broker
+/// now leads, and forgets those of the partitions it no longer leads: the group
+/// coordinator follows the partition's leadership. Runs before this shard sees the new
+/// snapshot, so it answers for a group only once its offsets are loaded.
+async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result<(), String> {
+    use runnel_group::offsets::TOPIC;
+    let Some(t) = new.topic(TOPIC) else {
+        return Ok(());
+    };
+    let me = shard.node_id();
+    for (p, pm) in t.assignment.iter().enumerate() {
+        let p = p as i32;
+        if runnel_metadata::placement::owner(TOPIC, p, shard.shared.nr_shards) != shard.id {
+            continue;
+        }
+        let was = old
+            .topic(TOPIC)
+            .filter(|o| o.id == t.id)
+            .and_then(|o| o.partition(p))
+            .is_some_and(|o| o.leader == me);
+        let is = pm.leader == me;
+        if is && !was {
+            crate::groups::load(shard, p).await?;
+        } else if was && !is {
+            let n = shard.coordinator.unload(p, t.partitions);
+            tracing::info!(
+                partition = p,
+                groups = n,
+                "no longer the coordinator of __consumer_offsets-{p}'s groups"
+            );
+        }
     }
     Ok(())
 }

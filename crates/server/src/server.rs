@@ -301,7 +301,7 @@ async fn shard_main(
 }
 
 /// The shard of this executor, with an empty snapshot and no partitions yet (shard 0 also
-/// loads the producer id allocator).
+/// holds the producer id allocator).
 fn new_shard(
     shared: &Arc<Shared>,
     senders: glommio::channels::channel_mesh::Senders<ShardMsg>,
@@ -332,19 +332,19 @@ fn new_shard(
         }),
     });
     if shard.id == 0 {
-        match crate::producer_ids::ProducerIds::load(&shared.data_dir) {
-            Ok(ids) => *shard.producer_ids.borrow_mut() = Some(ids),
-            Err(e) => tracing::error!("producer ids: {e}; InitProducerId will fail"),
-        }
+        *shard.producer_ids.borrow_mut() = Some(Default::default());
     }
     shard
 }
 
-/// Opens this shard's partitions of the startup snapshot and loads its groups' offsets.
+/// Opens this shard's partitions of the startup snapshot and loads the groups of the
+/// `__consumer_offsets` partitions it leads.
 async fn open_partitions(shard: &Rc<Shard>) -> Result<(), String> {
     let snapshot = Arc::new(shard.shared.startup.snapshot.clone());
     crate::partitions::apply_metadata(shard, snapshot, true).await?;
-    crate::groups::load(shard).await
+    // Every partition this shard leads is loaded: the coordinator may answer.
+    shard.coordinator.load(HashMap::new());
+    Ok(())
 }
 
 /// Says this shard is ready, then waits for the others (or a stop), so no shard takes
