@@ -72,13 +72,15 @@ impl Cluster {
     }
 }
 
+/// (error, leader, leader epoch, replicas, isr)
+pub type PartitionView = (i16, i32, i32, Vec<i32>, Vec<i32>);
+
 /// The cluster as one broker sees it.
 #[derive(Debug, Clone)]
 pub struct View {
     pub controller: i32,
     pub brokers: BTreeSet<i32>,
-    /// partition -> (error, leader, leader epoch, replicas, isr)
-    pub partitions: BTreeMap<i32, (i16, i32, i32, Vec<i32>, Vec<i32>)>,
+    pub partitions: BTreeMap<i32, PartitionView>,
 }
 
 pub fn metadata(addr: &str, topic: Option<&str>) -> View {

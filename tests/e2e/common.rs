@@ -91,18 +91,6 @@ impl Broker {
         }
     }
 
-    /// Whether the process is running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    fn spawn(&mut self, listen: &str) {
-        self.launch_process(listen);
-        self.await_ready();
-    }
-
     fn launch_process(&mut self, listen: &str) {
         let mut cmd = Command::new(BIN);
         cmd.arg("--listen")
