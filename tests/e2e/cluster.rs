@@ -51,6 +51,13 @@ impl Cluster {
         for b in &mut brokers {
             b.await_ready();
         }
+        // Each broker is ready once its own registration applied; wait until every one
+        // has applied all of them, so topics created next get their full replica sets.
+        for b in &brokers {
+            await_view(&b.addr, None, "every broker registered", |v| {
+                v.brokers.len() == n
+            });
+        }
         Cluster {
             brokers,
             voters,

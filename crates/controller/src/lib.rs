@@ -167,6 +167,7 @@ impl Controller {
             last_heard: HashMap::new(),
             duties: HashMap::new(),
             leader: 0,
+            previous_leader: 0,
             next_rebalance: Instant::now() + cfg.leader_imbalance_check_interval,
             cfg,
             published: 0,
@@ -230,6 +231,8 @@ struct Member {
     duties: HashMap<String, Instant>,
     /// The Raft leader's id (0: none).
     leader: u64,
+    /// The last leader before this one (0: none).
+    previous_leader: u64,
     next_rebalance: Instant,
     cfg: ControllerConfig,
     /// The snapshot version last sent out.
@@ -429,6 +432,9 @@ impl Member {
         let mut ready = self.node.ready();
         if let Some(ss) = ready.ss() {
             if ss.leader_id != self.leader {
+                if self.leader != 0 {
+                    self.previous_leader = self.leader;
+                }
                 self.leader = ss.leader_id;
                 tracing::info!(
                     controller = self.leader as i64 - 1,
@@ -440,16 +446,14 @@ impl Member {
                     }
                 );
                 if ss.raft_state == StateRole::Leader {
-                    // A peer heard within the session (the old leader, whose heartbeats
-                    // this node got as a follower) keeps its time: a dead old leader is
-                    // fenced a session after it died, not a session after this election.
-                    // Followers do not hear each other: the others get a full session.
+                    // The previous leader keeps the time this node last heard it (as a
+                    // follower, from its heartbeats): a dead old leader is fenced a session
+                    // after it died, not a session after this election. Followers do not
+                    // hear each other: the others get a full session from now.
                     let now = Instant::now();
-                    let session = self.cfg.session_timeout;
                     for id in self.node.raft.prs().conf().voters().ids().iter() {
-                        let at = self.last_heard.entry(id).or_insert(now);
-                        if now.duration_since(*at) >= session {
-                            *at = now;
+                        if id != self.previous_leader || !self.last_heard.contains_key(&id) {
+                            self.last_heard.insert(id, now);
                         }
                     }
                     self.duties.clear();

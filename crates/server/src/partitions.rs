@@ -97,11 +97,13 @@ async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result
             crate::groups::load(shard, p).await?;
         } else if was && !is {
             let n = shard.coordinator.unload(p, t.partitions);
-            tracing::info!(
-                partition = p,
-                groups = n,
-                "no longer the coordinator of __consumer_offsets-{p}'s groups"
-            );
+            if n > 0 {
+                tracing::info!(
+                    partition = p,
+                    groups = n,
+                    "no longer the coordinator of __consumer_offsets-{p}'s groups"
+                );
+            }
         }
     }
     Ok(())
