@@ -378,6 +378,30 @@ fn sigterm_moves_leaderships_away_first_and_metadata_survives_a_full_restart() {
         assert!(!w.brokers.contains(&3));
         c.node(3).restart();
         await_view(&first, None, "broker 3 back", |w| w.brokers.contains(&3));
+        // ElectLeaders (kafka-leader-election.sh) gives the preferred replicas their
+        // leaderships back.
+        let mut s = connect(&first);
+        let r: ElectLeadersResponse = call(
+            &mut s,
+            ApiKey::ElectLeaders,
+            2,
+            &ElectLeadersRequest::default()
+                .with_election_type(0)
+                .with_topic_partitions(None)
+                .with_timeout_ms(10_000),
+        );
+        assert_eq!(r.error_code, 0);
+        let codes: Vec<i16> = r
+            .replica_election_results
+            .iter()
+            .flat_map(|t| t.partition_result.iter().map(|p| p.error_code))
+            .collect();
+        assert!(
+            codes.contains(&0) && codes.iter().all(|c| *c == 0 || *c == 84),
+            "{codes:?}"
+        );
+        let w = metadata(&first, Some("rolling"));
+        assert!(w.partitions.values().all(|p| p.1 == p.3[0]), "{w:?}");
         // Every broker stops; all start again; the topic and its replica sets are there.
         for b in &mut c.brokers {
             assert!(b.stop().success());
@@ -586,5 +610,87 @@ fn the_group_coordinator_is_the_offsets_partitions_leader_and_moves_with_it() {
         // data yet, so what the killed broker led is not asserted).
         assert!(produce(&live, "gt", 1000, 50).is_empty());
         assert!(read(50) >= 1, "the group did not re-form");
+    });
+}
+
+#[test]
+fn five_brokers_keep_a_quorum_and_serve_with_two_of_them_down() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(
+            5,
+            &[
+                "--broker-session-timeout-ms",
+                "2000",
+                "--default-partitions",
+                "10",
+            ],
+        );
+        let first = c.brokers[0].addr.clone();
+        let v = await_view(&first, Some("five"), "the topic", |v| {
+            v.partitions.len() == 10
+        });
+        let leaders: BTreeSet<i32> = v.partitions.values().map(|p| p.1).collect();
+        assert_eq!(leaders.len(), 5, "leaders on every broker: {v:?}");
+        // Two brokers die: three voters are still a majority of five.
+        c.node(4).kill();
+        c.node(5).kill();
+        let w = await_view(&first, Some("five"), "leaders on the three left", |w| {
+            w.brokers.len() == 3 && w.partitions.values().all(|p| (1..=3).contains(&p.1))
+        });
+        assert!(w.partitions.values().all(|p| p.4.iter().all(|r| *r <= 3)));
+        await_view(&first, Some("made-with-three"), "a new topic", |w| {
+            w.partitions.len() == 10
+        });
+        assert!(produce(&first, "five", 0, 100).is_empty());
+        c.node(4).restart();
+        c.node(5).restart();
+        await_view(&first, None, "all five back", |w| w.brokers.len() == 5);
+    });
+}
+
+#[test]
+fn a_wiped_broker_is_refused_while_its_old_self_is_registered_then_rejoins() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(3, &["--broker-session-timeout-ms", "3000"]);
+        let first = c.brokers[0].addr.clone();
+        await_view(&first, Some("w"), "the topic", |v| v.partitions.len() == 1);
+        // Killed and wiped; restarted before the controller has fenced it: the node id is
+        // still registered, live, with another directory id.
+        c.node(3).kill();
+        let dir = c.node(3).dir.clone();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let addr = c.node(3).addr.clone();
+        let args: Vec<String> = vec![
+            "--node-id".into(),
+            "3".into(),
+            "--controller-quorum-voters".into(),
+            c.voters.clone(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            dir.to_str().unwrap().into(),
+            "--broker-session-timeout-ms".into(),
+            "3000".into(),
+        ];
+        let (st, _, err) = run_cmd(
+            std::process::Command::new(BIN).args(&args),
+            Duration::from_secs(60),
+        );
+        // Either refused as a duplicate, or (if the fence won the race) joined: only the
+        // first is a refusal to check here.
+        if st.code() == Some(1) {
+            assert!(err.contains("registered by a running broker"), "{err}");
+            println!("the wiped broker was refused while registered");
+        } else {
+            println!("the wiped broker joined: its old self was fenced first");
+        }
+        // Once fenced, the wiped broker joins as a new member of its replica sets.
+        await_view(&first, None, "broker 3 fenced", |w| !w.brokers.contains(&3));
+        c.node(3).restart();
+        await_view(&first, Some("w"), "broker 3 back in the ISR", |w| {
+            w.brokers.contains(&3) && w.partitions[&0].4.contains(&3)
+        });
+        let props = std::fs::read_to_string(dir.join("meta.properties")).unwrap();
+        assert!(props.contains("node.id=3"), "{props}");
     });
 }

@@ -248,8 +248,19 @@ impl Member {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Input::Raft(m)) => {
+                Ok(Input::Raft(mut m)) => {
                     self.last_heard.insert(m.from, Instant::now());
+                    // A voter whose data dir was wiped comes back with an empty log while
+                    // the leader still believes it holds the entries it acknowledged; the
+                    // leader's heartbeats then name a commit index past its log, which
+                    // raft treats as a corrupted log and panics on. Committing up to 0
+                    // commits nothing: the heartbeat is answered, the leader finds the log
+                    // empty and sends it from the start.
+                    if m.get_msg_type() == MessageType::MsgHeartbeat
+                        && self.node.raft.raft_log.last_index() == 0
+                    {
+                        m.commit = 0;
+                    }
                     if let Err(e) = self.node.step(m) {
                         tracing::debug!("raft step: {e}");
                     }

@@ -35,6 +35,7 @@ pub mod code {
     pub const INVALID_REQUEST: i16 = 42;
     pub const INCONSISTENT_CLUSTER_ID: i16 = 104;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
+    pub const ELECTION_NOT_NEEDED: i16 = 84;
 }
 
 /// The internal topic that cannot be deleted nor grown.
@@ -100,7 +101,8 @@ pub enum Outcome {
     Done,
     Topic(Arc<TopicMeta>),
     ProducerIds(i64),
-    /// ElectPreferred: per partition asked for, the error code (0: moved or already there).
+    /// ElectPreferred: per partition asked for, the error code (0: moved; ELECTION_NOT_NEEDED:
+    /// already there; PREFERRED_LEADER_NOT_AVAILABLE).
     Elected(Vec<((String, i32), i16)>),
 }
 
@@ -562,7 +564,7 @@ fn elect_preferred(s: &mut Snapshot, only: Option<&[(String, i32)]>) -> Vec<((St
         }
         let preferred = pm.replicas[0];
         if pm.leader == preferred {
-            out.push(((t.to_string(), p), 0));
+            out.push(((t.to_string(), p), code::ELECTION_NOT_NEEDED));
             return false;
         }
         if !(live.contains(&preferred) && pm.isr.contains(&preferred)) {

@@ -62,6 +62,7 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::OffsetForLeaderEpoch => admin::offset_for_leader_epoch(shard, &req).await,
         ApiKey::DescribeConfigs => admin::describe_configs(shard, &req).await,
         ApiKey::DescribeCluster => admin::describe_cluster(shard, &req).await,
+        ApiKey::ElectLeaders => admin::elect_leaders(shard, &req).await,
         ApiKey::FindCoordinator => admin::find_coordinator(shard, &req).await,
         ApiKey::InitProducerId => admin::init_producer_id(shard, &req).await,
         ApiKey::JoinGroup => groups::join_group(shard, &req).await,

@@ -459,6 +459,69 @@ pub async fn create_partitions(shard: &Rc<Shard>, req: &Request) -> Outcome {
     )
 }
 
+/// ElectLeaders: preferred leader election (kafka-leader-election.sh), through the metadata
+/// log. Unclean election (v1+, type 1) is refused.
+pub async fn elect_leaders(shard: &Rc<Shard>, req: &Request) -> Outcome {
+    use kafka_protocol::messages::elect_leaders_response::{
+        ElectLeadersResponse, PartitionResult, ReplicaElectionResult,
+    };
+    use runnel_metadata::cluster::{Command, Outcome as Done};
+    let body: ElectLeadersRequest = decode!(req);
+    let asked: Option<Vec<(String, i32)>> = body.topic_partitions.as_ref().map(|ts| {
+        ts.iter()
+            .flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.to_string(), *p)))
+            .collect()
+    });
+    let results: Result<Vec<((String, i32), i16)>, (i16, String)> = if body.election_type != 0 {
+        Err((
+            code::INVALID_REQUEST,
+            "only preferred leader election is supported".into(),
+        ))
+    } else {
+        let timeout = std::time::Duration::from_millis(body.timeout_ms.clamp(1000, 60_000) as u64);
+        match shard
+            .shared
+            .controller
+            .propose(vec![Command::ElectPreferred { topics: asked }], timeout)
+            .await
+        {
+            Ok(Ok(mut r)) => match r.pop() {
+                Some(Ok(Done::Elected(v))) => Ok(v),
+                Some(Err(e)) => Err(e),
+                _ => Err((code::UNKNOWN_SERVER_ERROR, "no election result".into())),
+            },
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err((code::REQUEST_TIMED_OUT, "the broker is stopping".into())),
+        }
+    };
+    let mut resp = ElectLeadersResponse::default();
+    match results {
+        Err((c, msg)) => {
+            tracing::info!("leader election refused: {msg}");
+            resp = resp.with_error_code(c);
+        }
+        Ok(v) => {
+            let mut by_topic: BTreeMap<String, Vec<PartitionResult>> = BTreeMap::new();
+            for ((t, p), c) in v {
+                by_topic.entry(t).or_default().push(
+                    PartitionResult::default()
+                        .with_partition_id(p)
+                        .with_error_code(c),
+                );
+            }
+            resp.replica_election_results = by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    ReplicaElectionResult::default()
+                        .with_topic(topic_name(&t))
+                        .with_partition_result(ps)
+                })
+                .collect();
+        }
+    }
+    encode_or_close(req.correlation_id, req.version, &resp)
+}
+
 pub async fn describe_cluster(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let _body: DescribeClusterRequest = decode!(req);
     let snapshot = shard.snapshot();
