@@ -472,7 +472,8 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: &Request) -> Outcome {
             .flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.to_string(), *p)))
             .collect()
     });
-    let results: Result<Vec<((String, i32), i16)>, (i16, String)> = if body.election_type != 0 {
+    type Elected = Vec<((String, i32), i16)>;
+    let results: Result<Elected, (i16, String)> = if body.election_type != 0 {
         Err((
             code::INVALID_REQUEST,
             "only preferred leader election is supported".into(),
