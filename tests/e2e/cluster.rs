@@ -694,3 +694,80 @@ fn a_wiped_broker_is_refused_while_its_old_self_is_registered_then_rejoins() {
         assert!(props.contains("node.id=3"), "{props}");
     });
 }
+
+#[test]
+fn a_rolling_restart_with_sigterm_shows_clients_no_errors() {
+    with_timeout(300, || {
+        let mut c = Cluster::start(3, &["--default-partitions", "6"]);
+        let bootstrap = c.bootstrap();
+        await_view(&c.brokers[0].addr, Some("roll"), "the topic", |v| {
+            v.partitions.len() == 6
+        });
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producing = {
+            let (stop, bootstrap) = (stop.clone(), bootstrap.clone());
+            std::thread::spawn(move || {
+                let (p, d) = producer(
+                    &bootstrap,
+                    &[("acks", "all"), ("message.timeout.ms", "60000")],
+                );
+                let mut sent = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let v = sent.to_string();
+                    if p.send(BaseRecord::<str, str>::to("roll").key(&v).payload(&v))
+                        .is_ok()
+                    {
+                        sent += 1;
+                    }
+                    p.poll(Duration::from_millis(5));
+                }
+                p.flush(Duration::from_secs(60)).unwrap();
+                let r = d.0.lock().unwrap();
+                assert_eq!(
+                    r.len(),
+                    sent as usize,
+                    "every record gets a delivery report"
+                );
+                let errors: Vec<String> =
+                    r.iter().filter_map(|x| x.as_ref().err().cloned()).collect();
+                (sent, errors)
+            })
+        };
+        for id in 1..=3 {
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(c.node(id).stop().success());
+            assert!(c.node(id).logs().contains("controlled shutdown"));
+            c.node(id).restart();
+            let addr = c.node(id).addr.clone();
+            await_view(&addr, None, "the restarted broker listed", |v| {
+                v.brokers.len() == 3
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let (sent, errors) = producing.join().unwrap();
+        println!(
+            "{sent} records produced through a rolling restart, {} errors",
+            errors.len()
+        );
+        assert!(sent > 100, "the producer made progress: {sent}");
+        assert!(errors.is_empty(), "delivery errors: {errors:?}");
+    });
+}
+
+#[test]
+fn the_python_clients_use_an_rf3_topic_through_one_bootstrap_address() {
+    with_timeout(240, || {
+        let c = Cluster::start(3, &[]);
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/python/clients_test.py"
+        );
+        let (status, out, err) = run_cmd(
+            std::process::Command::new("python3").args([script, "cluster", &c.brokers[1].addr]),
+            Duration::from_secs(180),
+        );
+        assert!(status.success(), "{out}\n{err}");
+        assert!(out.contains("OK"), "{out}");
+    });
+}

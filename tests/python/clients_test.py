@@ -149,7 +149,60 @@ def kafka_python(bootstrap):
     admin.close()
 
 
+def cluster(bootstrap):
+    """Both clients against a 3-broker cluster through one bootstrap address: an RF=3 topic
+    whose partitions have leaders on every broker."""
+    import confluent_kafka as ck
+    import kafka
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic("py-rf3", 6, 3)])["py-rf3"].result(10)
+    md = admin.list_topics("py-rf3", timeout=10)
+    assert len(md.brokers) == 3, md.brokers
+    parts = md.topics["py-rf3"].partitions
+    assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in parts.values()), parts
+    assert {p.leader for p in parts.values()} == set(md.brokers), parts
+    try:
+        admin.create_topics([NewTopic("py-rf4", 1, 4)])["py-rf4"].result(10)
+        raise AssertionError("replication factor 4 accepted with 3 brokers")
+    except ck.KafkaException as e:
+        assert e.args[0].code() == ck.KafkaError.INVALID_REPLICATION_FACTOR, e
+
+    p = ck.Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    errors = []
+    for i in range(600):
+        p.produce("py-rf3", value=b"ck-%d" % i, partition=i % 6,
+                  on_delivery=lambda err, msg: err and errors.append(err))
+    assert p.flush(30) == 0 and not errors, errors
+    kp = kafka.KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    futures = [kp.send("py-rf3", value=b"kp-%d" % i, partition=i % 6) for i in range(300)]
+    kp.flush(30)
+    [f.get(10) for f in futures]
+    kp.close()
+
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "py-rf3-group",
+                     "auto.offset.reset": "earliest"})
+    c.subscribe(["py-rf3"])
+    got = set()
+    t0 = time.time()
+    while len(got) < 900:
+        assert time.time() - t0 < DEADLINE, len(got)
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        assert not m.error(), m.error()
+        got.add(m.value())
+    c.commit(asynchronous=False)
+    c.close()
+    kc = kafka.KafkaConsumer("py-rf3", bootstrap_servers=bootstrap, group_id="py-rf3-kp",
+                             auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    n = sum(1 for _ in kc)
+    kc.close()
+    assert n == 900, n
+
+
 if __name__ == "__main__":
     which, bootstrap = sys.argv[1], sys.argv[2]
-    {"confluent": confluent, "kafka-python": kafka_python}[which](bootstrap)
+    {"confluent": confluent, "kafka-python": kafka_python, "cluster": cluster}[which](bootstrap)
     print("OK", which)
