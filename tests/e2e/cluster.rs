@@ -771,3 +771,86 @@ fn the_python_clients_use_an_rf3_topic_through_one_bootstrap_address() {
         assert!(out.contains("OK"), "{out}");
     });
 }
+
+#[test]
+fn a_topic_recreated_while_a_replica_was_down_does_not_inherit_its_old_data() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(3, &[]);
+        let first = c.brokers[0].addr.clone();
+        await_view(&first, Some("re"), "the topic", |v| v.partitions.len() == 1);
+        assert!(produce(&first, "re", 0, 20).is_empty());
+        assert!(c.node(3).stop().success());
+        let mut s = connect(&first);
+        let r: DeleteTopicsResponse = call(
+            &mut s,
+            ApiKey::DeleteTopics,
+            4,
+            &DeleteTopicsRequest::default()
+                .with_topic_names(vec![TopicName(StrBytes::from_static_str("re"))])
+                .with_timeout_ms(10_000),
+        );
+        assert_eq!(r.responses[0].error_code, 0);
+        // Recreated with broker 3 (down, still registered) as its preferred replica.
+        use kafka_protocol::messages::create_topics_request::{
+            CreatableReplicaAssignment, CreatableTopic,
+        };
+        let r: CreateTopicsResponse = call(
+            &mut s,
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default()
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("re")))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+                    .with_assignments(vec![CreatableReplicaAssignment::default()
+                        .with_partition_index(0)
+                        .with_broker_ids(vec![BrokerId(3), BrokerId(1), BrokerId(2)])])])
+                .with_timeout_ms(10_000),
+        );
+        assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+        assert!(produce(&first, "re", 100, 5).is_empty());
+        // Broker 3 comes back: its old directory goes, and once it leads (preferred
+        // election) it serves only the new topic's records from offset 0.
+        c.node(3).restart();
+        await_view(&first, Some("re"), "broker 3 in the ISR", |v| {
+            v.partitions[&0].4.contains(&3)
+        });
+        let _: ElectLeadersResponse = call(
+            &mut s,
+            ApiKey::ElectLeaders,
+            2,
+            &ElectLeadersRequest::default()
+                .with_topic_partitions(None)
+                .with_timeout_ms(10_000),
+        );
+        await_view(&first, Some("re"), "broker 3 leading", |v| {
+            v.partitions[&0].1 == 3
+        });
+        let dir = c.node(3).partition_dir("re", 0);
+        assert!(segment_batches(&dir).is_empty(), "the old records are gone");
+        let addr3 = c.node(3).addr.clone();
+        let mut s3 = connect(&addr3);
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        let r: ListOffsetsResponse = call(
+            &mut s3,
+            ApiKey::ListOffsets,
+            7,
+            &ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("re")))
+                    .with_partitions(vec![ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-2)])]),
+        );
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.offset),
+            (0, 0),
+            "log start offset of the new topic"
+        );
+    });
+}

@@ -35,6 +35,8 @@ const NOT_CONTROLLER: i16 = 41;
 const REQUEST_TIMED_OUT: i16 = 7;
 /// One Raft tick; elections time out after 10-20 ticks, leaders heartbeat every tick.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a stopping active controller waits for another voter to take over.
+const HAND_OVER: Duration = Duration::from_secs(3);
 /// How often the active controller retries a duty whose command did not apply yet.
 const DUTY_RETRY: Duration = Duration::from_secs(3);
 
@@ -242,6 +244,7 @@ struct Member {
 impl Member {
     fn run(&mut self, rx: mpsc::Receiver<Input>) {
         let mut next_tick = Instant::now() + TICK;
+        let mut stopping: Option<Instant> = None;
         // The replayed log's commands apply before anything else.
         self.on_ready();
         self.publish(Vec::new());
@@ -275,7 +278,15 @@ impl Member {
                     // A misconfigured quorum member must not run: Kafka's controllers halt too.
                     std::process::exit(1);
                 }
-                Ok(Input::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                Ok(Input::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if stopping.is_none() && self.hand_over() {
+                        // Serve on until another voter leads (or a bound passes), so the
+                        // quorum has an active controller the moment this one leaves.
+                        stopping = Some(Instant::now() + HAND_OVER);
+                    } else {
+                        return;
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             if Instant::now() >= next_tick {
@@ -287,6 +298,36 @@ impl Member {
                 }
             }
             self.on_ready();
+            if let Some(deadline) = stopping {
+                if self.node.raft.state != StateRole::Leader || Instant::now() >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// On a clean stop, hands the Raft leadership to the most caught-up other voter;
+    /// false when there is nothing to hand over.
+    fn hand_over(&mut self) -> bool {
+        if self.node.raft.state != StateRole::Leader {
+            return false;
+        }
+        let me = self.node.raft.id;
+        let to = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        match to {
+            Some(to) => {
+                tracing::info!(to = to as i64 - 1, "handing the active controller over");
+                self.node.transfer_leader(to);
+                true
+            }
+            None => false,
         }
     }
 
@@ -445,6 +486,15 @@ impl Member {
             if ss.leader_id != self.leader {
                 if self.leader != 0 {
                     self.previous_leader = self.leader;
+                    // What was proposed through the old leader may be lost with it: say so
+                    // now (clients retry on NOT_CONTROLLER) rather than at the timeout. An
+                    // entry the old leader did replicate may still apply later.
+                    for (_, (reply, _)) in self.pending.drain() {
+                        let _ = reply.send(Err((
+                            NOT_CONTROLLER,
+                            "the active controller changed; retry".into(),
+                        )));
+                    }
                 }
                 self.leader = ss.leader_id;
                 tracing::info!(

@@ -38,7 +38,7 @@ pub async fn apply_metadata(
                     }
                 }
                 None => {
-                    let log = open_log(shard, &key, config.clone(), at_startup).await?;
+                    let log = open_log(shard, &key, &t.id, config.clone(), at_startup).await?;
                     shard.partitions.borrow_mut().insert(key, log);
                 }
             }
@@ -109,16 +109,44 @@ async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result
     Ok(())
 }
 
+/// Kafka's file naming the topic id a partition directory's data belongs to.
+pub const PARTITION_METADATA: &str = "partition.metadata";
+
+/// The topic id in a partition directory's `partition.metadata`, if it has one.
+pub fn dir_topic_id(dir: &std::path::Path) -> Option<metadata::TopicId> {
+    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
+    let id = text.lines().find_map(|l| l.strip_prefix("topic_id: "))?;
+    metadata::unhex(id.trim())
+}
+
 async fn open_log(
     shard: &Shard,
     key: &PartitionKey,
+    topic_id: &metadata::TopicId,
     config: LogConfig,
     at_startup: bool,
 ) -> Result<Log, String> {
     let dir = shard.shared.data_dir.join(format!("{}-{}", key.0, key.1));
+    // A directory left by a deleted topic of the same name (deleted and recreated while
+    // this broker was down) holds another topic's records: out of the way first.
+    match dir_topic_id(&dir) {
+        Some(id) if id != *topic_id => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the directory belongs to a deleted topic of the same name: deleting it"
+            );
+            delete_partition_dir(dir.clone());
+        }
+        _ => {}
+    }
+    let claim = dir.join(PARTITION_METADATA);
+    let fresh = dir_topic_id(&dir).is_none();
     let ck = (key.0.to_string(), key.1);
     let st = &shard.shared.startup;
-    let opts = if at_startup {
+    // The checkpoints speak of this directory's data only if it is still there: a
+    // partition whose directory is new (its topic recreated while this broker was down)
+    // must not take a deleted one's log start offset.
+    let opts = if at_startup && dir.is_dir() {
         OpenOptions {
             recovery_point: st.recovery_points.get(&ck).copied(),
             log_start_offset: st.log_start_offsets.get(&ck).copied(),
@@ -127,9 +155,16 @@ async fn open_log(
     } else {
         OpenOptions::default()
     };
-    Log::open(&dir, &key.0, key.1, config, opts)
+    let log = Log::open(&dir, &key.0, key.1, config, opts)
         .await
-        .map_err(|e| format!("cannot open partition {}-{}: {e}", key.0, key.1))
+        .map_err(|e| format!("cannot open partition {}-{}: {e}", key.0, key.1))?;
+    if fresh {
+        let text = format!("version: 0\ntopic_id: {}\n", metadata::hex(topic_id));
+        runnel_log::checkpoint::write_atomic(&claim, text.into())
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", claim.display()))?;
+    }
+    Ok(log)
 }
 
 /// Renames a deleted partition's directory out of the way at once (a new topic of the same

@@ -97,6 +97,7 @@ pub fn run(config: Config) -> Result<(), String> {
             props.write(&data_dir)?;
         }
     }
+    remove_stray_partitions(&data_dir, &snapshot);
     let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
     let clean_shutdown = take_clean_shutdown_marker(&data_dir, &marker)?;
     let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
@@ -470,6 +471,29 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
             .insert((topic.to_string(), partition), log.log_start_offset());
     }
     exit
+}
+
+/// Deletes partition directories of topics deleted while this broker was down (their
+/// `partition.metadata` names a topic id the cluster no longer has).
+fn remove_stray_partitions(data_dir: &Path, snapshot: &metadata::Snapshot) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(id) = crate::partitions::dir_topic_id(&path) else {
+            continue;
+        };
+        if snapshot.topic_by_id(&id).is_none() {
+            let mut doomed = path.clone().into_os_string();
+            doomed.push(format!(".{}-delete", metadata::hex(&metadata::random_id())));
+            tracing::info!(dir = %path.display(), "deleting a partition of a deleted topic");
+            if let Err(e) = std::fs::rename(&path, &doomed) {
+                tracing::warn!("cannot rename {}: {e}", path.display());
+            }
+        }
+    }
+    crate::partitions::remove_deleted_dirs(data_dir);
 }
 
 /// Opens the metadata log and starts this node's quorum member.
