@@ -4,7 +4,11 @@ writing to partition 0 of an RF=3 topic; each round kills -9 the partition's lea
 measures the time from the kill to the first record produced after it that is acknowledged
 (by the new leader), then restarts the killed broker and waits for it to rejoin.
 
-Usage: benches/failover.py [--rounds 10] [--session-ms 9000] [--bin target/release/runnel]
+With --victim controller, each round kills -9 the active controller instead and measures the
+time to the first topic creation that succeeds through another broker.
+
+Usage: benches/failover.py [--rounds 10] [--session-ms 9000] [--victim leader|controller]
+                           [--bin target/release/runnel]
 """
 
 import argparse
@@ -67,11 +71,38 @@ def wait(what, cond, timeout=60):
     sys.exit(f"timed out waiting for {what}")
 
 
+def controller_round(r, nodes, bootstrap):
+    controller = wait("a controller", lambda: (lambda c: c if c and c > 0 else None)(
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).controller_id))
+    victim = nodes[controller - 1]
+    others = ",".join(n.addr for n in nodes if n is not victim)
+    admin = AdminClient({"bootstrap.servers": others})
+    killed = time.monotonic()
+    victim.kill()
+    while True:
+        f = admin.create_topics([NewTopic(f"after-{r}", 1, 2)], request_timeout=5)
+        try:
+            f[f"after-{r}"].result(10)
+            break
+        except Exception as e:
+            # An attempt that timed out on the client may still have applied.
+            if "TOPIC_ALREADY_EXISTS" in str(e):
+                break
+            time.sleep(0.02)
+    took = time.monotonic() - killed
+    print(f"round {r + 1}: controller {controller} killed, topic created after "
+          f"{took * 1000:.0f} ms", flush=True)
+    victim.start()
+    wait("the killed broker to rejoin", lambda: controller in leader_of(others, "failover")[1])
+    return took
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--session-ms", type=int, default=9000)
     ap.add_argument("--bin", default="target/release/runnel")
+    ap.add_argument("--victim", choices=["leader", "controller"], default="leader")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="runnel-failover-")
     ports = [(free_port(), free_port()) for _ in range(3)]
@@ -89,6 +120,9 @@ def main():
         wait("the topic", lambda: leader_of(bootstrap, "failover")[0] not in (None, -1))
         times = []
         for r in range(a.rounds):
+            if a.victim == "controller":
+                times.append(controller_round(r, nodes, bootstrap))
+                continue
             leader = wait("a leader", lambda: (lambda l: l if l and l > 0 else None)(
                 leader_of(bootstrap, "failover")[0]))
             victim = nodes[leader - 1]
@@ -116,7 +150,7 @@ def main():
             victim.start()
             wait("the killed broker to rejoin",
                  lambda: leader - 1 >= 0 and leader in leader_of(others, "failover")[1])
-        print(f"session timeout {a.session_ms} ms, {a.rounds} rounds: median "
+        print(f"{a.victim} killed, session timeout {a.session_ms} ms, {a.rounds} rounds: median "
               f"{statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
     finally:
         for n in nodes:

@@ -528,7 +528,9 @@ pub async fn describe_cluster(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let snapshot = shard.snapshot();
     let resp = DescribeClusterResponse::default()
         .with_cluster_id(sb(&snapshot.cluster_id))
-        .with_controller_id(BrokerId(snapshot.controller_id))
+        .with_controller_id(BrokerId(crate::handlers::metadata::controller_for_clients(
+            shard, &snapshot,
+        )))
         .with_brokers(
             snapshot
                 .live_brokers()

@@ -8,6 +8,20 @@ use kafka_protocol::messages::*;
 use runnel_protocol::{code, encode_or_close, sb, topic_name, Outcome, Request};
 use std::rc::Rc;
 
+/// The "controller" clients are told of: the broker they send admin requests to. Every
+/// broker takes them (they become commands in the metadata log, which Raft forwards to
+/// the active controller), so, as KRaft brokers do, this names a live broker rather than
+/// the Raft leader: this one. A client told of the Raft leader would keep sending to it
+/// after it died, until its next metadata refresh (librdkafka: 5 minutes).
+pub fn controller_for_clients(shard: &Shard, snapshot: &runnel_metadata::Snapshot) -> i32 {
+    let me = shard.node_id();
+    if snapshot.is_live(me) {
+        me
+    } else {
+        snapshot.controller_id
+    }
+}
+
 /// Metadata: the live brokers, the topics asked for (all: null) with each partition's
 /// leader, replicas, ISR and offline replicas; missing topics are auto-created when allowed.
 pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> Outcome {
@@ -152,7 +166,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
         .with_brokers(brokers)
         .with_topics(topics);
     if version >= 1 {
-        resp = resp.with_controller_id(BrokerId(snapshot.controller_id));
+        resp = resp.with_controller_id(BrokerId(controller_for_clients(shard, &snapshot)));
     }
     if version >= 2 {
         resp = resp.with_cluster_id(Some(sb(&snapshot.cluster_id)));
