@@ -266,6 +266,28 @@ fn three_brokers_form_a_cluster_and_serve_an_rf3_topic_through_one_bootstrap_add
             vec![("rf3", p, crate::protocol::batch(&[b"x"]))],
         );
         assert_eq!(r.responses[0].partition_responses[0].error_code, 6);
+        // From v10 the answer names the leader and how to reach it (KIP-951).
+        let r = crate::protocol::produce_to(
+            &mut s,
+            11,
+            vec![("rf3", p, crate::protocol::batch(&[b"x"]))],
+        );
+        let pr = &r.responses[0].partition_responses[0];
+        let leader = v.partitions[&p].1;
+        assert_eq!(pr.error_code, 6);
+        assert_eq!(
+            (
+                pr.current_leader.leader_id.0,
+                pr.current_leader.leader_epoch
+            ),
+            (leader, 0)
+        );
+        assert_eq!(r.node_endpoints.len(), 1);
+        assert_eq!(r.node_endpoints[0].node_id.0, leader);
+        assert_eq!(
+            format!("{}:{}", r.node_endpoints[0].host, r.node_endpoints[0].port),
+            c.brokers[leader as usize - 1].addr
+        );
     });
 }
 

@@ -11,9 +11,9 @@ use bytes::{Buf, BytesMut};
 use futures_channel::oneshot;
 use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::ProduceRequest;
+use kafka_protocol::messages::{BrokerId, ProduceRequest};
 use runnel_log::AppendInfo;
 use runnel_metadata as metadata;
 use runnel_protocol::code;
@@ -209,6 +209,8 @@ async fn gather(
 ) -> Outcome {
     let mut responses = Vec::with_capacity(topics.len());
     let mut failed = None;
+    let snapshot = shard.snapshot();
+    let mut leaders = std::collections::BTreeSet::new();
     for t in topics {
         let mut partition_responses = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
@@ -249,6 +251,19 @@ async fn gather(
                     if version >= 8 {
                         r = r.with_error_message(Some(sb(&msg)));
                     }
+                    // KIP-951: name the current leader, so the client need not ask.
+                    if version >= 10 && c == code::NOT_LEADER_OR_FOLLOWER {
+                        if let Some(pm) = snapshot.partition(&t.name, p.index) {
+                            r = r.with_current_leader(
+                                LeaderIdAndEpoch::default()
+                                    .with_leader_id(BrokerId(pm.leader))
+                                    .with_leader_epoch(pm.leader_epoch),
+                            );
+                            if pm.leader >= 0 {
+                                leaders.insert(pm.leader);
+                            }
+                        }
+                    }
                 }
             }
             partition_responses.push(r);
@@ -267,9 +282,22 @@ async fn gather(
             None => Outcome::NoReply,
         };
     }
+    let node_endpoints = leaders
+        .into_iter()
+        .filter_map(|id| snapshot.brokers.get(&id))
+        .map(|b| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(sb(&b.host))
+                .with_port(b.port)
+                .with_rack(b.rack.as_deref().map(sb))
+        })
+        .collect();
     encode_or_close(
         correlation_id,
         version,
-        &ProduceResponse::default().with_responses(responses),
+        &ProduceResponse::default()
+            .with_responses(responses)
+            .with_node_endpoints(node_endpoints),
     )
 }
