@@ -32,6 +32,18 @@ pub struct PartitionOut {
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub records: Option<FileRange>,
+    /// With NOT_LEADER_OR_FOLLOWER or a leader epoch error: the current (leader, epoch),
+    /// sent from v12 as the CurrentLeader tagged field (KIP-951).
+    pub current_leader: Option<(i32, i32)>,
+}
+
+/// A broker a client is pointed to (v16's NodeEndpoints, KIP-951).
+#[derive(Debug, Clone)]
+pub struct NodeEndpoint {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +61,28 @@ pub fn encode(
     error_code: i16,
     session_id: i32,
     topics: &[TopicOut],
+) -> Response {
+    encode_with_endpoints(
+        correlation_id,
+        version,
+        throttle_time_ms,
+        error_code,
+        session_id,
+        topics,
+        &[],
+    )
+}
+
+/// [`encode`], with the endpoints of the leaders its partitions' CurrentLeader fields name
+/// (sent from v16).
+pub fn encode_with_endpoints(
+    correlation_id: i32,
+    version: i16,
+    throttle_time_ms: i32,
+    error_code: i16,
+    session_id: i32,
+    topics: &[TopicOut],
+    endpoints: &[NodeEndpoint],
 ) -> Response {
     debug_assert!((MIN_VERSION..=MAX_VERSION).contains(&version));
     let flexible = version >= 12;
@@ -100,15 +134,45 @@ pub fn encode(
                 w.file(r);
             }
             if flexible {
-                w.buf.put_u8(0); // partition tagged fields
+                match p.current_leader {
+                    // One tagged field: tag 1, CurrentLeader (leader id, epoch, no tags).
+                    Some((leader, epoch)) => {
+                        let b = &mut w.buf;
+                        b.put_u8(1);
+                        b.put_u8(1);
+                        b.put_u8(9);
+                        b.put_i32(leader);
+                        b.put_i32(epoch);
+                        b.put_u8(0);
+                    }
+                    None => w.buf.put_u8(0),
+                }
             }
         }
         if flexible {
             w.buf.put_u8(0); // topic tagged fields
         }
     }
-    if flexible {
-        w.buf.put_u8(0); // top-level tagged fields (no NodeEndpoints: we are the leader)
+    if version >= 16 && !endpoints.is_empty() {
+        // One tagged field: tag 0, NodeEndpoints, its size first.
+        let mut e = Writer::default();
+        e.array_len(endpoints.len(), true);
+        for n in endpoints {
+            e.buf.put_i32(n.id);
+            e.string(&n.host, true);
+            e.buf.put_i32(n.port);
+            match &n.rack {
+                Some(r) => e.string(r, true),
+                None => put_uvarint(&mut e.buf, 0),
+            }
+            e.buf.put_u8(0);
+        }
+        w.buf.put_u8(1);
+        w.buf.put_u8(0);
+        put_uvarint(&mut w.buf, e.buf.len() as u64);
+        w.buf.put_slice(&e.buf);
+    } else if flexible {
+        w.buf.put_u8(0); // top-level tagged fields
     }
     w.finish()
 }
@@ -186,9 +250,10 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use kafka_protocol::messages::fetch_response::{
-        FetchResponse, FetchableTopicResponse, PartitionData,
+        FetchResponse, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint as FetchNodeEndpoint,
+        PartitionData,
     };
-    use kafka_protocol::messages::{ResponseHeader, TopicName};
+    use kafka_protocol::messages::{BrokerId, ResponseHeader, TopicName};
     use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
     use std::io::Write;
     use std::os::fd::AsRawFd;
@@ -239,14 +304,16 @@ mod tests {
                             offset: 10,
                             len: 300,
                         }),
+                        current_leader: None,
                     },
                     PartitionOut {
                         index: 2,
-                        error_code: 1,
-                        high_watermark: 5,
-                        last_stable_offset: 5,
-                        log_start_offset: 0,
+                        error_code: 6,
+                        high_watermark: -1,
+                        last_stable_offset: -1,
+                        log_start_offset: -1,
                         records: None,
+                        current_leader: Some((3, 5)),
                     },
                 ],
             },
@@ -264,11 +331,20 @@ mod tests {
                         offset: 1000,
                         len: 4000,
                     }),
+                    current_leader: None,
                 }],
             },
         ];
+        let endpoints = [NodeEndpoint {
+            id: 3,
+            host: "10.0.0.3".into(),
+            port: 9092,
+            rack: Some("r1".into()),
+        }];
         for version in MIN_VERSION..=MAX_VERSION {
-            let ours = flatten(&encode(42, version, 0, 0, 0, &topics));
+            let ours = flatten(&encode_with_endpoints(
+                42, version, 0, 0, 0, &topics, &endpoints,
+            ));
             let expected = FetchResponse::default().with_responses(
                 topics
                     .iter()
@@ -284,8 +360,16 @@ mod tests {
                                         ),
                                         None => Bytes::new(),
                                     };
-                                    PartitionData::default()
-                                        .with_partition_index(p.index)
+                                    let mut d = PartitionData::default();
+                                    if let (Some((l, e)), true) = (p.current_leader, version >= 12)
+                                    {
+                                        d = d.with_current_leader(
+                                            LeaderIdAndEpoch::default()
+                                                .with_leader_id(BrokerId(l))
+                                                .with_leader_epoch(e),
+                                        );
+                                    }
+                                    d.with_partition_index(p.index)
                                         .with_error_code(p.error_code)
                                         .with_high_watermark(p.high_watermark)
                                         .with_last_stable_offset(p.last_stable_offset)
@@ -304,6 +388,15 @@ mod tests {
                     })
                     .collect(),
             );
+            let expected = if version >= 16 {
+                expected.with_node_endpoints(vec![FetchNodeEndpoint::default()
+                    .with_node_id(BrokerId(3))
+                    .with_host(StrBytes::from_static_str("10.0.0.3"))
+                    .with_port(9092)
+                    .with_rack(Some(StrBytes::from_static_str("r1")))])
+            } else {
+                expected
+            };
             let hv = FetchResponse::header_version(version);
             let header = ResponseHeader::default().with_correlation_id(42);
             let mut buf = BytesMut::new();

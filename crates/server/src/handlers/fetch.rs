@@ -117,6 +117,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
         }
     };
 
+    let mut leaders = std::collections::BTreeSet::new();
     for (w, r) in wanted.iter().zip(results) {
         let out = match r {
             Ok(plan) => PartitionOut {
@@ -130,25 +131,55 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     offset: plan.position,
                     len: plan.len,
                 }),
+                current_leader: None,
             },
-            Err((c, hw_lso)) => PartitionOut {
-                index: w.partition,
-                error_code: c,
-                high_watermark: hw_lso.map_or(-1, |(_, hw)| hw),
-                last_stable_offset: hw_lso.map_or(-1, |(_, hw)| hw),
-                log_start_offset: hw_lso.map_or(-1, |(lso, _)| lso),
-                records: None,
-            },
+            Err((c, hw_lso)) => {
+                // KIP-951: with a leadership error, name the current leader.
+                let current_leader = matches!(
+                    c,
+                    code::NOT_LEADER_OR_FOLLOWER
+                        | code::FENCED_LEADER_EPOCH
+                        | code::UNKNOWN_LEADER_EPOCH
+                )
+                .then(|| snapshot.partition(&w.name, w.partition))
+                .flatten()
+                .map(|pm| {
+                    if pm.leader >= 0 {
+                        leaders.insert(pm.leader);
+                    }
+                    (pm.leader, pm.leader_epoch)
+                });
+                PartitionOut {
+                    index: w.partition,
+                    error_code: c,
+                    high_watermark: hw_lso.map_or(-1, |(_, hw)| hw),
+                    last_stable_offset: hw_lso.map_or(-1, |(_, hw)| hw),
+                    log_start_offset: hw_lso.map_or(-1, |(lso, _)| lso),
+                    records: None,
+                    current_leader,
+                }
+            }
         };
         topics[w.topic].partitions.push(out);
     }
-    Outcome::Reply(fetch_response::encode(
+    let endpoints: Vec<fetch_response::NodeEndpoint> = leaders
+        .iter()
+        .filter_map(|id| snapshot.brokers.get(id))
+        .map(|b| fetch_response::NodeEndpoint {
+            id: b.id,
+            host: b.host.clone(),
+            port: b.port,
+            rack: b.rack.clone(),
+        })
+        .collect();
+    Outcome::Reply(fetch_response::encode_with_endpoints(
         req.correlation_id,
         version,
         0,
         code::NONE,
         0,
         &topics,
+        &endpoints,
     ))
 }
 
