@@ -961,3 +961,48 @@ fn a_topic_recreated_while_a_replica_was_down_does_not_inherit_its_old_data() {
         );
     });
 }
+
+#[test]
+fn the_metadata_log_is_snapshotted_and_a_follower_behind_it_catches_up_from_the_snapshot() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(3, &["--metadata-snapshot-interval-entries", "5"]);
+        let first = c.brokers[0].addr.clone();
+        assert!(c.node(3).stop().success());
+        // Far more changes than the interval while broker 3 is away: the others drop the
+        // entries it lacks, so it must take a snapshot.
+        for i in 0..15 {
+            let t = format!("snap{i}");
+            await_view(&first, Some(&t), "a topic", |v| v.partitions.len() == 1);
+        }
+        for b in &c.brokers[..2] {
+            let dir = b.dir.join("__cluster_metadata-0");
+            assert!(dir.join("snapshot").exists(), "{}", dir.display());
+        }
+        assert!(c.node(1).logs().contains("metadata snapshot taken"));
+        c.node(3).restart();
+        let addr3 = c.node(3).addr.clone();
+        assert!(c
+            .node(3)
+            .logs()
+            .contains("installed the active controller's metadata snapshot"));
+        let v = await_view(&addr3, Some("snap14"), "the last topic", |v| {
+            v.partitions.len() == 1
+        });
+        assert_eq!(v.brokers.len(), 3);
+        // Every node restarts from its snapshot and the entries after it.
+        for b in &mut c.brokers {
+            assert!(b.stop().success());
+        }
+        for b in &mut c.brokers {
+            b.relaunch();
+        }
+        for b in &mut c.brokers {
+            b.await_ready();
+        }
+        for i in 0..15 {
+            let t = format!("snap{i}");
+            let v = metadata(&addr3, Some(&t));
+            assert_eq!(v.partitions.len(), 1, "{t} after the restart");
+        }
+    });
+}

@@ -21,6 +21,7 @@ use futures_channel::oneshot;
 use raft::prelude::*;
 use raft::storage::MemStorage;
 use raft::StateRole;
+use raft::{GetEntriesContext, RaftState, Storage};
 use runnel_metadata::cluster::{self, Command, CommandResult, Proposal};
 use runnel_metadata::{BrokerState, Snapshot};
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +66,8 @@ pub struct ControllerConfig {
     pub offsets_topic: (i32, i16, BTreeMap<String, String>),
     /// 0: no automatic preferred leader election.
     pub leader_imbalance_check_interval: Duration,
+    /// Take a snapshot (and drop the entries before it) every this many applied entries.
+    pub snapshot_interval_entries: u64,
 }
 
 impl ControllerConfig {
@@ -115,12 +118,47 @@ impl Controller {
         let (disk, replayed) = storage::DiskLog::open(&cfg.dir)?;
         let raft_id = |n: i32| n as u64 + 1;
         let ids: Vec<u64> = cfg.voters.keys().map(|&n| raft_id(n)).collect();
-        let store = MemStorage::new_with_conf_state(ConfState::from((ids.clone(), vec![])));
+        // The latest snapshot, then the entries after it.
+        let snapshot = storage::read_snapshot(&cfg.dir)?;
+        let (mem, state, from) = match &snapshot {
+            Some(snap) => {
+                let mut state = std::str::from_utf8(&snap.data)
+                    .map_err(|e| e.to_string())
+                    .and_then(cluster::decode_state)
+                    .map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+                state.version = 1;
+                let mem = MemStorage::new();
+                mem.wl()
+                    .apply_snapshot(snap.clone())
+                    .map_err(|e| e.to_string())?;
+                (mem, state, snap.get_metadata().index)
+            }
+            None => (
+                MemStorage::new_with_conf_state(ConfState::from((ids.clone(), vec![]))),
+                Snapshot {
+                    controller_id: -1,
+                    ..Default::default()
+                },
+                0,
+            ),
+        };
         {
-            let mut w = store.wl();
-            w.append(&replayed.entries).map_err(|e| e.to_string())?;
-            w.set_hardstate(replayed.hard_state);
+            let mut w = mem.wl();
+            let after: Vec<Entry> = replayed
+                .entries
+                .into_iter()
+                .filter(|e| e.index > from)
+                .collect();
+            w.append(&after).map_err(|e| e.to_string())?;
+            let mut hs = replayed.hard_state;
+            hs.commit = hs.commit.max(from);
+            hs.term = hs.term.max(w.hard_state().term);
+            w.set_hardstate(hs);
         }
+        let store = MetaStorage {
+            mem,
+            latest: snapshot.unwrap_or_default(),
+        };
         let config = Config {
             id: raft_id(cfg.node_id),
             election_tick: 10,
@@ -129,6 +167,7 @@ impl Controller {
             pre_vote: true,
             max_inflight_msgs: 256,
             max_size_per_msg: 1 << 20,
+            applied: from,
             ..Default::default()
         };
         config.validate().map_err(|e| e.to_string())?;
@@ -161,10 +200,9 @@ impl Controller {
             disk,
             transport,
             out,
-            state: Snapshot {
-                controller_id: -1,
-                ..Default::default()
-            },
+            state,
+            applied_index: from,
+            snapshot_index: from,
             pending: HashMap::new(),
             last_heard: HashMap::new(),
             duties: HashMap::new(),
@@ -218,7 +256,11 @@ impl Drop for Controller {
 }
 
 struct Member {
-    node: RawNode<MemStorage>,
+    node: RawNode<MetaStorage>,
+    /// The index of the last entry applied to `state`.
+    applied_index: u64,
+    /// The index the latest snapshot was taken at.
+    snapshot_index: u64,
     disk: storage::DiskLog,
     transport: Option<transport::Transport>,
     out: futures_channel::mpsc::UnboundedSender<Applied>,
@@ -469,11 +511,21 @@ impl Member {
         }
     }
 
-    fn send(&self, msgs: Vec<Message>) {
-        if let Some(t) = &self.transport {
-            for m in msgs {
-                t.send(m);
+    fn send(&mut self, msgs: Vec<Message>) {
+        let Some(t) = &self.transport else {
+            return;
+        };
+        let mut snapshots = Vec::new();
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                snapshots.push(m.to);
             }
+            t.send(m);
+        }
+        // Queued is as good as sent: if it is lost, the follower's next answer shows it is
+        // still behind and the leader sends the snapshot again.
+        for to in snapshots {
+            self.node.report_snapshot(to, raft::SnapshotStatus::Finish);
         }
     }
 
@@ -522,12 +574,17 @@ impl Member {
             }
         }
         self.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            // Too far behind for the leader's log: its snapshot replaces this node's state.
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(snap);
+        }
         let mut replies = Vec::new();
         let committed = ready.take_committed_entries();
         self.apply(committed, &mut replies);
         if !ready.entries().is_empty() || ready.hs().is_some() {
             self.persist(ready.entries(), ready.hs().cloned());
-            let mut w = self.node.mut_store().wl();
+            let mut w = self.node.mut_store().mem.wl();
             if let Err(e) = w.append(ready.entries()) {
                 fatal(format!("metadata log append: {e}"));
             }
@@ -539,7 +596,7 @@ impl Member {
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             let hs = {
-                let mut w = self.node.mut_store().wl();
+                let mut w = self.node.mut_store().mem.wl();
                 w.mut_hard_state().commit = commit;
                 w.hard_state().clone()
             };
@@ -550,6 +607,94 @@ impl Member {
         self.apply(committed, &mut replies);
         self.node.advance_apply();
         self.publish(replies);
+        if self.applied_index >= self.snapshot_index + self.cfg.snapshot_interval_entries {
+            self.take_snapshot();
+        }
+    }
+
+    /// Writes the applied state as the latest snapshot, drops the entries before it from
+    /// memory and rewrites the log file with those after it.
+    fn take_snapshot(&mut self) {
+        let index = self.applied_index;
+        let term = match self.node.store().term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("no snapshot at {index}: {e}");
+                return;
+            }
+        };
+        let mut snap = raft::prelude::Snapshot {
+            data: cluster::encode_state(&self.state).into_bytes().into(),
+            ..Default::default()
+        };
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.node.raft.prs().conf().to_conf_state());
+        if let Err(e) = storage::write_snapshot(&self.cfg.dir, &snap) {
+            fatal(e);
+        }
+        let (entries, hs) = {
+            let store = self.node.mut_store();
+            store.latest = snap;
+            // The entry at the snapshot's index stays: the next entry's check needs its term.
+            if let Err(e) = store.mem.wl().compact(index) {
+                fatal(format!("metadata log compaction: {e}"));
+            }
+            let first = store.mem.first_index().unwrap_or(index);
+            let last = store.mem.last_index().unwrap_or(index);
+            let entries = if last >= first {
+                store
+                    .mem
+                    .entries(first, last + 1, None, GetEntriesContext::empty(false))
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let hs = store.mem.rl().hard_state().clone();
+            (entries, hs)
+        };
+        if let Err(e) = self.disk.rewrite(&entries, &hs) {
+            fatal(e);
+        }
+        tracing::info!(
+            index,
+            kept = entries.len(),
+            "metadata snapshot taken; earlier entries dropped"
+        );
+        self.snapshot_index = index;
+    }
+
+    /// A snapshot from the leader: the state it holds replaces this node's.
+    fn install_snapshot(&mut self, snap: raft::prelude::Snapshot) {
+        let index = snap.get_metadata().index;
+        let mut state = match std::str::from_utf8(&snap.data)
+            .map_err(|e| e.to_string())
+            .and_then(cluster::decode_state)
+        {
+            Ok(s) => s,
+            Err(e) => fatal(format!("the leader's metadata snapshot: {e}")),
+        };
+        if let Err(e) = storage::write_snapshot(&self.cfg.dir, &snap) {
+            fatal(e);
+        }
+        let hs = {
+            let store = self.node.mut_store();
+            if let Err(e) = store.mem.wl().apply_snapshot(snap.clone()) {
+                fatal(format!("applying the leader's snapshot: {e}"));
+            }
+            store.latest = snap;
+            store.mem.rl().hard_state().clone()
+        };
+        if let Err(e) = self.disk.rewrite(&[], &hs) {
+            fatal(e);
+        }
+        state.version = self.state.version + 1;
+        state.controller_id = self.state.controller_id;
+        self.state = state;
+        self.applied_index = index;
+        self.snapshot_index = index;
+        tracing::info!(index, "installed the active controller's metadata snapshot");
     }
 
     fn persist(&mut self, entries: &[Entry], hs: Option<HardState>) {
@@ -560,6 +705,7 @@ impl Member {
 
     fn apply(&mut self, entries: Vec<Entry>, replies: &mut Vec<(Reply, Answer)>) {
         for e in entries {
+            self.applied_index = self.applied_index.max(e.index);
             if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
                 continue;
             }
@@ -606,6 +752,52 @@ impl Member {
             snapshot: Arc::new(self.state.clone()),
             replies,
         });
+    }
+}
+
+/// Raft's view of the log: the entries in memory ([`MemStorage`], rebuilt from the file at
+/// start), and the latest snapshot with its data (MemStorage keeps only its metadata), for
+/// followers too far behind.
+struct MetaStorage {
+    mem: MemStorage,
+    latest: raft::prelude::Snapshot,
+}
+
+impl Storage for MetaStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<raft::prelude::Snapshot> {
+        if self.latest.get_metadata().index >= request_index && !self.latest.data.is_empty() {
+            Ok(self.latest.clone())
+        } else {
+            Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ))
+        }
     }
 }
 

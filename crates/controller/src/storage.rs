@@ -11,7 +11,7 @@
 //! Blocking I/O, on the controller's own thread (never a shard's).
 
 use protobuf::Message as _;
-use raft::prelude::{Entry, HardState};
+use raft::prelude::{Entry, HardState, Snapshot};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,9 @@ const HARD_STATE: u8 = 2;
 pub const LOG_FILE: &str = "raft.log";
 /// The voters this log was formed with; a restart with other voters is refused.
 pub const QUORUM_FILE: &str = "quorum";
+/// The latest snapshot: the state the entries up to its index built (one CRC'd frame of a
+/// protobuf raft Snapshot whose data is `runnel_metadata::cluster::encode_state`).
+pub const SNAPSHOT_FILE: &str = "snapshot";
 
 pub struct DiskLog {
     file: File,
@@ -127,6 +130,71 @@ impl DiskLog {
     }
 }
 
+impl DiskLog {
+    /// Replaces the log with `entries` and `hard_state` (after a snapshot made the earlier
+    /// entries unnecessary): written aside, synced, renamed over.
+    pub fn rewrite(&mut self, entries: &[Entry], hard_state: &HardState) -> Result<(), String> {
+        let mut buf = Vec::new();
+        for e in entries {
+            push_frame(
+                &mut buf,
+                ENTRY,
+                &e.write_to_bytes().map_err(|e| e.to_string())?,
+            );
+        }
+        push_frame(
+            &mut buf,
+            HARD_STATE,
+            &hard_state.write_to_bytes().map_err(|e| e.to_string())?,
+        );
+        write_atomically(&self.path, &buf)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_data()
+        })
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .and_then(|_| File::open(dir)?.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Persists `snap` as the latest snapshot.
+pub fn write_snapshot(dir: &Path, snap: &Snapshot) -> Result<(), String> {
+    let mut buf = Vec::new();
+    push_frame(
+        &mut buf,
+        ENTRY,
+        &snap.write_to_bytes().map_err(|e| e.to_string())?,
+    );
+    write_atomically(&dir.join(SNAPSHOT_FILE), &buf)
+}
+
+/// The latest snapshot, if one was taken.
+pub fn read_snapshot(dir: &Path) -> Result<Option<Snapshot>, String> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let (_, payload, _) =
+        frame_at(&bytes, 0).ok_or_else(|| format!("{}: damaged", path.display()))?;
+    Snapshot::parse_from_bytes(payload)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn push_frame(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     let mut body = Vec::with_capacity(payload.len() + 1);
     body.push(kind);
@@ -222,6 +290,41 @@ mod tests {
         let (_, r2) = DiskLog::open(dir.path()).unwrap();
         assert_eq!(r2.entries.len(), 2);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    }
+
+    #[test]
+    fn a_snapshot_and_a_rewritten_log_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = DiskLog::open(dir.path()).unwrap();
+        log.write(
+            &[entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")],
+            None,
+        )
+        .unwrap();
+        let mut snap = Snapshot {
+            data: b"state".to_vec().into(),
+            ..Default::default()
+        };
+        snap.mut_metadata().index = 2;
+        snap.mut_metadata().term = 1;
+        write_snapshot(dir.path(), &snap).unwrap();
+        let hs = HardState {
+            term: 1,
+            commit: 3,
+            ..Default::default()
+        };
+        log.rewrite(&[entry(2, 1, "b"), entry(3, 1, "c")], &hs)
+            .unwrap();
+        log.write(&[entry(4, 1, "d")], None).unwrap();
+        let back = read_snapshot(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            (back.get_metadata().index, &back.data[..]),
+            (2, &b"state"[..])
+        );
+        let (_, r) = DiskLog::open(dir.path()).unwrap();
+        let idx: Vec<u64> = r.entries.iter().map(|e| e.index).collect();
+        assert_eq!(idx, vec![2, 3, 4]);
+        assert_eq!(r.hard_state.commit, 3);
     }
 
     #[test]

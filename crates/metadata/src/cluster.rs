@@ -798,3 +798,161 @@ fn place(
         })
         .collect())
 }
+
+const STATE_HEADER: &str = "# runnel metadata state v1";
+
+/// The applied state as text, for the metadata log's snapshots: what the commands up to
+/// an index built, so the entries before it can be dropped.
+///
+/// ```text
+/// # runnel metadata state v1
+/// cluster <id>
+/// next-producer-id <n>
+/// broker <id> <host> <port> <rack|-> <directory id> <incarnation> <active|fenced|shutdown>
+/// topic <name> <topic id> <partitions> [config=value ...]
+/// partition <leader> <leader epoch> <replicas,...> <isr,...>      (one per partition, in order)
+/// ```
+pub fn encode_state(s: &Snapshot) -> String {
+    let mut out = format!(
+        "{STATE_HEADER}\ncluster {}\nnext-producer-id {}\n",
+        if s.cluster_id.is_empty() {
+            "-"
+        } else {
+            &s.cluster_id
+        },
+        s.next_producer_id
+    );
+    let ids = |v: &[i32]| {
+        v.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for b in s.brokers.values() {
+        let state = match b.state {
+            BrokerState::Active => "active",
+            BrokerState::Fenced => "fenced",
+            BrokerState::ShutDown => "shutdown",
+        };
+        let _ = writeln!(
+            out,
+            "broker {} {} {} {} {} {} {state}",
+            b.id,
+            b.host,
+            b.port,
+            b.rack.as_deref().unwrap_or("-"),
+            hex(&b.dir_id),
+            b.incarnation
+        );
+    }
+    for t in s.topics.values() {
+        let _ = write!(out, "topic {} {} {}", t.name, hex(&t.id), t.partitions);
+        for (k, v) in &t.overrides {
+            let _ = write!(out, " {k}={v}");
+        }
+        out.push('\n');
+        for p in &t.assignment {
+            let _ = writeln!(
+                out,
+                "partition {} {} {} {}",
+                p.leader,
+                p.leader_epoch,
+                ids(&p.replicas),
+                ids(&p.isr)
+            );
+        }
+    }
+    out
+}
+
+/// Reads [`encode_state`]'s text back (version 0, no controller: the caller sets those).
+pub fn decode_state(text: &str) -> Result<Snapshot, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(STATE_HEADER) {
+        return Err("not a metadata state".into());
+    }
+    let mut s = Snapshot {
+        controller_id: -1,
+        ..Default::default()
+    };
+    let mut current: Option<TopicMeta> = None;
+    let finish = |s: &mut Snapshot, t: Option<TopicMeta>| -> Result<(), String> {
+        if let Some(t) = t {
+            if t.assignment.len() != t.partitions as usize {
+                return Err(format!("topic {} lacks partitions", t.name));
+            }
+            s.topics.insert(t.name.clone(), Arc::new(t));
+        }
+        Ok(())
+    };
+    let list = |w: Option<&str>| -> Result<Vec<i32>, String> {
+        match w.ok_or("a word is missing")? {
+            "" => Ok(Vec::new()),
+            l => l.split(',').map(|b| num(Some(b))).collect(),
+        }
+    };
+    for line in lines.filter(|l| !l.is_empty()) {
+        let bad = |e: String| format!("bad state line {line:?}: {e}");
+        let mut w = line.split(' ');
+        (|| -> Result<(), String> {
+            match w.next().unwrap_or("") {
+                "cluster" => {
+                    let id = w.next().ok_or("a word is missing")?;
+                    s.cluster_id = if id == "-" { String::new() } else { id.into() };
+                }
+                "next-producer-id" => s.next_producer_id = num(w.next())?,
+                "broker" => {
+                    let id: i32 = num(w.next())?;
+                    let b = BrokerMeta {
+                        id,
+                        host: w.next().ok_or("host missing")?.to_string(),
+                        port: num(w.next())?,
+                        rack: w.next().filter(|r| *r != "-").map(str::to_string),
+                        dir_id: unhex(w.next().unwrap_or("")).ok_or("bad directory id")?,
+                        incarnation: num(w.next())?,
+                        state: match w.next() {
+                            Some("active") => BrokerState::Active,
+                            Some("fenced") => BrokerState::Fenced,
+                            Some("shutdown") => BrokerState::ShutDown,
+                            _ => return Err("bad broker state".into()),
+                        },
+                    };
+                    s.brokers.insert(id, b);
+                }
+                "topic" => {
+                    finish(&mut s, current.take())?;
+                    let name: Arc<str> = w.next().ok_or("name missing")?.into();
+                    let id = unhex(w.next().unwrap_or("")).ok_or("bad topic id")?;
+                    let partitions = num(w.next())?;
+                    let mut overrides = BTreeMap::new();
+                    for kv in w.by_ref() {
+                        let (k, v) = kv.split_once('=').ok_or("bad config")?;
+                        overrides.insert(k.to_string(), v.to_string());
+                    }
+                    current = Some(TopicMeta {
+                        name,
+                        id,
+                        partitions,
+                        overrides,
+                        assignment: Vec::new(),
+                    });
+                }
+                "partition" => {
+                    let t = current.as_mut().ok_or("a partition outside a topic")?;
+                    t.assignment.push(PartitionMeta {
+                        leader: num(w.next())?,
+                        leader_epoch: num(w.next())?,
+                        replicas: list(w.next())?,
+                        isr: list(w.next())?,
+                    });
+                }
+                other => return Err(format!("unknown line kind {other:?}")),
+            }
+            Ok(())
+        })()
+        .map_err(bad)?;
+    }
+    finish(&mut s, current.take())?;
+    s.reindex();
+    Ok(s)
+}

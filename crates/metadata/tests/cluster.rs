@@ -264,3 +264,52 @@ fn preferred_leaders_come_back_and_producer_ids_come_in_blocks() {
         Outcome::ProducerIds(1000)
     );
 }
+
+#[test]
+fn the_state_round_trips_through_its_snapshot_text() {
+    use runnel_metadata::cluster::{decode_state, encode_state};
+    let mut s = cluster(&[Some("a"), None, Some("b")]);
+    apply(
+        &mut s,
+        &Command::InitCluster {
+            cluster_id: "abc".into(),
+        },
+    )
+    .unwrap();
+    create(&mut s, "t", 4, 2).unwrap();
+    let mut configs = BTreeMap::new();
+    configs.insert("retention.ms".to_string(), "5".to_string());
+    apply(
+        &mut s,
+        &Command::CreateTopic {
+            name: "u".into(),
+            id: [3; 16],
+            partitions: 1,
+            replication_factor: 1,
+            assignment: None,
+            configs,
+        },
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        &Command::FenceBroker {
+            id: 2,
+            incarnation: 102,
+        },
+    )
+    .unwrap();
+    apply(&mut s, &Command::AllocateProducerIds { count: 7 }).unwrap();
+    let back = decode_state(&encode_state(&s)).unwrap();
+    assert_eq!(back.cluster_id, s.cluster_id);
+    assert_eq!(back.next_producer_id, 7);
+    assert_eq!(back.brokers, s.brokers);
+    assert_eq!(back.topics, s.topics);
+    assert_eq!(back.by_id, s.by_id);
+    // Applying the same command to both gives the same result.
+    let (mut a, mut b) = (s.clone(), back);
+    let c = Command::RegisterBroker(broker(2, None));
+    assert_eq!(apply(&mut a, &c), apply(&mut b, &c));
+    assert_eq!(a.topics, b.topics);
+    assert!(decode_state("nonsense").is_err());
+}

@@ -176,6 +176,11 @@ pub struct Config {
     #[arg(long, default_value_t = 300_000, value_name = "MS")]
     pub leader_imbalance_check_interval_ms: u64,
 
+    /// Snapshot the metadata log's state, and drop the entries before it, every this many
+    /// entries (metadata.log.max.snapshot.interval, counted in entries).
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub metadata_snapshot_interval_entries: u64,
+
     /// Replication factor of __consumer_offsets, capped by the number of voters
     /// (offsets.topic.replication.factor).
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(i16).range(1..=100))]

@@ -546,6 +546,7 @@ fn start_controller(
         leader_imbalance_check_interval: Duration::from_millis(
             config.leader_imbalance_check_interval_ms,
         ),
+        snapshot_interval_entries: config.metadata_snapshot_interval_entries,
     })
 }
 
