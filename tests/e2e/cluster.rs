@@ -360,6 +360,27 @@ fn killing_a_partition_leader_moves_its_leadership_within_the_session_timeout() 
             "a fenced broker is not listed"
         );
         assert!(!w.partitions[&0].4.contains(&leader), "nor in the ISR");
+        // The survivors' metrics say so.
+        let survivors: Vec<&Broker> = c
+            .brokers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as i32 + 1 != leader)
+            .map(|(_, b)| b)
+            .collect();
+        wait_until("the metrics", Duration::from_secs(10), || {
+            survivors.iter().all(|b| b.metric_sum("live_brokers") == 2)
+        });
+        assert_eq!(
+            survivors
+                .iter()
+                .map(|b| b.metric_sum("active_controller"))
+                .sum::<u64>(),
+            1
+        );
+        assert!(survivors
+            .iter()
+            .all(|b| b.metric_sum("partitions_without_leader") == 0));
         // Clients follow the metadata and carry on.
         assert!(produce(&other, "fo", 0, 100).is_empty());
         // The killed broker restarts and rejoins.

@@ -5,7 +5,6 @@ use crate::shard::Shared;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -84,8 +83,58 @@ pub fn render(shared: &Shared) -> String {
     out
 }
 
+/// The cluster as this broker's metadata snapshot has it (Kafka's ActiveControllerCount,
+/// LeaderCount, OfflinePartitionsCount and the broker counts).
+pub fn render_cluster(snapshot: &runnel_metadata::Snapshot, node: i32) -> String {
+    let mut out = String::new();
+    let leaders = snapshot
+        .topics
+        .values()
+        .flat_map(|t| t.assignment.iter())
+        .fold((0u64, 0u64), |(mine, none), p| {
+            (
+                mine + u64::from(p.leader == node),
+                none + u64::from(p.leader < 0),
+            )
+        });
+    let live = snapshot.live_brokers().count();
+    for (name, help, value) in [
+        (
+            "active_controller",
+            "1 on the broker whose controller leads the metadata quorum.",
+            u64::from(snapshot.controller_id == node),
+        ),
+        (
+            "live_brokers",
+            "Brokers registered and not fenced.",
+            live as u64,
+        ),
+        (
+            "fenced_brokers",
+            "Brokers registered but fenced or shut down.",
+            (snapshot.brokers.len() - live) as u64,
+        ),
+        (
+            "leader_partitions",
+            "Partitions this broker leads.",
+            leaders.0,
+        ),
+        (
+            "partitions_without_leader",
+            "Partitions with no leader (every in-sync replica is down).",
+            leaders.1,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP runnel_{name} {help}");
+        let _ = writeln!(out, "# TYPE runnel_{name} gauge");
+        let _ = writeln!(out, "runnel_{name}{{node=\"{node}\"}} {value}");
+    }
+    out
+}
+
 /// Serves `GET /metrics` (any path, in fact) on shard 0 until the broker stops.
-pub async fn serve(shared: Arc<Shared>, listener: glommio::net::TcpListener) {
+pub async fn serve(shard: std::rc::Rc<crate::shard::Shard>, listener: glommio::net::TcpListener) {
+    let shared = shard.shared.clone();
     loop {
         let mut stream = match listener.accept().await {
             Ok(s) => s,
@@ -99,11 +148,12 @@ pub async fn serve(shared: Arc<Shared>, listener: glommio::net::TcpListener) {
         let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
         let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(10)));
         let shared = shared.clone();
+        let cluster = render_cluster(&shard.snapshot(), shard.node_id());
         glommio::spawn_local(async move {
             let mut buf = [0u8; 4096];
             // One request per connection; the request line is all we need.
             let _ = stream.read(&mut buf).await;
-            let body = render(&shared);
+            let body = render(&shared) + &cluster;
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()

@@ -377,7 +377,7 @@ fn start_listeners(shard: &Rc<Shard>) -> Option<glommio::task::JoinHandle<()>> {
             match TcpListener::bind(addr) {
                 Ok(l) => {
                     tracing::info!(%addr, "serving metrics");
-                    glommio::spawn_local(crate::metrics::serve(shared.clone(), l)).detach();
+                    glommio::spawn_local(crate::metrics::serve(shard.clone(), l)).detach();
                 }
                 Err(e) => tracing::error!("cannot serve metrics on {addr}: {e}"),
             }
