@@ -1027,3 +1027,35 @@ fn the_metadata_log_is_snapshotted_and_a_follower_behind_it_catches_up_from_the_
         }
     });
 }
+
+#[test]
+fn a_broker_that_stops_answering_is_fenced_and_comes_back_when_it_answers_again() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(
+            3,
+            &[
+                "--default-partitions",
+                "6",
+                "--broker-session-timeout-ms",
+                "2000",
+            ],
+        );
+        let first = c.brokers[0].addr.clone();
+        let v = await_view(&first, Some("hang"), "the topic", |v| {
+            v.partitions.len() == 6
+        });
+        assert!(v.partitions.values().any(|p| p.1 == 3));
+        // SIGSTOP: the process is there but answers nothing, as behind a cut network.
+        c.node(3).signal(libc::SIGSTOP);
+        let w = await_view(&first, Some("hang"), "broker 3 fenced", |w| {
+            !w.brokers.contains(&3) && w.partitions.values().all(|p| p.1 != 3 && p.1 > 0)
+        });
+        assert!(w.partitions.values().all(|p| !p.4.contains(&3)));
+        c.node(3).signal(libc::SIGCONT);
+        // Heard again: unfenced without a restart, back in its ISRs.
+        await_view(&first, Some("hang"), "broker 3 back", |w| {
+            w.brokers.contains(&3) && w.partitions.values().all(|p| p.4.len() == 3)
+        });
+        assert!(produce(&first, "hang", 0, 60).is_empty());
+    });
+}

@@ -142,7 +142,7 @@ impl Broker {
         self.log.lock().unwrap().clone()
     }
 
-    fn signal(&self, sig: i32) {
+    pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(c.id() as i32, sig) };
