@@ -167,6 +167,15 @@ impl Shard {
         let Some(p) = snapshot.partition(topic, partition) else {
             return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
         };
+        self.check_leads(p, client_epoch)
+    }
+
+    /// [`Shard::check_leader`] for a partition already looked up (the hot paths).
+    pub fn check_leads(
+        &self,
+        p: &runnel_metadata::PartitionMeta,
+        client_epoch: i32,
+    ) -> Result<(), i16> {
         if p.leader != self.node_id() {
             return Err(code::NOT_LEADER_OR_FOLLOWER);
         }

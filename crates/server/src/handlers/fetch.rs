@@ -69,9 +69,9 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 Some(m) if !(0..m.partitions).contains(&p.partition) => {
                     Some(code::UNKNOWN_TOPIC_OR_PARTITION)
                 }
-                Some(m) => shard
-                    .check_leader(&m.name, p.partition, p.current_leader_epoch)
-                    .err(),
+                Some(m) => m
+                    .partition(p.partition)
+                    .and_then(|pm| shard.check_leads(pm, p.current_leader_epoch).err()),
             };
             wanted.push(Wanted {
                 topic: ti,

@@ -89,8 +89,8 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
             } else {
                 match meta {
                     Some(m)
-                        if (0..m.partitions).contains(&p.index)
-                            && shard.check_leader(&m.name, p.index, -1).is_err() =>
+                        if m.partition(p.index)
+                            .is_some_and(|pm| shard.check_leads(pm, -1).is_err()) =>
                     {
                         err(
                             code::NOT_LEADER_OR_FOLLOWER,
