@@ -884,7 +884,7 @@ fn a_rolling_restart_with_sigterm_shows_clients_no_errors() {
 }
 
 #[test]
-fn the_python_clients_use_an_rf3_topic_through_one_bootstrap_address() {
+fn the_python_and_go_clients_use_rf3_topics_through_one_bootstrap_address() {
     with_timeout(240, || {
         let c = Cluster::start(3, &[]);
         let script = concat!(
@@ -897,6 +897,18 @@ fn the_python_clients_use_an_rf3_topic_through_one_bootstrap_address() {
         );
         assert!(status.success(), "{out}\n{err}");
         assert!(out.contains("OK"), "{out}");
+        // The Go clients (franz-go, Sarama) too, with replication factor 3.
+        for which in ["franz", "sarama"] {
+            let (status, out, err) = run_cmd(
+                std::process::Command::new(crate::tools::go_clients()).args([
+                    which,
+                    &c.brokers[2].addr,
+                    "3",
+                ]),
+                Duration::from_secs(150),
+            );
+            assert!(status.success(), "{which}: {out}\n{err}");
+        }
     });
 }
 

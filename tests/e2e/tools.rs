@@ -93,3 +93,49 @@ fn kcat_with_an_old_librdkafka_produces_consumes_and_lists() {
         assert!(out.contains(&format!("broker 0 at {}", b.addr)), "{out}");
     });
 }
+
+/// The Go clients' program (tests/go), built by scripts/install-test-deps; built here if
+/// missing (once per test process: both Go tests share it).
+pub(crate) fn go_clients() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let bin = root.join("target/go-clients");
+    BUILT.call_once(|| {
+        if !bin.exists() {
+            assert!(have("go"), "go is required (scripts/install-test-deps)");
+            let (st, out, err) = run_cmd(
+                Command::new("go")
+                    .args(["build", "-o", bin.to_str().unwrap(), "."])
+                    .current_dir(root.join("tests/go")),
+                Duration::from_secs(600),
+            );
+            assert!(st.success(), "go build failed:\n{out}\n{err}");
+        }
+    });
+    bin
+}
+
+fn go_test(which: &str) {
+    let bin = go_clients();
+    let b = Broker::start(&["--cores", "2"]);
+    let (status, out, err) = run_cmd(
+        Command::new(bin).args([which, &b.addr]),
+        Duration::from_secs(150),
+    );
+    assert!(
+        status.success(),
+        "{which} failed:\n{out}\n{err}\nbroker log:\n{}",
+        b.logs()
+    );
+    assert!(out.contains("OK"), "{out}");
+}
+
+#[test]
+fn franz_go_admin_produce_every_codec_consume_in_a_group_commit() {
+    with_timeout(700, || go_test("franz"));
+}
+
+#[test]
+fn sarama_admin_sync_producer_consumer_group_commit() {
+    with_timeout(700, || go_test("sarama"));
+}
