@@ -1071,3 +1071,60 @@ fn a_broker_that_stops_answering_is_fenced_and_comes_back_when_it_answers_again(
         assert!(produce(&first, "hang", 0, 60).is_empty());
     });
 }
+
+#[test]
+fn a_broker_cut_off_from_the_quorum_stops_leading_before_it_is_fenced() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(
+            3,
+            &[
+                "--default-partitions",
+                "3",
+                "--broker-session-timeout-ms",
+                "4000",
+            ],
+        );
+        let first = c.brokers[0].addr.clone();
+        let v = await_view(&first, Some("lease"), "the topic", |v| {
+            v.partitions.len() == 3
+        });
+        let (p, _) = v
+            .partitions
+            .iter()
+            .find(|(_, x)| x.1 == 1)
+            .expect("broker 1 leads one");
+        let p = *p;
+        let produce_to_1 = || {
+            let mut s = connect(&first);
+            let r = crate::protocol::produce_to(
+                &mut s,
+                9,
+                vec![("lease", p, crate::protocol::batch(&[b"x"]))],
+            );
+            r.responses[0].partition_responses[0].error_code
+        };
+        assert_eq!(produce_to_1(), 0);
+        // The other two stop answering: broker 1 hears no quorum, and within half the
+        // session timeout it refuses to act as a leader.
+        c.node(2).signal(libc::SIGSTOP);
+        c.node(3).signal(libc::SIGSTOP);
+        let cut = Instant::now();
+        wait_until("broker 1 to stop leading", Duration::from_secs(10), || {
+            produce_to_1() == 6
+        });
+        println!(
+            "broker 1 stopped acting as leader {} ms after the cut",
+            cut.elapsed().as_millis()
+        );
+        assert!(
+            cut.elapsed() < Duration::from_millis(4000),
+            "within the session timeout"
+        );
+        c.node(2).signal(libc::SIGCONT);
+        c.node(3).signal(libc::SIGCONT);
+        wait_until("broker 1 to lead again", Duration::from_secs(30), || {
+            let v = metadata(&first, Some("lease"));
+            v.partitions[&p].1 == 1 && produce_to_1() == 0
+        });
+    });
+}

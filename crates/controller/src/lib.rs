@@ -96,6 +96,8 @@ pub(crate) enum Input {
 /// The handle shards and the broker hold.
 pub struct Controller {
     tx: mpsc::Sender<Input>,
+    /// Whether this broker may act on its leaderships: see [`Controller::has_lease`].
+    lease: Arc<std::sync::atomic::AtomicBool>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -195,7 +197,10 @@ impl Controller {
             node.campaign().map_err(|e| e.to_string())?;
         }
         let (out, applied) = futures_channel::mpsc::unbounded();
+        let lease = Arc::new(std::sync::atomic::AtomicBool::new(ids.len() == 1));
         let mut member = Member {
+            lease: lease.clone(),
+            leader_contact: Instant::now(),
             node,
             disk,
             transport,
@@ -214,11 +219,18 @@ impl Controller {
         };
         let thread = std::thread::Builder::new()
             .name("runnel-controller".into())
-            .spawn(move || member.run(rx))
+            .spawn(move || {
+                // The broker must not serve on with metadata that stopped moving.
+                let run = std::panic::AssertUnwindSafe(|| member.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    fatal("the controller thread panicked".into());
+                }
+            })
             .map_err(|e| e.to_string())?;
         Ok((
             Controller {
                 tx,
+                lease,
                 thread: std::sync::Mutex::new(Some(thread)),
             },
             applied,
@@ -239,6 +251,15 @@ impl Controller {
         rx
     }
 
+    /// Whether this broker is in touch with the quorum: it leads it, or heard its leader
+    /// within half the broker session timeout. A broker cut off from the quorum stops
+    /// acting as the leader of its partitions (and coordinator of its groups) well before
+    /// the active controller, a full session later, fences it and hands them to others: so
+    /// two brokers never both take writes for one partition. Always true in a quorum of one.
+    pub fn has_lease(&self) -> bool {
+        self.lease.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Stops the quorum member (what it persisted stays); waits for its thread.
     pub fn stop(&self) {
         let _ = self.tx.send(Input::Stop);
@@ -256,6 +277,9 @@ impl Drop for Controller {
 }
 
 struct Member {
+    lease: Arc<std::sync::atomic::AtomicBool>,
+    /// When the Raft leader was last heard.
+    leader_contact: Instant,
     node: RawNode<MetaStorage>,
     /// The index of the last entry applied to `state`.
     applied_index: u64,
@@ -295,14 +319,19 @@ impl Member {
             match rx.recv_timeout(wait) {
                 Ok(Input::Raft(mut m)) => {
                     self.last_heard.insert(m.from, Instant::now());
+                    if m.from == self.node.raft.leader_id && m.term >= self.node.raft.term {
+                        self.leader_contact = Instant::now();
+                    }
                     // A voter whose data dir was wiped comes back with an empty log while
                     // the leader still believes it holds the entries it acknowledged; the
                     // leader's heartbeats then name a commit index past its log, which
                     // raft treats as a corrupted log and panics on. Committing up to 0
                     // commits nothing: the heartbeat is answered, the leader finds the log
                     // empty and sends it from the start.
+                    // The same when the log is back only in part (a snapshot, or some of
+                    // the entries, arrived): any heartbeat commit past this node's log.
                     if m.get_msg_type() == MessageType::MsgHeartbeat
-                        && self.node.raft.raft_log.last_index() == 0
+                        && m.commit > self.node.raft.raft_log.last_index()
                     {
                         m.commit = 0;
                     }
@@ -340,6 +369,20 @@ impl Member {
                 }
             }
             self.on_ready();
+            if self.cfg.voters.len() > 1 {
+                let held = self.node.raft.state == StateRole::Leader
+                    || self.leader_contact.elapsed() < self.cfg.session_timeout / 2;
+                if held != self.lease.swap(held, std::sync::atomic::Ordering::Relaxed) {
+                    if held {
+                        tracing::info!("in touch with the metadata quorum again");
+                    } else {
+                        tracing::warn!(
+                            "no word from the metadata quorum for {:?}: not acting as a leader",
+                            self.cfg.session_timeout / 2
+                        );
+                    }
+                }
+            }
             if let Some(deadline) = stopping {
                 if self.node.raft.state != StateRole::Leader || Instant::now() >= deadline {
                     return;
@@ -716,6 +759,20 @@ impl Member {
                 Ok(p) => p,
                 Err(err) => {
                     tracing::error!(index = e.index, "skipping a metadata entry: {err}");
+                    // Its proposer, if it is this node, hears of it at once.
+                    let head = std::str::from_utf8(&e.data)
+                        .ok()
+                        .and_then(|t| t.lines().next())
+                        .map(|l| l.split(' ').collect::<Vec<_>>());
+                    if let Some(["proposal", id, from]) = head.as_deref() {
+                        if from.parse() == Ok(self.cfg.node_id) {
+                            if let Some((reply, _)) =
+                                id.parse().ok().and_then(|id| self.pending.remove(&id))
+                            {
+                                replies.push((reply, Err((42, format!("bad command: {err}")))));
+                            }
+                        }
+                    }
                     continue;
                 }
             };

@@ -91,6 +91,10 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
                 .map(|t| i64::from(t.partitions))
                 .sum();
             for t in topics {
+                if let Err(e) = precheck(&t.name, &t.configs, t.assignment.as_deref()) {
+                    early.push(Some(e));
+                    continue;
+                }
                 if total + i64::from(t.partitions) > partition_budget() {
                     early.push(Some((
                         code::INVALID_PARTITIONS,
@@ -119,6 +123,13 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
         }
         AdminOp::DeleteTopics { names } => {
             for name in names {
+                if metadata::validate_topic_name(&name).is_err() {
+                    early.push(Some((
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic {name:?} does not exist"),
+                    )));
+                    continue;
+                }
                 early.push(None);
                 commands.push(Command::DeleteTopic { name });
             }
@@ -134,6 +145,17 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
                 .map(|t| i64::from(t.partitions))
                 .sum();
             for (name, count, assignment) in topics {
+                if metadata::validate_topic_name(&name).is_err() {
+                    early.push(Some((
+                        code::UNKNOWN_TOPIC_OR_PARTITION,
+                        format!("topic {name:?} does not exist"),
+                    )));
+                    continue;
+                }
+                if let Err(e) = precheck(&name, &BTreeMap::new(), assignment.as_deref()) {
+                    early.push(Some(e));
+                    continue;
+                }
                 let now = snapshot.topic(&name).map_or(0, |t| t.partitions);
                 if total + i64::from(count - now).max(0) > partition_budget() {
                     early.push(Some((
@@ -194,6 +216,29 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
             },
         })
         .collect()
+}
+
+/// What must hold before a request's names, configs and assignments go into a metadata
+/// log command (its text has no room for spaces or line breaks in them): the same checks
+/// the log's apply makes, done first.
+fn precheck(
+    name: &str,
+    configs: &BTreeMap<String, String>,
+    assignment: Option<&[Vec<i32>]>,
+) -> Result<(), PartitionError> {
+    metadata::validate_topic_name(name).map_err(|e| (code::INVALID_TOPIC_EXCEPTION, e))?;
+    for (k, v) in configs {
+        metadata::validate_topic_config(k, v).map_err(|e| (code::INVALID_CONFIG, e))?;
+    }
+    if let Some(a) = assignment {
+        if a.iter().any(|r| r.is_empty() || r.iter().any(|b| *b < 0)) {
+            return Err((
+                code::INVALID_REPLICA_ASSIGNMENT,
+                "every partition needs at least one replica, of broker ids >= 0".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Shard 0: applies every snapshot the controller hands over on every shard, then answers

@@ -130,6 +130,11 @@ pub async fn timers(shard: Rc<Shard>) {
             if !shard.coordinator.quiescent() {
                 continue;
             }
+            // Only a partition this broker leads has its groups loaded: compacting another
+            // against an empty set of live offsets would empty it.
+            if shard.check_leader(TOPIC, p, -1).is_err() {
+                continue;
+            }
             let live = shard.coordinator.live_offsets(p, partitions);
             match offsets_store::maybe_compact(&log, live, offsets_store::COMPACT_MIN_BYTES).await {
                 Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),

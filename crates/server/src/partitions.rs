@@ -19,6 +19,22 @@ pub async fn apply_metadata(
     at_startup: bool,
 ) -> Result<(), String> {
     let nr = shard.shared.nr_shards;
+    let old = shard.snapshot();
+    // A topic deleted and created again (a new id) within one snapshot: its old logs go
+    // first, so the new topic's open below finds no log of the same name.
+    let replaced: Vec<PartitionKey> = shard
+        .partitions
+        .borrow()
+        .keys()
+        .filter(|(name, _)| match (snapshot.topic(name), old.topic(name)) {
+            (Some(new), Some(prev)) => new.id != prev.id,
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    for key in replaced {
+        close_and_delete(shard, &key).await;
+    }
     // Open what is new.
     for t in snapshot.topics.values() {
         let config = log_config(&shard.shared.defaults, &t.overrides);
@@ -44,7 +60,6 @@ pub async fn apply_metadata(
             }
         }
     }
-    let old = shard.snapshot();
     coordinate(shard, &old, &snapshot).await?;
     // Close and delete what is gone (a deleted topic, or one recreated with a new id).
     let doomed: Vec<PartitionKey> = shard
@@ -52,8 +67,8 @@ pub async fn apply_metadata(
         .borrow()
         .keys()
         .filter(|(name, p)| match (snapshot.topic(name), old.topic(name)) {
-            (Some(new), Some(prev)) => new.id != prev.id || *p >= new.partitions,
-            (Some(new), None) => *p >= new.partitions,
+            // (A new id was handled before the opening.)
+            (Some(new), _) => *p >= new.partitions,
             (None, _) => true,
         })
         // (Moving a replica off this broker is not possible yet: no reassignment.)
@@ -61,15 +76,20 @@ pub async fn apply_metadata(
         .collect();
     *shard.snapshot.borrow_mut() = snapshot;
     for key in doomed {
-        let Some(log) = shard.partitions.borrow_mut().remove(&key) else {
-            continue;
-        };
-        if let Err(e) = log.close().await {
-            tracing::warn!(topic = %key.0, partition = key.1, "closing a deleted partition: {e}");
-        }
-        delete_partition_dir(log.dir().to_path_buf());
+        close_and_delete(shard, &key).await;
     }
     Ok(())
+}
+
+/// Takes a partition of a deleted topic out of this shard, closes it and deletes its files.
+async fn close_and_delete(shard: &Shard, key: &PartitionKey) {
+    let Some(log) = shard.partitions.borrow_mut().remove(key) else {
+        return;
+    };
+    if let Err(e) = log.close().await {
+        tracing::warn!(topic = %key.0, partition = key.1, "closing a deleted partition: {e}");
+    }
+    delete_partition_dir(log.dir().to_path_buf());
 }
 
 /// Loads the groups of the `__consumer_offsets` partitions this shard owns and this broker

@@ -37,7 +37,7 @@ impl ProducerIds {
                 Ok(Ok(r)) => match r.into_iter().next() {
                     Some(Ok(Outcome::ProducerIds(first))) => {
                         self.next = first;
-                        self.block_end = first + BLOCK;
+                        self.block_end = first.saturating_add(BLOCK);
                     }
                     other => {
                         return Err((
@@ -46,8 +46,15 @@ impl ProducerIds {
                         ))
                     }
                 },
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err((code::REQUEST_TIMED_OUT, "the broker is stopping".into())),
+                // Retriable for every client (Kafka answers InitProducerId so while its
+                // producer id manager waits for a block).
+                Ok(Err((_, why))) => return Err((code::COORDINATOR_LOAD_IN_PROGRESS, why)),
+                Err(_) => {
+                    return Err((
+                        code::COORDINATOR_LOAD_IN_PROGRESS,
+                        "the broker is stopping".into(),
+                    ))
+                }
             }
         }
         let id = self.next;

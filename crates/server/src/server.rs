@@ -65,6 +65,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .as_socket()
         .expect("inet");
     let (advertised_host, advertised_port) = advertised(&config, listen)?;
+    metadata::cluster::validate_name("the advertised host", &advertised_host)?;
     let (controller, mut applied) = start_controller(&config, &data_dir, &props)?;
     let incarnation = u64::from_le_bytes(metadata::random_id()[..8].try_into().expect("8"));
     let snapshot = crate::cluster::join(

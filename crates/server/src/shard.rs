@@ -176,7 +176,7 @@ impl Shard {
         p: &runnel_metadata::PartitionMeta,
         client_epoch: i32,
     ) -> Result<(), i16> {
-        if p.leader != self.node_id() {
+        if p.leader != self.node_id() || !self.shared.controller.has_lease() {
             return Err(code::NOT_LEADER_OR_FOLLOWER);
         }
         match client_epoch {

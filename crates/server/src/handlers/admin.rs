@@ -467,23 +467,41 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: &Request) -> Outcome {
     };
     use runnel_metadata::cluster::{Command, Outcome as Done};
     let body: ElectLeadersRequest = decode!(req);
-    let asked: Option<Vec<(String, i32)>> = body.topic_partitions.as_ref().map(|ts| {
+    let mut asked: Option<Vec<(String, i32)>> = body.topic_partitions.as_ref().map(|ts| {
         ts.iter()
             .flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.to_string(), *p)))
             .collect()
     });
+    // A name no topic can have is answered here (it has no place in a log command).
+    let mut unknown = Vec::new();
+    if let Some(list) = &mut asked {
+        list.retain(|(t, p)| {
+            let ok = runnel_metadata::validate_topic_name(t).is_ok();
+            if !ok {
+                unknown.push(((t.clone(), *p), code::UNKNOWN_TOPIC_OR_PARTITION));
+            }
+            ok
+        });
+    }
     type Elected = Vec<((String, i32), i16)>;
     let results: Result<Elected, (i16, String)> = if body.election_type != 0 {
         Err((
             code::INVALID_REQUEST,
             "only preferred leader election is supported".into(),
         ))
+    } else if asked.as_ref().is_some_and(|l| l.is_empty()) {
+        Ok(Vec::new())
     } else {
         let timeout = std::time::Duration::from_millis(body.timeout_ms.clamp(1000, 60_000) as u64);
         match shard
             .shared
             .controller
-            .propose(vec![Command::ElectPreferred { topics: asked }], timeout)
+            .propose(
+                vec![Command::ElectPreferred {
+                    topics: asked.clone(),
+                }],
+                timeout,
+            )
             .await
         {
             Ok(Ok(mut r)) => match r.pop() {
@@ -496,7 +514,22 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: &Request) -> Outcome {
         }
     };
     let mut resp = ElectLeadersResponse::default();
-    match results {
+    // v0 has no top-level error: the partitions asked for carry it.
+    let results = match results {
+        Err((c, msg)) if req.version == 0 => {
+            tracing::info!("leader election refused: {msg}");
+            Ok(asked
+                .iter()
+                .flatten()
+                .map(|tp| (tp.clone(), c))
+                .collect::<Vec<_>>())
+        }
+        other => other,
+    };
+    match results.map(|mut v| {
+        v.extend(unknown);
+        v
+    }) {
         Err((c, msg)) => {
             tracing::info!("leader election refused: {msg}");
             resp = resp.with_error_code(c);
