@@ -172,8 +172,10 @@ pub struct Config {
     pub broker_session_timeout_ms: u64,
 
     /// How often the active controller moves leaderships back to preferred replicas
-    /// (leader.imbalance.check.interval.seconds, in ms); 0: never.
-    #[arg(long, default_value_t = 300_000, value_name = "MS")]
+    /// (leader.imbalance.check.interval.seconds, in ms); 0: never. Default 0 until follower
+    /// replication exists: the preferred replica does not have what the interim leader
+    /// took, so moving back would hide those records (Kafka: every 300000 ms).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
     pub leader_imbalance_check_interval_ms: u64,
 
     /// Snapshot the metadata log's state, and drop the entries before it, every this many
