@@ -105,21 +105,7 @@ impl DiskLog {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), String> {
-        let mut buf = Vec::new();
-        for e in entries {
-            push_frame(
-                &mut buf,
-                ENTRY,
-                &e.write_to_bytes().map_err(|e| e.to_string())?,
-            );
-        }
-        if let Some(hs) = hard_state {
-            push_frame(
-                &mut buf,
-                HARD_STATE,
-                &hs.write_to_bytes().map_err(|e| e.to_string())?,
-            );
-        }
+        let buf = frames(entries, hard_state)?;
         if buf.is_empty() {
             return Ok(());
         }
@@ -128,32 +114,37 @@ impl DiskLog {
             .and_then(|_| self.file.sync_data())
             .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
     }
-}
 
-impl DiskLog {
     /// Replaces the log with `entries` and `hard_state` (after a snapshot made the earlier
     /// entries unnecessary): written aside, synced, renamed over.
     pub fn rewrite(&mut self, entries: &[Entry], hard_state: &HardState) -> Result<(), String> {
-        let mut buf = Vec::new();
-        for e in entries {
-            push_frame(
-                &mut buf,
-                ENTRY,
-                &e.write_to_bytes().map_err(|e| e.to_string())?,
-            );
-        }
-        push_frame(
-            &mut buf,
-            HARD_STATE,
-            &hard_state.write_to_bytes().map_err(|e| e.to_string())?,
-        );
-        write_atomically(&self.path, &buf)?;
+        write_atomically(&self.path, &frames(entries, Some(hard_state))?)?;
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
         Ok(())
     }
+}
+
+/// The frames of `entries`, then of `hard_state`.
+fn frames(entries: &[Entry], hard_state: Option<&HardState>) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    for e in entries {
+        push_frame(
+            &mut buf,
+            ENTRY,
+            &e.write_to_bytes().map_err(|e| e.to_string())?,
+        );
+    }
+    if let Some(hs) = hard_state {
+        push_frame(
+            &mut buf,
+            HARD_STATE,
+            &hs.write_to_bytes().map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(buf)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {

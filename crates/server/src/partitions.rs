@@ -274,6 +274,21 @@ mod tests {
     #[test]
     fn segment_bytes_bounds_agree_with_the_log() {
         assert_eq!(metadata::MIN_SEGMENT_BYTES, runnel_log::MIN_SEGMENT_BYTES);
+        // runnel-metadata's error codes are Kafka's too (it cannot use runnel-protocol's).
+        use runnel_metadata::cluster::code as m;
+        use runnel_protocol::code as p;
+        for (a, b) in [
+            (m::UNKNOWN_TOPIC_OR_PARTITION, p::UNKNOWN_TOPIC_OR_PARTITION),
+            (m::INVALID_TOPIC_EXCEPTION, p::INVALID_TOPIC_EXCEPTION),
+            (m::TOPIC_ALREADY_EXISTS, p::TOPIC_ALREADY_EXISTS),
+            (m::INVALID_PARTITIONS, p::INVALID_PARTITIONS),
+            (m::INVALID_REPLICATION_FACTOR, p::INVALID_REPLICATION_FACTOR),
+            (m::INVALID_REPLICA_ASSIGNMENT, p::INVALID_REPLICA_ASSIGNMENT),
+            (m::INVALID_CONFIG, p::INVALID_CONFIG),
+            (m::INVALID_REQUEST, p::INVALID_REQUEST),
+        ] {
+            assert_eq!(a, b);
+        }
         assert_eq!(metadata::MAX_SEGMENT_BYTES, runnel_log::MAX_SEGMENT_BYTES);
     }
 }
