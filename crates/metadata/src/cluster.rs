@@ -182,16 +182,7 @@ fn decode_assignment(w: Option<&str>) -> Result<Option<Vec<Vec<i32>>>, String> {
 fn encode_command(out: &mut String, c: &Command) {
     let _ = match c {
         Command::InitCluster { cluster_id } => write!(out, "init {cluster_id}"),
-        Command::RegisterBroker(b) => write!(
-            out,
-            "register {} {} {} {} {} {}",
-            b.id,
-            b.host,
-            b.port,
-            b.rack.as_deref().unwrap_or("-"),
-            hex(&b.dir_id),
-            b.incarnation
-        ),
+        Command::RegisterBroker(b) => write!(out, "register {}", broker_words(b)),
         Command::FenceBroker { id, incarnation } => write!(out, "fence {id} {incarnation}"),
         Command::UnfenceBroker { id, incarnation } => write!(out, "unfence {id} {incarnation}"),
         Command::ShutdownBroker { id, incarnation } => {
@@ -239,6 +230,35 @@ fn encode_command(out: &mut String, c: &Command) {
     };
 }
 
+/// A broker's registration as words: `id host port rack|- directory-id incarnation`.
+fn broker_words(b: &BrokerMeta) -> String {
+    format!(
+        "{} {} {} {} {} {}",
+        b.id,
+        b.host,
+        b.port,
+        b.rack.as_deref().unwrap_or("-"),
+        hex(&b.dir_id),
+        b.incarnation
+    )
+}
+
+/// Reads [`broker_words`] back (an active broker).
+fn parse_broker<'a>(w: &mut impl Iterator<Item = &'a str>) -> Result<BrokerMeta, String> {
+    Ok(BrokerMeta {
+        id: num(w.next())?,
+        host: w.next().ok_or("host missing")?.to_string(),
+        port: num(w.next())?,
+        rack: w
+            .next()
+            .ok_or("rack missing")
+            .map(|r| (r != "-").then(|| r.to_string()))?,
+        dir_id: unhex(w.next().unwrap_or("")).ok_or("bad directory id")?,
+        incarnation: num(w.next())?,
+        state: BrokerState::Active,
+    })
+}
+
 fn decode_command(line: &str) -> Result<Command, String> {
     let mut w = line.split(' ');
     let bad = |e: String| format!("bad command {line:?}: {e}");
@@ -248,15 +268,7 @@ fn decode_command(line: &str) -> Result<Command, String> {
             "init" => Command::InitCluster {
                 cluster_id: word(w.next())?,
             },
-            "register" => Command::RegisterBroker(BrokerMeta {
-                id: num(w.next())?,
-                host: word(w.next())?,
-                port: num(w.next())?,
-                rack: word(w.next()).map(|r| (r != "-").then_some(r))?,
-                dir_id: unhex(w.next().unwrap_or("")).ok_or("bad directory id")?,
-                incarnation: num(w.next())?,
-                state: BrokerState::Active,
-            }),
+            "register" => Command::RegisterBroker(parse_broker(&mut w)?),
             "fence" => Command::FenceBroker {
                 id: num(w.next())?,
                 incarnation: num(w.next())?,
@@ -834,16 +846,7 @@ pub fn encode_state(s: &Snapshot) -> String {
             BrokerState::Fenced => "fenced",
             BrokerState::ShutDown => "shutdown",
         };
-        let _ = writeln!(
-            out,
-            "broker {} {} {} {} {} {} {state}",
-            b.id,
-            b.host,
-            b.port,
-            b.rack.as_deref().unwrap_or("-"),
-            hex(&b.dir_id),
-            b.incarnation
-        );
+        let _ = writeln!(out, "broker {} {state}", broker_words(b));
     }
     for t in s.topics.values() {
         let _ = write!(out, "topic {} {} {}", t.name, hex(&t.id), t.partitions);
@@ -902,22 +905,14 @@ pub fn decode_state(text: &str) -> Result<Snapshot, String> {
                 }
                 "next-producer-id" => s.next_producer_id = num(w.next())?,
                 "broker" => {
-                    let id: i32 = num(w.next())?;
-                    let b = BrokerMeta {
-                        id,
-                        host: w.next().ok_or("host missing")?.to_string(),
-                        port: num(w.next())?,
-                        rack: w.next().filter(|r| *r != "-").map(str::to_string),
-                        dir_id: unhex(w.next().unwrap_or("")).ok_or("bad directory id")?,
-                        incarnation: num(w.next())?,
-                        state: match w.next() {
-                            Some("active") => BrokerState::Active,
-                            Some("fenced") => BrokerState::Fenced,
-                            Some("shutdown") => BrokerState::ShutDown,
-                            _ => return Err("bad broker state".into()),
-                        },
+                    let mut b = parse_broker(&mut w)?;
+                    b.state = match w.next() {
+                        Some("active") => BrokerState::Active,
+                        Some("fenced") => BrokerState::Fenced,
+                        Some("shutdown") => BrokerState::ShutDown,
+                        _ => return Err("bad broker state".into()),
                     };
-                    s.brokers.insert(id, b);
+                    s.brokers.insert(b.id, b);
                 }
                 "topic" => {
                     finish(&mut s, current.take())?;
