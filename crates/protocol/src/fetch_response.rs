@@ -53,29 +53,9 @@ pub struct TopicOut {
     pub partitions: Vec<PartitionOut>,
 }
 
-/// Builds the parts of a whole Fetch response frame (size prefix, header, body).
+/// Builds the parts of a whole Fetch response frame (size prefix, header, body), with the
+/// endpoints of the leaders its partitions' CurrentLeader fields name (sent from v16).
 pub fn encode(
-    correlation_id: i32,
-    version: i16,
-    throttle_time_ms: i32,
-    error_code: i16,
-    session_id: i32,
-    topics: &[TopicOut],
-) -> Response {
-    encode_with_endpoints(
-        correlation_id,
-        version,
-        throttle_time_ms,
-        error_code,
-        session_id,
-        topics,
-        &[],
-    )
-}
-
-/// [`encode`], with the endpoints of the leaders its partitions' CurrentLeader fields name
-/// (sent from v16).
-pub fn encode_with_endpoints(
     correlation_id: i32,
     version: i16,
     throttle_time_ms: i32,
@@ -342,9 +322,7 @@ mod tests {
             rack: Some("r1".into()),
         }];
         for version in MIN_VERSION..=MAX_VERSION {
-            let ours = flatten(&encode_with_endpoints(
-                42, version, 0, 0, 0, &topics, &endpoints,
-            ));
+            let ours = flatten(&encode(42, version, 0, 0, 0, &topics, &endpoints));
             let expected = FetchResponse::default().with_responses(
                 topics
                     .iter()

@@ -46,6 +46,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             code::FETCH_SESSION_ID_NOT_FOUND,
             0,
             &[],
+            &[],
         ));
     }
 
@@ -172,7 +173,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             rack: b.rack.clone(),
         })
         .collect();
-    Outcome::Reply(fetch_response::encode_with_endpoints(
+    Outcome::Reply(fetch_response::encode(
         req.correlation_id,
         version,
         0,
