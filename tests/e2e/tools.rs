@@ -16,15 +16,18 @@ fn python_test(which: &str) {
         have("python3"),
         "python3 is required (scripts/install-test-deps installs it)"
     );
-    let b = Broker::start(&["--cores", "2"]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/python/clients_test.py"
     );
-    let (status, out, err) = run_cmd(
-        Command::new("python3").args([script, which, &b.addr]),
-        Duration::from_secs(150),
-    );
+    client_test(which, Command::new("python3").args([script, which]));
+}
+
+/// Runs a client program (its last argument the broker's address) against a fresh broker;
+/// it must exit 0 and print OK.
+fn client_test(which: &str, cmd: &mut Command) {
+    let b = Broker::start(&["--cores", "2"]);
+    let (status, out, err) = run_cmd(cmd.arg(&b.addr), Duration::from_secs(150));
     assert!(
         status.success(),
         "{which} failed:\n{out}\n{err}\nbroker log:\n{}",
@@ -116,18 +119,7 @@ pub(crate) fn go_clients() -> std::path::PathBuf {
 }
 
 fn go_test(which: &str) {
-    let bin = go_clients();
-    let b = Broker::start(&["--cores", "2"]);
-    let (status, out, err) = run_cmd(
-        Command::new(bin).args([which, &b.addr]),
-        Duration::from_secs(150),
-    );
-    assert!(
-        status.success(),
-        "{which} failed:\n{out}\n{err}\nbroker log:\n{}",
-        b.logs()
-    );
-    assert!(out.contains("OK"), "{out}");
+    client_test(which, Command::new(go_clients()).arg(which));
 }
 
 #[test]
