@@ -14,16 +14,18 @@
 
 pub mod checkpoint;
 mod config;
+pub mod epochs;
 pub mod index;
 mod log;
 pub mod producer_state;
 mod recovery;
 mod segment;
+mod truncate;
 
 pub use config::*;
 pub use log::{
-    AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset, MAX_RELATIVE_OFFSET,
-    SHORTFALL_DIVISOR,
+    AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset, Upto, LEADER_EPOCH,
+    MAX_RELATIVE_OFFSET, SHORTFALL_DIVISOR,
 };
 pub use segment::{file_name, parse_file_name};
 
@@ -98,6 +100,8 @@ pub enum LogError {
     Closed(PathBuf),
     #[error("invalid log config: {0}")]
     Config(String),
+    #[error("replicated batches must continue the log at offset {expected}, not {got}")]
+    NotContiguous { expected: i64, got: i64 },
 }
 
 impl LogError {
@@ -124,6 +128,7 @@ impl LogError {
             LogError::Unsupported(_) | LogError::TooManyRecords { .. } => {
                 error_codes::INVALID_RECORD
             }
+            LogError::NotContiguous { .. } => error_codes::OFFSET_OUT_OF_RANGE,
             LogError::Io { .. }
             | LogError::Corrupt { .. }
             | LogError::CorruptBelowRecoveryPoint { .. }

@@ -27,8 +27,17 @@ use std::task::{Context, Poll, Waker};
 /// batch boundary there, instead of scanning headers for the exact last boundary.
 pub const SHORTFALL_DIVISOR: u64 = 16;
 
-/// Single-broker Runnel is always leader epoch 0; stamped into every batch as Kafka does.
+/// The leader epoch of a log that was never told one (a single broker's partitions): the
+/// epoch of every batch written before replication existed.
 pub const LEADER_EPOCH: i32 = 0;
+
+/// How far a read may go: a consumer reads below the high watermark, a follower replica up
+/// to the published log end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upto {
+    HighWatermark,
+    LogEnd,
+}
 
 /// The largest offset relative to a segment's base the writer puts in it (Kafka's limit: its
 /// indexes read relative offsets as signed 32-bit). One append may claim at most this many
@@ -106,8 +115,17 @@ impl PendingAppend {
     }
 }
 
+/// Batches a follower fetched from its leader, appended unchanged.
+struct PendingReplica {
+    batches: Vec<(BatchHeader, Bytes)>,
+    reply: oneshot::Sender<Result<i64, LogError>>,
+}
+
 enum Work {
     Append(PendingAppend),
+    Replica(PendingReplica),
+    /// Starts a leader epoch at the log end offset (this broker became its leader).
+    Epoch(i32, oneshot::Sender<Result<(), LogError>>),
     Flush(oneshot::Sender<Result<(), LogError>>),
     Roll(oneshot::Sender<Result<(), LogError>>),
 }
@@ -128,10 +146,21 @@ pub(crate) struct Inner {
     pub log_start_offset: Cell<i64>,
     /// Log end offset: the offset the next batch gets (written, maybe not yet visible).
     pub next_offset: Cell<i64>,
-    /// What readers see: batches below it. Moves to the log end offset when a write group is
-    /// done, after its fdatasync when it had acks=all appends (`durable`), so a consumer
-    /// never reads a record a power loss could take back once acknowledged to acks=all.
+    /// Published: what follower replicas may fetch. Moves to the log end offset when a
+    /// write group is done, after its fdatasync when it had acks=all appends (`durable`).
+    pub published: Cell<i64>,
+    /// What consumers see: batches below it. For a log with one replica it follows
+    /// `published`, so a consumer never reads a record a power loss could take back once
+    /// acknowledged to acks=all; for a replicated log (`replicated`) the partition's leader
+    /// moves it (`set_high_watermark`) to what every in-sync replica has.
     pub high_watermark: Cell<i64>,
+    pub replicated: Cell<bool>,
+    /// (end offset, segment, end position) of every published batch above the high
+    /// watermark: where each segment's `visible_size` goes when the high watermark passes it.
+    commit_points: RefCell<VecDeque<(i64, Rc<Segment>, u64)>>,
+    /// Stamped into every batch this log appends as leader.
+    pub leader_epoch: Cell<i32>,
+    pub epochs: RefCell<crate::epochs::EpochCache>,
     /// Set when an fdatasync failed: Linux reports a writeback error once, so later syncs
     /// would succeed over lost pages. Everything but close is refused from then on.
     pub offline: RefCell<Option<String>>,
@@ -196,6 +225,7 @@ impl Log {
         // Whatever the files hold when the log opens is visible.
         for s in &segments {
             s.visible_size.set(s.size.get());
+            s.published_size.set(s.size.get());
             s.visible_max_timestamp
                 .set((s.max_timestamp.get(), s.offset_of_max_timestamp.get()));
         }
@@ -209,7 +239,12 @@ impl Log {
                 segments: RefCell::new(segments),
                 log_start_offset: Cell::new(log_start_offset),
                 next_offset: Cell::new(next_offset),
+                published: Cell::new(next_offset),
                 high_watermark: Cell::new(next_offset),
+                replicated: Cell::new(false),
+                commit_points: RefCell::new(VecDeque::new()),
+                leader_epoch: Cell::new(LEADER_EPOCH),
+                epochs: RefCell::new(Default::default()),
                 offline: RefCell::new(None),
                 recovery_point: Cell::new(recovery_point),
                 unflushed_records: Cell::new(0),
@@ -256,11 +291,88 @@ impl Log {
         self.inner.next_offset.get()
     }
 
-    /// One replica: everything written is committed once its write group is done (and, for
-    /// acks=all appends, synced): see `Inner::high_watermark`. (Also the last stable offset:
+    /// What consumers may read: see `Inner::high_watermark`. (Also the last stable offset:
     /// there are no transactions.)
     pub fn high_watermark(&self) -> i64 {
         self.inner.high_watermark.get()
+    }
+
+    /// The log end offset as far as it is published (written, and synced where it had to
+    /// be): what a follower may fetch, and this replica's log end offset to its leader.
+    pub fn published_end(&self) -> i64 {
+        self.inner.published.get()
+    }
+
+    /// A replicated log's high watermark is moved by its partition's leader (or, on a
+    /// follower, by the leader's answers) rather than by each write.
+    pub fn set_replicated(&self, replicated: bool) {
+        self.inner.replicated.set(replicated);
+        if !replicated {
+            advance_high_watermark(self, self.inner.published.get());
+        }
+    }
+
+    /// Moves the high watermark to `offset` (at most the published end; never back). It
+    /// lands on the last batch boundary at or below `offset`. Returns whether it moved.
+    pub fn set_high_watermark(&self, offset: i64) -> bool {
+        advance_high_watermark(self, offset)
+    }
+
+    /// The leader epoch stamped into batches this log appends.
+    pub fn leader_epoch(&self) -> i32 {
+        self.inner.leader_epoch.get()
+    }
+
+    /// This broker became the partition's leader in `epoch`: the epoch starts at the log
+    /// end offset (in the leader epoch cache and its file, before any batch of it), and the
+    /// batches appended from now on carry it.
+    pub async fn begin_epoch(&self, epoch: i32) -> Result<(), LogError> {
+        self.check_open()?;
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Work::Epoch(epoch, tx));
+        rx.await
+            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` this log has, and the
+    /// offset where it ended (Kafka's rules, see [`crate::epochs::EpochCache::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.inner
+            .epochs
+            .borrow()
+            .end_offset_for(epoch, self.inner.next_offset.get())
+    }
+
+    /// The latest leader epoch of the batches in this log (None: empty, never written).
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.inner.epochs.borrow().latest_epoch()
+    }
+
+    /// Appends batches fetched from the partition's leader exactly as they are (offsets,
+    /// leader epochs, producer fields): each is checked (framing, CRC) and must continue
+    /// this log's offsets. A trailing partial batch is left for the next fetch. Returns the
+    /// new (published) log end offset.
+    pub async fn append_replica(&self, mut records: Bytes) -> Result<i64, LogError> {
+        self.check_open()?;
+        let mut batches = Vec::new();
+        loop {
+            let Ok(h) = BatchHeader::parse(&records) else {
+                break;
+            };
+            if h.total_len() > records.len() {
+                break;
+            }
+            let buf = records.split_to(h.total_len());
+            let h = runnel_record::verify_stored(&buf)?;
+            batches.push((h, buf));
+        }
+        if batches.is_empty() {
+            return Ok(self.published_end());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Work::Replica(PendingReplica { batches, reply }));
+        rx.await
+            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
     }
 
     /// Why the log is offline (a failed fdatasync), or None while it serves.
@@ -396,9 +508,15 @@ impl Log {
     /// Resolves once the high watermark is past `offset` (data to fetch), or the log closes
     /// or goes offline.
     pub fn wait_for_data(&self, offset: i64) -> WaitForData {
+        self.wait_for(offset, Upto::HighWatermark)
+    }
+
+    /// [`Log::wait_for_data`] for `upto`: a follower waits for the published log end.
+    pub fn wait_for(&self, offset: i64, upto: Upto) -> WaitForData {
         WaitForData {
             inner: self.inner.clone(),
             offset,
+            upto,
             id: None,
         }
     }
@@ -413,14 +531,31 @@ impl Log {
         max_bytes: u64,
         min_one_batch: bool,
     ) -> Result<ReadPlan, LogError> {
+        self.read_upto(fetch_offset, max_bytes, min_one_batch, Upto::HighWatermark)
+            .await
+    }
+
+    /// [`Log::read`] bounded by `upto`: a follower replica reads up to the published log end,
+    /// past the high watermark (the plan still reports the high watermark).
+    pub async fn read_upto(
+        &self,
+        fetch_offset: i64,
+        max_bytes: u64,
+        min_one_batch: bool,
+        upto: Upto,
+    ) -> Result<ReadPlan, LogError> {
         self.check_online()?;
         let hw = self.high_watermark();
+        let (end_offset, size_of): (i64, fn(&Segment) -> u64) = match upto {
+            Upto::HighWatermark => (hw, |s| s.visible_size.get()),
+            Upto::LogEnd => (self.published_end(), |s| s.published_size.get()),
+        };
         let lso = self.log_start_offset();
-        if fetch_offset < lso || fetch_offset > hw {
+        if fetch_offset < lso || fetch_offset > end_offset {
             return Err(LogError::OffsetOutOfRange {
                 offset: fetch_offset,
                 log_start_offset: lso,
-                log_end_offset: hw,
+                log_end_offset: end_offset,
             });
         }
         let segments: Vec<Rc<Segment>> = {
@@ -432,7 +567,7 @@ impl Log {
         };
         for seg in &segments {
             // Capture the visible end once: appends during our reads must not extend it.
-            let end = seg.visible_size.get();
+            let end = size_of(seg);
             if fetch_offset >= seg.next_offset.get() || end == 0 {
                 continue; // past this segment's data (or empty): the next one has it
             }
@@ -471,12 +606,12 @@ impl Log {
                 log_start_offset: lso,
             });
         }
-        // fetch_offset == high watermark: nothing to send yet.
+        // fetch_offset == the end: nothing to send yet.
         let active = self.active();
         Ok(ReadPlan {
             file: active.file.clone(),
             segment_base_offset: active.base_offset,
-            position: active.visible_size.get(),
+            position: size_of(&active),
             len: 0,
             high_watermark: hw,
             log_start_offset: lso,
@@ -793,6 +928,20 @@ async fn writer(inner: Rc<Inner>) {
                     };
                     let _ = reply.send(r);
                 }
+                Work::Replica(r) => {
+                    let _ = r.reply.send(write_replica(&log, r.batches).await);
+                }
+                Work::Epoch(epoch, reply) => {
+                    let r = match log.check_online() {
+                        Ok(()) => {
+                            log.inner.leader_epoch.set(epoch);
+                            let at = log.inner.next_offset.get();
+                            record_epoch(&log.inner, epoch, at).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(r);
+                }
                 Work::Append(_) => unreachable!("appends were split out"),
             }
         }
@@ -808,6 +957,17 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
             let _ = a.reply.send(Err(storage_error(&e)));
         }
         return;
+    }
+    // The first batch of a leader epoch is written only once the epoch cache file says
+    // where the epoch starts (once per epoch: a leader's `begin_epoch` usually did it).
+    let epoch = inner.leader_epoch.get();
+    if inner.epochs.borrow().latest_epoch() < Some(epoch) {
+        if let Err(e) = record_epoch(inner, epoch, inner.next_offset.get()).await {
+            for a in appends {
+                let _ = a.reply.send(Err(storage_error(&e)));
+            }
+            return;
+        }
     }
     let config = inner.config.borrow().clone();
     let now = now_ms();
@@ -903,6 +1063,7 @@ async fn write_run(
     let position = active.size.get();
     // Assign offsets in place: baseOffset and partitionLeaderEpoch are outside the CRC.
     let mut next = inner.next_offset.get();
+    let epoch = inner.leader_epoch.get();
     let append_time = if config.log_append_time { now } else { -1 };
     let mut results: Vec<Option<Result<AppendInfo, LogError>>> = Vec::with_capacity(run.len());
     let mut bufs: Vec<Bytes> = Vec::new();
@@ -934,7 +1095,8 @@ async fn write_run(
                 let mut buf = buf;
                 let mut h = h;
                 set_base_offset(&mut buf, next);
-                set_partition_leader_epoch(&mut buf, LEADER_EPOCH);
+                set_partition_leader_epoch(&mut buf, epoch);
+                h.partition_leader_epoch = epoch;
                 if config.log_append_time {
                     set_log_append_time(&mut buf, now);
                     h.max_timestamp = now;
@@ -975,9 +1137,14 @@ async fn write_run(
     // Publish: indexes first, then the sizes and offsets readers look at.
     let interval = config.index_interval_bytes;
     let mut pos = position;
-    for h in &headers {
-        active.on_batch(h, pos, interval);
-        pos += h.total_len() as u64;
+    let active_rc = log.active();
+    {
+        let mut points = inner.commit_points.borrow_mut();
+        for h in &headers {
+            active.on_batch(h, pos, interval);
+            pos += h.total_len() as u64;
+            points.push_back((h.next_offset(), active_rc.clone(), pos));
+        }
     }
     if active.rolling_base_ms.get().is_none() {
         active.rolling_base_ms.set(Some(now));
@@ -1006,22 +1173,174 @@ async fn write_run(
 /// end offset, and each segment's visible size to its written size.
 fn publish(log: &Log) {
     let inner = &log.inner;
-    if inner.high_watermark.get() == inner.next_offset.get() || inner.offline.borrow().is_some() {
+    if inner.published.get() == inner.next_offset.get() || inner.offline.borrow().is_some() {
         return;
     }
-    let published = inner.high_watermark.get();
+    let published = inner.published.get();
     for seg in inner.segments.borrow().iter().rev() {
         if seg.next_offset.get() <= published {
             break; // this segment and all before it were published whole already
         }
         // (An empty segment rolled after the last write is passed over: data before it may
         // still be unpublished.)
-        seg.visible_size.set(seg.size.get());
+        seg.published_size.set(seg.size.get());
+        // (For a replicated log this may name a record above the high watermark: ListOffsets
+        // -3 is answered from the published end.)
         seg.visible_max_timestamp
             .set((seg.max_timestamp.get(), seg.offset_of_max_timestamp.get()));
     }
-    inner.high_watermark.set(inner.next_offset.get());
+    inner.published.set(inner.next_offset.get());
+    if !inner.replicated.get() {
+        advance_high_watermark(log, inner.next_offset.get());
+    }
     log.wake_waiters();
+}
+
+/// Moves the high watermark up to `offset` (capped at the published end), to the last batch
+/// boundary at or below it, and each segment's visible size with it.
+fn advance_high_watermark(log: &Log, offset: i64) -> bool {
+    let inner = &log.inner;
+    let target = offset.min(inner.published.get());
+    let old = inner.high_watermark.get();
+    if target <= old {
+        return false;
+    }
+    let mut hw = old;
+    {
+        let mut points = inner.commit_points.borrow_mut();
+        while let Some((end, seg, pos)) = points.front() {
+            if *end > target {
+                break;
+            }
+            seg.visible_size.set(*pos);
+            hw = *end;
+            points.pop_front();
+        }
+    }
+    if hw == old {
+        return false;
+    }
+    inner.high_watermark.set(hw);
+    log.wake_waiters();
+    true
+}
+
+/// Records in the epoch cache (and its file, synced) that `epoch` starts at `offset`.
+async fn record_epoch(inner: &Inner, epoch: i32, offset: i64) -> Result<(), LogError> {
+    let text = {
+        let mut cache = inner.epochs.borrow_mut();
+        if !cache.assign(epoch, offset) {
+            return Ok(());
+        }
+        cache.encode()
+    };
+    write_epochs(inner, text).await
+}
+
+pub(crate) async fn write_epochs(inner: &Inner, text: String) -> Result<(), LogError> {
+    let dir = inner.open_dir()?;
+    crate::checkpoint::write_atomic_at(&dir, crate::epochs::FILE, text.into())
+        .await
+        .map_err(|e| LogError::io("write", &inner.dir.join(crate::epochs::FILE), e))
+}
+
+/// Writes batches fetched from the leader, unchanged, in runs that fit the active segment
+/// (rolling between them), and publishes them. Returns the new log end offset.
+async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<i64, LogError> {
+    let inner = &log.inner;
+    log.check_online()?;
+    let config = inner.config.borrow().clone();
+    let now = now_ms();
+    let mut rest: VecDeque<(BatchHeader, Bytes)> = batches.into();
+    while let Some((first, _)) = rest.front() {
+        let next = inner.next_offset.get();
+        if first.base_offset != next {
+            return Err(LogError::NotContiguous {
+                expected: next,
+                got: first.base_offset,
+            });
+        }
+        if needs_roll(
+            &log.active(),
+            &config,
+            first.total_len() as u64,
+            first.record_count.max(0) as u64,
+            next,
+            now,
+        ) {
+            roll_now(log).await?;
+        }
+        let active = log.active();
+        // The run: contiguous batches that fit the active segment (the first always goes).
+        let (mut bytes, mut expect, mut n) = (active.size.get(), next, 0usize);
+        for (h, _) in &rest {
+            bytes += h.total_len() as u64;
+            let fits = bytes <= config.segment_bytes
+                && h.last_offset() - active.base_offset <= MAX_RELATIVE_OFFSET;
+            if h.base_offset != expect || (n > 0 && !fits) {
+                break;
+            }
+            expect = h.next_offset();
+            n += 1;
+        }
+        let run: Vec<(BatchHeader, Bytes)> = rest.drain(..n).collect();
+        // A new leader epoch is in the cache file before its first batch is on disk.
+        for (h, _) in &run {
+            record_epoch(inner, h.partition_leader_epoch, h.base_offset).await?;
+        }
+        let position = active.size.get();
+        let bufs: Vec<Bytes> = run.iter().map(|(_, b)| b.clone()).collect();
+        inner.stats.writes.set(inner.stats.writes.get() + 1);
+        let ring = runnel_runtime::ring();
+        if let Err((e, written)) = ring.write_all_at(&active.file, position, bufs).await {
+            let err = LogError::io("append to", &active.log_path, e);
+            tracing::error!(topic = %inner.topic, partition = inner.partition, "{err} ({written} bytes written)");
+            if written > 0 {
+                let _ = ring.ftruncate(&active.file, position).await;
+            }
+            return Err(err);
+        }
+        let mut pos = position;
+        let mut records = 0u64;
+        {
+            let mut points = inner.commit_points.borrow_mut();
+            let mut producers = inner.producers.borrow_mut();
+            for (h, _) in &run {
+                active.on_batch(h, pos, config.index_interval_bytes);
+                pos += h.total_len() as u64;
+                points.push_back((h.next_offset(), active.clone(), pos));
+                producers.replay(h, now);
+                records += h.record_count.max(0) as u64;
+            }
+        }
+        if active.rolling_base_ms.get().is_none() {
+            active.rolling_base_ms.set(Some(now));
+        }
+        active.last_modified_ms.set(now);
+        active.size.set(pos);
+        inner.next_offset.set(expect);
+        let stats = &inner.stats;
+        stats
+            .appended_batches
+            .set(stats.appended_batches.get() + run.len() as u64);
+        stats
+            .appended_bytes
+            .set(stats.appended_bytes.get() + (pos - position));
+        inner
+            .unflushed_records
+            .set(inner.unflushed_records.get() + records);
+        if inner.oldest_unflushed_ms.get().is_none() {
+            inner.oldest_unflushed_ms.set(Some(now));
+        }
+    }
+    if config
+        .flush_messages
+        .is_some_and(|n| inner.unflushed_records.get() >= n)
+    {
+        flush_now(log).await?;
+    }
+    publish(log);
+    Ok(inner.next_offset.get())
 }
 
 /// Checks the idempotent batches of one append against the producer state. Ok(None): write
@@ -1295,6 +1614,22 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
             Err(e) => tracing::warn!(path = %path.display(), "ignoring producer snapshot: {e}"),
         }
     }
+    // The leader epoch cache, from its file, cut to the log end; batches replayed below
+    // add epochs a crash kept out of the file.
+    let epochs_path = inner.dir.join(crate::epochs::FILE);
+    let stored = match std::fs::read_to_string(&epochs_path) {
+        Ok(text) => crate::epochs::EpochCache::decode(&text).unwrap_or_else(|e| {
+            tracing::warn!(path = %epochs_path.display(), "ignoring the leader epoch file: {e}");
+            Default::default()
+        }),
+        Err(_) => Default::default(),
+    };
+    let mut epochs = stored.clone();
+    epochs.truncate_from_end(leo);
+    if epochs.entries().is_empty() && leo > lso {
+        // Written before leader epochs were kept: every batch carries epoch 0.
+        epochs.assign(LEADER_EPOCH, lso);
+    }
     if from < leo {
         let segments: Vec<Rc<Segment>> = inner.segments.borrow().clone();
         for seg in segments
@@ -1313,6 +1648,7 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
             seg.for_each_header(start, seg.size.get(), |_, h| {
                 if h.base_offset >= from {
                     state.replay(h, append_ms);
+                    epochs.assign(h.partition_leader_epoch, h.base_offset);
                 }
                 true
             })
@@ -1321,6 +1657,15 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
     }
     state.remove_below(lso);
     *inner.producers.borrow_mut() = state;
+    if let Some(latest) = epochs.latest_epoch() {
+        inner.leader_epoch.set(latest);
+    }
+    let changed = epochs != stored;
+    let text = epochs.encode();
+    *inner.epochs.borrow_mut() = epochs;
+    if changed {
+        write_epochs(inner, text).await?;
+    }
     Ok(())
 }
 
@@ -1472,6 +1817,7 @@ struct Waiters {
 pub struct WaitForData {
     inner: Rc<Inner>,
     offset: i64,
+    upto: Upto,
     id: Option<u64>,
 }
 
@@ -1481,10 +1827,11 @@ impl Future for WaitForData {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         let inner = &this.inner;
-        if inner.high_watermark.get() > this.offset
-            || inner.closed.get()
-            || inner.offline.borrow().is_some()
-        {
+        let end = match this.upto {
+            Upto::HighWatermark => inner.high_watermark.get(),
+            Upto::LogEnd => inner.published.get(),
+        };
+        if end > this.offset || inner.closed.get() || inner.offline.borrow().is_some() {
             if let Some(id) = this.id.take() {
                 this.inner.waiters.borrow_mut().wakers.remove(&id);
             }

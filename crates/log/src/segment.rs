@@ -50,6 +50,10 @@ pub(crate) struct Segment {
     /// Bytes readers may see: batches below the high watermark. Lags `size` while an
     /// acks=all write waits for its fdatasync.
     pub visible_size: Cell<u64>,
+    /// Bytes written and published (a write group done, synced if it had to be): what a
+    /// follower replica may fetch. `visible_size` (below the high watermark) trails it
+    /// while followers have not caught up.
+    pub published_size: Cell<u64>,
     /// (max_timestamp, offset_of_max_timestamp) as of `visible_size`: what ListOffsets -3
     /// may answer.
     pub visible_max_timestamp: Cell<(i64, i64)>,
@@ -79,6 +83,7 @@ impl Segment {
             log_path: dir.join(file_name(base_offset, LOG_SUFFIX)),
             size: Cell::new(size),
             visible_size: Cell::new(size),
+            published_size: Cell::new(size),
             visible_max_timestamp: Cell::new((NO_TIMESTAMP, base_offset)),
             next_offset: Cell::new(base_offset),
             index: RefCell::new(OffsetIndex::default()),
