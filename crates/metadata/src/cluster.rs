@@ -36,6 +36,10 @@ pub mod code {
     pub const INCONSISTENT_CLUSTER_ID: i16 = 104;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
     pub const ELECTION_NOT_NEEDED: i16 = 84;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const INVALID_UPDATE_VERSION: i16 = 108;
+    pub const INELIGIBLE_REPLICA: i16 = 107;
 }
 
 /// The internal topic that cannot be deleted nor grown.
@@ -92,6 +96,17 @@ pub enum Command {
     /// Hands out `count` producer ids; the result is the first.
     AllocateProducerIds {
         count: i64,
+    },
+    /// Kafka's AlterPartition: a partition's leader changes its ISR (a follower fell
+    /// behind, or caught up). Applies only if `leader` still leads in `leader_epoch` and the
+    /// ISR is still `from` (what the leader's decision was based on).
+    AlterIsr {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        from: Vec<i32>,
+        to: Vec<i32>,
     },
 }
 
@@ -150,6 +165,22 @@ impl Proposal {
 fn num<T: std::str::FromStr>(w: Option<&str>) -> Result<T, String> {
     let w = w.ok_or("a word is missing")?;
     w.parse().map_err(|_| format!("bad number {w:?}"))
+}
+
+/// Broker ids as one word: `1,2,3` (empty for none).
+fn ids(v: &[i32]) -> String {
+    v.iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The word [`ids`] writes.
+fn list(w: Option<&str>) -> Result<Vec<i32>, String> {
+    match w.ok_or("a word is missing")? {
+        "" => Ok(Vec::new()),
+        l => l.split(',').map(|b| num(Some(b))).collect(),
+    }
 }
 
 fn encode_assignment(a: &Option<Vec<Vec<i32>>>) -> String {
@@ -227,6 +258,19 @@ fn encode_command(out: &mut String, c: &Command) {
                 .join(",")
         ),
         Command::AllocateProducerIds { count } => write!(out, "producer-ids {count}"),
+        Command::AlterIsr {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            from,
+            to,
+        } => write!(
+            out,
+            "alter-isr {topic} {partition} {leader} {leader_epoch} {} {}",
+            ids(from),
+            ids(to)
+        ),
     };
 }
 
@@ -326,6 +370,15 @@ fn decode_command(line: &str) -> Result<Command, String> {
             "producer-ids" => Command::AllocateProducerIds {
                 count: num(w.next())?,
             },
+            "alter-isr" => Command::AlterIsr {
+                topic: word(w.next())?,
+                partition: num(w.next())?,
+                leader: num(w.next())?,
+                leader_epoch: num(w.next())?,
+                from: list(w.next())?,
+                to: list(w.next())?,
+            },
+
             other => return Err(format!("unknown command {other:?}")),
         })
     })()
@@ -426,6 +479,14 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
         Command::ElectPreferred { topics } => {
             Ok(Outcome::Elected(elect_preferred(s, topics.as_deref())))
         }
+        Command::AlterIsr {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            from,
+            to,
+        } => alter_isr(s, topic, *partition, *leader, *leader_epoch, from, to),
         Command::AllocateProducerIds { count } => {
             if *count < 1 {
                 return Err((code::INVALID_REQUEST, "count must be positive".into()));
@@ -515,7 +576,8 @@ fn for_each_partition(s: &mut Snapshot, mut f: impl FnMut(&str, i32, &mut Partit
 /// leaderships go to another live ISR member (or to nobody).
 fn went_away(s: &mut Snapshot, id: i32) {
     let live: Vec<i32> = s.live_brokers().map(|b| b.id).collect();
-    for_each_partition(s, |_, _, pm| {
+    let unclean = unclean_topics(s);
+    for_each_partition(s, |t, _, pm| {
         let mut changed = false;
         if pm.isr.contains(&id) && pm.isr.len() > 1 {
             pm.isr.retain(|&r| r != id);
@@ -528,6 +590,18 @@ fn went_away(s: &mut Snapshot, id: i32) {
                 .copied()
                 .find(|r| *r != id && pm.isr.contains(r) && live.contains(r))
                 .unwrap_or(-1);
+            if pm.leader == -1 && unclean.iter().any(|u| &**u == t) {
+                if let Some(r) = pm
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|r| *r != id && live.contains(r))
+                {
+                    // Kafka's unclean election: what the ISR had beyond this replica is lost.
+                    pm.leader = r;
+                    pm.isr = vec![r];
+                }
+            }
             pm.leader_epoch += 1;
             changed = true;
         }
@@ -535,27 +609,108 @@ fn went_away(s: &mut Snapshot, id: i32) {
     });
 }
 
-/// A broker is live again. Until follower replication exists, a replica has nothing to
-/// catch up on, so it rejoins the ISR at once; partitions without a leader get it.
+/// A broker is live again. It rejoins an ISR only when the partition's leader sees it
+/// caught up (AlterIsr), except that a partition without a leader whose ISR still names
+/// it (it was the last member, so it has every acknowledged record) gets it as leader.
 fn became_live(s: &mut Snapshot, id: i32) {
-    for_each_partition(s, |_, _, pm| {
-        if !pm.replicas.contains(&id) {
+    let unclean = unclean_topics(s);
+    for_each_partition(s, |t, _, pm| {
+        if !pm.replicas.contains(&id) || pm.leader != -1 {
             return false;
         }
-        let mut changed = false;
-        if !pm.isr.contains(&id) {
-            pm.isr.push(id);
-            pm.isr
-                .sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
-            changed = true;
-        }
-        if pm.leader == -1 {
+        if pm.isr.contains(&id) {
             pm.leader = id;
             pm.leader_epoch += 1;
-            changed = true;
+            return true;
         }
-        changed
+        if unclean.iter().any(|u| &**u == t) {
+            // Kafka's unclean election: what the ISR had beyond this replica is lost.
+            pm.leader = id;
+            pm.isr = vec![id];
+            pm.leader_epoch += 1;
+            return true;
+        }
+        false
     });
+}
+
+/// The topics with `unclean.leader.election.enable=true` (off by default, as in Kafka):
+/// their partitions take a leader from outside the ISR rather than stay offline.
+fn unclean_topics(s: &Snapshot) -> Vec<Arc<str>> {
+    s.topics
+        .values()
+        .filter(|t| {
+            t.overrides
+                .get("unclean.leader.election.enable")
+                .is_some_and(|v| v == "true")
+        })
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+fn alter_isr(
+    s: &mut Snapshot,
+    topic: &str,
+    partition: i32,
+    leader: i32,
+    leader_epoch: i32,
+    from: &[i32],
+    to: &[i32],
+) -> CommandResult {
+    let Some(pm) = s.partition(topic, partition) else {
+        return Err((
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("{topic}-{partition} does not exist"),
+        ));
+    };
+    if pm.leader != leader {
+        return Err((
+            code::NOT_LEADER_OR_FOLLOWER,
+            format!("broker {leader} does not lead {topic}-{partition}"),
+        ));
+    }
+    if pm.leader_epoch != leader_epoch {
+        return Err((
+            code::FENCED_LEADER_EPOCH,
+            format!(
+                "{topic}-{partition} is in leader epoch {}, not {leader_epoch}",
+                pm.leader_epoch
+            ),
+        ));
+    }
+    if pm.isr != from {
+        return Err((
+            code::INVALID_UPDATE_VERSION,
+            format!(
+                "the ISR of {topic}-{partition} is {:?}, not {from:?}",
+                pm.isr
+            ),
+        ));
+    }
+    if !to.contains(&leader) || to.iter().any(|r| !pm.replicas.contains(r)) {
+        return Err((
+            code::INVALID_REQUEST,
+            format!("ISR {to:?} must hold the leader and only replicas"),
+        ));
+    }
+    if let Some(r) = to.iter().find(|r| !from.contains(r) && !s.is_live(**r)) {
+        return Err((
+            code::INELIGIBLE_REPLICA,
+            format!("broker {r} is not live: it cannot join an ISR"),
+        ));
+    }
+    let mut isr = to.to_vec();
+    isr.sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
+    isr.dedup();
+    let (topic, partition) = (topic.to_string(), partition);
+    for_each_partition(s, |t, p, pm| {
+        if t != topic || p != partition {
+            return false;
+        }
+        pm.isr = isr.clone();
+        true
+    });
+    Ok(Outcome::Done)
 }
 
 fn elect_preferred(s: &mut Snapshot, only: Option<&[(String, i32)]>) -> Vec<((String, i32), i16)> {
@@ -834,12 +989,6 @@ pub fn encode_state(s: &Snapshot) -> String {
         },
         s.next_producer_id
     );
-    let ids = |v: &[i32]| {
-        v.iter()
-            .map(|b| b.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
     for b in s.brokers.values() {
         let state = match b.state {
             BrokerState::Active => "active",
@@ -887,12 +1036,6 @@ pub fn decode_state(text: &str) -> Result<Snapshot, String> {
             s.topics.insert(t.name.clone(), Arc::new(t));
         }
         Ok(())
-    };
-    let list = |w: Option<&str>| -> Result<Vec<i32>, String> {
-        match w.ok_or("a word is missing")? {
-            "" => Ok(Vec::new()),
-            l => l.split(',').map(|b| num(Some(b))).collect(),
-        }
     };
     for line in lines.filter(|l| !l.is_empty()) {
         let bad = |e: String| format!("bad state line {line:?}: {e}");

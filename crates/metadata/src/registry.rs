@@ -171,10 +171,12 @@ pub const TOPIC_CONFIGS: &[&str] = &[
     "flush.ms",
     "max.message.bytes",
     "message.timestamp.type",
+    "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 /// segment.bytes bounds: room for one batch header, and index positions are 32-bit (Kafka
@@ -205,6 +207,17 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
             }
         }),
         "retention.ms" | "retention.bytes" => int(-1),
+        "min.insync.replicas" => int(1).and_then(|_| {
+            if value.parse::<i64>().unwrap_or(0) > i16::MAX as i64 {
+                Err(format!("{key} must fit in 16 bits"))
+            } else {
+                Ok(())
+            }
+        }),
+        "unclean.leader.election.enable" if value == "true" || value == "false" => Ok(()),
+        "unclean.leader.election.enable" => Err(format!(
+            "unclean.leader.election.enable must be true or false, got {value:?}"
+        )),
         "segment.bytes" => int(MIN_SEGMENT_BYTES as i64).and_then(|_| {
             if value.parse::<u64>().unwrap_or(u64::MAX) > MAX_SEGMENT_BYTES {
                 Err(format!("segment.bytes must be at most {MAX_SEGMENT_BYTES}"))
@@ -218,6 +231,14 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
         )),
         _ => Err(format!("unknown topic config {key:?}")),
     }
+}
+
+/// A topic's min.insync.replicas: its override, or the broker's default.
+pub fn min_insync_replicas(default: i32, overrides: &BTreeMap<String, String>) -> i32 {
+    overrides
+        .get("min.insync.replicas")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 pub fn max_message_bytes(default: u32, overrides: &BTreeMap<String, String>) -> u32 {

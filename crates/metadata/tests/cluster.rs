@@ -246,6 +246,28 @@ fn preferred_leaders_come_back_and_producer_ids_come_in_blocks() {
     .unwrap();
     apply(&mut s, &Command::RegisterBroker(broker(2, None))).unwrap();
     assert_ne!(leaders(&s, "t"), preferred);
+    // Not in the ISR yet: broker 2 cannot take its leaderships back.
+    let r = apply(&mut s, &Command::ElectPreferred { topics: None }).unwrap();
+    let Outcome::Elected(codes) = r else {
+        panic!("{r:?}")
+    };
+    assert!(codes.iter().all(|(_, c)| *c != 0));
+    // Its leaders see it caught up and put it back in their ISRs.
+    for p in 0..3 {
+        let pm = s.partition("t", p).unwrap().clone();
+        apply(
+            &mut s,
+            &Command::AlterIsr {
+                topic: "t".into(),
+                partition: p,
+                leader: pm.leader,
+                leader_epoch: pm.leader_epoch,
+                from: pm.isr.clone(),
+                to: pm.replicas.clone(),
+            },
+        )
+        .unwrap();
+    }
     let r = apply(&mut s, &Command::ElectPreferred { topics: None }).unwrap();
     let Outcome::Elected(codes) = r else {
         panic!("{r:?}")
@@ -312,4 +334,111 @@ fn the_state_round_trips_through_its_snapshot_text() {
     assert_eq!(apply(&mut a, &c), apply(&mut b, &c));
     assert_eq!(a.topics, b.topics);
     assert!(decode_state("nonsense").is_err());
+}
+
+#[test]
+fn the_isr_changes_only_through_its_leader_and_a_returning_broker_waits_to_rejoin() {
+    let mut s = cluster(&[None, None, None]);
+    create(&mut s, "t", 1, 3).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    let follower = *p.replicas.iter().find(|r| **r != p.leader).unwrap();
+    let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != follower).collect();
+    let alter = |from: &[i32], to: &[i32], epoch: i32| Command::AlterIsr {
+        topic: "t".into(),
+        partition: 0,
+        leader: p.leader,
+        leader_epoch: epoch,
+        from: from.to_vec(),
+        to: to.to_vec(),
+    };
+    // A stale epoch or a stale ISR is refused; the leader's shrink applies.
+    assert_eq!(
+        apply(&mut s, &alter(&p.isr, &shrunk, p.leader_epoch + 1))
+            .unwrap_err()
+            .0,
+        code::FENCED_LEADER_EPOCH
+    );
+    apply(&mut s, &alter(&p.isr, &shrunk, p.leader_epoch)).unwrap();
+    assert_eq!(s.partition("t", 0).unwrap().isr, shrunk);
+    assert_eq!(
+        apply(&mut s, &alter(&p.isr, &shrunk, p.leader_epoch))
+            .unwrap_err()
+            .0,
+        code::INVALID_UPDATE_VERSION
+    );
+    // The ISR round trips through the text encoding.
+    let c = alter(&shrunk, &p.isr, p.leader_epoch);
+    let text = Proposal {
+        request_id: 1,
+        from: 1,
+        commands: vec![c.clone()],
+    }
+    .encode();
+    assert_eq!(Proposal::decode(&text).unwrap().commands, vec![c.clone()]);
+    // A fenced broker cannot join; a live one can.
+    apply(
+        &mut s,
+        &Command::FenceBroker {
+            id: follower,
+            incarnation: 100 + follower as u64,
+        },
+    )
+    .unwrap();
+    assert_eq!(apply(&mut s, &c).unwrap_err().0, code::INELIGIBLE_REPLICA);
+    // Coming back does not put it in the ISR: only its leader does, once it caught up.
+    apply(&mut s, &Command::RegisterBroker(broker(follower, None))).unwrap();
+    assert_eq!(s.partition("t", 0).unwrap().isr, shrunk);
+    apply(&mut s, &c).unwrap();
+    assert_eq!(s.partition("t", 0).unwrap().isr, p.isr);
+}
+
+#[test]
+fn without_a_live_isr_member_a_partition_stays_offline_unless_unclean_election_is_on() {
+    for unclean in [false, true] {
+        let mut s = cluster(&[None, None]);
+        let mut configs = std::collections::BTreeMap::new();
+        configs.insert(
+            "unclean.leader.election.enable".to_string(),
+            unclean.to_string(),
+        );
+        apply(
+            &mut s,
+            &Command::CreateTopic {
+                name: "t".into(),
+                id: [7; 16],
+                partitions: 1,
+                replication_factor: 2,
+                assignment: Some(vec![vec![1, 2]]),
+                configs,
+            },
+        )
+        .unwrap();
+        // Broker 2 left the ISR (it fell behind); then the leader, broker 1, dies.
+        apply(
+            &mut s,
+            &Command::AlterIsr {
+                topic: "t".into(),
+                partition: 0,
+                leader: 1,
+                leader_epoch: 0,
+                from: vec![1, 2],
+                to: vec![1],
+            },
+        )
+        .unwrap();
+        apply(
+            &mut s,
+            &Command::FenceBroker {
+                id: 1,
+                incarnation: 101,
+            },
+        )
+        .unwrap();
+        let p = s.partition("t", 0).unwrap();
+        if unclean {
+            assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+        } else {
+            assert_eq!((p.leader, p.isr.clone()), (-1, vec![1]));
+        }
+    }
 }
