@@ -9,4 +9,5 @@ mod durability;
 mod groups;
 mod idempotence;
 mod protocol;
+mod replication;
 mod tools;

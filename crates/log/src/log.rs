@@ -161,6 +161,8 @@ pub(crate) struct Inner {
     /// Stamped into every batch this log appends as leader.
     pub leader_epoch: Cell<i32>,
     pub epochs: RefCell<crate::epochs::EpochCache>,
+    /// The cache has an entry its file lacks: written before the next batch is.
+    epochs_dirty: Cell<bool>,
     /// Set when an fdatasync failed: Linux reports a writeback error once, so later syncs
     /// would succeed over lost pages. Everything but close is refused from then on.
     pub offline: RefCell<Option<String>>,
@@ -245,6 +247,7 @@ impl Log {
                 commit_points: RefCell::new(VecDeque::new()),
                 leader_epoch: Cell::new(LEADER_EPOCH),
                 epochs: RefCell::new(Default::default()),
+                epochs_dirty: Cell::new(false),
                 offline: RefCell::new(None),
                 recovery_point: Cell::new(recovery_point),
                 unflushed_records: Cell::new(0),
@@ -324,8 +327,9 @@ impl Log {
     }
 
     /// This broker became the partition's leader in `epoch`: the epoch starts at the log
-    /// end offset (in the leader epoch cache and its file, before any batch of it), and the
-    /// batches appended from now on carry it.
+    /// end offset (in the leader epoch cache; its file is written before the epoch's first
+    /// batch, so a leadership without appends costs no file write), and the batches
+    /// appended from now on carry it.
     pub async fn begin_epoch(&self, epoch: i32) -> Result<(), LogError> {
         self.check_open()?;
         let (tx, rx) = oneshot::channel();
@@ -341,6 +345,17 @@ impl Log {
             .epochs
             .borrow()
             .end_offset_for(epoch, self.inner.next_offset.get())
+    }
+
+    /// The offset where `epoch` starts in this log, if it is in the epoch cache.
+    pub fn epoch_start(&self, epoch: i32) -> Option<i64> {
+        self.inner
+            .epochs
+            .borrow()
+            .entries()
+            .iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|(_, o)| *o)
     }
 
     /// The latest leader epoch of the batches in this log (None: empty, never written).
@@ -932,14 +947,10 @@ async fn writer(inner: Rc<Inner>) {
                     let _ = r.reply.send(write_replica(&log, r.batches).await);
                 }
                 Work::Epoch(epoch, reply) => {
-                    let r = match log.check_online() {
-                        Ok(()) => {
-                            log.inner.leader_epoch.set(epoch);
-                            let at = log.inner.next_offset.get();
-                            record_epoch(&log.inner, epoch, at).await
-                        }
-                        Err(e) => Err(e),
-                    };
+                    let r = log.check_online().map(|()| {
+                        log.inner.leader_epoch.set(epoch);
+                        record_epoch(&log.inner, epoch, log.inner.next_offset.get());
+                    });
                     let _ = reply.send(r);
                 }
                 Work::Append(_) => unreachable!("appends were split out"),
@@ -961,8 +972,9 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
     // The first batch of a leader epoch is written only once the epoch cache file says
     // where the epoch starts (once per epoch: a leader's `begin_epoch` usually did it).
     let epoch = inner.leader_epoch.get();
-    if inner.epochs.borrow().latest_epoch() < Some(epoch) {
-        if let Err(e) = record_epoch(inner, epoch, inner.next_offset.get()).await {
+    record_epoch(inner, epoch, inner.next_offset.get());
+    {
+        if let Err(e) = persist_epochs(inner).await {
             for a in appends {
                 let _ = a.reply.send(Err(storage_error(&e)));
             }
@@ -1225,16 +1237,23 @@ fn advance_high_watermark(log: &Log, offset: i64) -> bool {
     true
 }
 
-/// Records in the epoch cache (and its file, synced) that `epoch` starts at `offset`.
-async fn record_epoch(inner: &Inner, epoch: i32, offset: i64) -> Result<(), LogError> {
-    let text = {
-        let mut cache = inner.epochs.borrow_mut();
-        if !cache.assign(epoch, offset) {
-            return Ok(());
-        }
-        cache.encode()
-    };
-    write_epochs(inner, text).await
+/// Records in the epoch cache that `epoch` starts at `offset` (if it is a new epoch); the
+/// file follows with [`persist_epochs`].
+fn record_epoch(inner: &Inner, epoch: i32, offset: i64) {
+    if inner.epochs.borrow_mut().assign(epoch, offset) {
+        inner.epochs_dirty.set(true);
+    }
+}
+
+/// Writes the epoch cache file (synced) if the cache changed since it was last written.
+async fn persist_epochs(inner: &Inner) -> Result<(), LogError> {
+    if !inner.epochs_dirty.get() {
+        return Ok(());
+    }
+    let text = inner.epochs.borrow().encode();
+    write_epochs(inner, text).await?;
+    inner.epochs_dirty.set(false);
+    Ok(())
 }
 
 pub(crate) async fn write_epochs(inner: &Inner, text: String) -> Result<(), LogError> {
@@ -1286,8 +1305,9 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
         let run: Vec<(BatchHeader, Bytes)> = rest.drain(..n).collect();
         // A new leader epoch is in the cache file before its first batch is on disk.
         for (h, _) in &run {
-            record_epoch(inner, h.partition_leader_epoch, h.base_offset).await?;
+            record_epoch(inner, h.partition_leader_epoch, h.base_offset);
         }
+        persist_epochs(inner).await?;
         let position = active.size.get();
         let bufs: Vec<Bytes> = run.iter().map(|(_, b)| b.clone()).collect();
         inner.stats.writes.set(inner.stats.writes.get() + 1);

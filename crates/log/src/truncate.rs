@@ -82,4 +82,48 @@ impl Log {
         )
         .await
     }
+
+    /// Empties the log and starts it again at `offset` (a follower whose leader's log
+    /// starts past this log's end: retention removed what it lacks). Returns the log opened
+    /// again; this handle is closed.
+    pub async fn reset_to(&self, offset: i64) -> Result<Log, LogError> {
+        let inner = &self.inner;
+        let (dir, topic, partition, config) = (
+            inner.dir.clone(),
+            inner.topic.clone(),
+            inner.partition,
+            self.config(),
+        );
+        self.close().await?;
+        let segments: Vec<Rc<crate::segment::Segment>> = inner.segments.borrow().clone();
+        let dir_fd = inner.open_dir()?;
+        for seg in &segments {
+            delete_segment_files(&dir_fd, seg).await?;
+        }
+        // The epochs and producers of the old log describe nothing that is left.
+        let ring = runnel_runtime::ring();
+        let _ = ring.unlink_at(&dir_fd, crate::epochs::FILE).await;
+        let dir_fd_ref: &std::os::fd::OwnedFd = &dir_fd;
+        for o in crate::log::list_snapshots(&dir, dir_fd_ref)? {
+            let name = crate::file_name(o, crate::producer_state::SNAPSHOT_SUFFIX);
+            let _ = ring.unlink_at(&dir_fd, &name).await;
+        }
+        runnel_runtime::ring()
+            .fdatasync(&dir_fd)
+            .await
+            .map_err(|e| LogError::io("fsync directory", &dir, e))?;
+        tracing::warn!(topic = %topic, partition, "emptied the log to start over at offset {offset}");
+        Log::open(
+            &dir,
+            &topic,
+            partition,
+            config,
+            OpenOptions {
+                recovery_point: Some(offset),
+                log_start_offset: Some(offset),
+                clean_shutdown: false,
+            },
+        )
+        .await
+    }
 }

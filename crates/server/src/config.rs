@@ -171,12 +171,34 @@ pub struct Config {
     #[arg(long, default_value_t = 9_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(200..))]
     pub broker_session_timeout_ms: u64,
 
-    /// How often the active controller moves leaderships back to preferred replicas
-    /// (leader.imbalance.check.interval.seconds, in ms); 0: never. Default 0 until follower
-    /// replication exists: the preferred replica does not have what the interim leader
-    /// took, so moving back would hide those records (Kafka: every 300000 ms).
-    #[arg(long, default_value_t = 0, value_name = "MS")]
+    /// How often the active controller moves leaderships back to preferred replicas that
+    /// are in the ISR (leader.imbalance.check.interval.seconds, in ms); 0: never.
+    #[arg(long, default_value_t = 300_000, value_name = "MS")]
     pub leader_imbalance_check_interval_ms: u64,
+
+    /// A follower that has not caught up with its leader for this long leaves the ISR
+    /// (replica.lag.time.max.ms).
+    #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
+    pub replica_lag_time_max_ms: u64,
+
+    /// In-sync replicas an acks=all produce needs (min.insync.replicas; a topic config
+    /// overrides it). Default: 2 for topics with 3 or more replicas, else 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub min_insync_replicas: Option<i32>,
+
+    /// Bytes a follower asks for per partition in one fetch (replica.fetch.max.bytes).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = clap::value_parser!(i32).range(1024..))]
+    pub replica_fetch_max_bytes: i32,
+
+    /// Bytes a follower asks for in one fetch, all partitions together
+    /// (replica.fetch.response.max.bytes).
+    #[arg(long, default_value_t = 10 << 20, value_name = "BYTES", value_parser = clap::value_parser!(i32).range(1024..))]
+    pub replica_fetch_response_max_bytes: i32,
+
+    /// How long a leader holds a follower's fetch when it has nothing new
+    /// (replica.fetch.wait.max.ms).
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = clap::value_parser!(i32).range(0..=30_000))]
+    pub replica_fetch_wait_max_ms: i32,
 
     /// Snapshot the metadata log's state, and drop the entries before it, every this many
     /// entries (metadata.log.max.snapshot.interval, counted in entries).

@@ -33,6 +33,9 @@ fn offsets_log(shard: &Shard, group: &str) -> Option<Log> {
         .cloned()
 }
 
+/// How long a commit waits for the in-sync replicas (Kafka's offsets.commit.timeout.ms).
+const COMMIT_TIMEOUT_MS: i32 = 5000;
+
 /// Runs a group operation on this (its coordinator's) shard, with the write it may need.
 pub async fn run(shard: &Shard, op: GroupOp) {
     if let Some(w) = shard.coordinator.handle(op) {
@@ -48,12 +51,24 @@ async fn write(shard: &Shard, w: PendingWrite, durable: bool) -> Result<(), i16>
     } else {
         match offsets_log(shard, &w.group) {
             None => Err(code::COORDINATOR_NOT_AVAILABLE),
-            Some(log) => offsets_store::append(&log, &w.records, durable)
-                .await
-                .map_err(|e| {
+            Some(log) => match offsets_store::append(&log, &w.records, durable).await {
+                Err(e) => {
                     tracing::warn!(group = %w.group, "__consumer_offsets write failed: {e}");
-                    code::KAFKA_STORAGE_ERROR
-                }),
+                    Err(code::KAFKA_STORAGE_ERROR)
+                }
+                // As Kafka's coordinator appends with acks=all: a commit is answered (and
+                // applied) once every in-sync replica has it, so it survives a failover.
+                Ok(info) => {
+                    let key = (Arc::from(TOPIC), coordinator_of(shard, &w.group).1);
+                    crate::replication::update_high_watermark(shard, &key, &log);
+                    crate::replication::await_isr(shard, &key, &log, info.last_offset, COMMIT_TIMEOUT_MS)
+                        .await
+                        .map_err(|(c, msg)| {
+                            tracing::warn!(group = %w.group, "__consumer_offsets write not replicated: {msg}");
+                            if c == code::NOT_LEADER_OR_FOLLOWER { code::NOT_COORDINATOR } else { c }
+                        })
+                }
+            },
         }
     };
     shard.coordinator.complete(w, result);

@@ -2,7 +2,7 @@
 //! shard over the mesh, or from this one), each kind handed to the module that owns it.
 
 use crate::shard::{log_error, PartitionError, Shard, ShardMsg};
-use runnel_log::{Log, TimestampOffset};
+use runnel_log::{Log, TimestampOffset, Upto};
 use runnel_protocol::code;
 use std::rc::Rc;
 
@@ -13,13 +13,11 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
         ShardMsg::Produce {
             key,
             records,
-            durable,
+            acks,
+            timeout_ms,
             reply,
         } => {
-            let r = match shard.log(&key) {
-                Ok(log) => log.append(records, durable).await.map_err(log_error),
-                Err(e) => Err(e),
-            };
+            let r = crate::replication::produce(&shard, &key, records, acks, timeout_ms).await;
             let _ = reply.send(r);
         }
         ShardMsg::Read {
@@ -27,20 +25,37 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             offset,
             max_bytes,
             min_one_batch,
+            replica,
             reply,
         } => {
             let r = match shard.log(&key) {
-                Ok(log) => log
-                    .read(offset, max_bytes, min_one_batch)
-                    .await
-                    .map_err(log_error),
+                Ok(log) => match replica {
+                    None => log
+                        .read(offset, max_bytes, min_one_batch)
+                        .await
+                        .map_err(log_error),
+                    Some(r) => match crate::replication::on_follower_fetch(
+                        &shard, &key, r, offset, &log,
+                    ) {
+                        Ok(()) => log
+                            .read_upto(offset, max_bytes, min_one_batch, Upto::LogEnd)
+                            .await
+                            .map_err(log_error),
+                        Err(e) => Err(e),
+                    },
+                },
                 Err(e) => Err(e),
             };
+            let _ = reply.send(r);
+        }
+        ShardMsg::EpochEnd { key, epoch, reply } => {
+            let r = shard.log(&key).map(|log| log.end_offset_for_epoch(epoch));
             let _ = reply.send(r);
         }
         ShardMsg::WaitForData {
             key,
             offset,
+            upto,
             mut reply,
         } => {
             let Ok(log) = shard.log(&key) else {
@@ -48,7 +63,7 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
                 return;
             };
             // Closing the log (shutdown, topic deletion) also ends the wait.
-            let wait = log.wait_for_data(offset);
+            let wait = log.wait_for(offset, upto);
             let cancelled = reply.cancellation();
             futures_lite::future::or(wait, cancelled).await;
             let _ = reply.send(());

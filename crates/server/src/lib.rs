@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod dispatch;
+pub mod fetcher;
 pub mod groups;
 pub mod handlers;
 pub mod inbox;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod offsets_store;
 pub mod partitions;
 pub mod producer_ids;
+pub mod replication;
 pub mod server;
 pub mod shard;
 

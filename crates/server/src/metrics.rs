@@ -67,6 +67,11 @@ counters! {
     fetch_bytes_copied: "counter", "Record bytes sent to consumers by reading them into user space (--zero-copy=off).";
     produce_bytes_copied: "counter", "Produce record bytes copied in user space (0 unless a frame was shared).";
     cross_shard_messages: "counter", "Messages sent to another shard.";
+    isr_shrinks: "counter", "Followers this broker's leaderships dropped from their ISR (they fell behind).";
+    isr_expands: "counter", "Followers this broker's leaderships took back into their ISR (they caught up).";
+    replica_fetch_bytes: "counter", "Record bytes this broker's followers fetched from leaders and appended.";
+    replica_fetch_bytes_spliced: "counter", "Record bytes sent to follower replicas by splice, never entering user space.";
+    replica_fetch_bytes_copied: "counter", "Record bytes sent to follower replicas by reading them into user space (--zero-copy=off).";
     offline_partitions: "gauge", "Partitions taken offline by a storage error (a failed fdatasync); they refuse produce and fetch until a restart recovers them.";
 }
 
@@ -98,6 +103,12 @@ pub fn render_cluster(snapshot: &runnel_metadata::Snapshot, node: i32) -> String
             )
         });
     let live = snapshot.live_brokers().count();
+    let under_replicated = snapshot
+        .topics
+        .values()
+        .flat_map(|t| t.assignment.iter())
+        .filter(|p| p.leader == node && p.isr.len() < p.replicas.len())
+        .count() as u64;
     for (name, help, value) in [
         (
             "active_controller",
@@ -118,6 +129,11 @@ pub fn render_cluster(snapshot: &runnel_metadata::Snapshot, node: i32) -> String
             "leader_partitions",
             "Partitions this broker leads.",
             leaders.0,
+        ),
+        (
+            "under_replicated_partitions",
+            "Partitions this broker leads whose ISR lacks some of their replicas (Kafka's UnderReplicatedPartitions).",
+            under_replicated,
         ),
         (
             "partitions_without_leader",

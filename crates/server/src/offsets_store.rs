@@ -22,7 +22,7 @@ pub async fn append(
     log: &Log,
     records: &[(OffsetKey, Option<Committed>)],
     durable: bool,
-) -> Result<(), LogError> {
+) -> Result<runnel_log::AppendInfo, LogError> {
     let mut buf = BytesMut::new();
     for chunk in records.chunks(RECORDS_PER_BATCH) {
         let now = chunk
@@ -38,7 +38,7 @@ pub async fn append(
         }
         buf.extend_from_slice(&b.build());
     }
-    log.append(buf, durable).await.map(|_| ())
+    log.append(buf, durable).await
 }
 
 /// Replays a partition from its log start: the live offsets it holds.

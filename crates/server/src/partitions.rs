@@ -47,17 +47,20 @@ pub async fn apply_metadata(
             }
             let key: PartitionKey = (t.name.clone(), p);
             let existing = shard.partitions.borrow().get(&key).cloned();
-            match existing {
+            let log = match existing {
                 Some(log) => {
                     if log.config() != config {
                         log.set_config(config.clone()).map_err(|e| e.to_string())?;
                     }
+                    log
                 }
                 None => {
                     let log = open_log(shard, &key, &t.id, config.clone(), at_startup).await?;
-                    shard.partitions.borrow_mut().insert(key, log);
+                    shard.partitions.borrow_mut().insert(key.clone(), log.clone());
+                    log
                 }
-            }
+            };
+            crate::replication::assign(shard, &key, &log, pm, &t.overrides).await?;
         }
     }
     coordinate(shard, &old, &snapshot).await?;
@@ -83,6 +86,7 @@ pub async fn apply_metadata(
 
 /// Takes a partition of a deleted topic out of this shard, closes it and deletes its files.
 async fn close_and_delete(shard: &Shard, key: &PartitionKey) {
+    crate::replication::forget(shard, key);
     let Some(log) = shard.partitions.borrow_mut().remove(key) else {
         return;
     };

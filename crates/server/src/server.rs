@@ -332,6 +332,9 @@ fn new_shard(
             offsets_retention_ms: config.offsets_retention_ms,
             durable_commits: config.sync_on_acks_all,
         }),
+        leading: RefCell::new(HashMap::new()),
+        following: RefCell::new(HashMap::new()),
+        fetchers: RefCell::new(Default::default()),
     });
     if shard.id == 0 {
         *shard.producer_ids.borrow_mut() = Some(Default::default());
@@ -551,13 +554,19 @@ fn start_controller(
     })
 }
 
-/// Retention and the flush.ms policy, off the request path.
+/// Retention, the flush.ms policy and the ISR check, off the request path.
 async fn background(shard: Rc<Shard>) {
     let retention_every = shard.config().retention_check_interval_ms;
     let mut next_retention = runnel_now_ms() + retention_every as i64;
+    let isr_every = (shard.config().replica_lag_time_max_ms / 2).clamp(100, 1000) as i64;
+    let mut next_isr_check = runnel_now_ms() + isr_every;
     loop {
         glommio::timer::sleep(Duration::from_millis(250)).await;
         let now = runnel_now_ms();
+        if now >= next_isr_check {
+            next_isr_check = now + isr_every;
+            crate::replication::shrink_lagging(&shard);
+        }
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
         let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count();
         shard.counters().offline_partitions.set(offline as u64);

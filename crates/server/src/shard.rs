@@ -30,7 +30,8 @@ pub enum ShardMsg {
     Produce {
         key: PartitionKey,
         records: BytesMut,
-        durable: bool,
+        acks: i16,
+        timeout_ms: i32,
         reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
     },
     Read {
@@ -38,14 +39,24 @@ pub enum ShardMsg {
         offset: i64,
         max_bytes: u64,
         min_one_batch: bool,
+        /// A follower replica's fetch (its broker id): it reads up to the log end, and its
+        /// fetch offset is its progress.
+        replica: Option<i32>,
         reply: oneshot::Sender<Result<ReadPlan, PartitionError>>,
     },
-    /// Resolves when the partition's log end offset passes `offset`; dropped by the caller
-    /// when its max_wait_ms is up.
+    /// Resolves when the partition's high watermark (a follower: its log end offset) passes
+    /// `offset`; dropped by the caller when its max_wait_ms is up.
     WaitForData {
         key: PartitionKey,
         offset: i64,
+        upto: runnel_log::Upto,
         reply: oneshot::Sender<()>,
+    },
+    /// OffsetForLeaderEpoch: (epoch, end offset) of the largest epoch at or below `epoch`.
+    EpochEnd {
+        key: PartitionKey,
+        epoch: i32,
+        reply: oneshot::Sender<Result<(i32, i64), PartitionError>>,
     },
     ListOffset {
         key: PartitionKey,
@@ -139,6 +150,12 @@ pub struct Shard {
     pub checkpoint_lock: glommio::sync::Semaphore,
     /// The consumer groups placed on this shard.
     pub coordinator: runnel_group::Coordinator,
+    /// This shard's partitions this broker leads: the followers' progress.
+    pub leading: RefCell<HashMap<PartitionKey, crate::replication::Leading>>,
+    /// This shard's partitions this broker follows: whom, in which epoch.
+    pub following: RefCell<HashMap<PartitionKey, crate::replication::Following>>,
+    /// Leaders this shard's fetchers pull from (one fetcher per leader broker).
+    pub fetchers: RefCell<std::collections::HashSet<i32>>,
 }
 
 impl Shard {

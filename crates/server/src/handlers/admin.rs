@@ -129,16 +129,14 @@ pub async fn offset_for_leader_epoch(shard: &Rc<Shard>, req: &Request) -> Outcom
                 Err(c) => r = r.with_error_code(c),
                 Ok((name, owner)) => {
                     let key = (name, p.partition);
+                    let epoch = p.leader_epoch;
                     match shard
-                        .call(owner, |reply| ShardMsg::Offsets { key, reply })
+                        .call(owner, |reply| ShardMsg::EpochEnd { key, epoch, reply })
                         .await
                     {
-                        // Every batch carries epoch 0, so epoch 0 ends at the log end; a
-                        // later epoch is unknown (UNDEFINED -1/-1, as Kafka answers).
-                        Some(Ok((_, end))) if p.leader_epoch <= 0 => {
-                            r = r.with_leader_epoch(0).with_end_offset(end)
+                        Some(Ok((epoch, end))) => {
+                            r = r.with_leader_epoch(epoch).with_end_offset(end)
                         }
-                        Some(Ok(_)) => {}
                         Some(Err((c, _))) => r = r.with_error_code(c),
                         None => r = r.with_error_code(code::NOT_LEADER_OR_FOLLOWER),
                     }

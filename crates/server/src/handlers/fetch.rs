@@ -33,6 +33,14 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
     };
     let version = req.version;
     let snapshot = shard.snapshot();
+    // A follower replica's fetch (Kafka's replica id: in the body until v14, in ReplicaState
+    // from v15): it reads past the high watermark, and its offsets are its progress.
+    let replica_id = if version >= 15 {
+        body.replica_state.replica_id.0
+    } else {
+        body.replica_id.0
+    };
+    let replica = (replica_id >= 0).then_some(replica_id);
 
     // Sessions (KIP-227) are not kept: every fetch is a full one, and session id 0 in the
     // answer tells the client so. A client that names a session gets
@@ -101,7 +109,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let deadline =
         Instant::now() + Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     let results = loop {
-        let results = read_all(shard, &wanted, max_bytes).await;
+        let results = read_all(shard, &wanted, max_bytes, replica).await;
         let total: u64 = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -113,10 +121,19 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             break results;
         }
         // Wait for an append to any of the partitions, or the deadline.
-        if !wait_for_data(shard, &wanted, &results, deadline).await {
-            break read_all(shard, &wanted, max_bytes).await;
+        if !wait_for_data(shard, &wanted, &results, deadline, replica.is_some()).await {
+            break read_all(shard, &wanted, max_bytes, replica).await;
         }
     };
+    if replica.is_some() {
+        let sent: u64 = results.iter().filter_map(|r| r.as_ref().ok()).map(|p| p.len).sum();
+        let c = shard.counters();
+        if shard.config().zero_copy {
+            c.replica_fetch_bytes_spliced.add(sent);
+        } else {
+            c.replica_fetch_bytes_copied.add(sent);
+        }
+    }
 
     let mut leaders = std::collections::BTreeSet::new();
     for (w, r) in wanted.iter().zip(results) {
@@ -190,7 +207,12 @@ type ReadResult = Result<ReadPlan, (i16, Option<(i64, i64)>)>;
 /// Plans every partition concurrently with its own limit, then trims to the response's
 /// max_bytes in request order: a partition that would overflow is planned again with what
 /// is left (KIP-74: the first partition with data always gets at least one whole batch).
-async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: u64) -> Vec<ReadResult> {
+async fn read_all(
+    shard: &Rc<Shard>,
+    wanted: &[Wanted],
+    max_bytes: u64,
+    replica: Option<i32>,
+) -> Vec<ReadResult> {
     let first = runnel_runtime::join_all(wanted.iter().map(|w| {
         let shard = shard.clone();
         let (error, name, partition, offset, limit) = (
@@ -204,7 +226,7 @@ async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: u64) -> Vec<R
             if let Some(c) = error {
                 return Err((c, None));
             }
-            read_one(&shard, name, partition, offset, limit, true).await
+            read_one(&shard, name, partition, offset, limit, true, replica).await
         }
     }))
     .await;
@@ -218,7 +240,10 @@ async fn read_all(shard: &Rc<Shard>, wanted: &[Wanted], max_bytes: u64) -> Vec<R
             Ok(plan) if used == 0 || plan.len <= left => Ok(plan),
             // Over a limit: plan again with what is left (possibly nothing), whole batches only.
             Ok(plan) if left == 0 => Ok(ReadPlan { len: 0, ..plan }),
-            Ok(_) => read_one(shard, w.name.clone(), w.partition, w.offset, left, false).await,
+            Ok(_) => {
+                let (name, p) = (w.name.clone(), w.partition);
+                read_one(shard, name, p, w.offset, left, false, replica).await
+            }
             Err(e) => Err(e),
         };
         if let Ok(plan) = &r {
@@ -236,6 +261,7 @@ async fn read_one(
     offset: i64,
     max_bytes: u64,
     min_one_batch: bool,
+    replica: Option<i32>,
 ) -> ReadResult {
     let owner = shard.owner(&name, partition);
     let key = (name.clone(), partition);
@@ -245,6 +271,7 @@ async fn read_one(
             offset,
             max_bytes,
             min_one_batch,
+            replica,
             reply,
         })
         .await;
@@ -276,17 +303,28 @@ async fn wait_for_data(
     wanted: &[Wanted],
     results: &[ReadResult],
     deadline: Instant,
+    replica: bool,
 ) -> bool {
     let mut receivers = Vec::new();
     for (w, r) in wanted.iter().zip(results) {
         let Ok(plan) = r else { continue };
         let key = (w.name.clone(), w.partition);
-        // Data beyond the current high watermark is new to this consumer.
-        let offset = plan.high_watermark.max(w.offset);
+        // Data beyond the current high watermark is new to this consumer; a follower
+        // waits for the log end to pass its fetch offset.
+        let (offset, upto) = if replica {
+            (w.offset, runnel_log::Upto::LogEnd)
+        } else {
+            (plan.high_watermark.max(w.offset), runnel_log::Upto::HighWatermark)
+        };
         let owner = shard.owner(&w.name, w.partition);
         receivers.push(
             shard
-                .send(owner, |reply| ShardMsg::WaitForData { key, offset, reply })
+                .send(owner, |reply| ShardMsg::WaitForData {
+                    key,
+                    offset,
+                    upto,
+                    reply,
+                })
                 .await,
         );
     }

@@ -48,7 +48,7 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
         Err(e) => return glommio::spawn_local(async move { Outcome::Close(e) }).detach(),
     };
     let acks = body.acks;
-    let durable = acks == -1 && shard.config().sync_on_acks_all;
+    let timeout_ms = body.timeout_ms;
     let snapshot = shard.snapshot();
     let frame_start = req.frame.as_ptr() as usize;
 
@@ -181,7 +181,8 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
             .send(owner, |reply| ShardMsg::Produce {
                 key: (name, index),
                 records,
-                durable,
+                acks,
+                timeout_ms,
                 reply,
             })
             .await;

@@ -1,0 +1,425 @@
+//! Follower fetchers: on each shard, one task per leader broker pulls the partitions this
+//! shard owns and this broker follows from that leader, with Kafka's own requests (Fetch
+//! with this broker's replica id, OffsetForLeaderEpoch), and appends what it gets to the
+//! local logs unchanged. Before fetching a partition in a new leader epoch it asks the
+//! leader where its own latest epoch ended there, and truncates its log to that point
+//! (KIP-101/KIP-279), so replicas never diverge.
+//!
+//! The leader serves these fetches through the same path as consumers' (file ranges spliced
+//! to the socket); the follower reads each response into one buffer and writes the batches
+//! from slices of it.
+
+use crate::replication::Following;
+use crate::shard::{PartitionKey, Shard};
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use runnel_log::Log;
+use runnel_protocol::code;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Fetch v12: replica id in the body, topic names, KIP-320 epochs; every Kafka since 2.7
+/// and Runnel speak it.
+const FETCH_VERSION: i16 = 12;
+const EPOCH_VERSION: i16 = 4;
+/// Pause after a failed connection or a round without progress (not a test wait: the
+/// leader is down or busy and will be asked again).
+const BACKOFF: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Starts the fetcher for `leader` on this shard unless it runs already. It stops by itself
+/// once this shard follows nothing on that leader.
+pub fn ensure(shard: &Rc<Shard>, leader: i32) {
+    if !shard.fetchers.borrow_mut().insert(leader) {
+        return;
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        run(&shard, leader).await;
+        shard.fetchers.borrow_mut().remove(&leader);
+    })
+    .detach();
+}
+
+/// The partitions this shard follows on `leader`.
+fn followed(shard: &Shard, leader: i32) -> Vec<(PartitionKey, Following)> {
+    shard
+        .following
+        .borrow()
+        .iter()
+        .filter(|(_, f)| f.leader == leader)
+        .map(|(k, f)| (k.clone(), *f))
+        .collect()
+}
+
+async fn run(shard: &Rc<Shard>, leader: i32) {
+    let mut peer: Option<Peer> = None;
+    let mut pause = false;
+    loop {
+        if shard.stopping.is_set() {
+            return;
+        }
+        if pause {
+            let stop = async {
+                shard.stopping.wait().await;
+            };
+            futures_lite::future::or(glommio::timer::sleep(BACKOFF), stop).await;
+            pause = false;
+            continue;
+        }
+        let parts = followed(shard, leader);
+        if parts.is_empty() {
+            return;
+        }
+        let conn = match peer.as_mut() {
+            Some(p) => p,
+            None => {
+                let Some(addr) = shard
+                    .snapshot()
+                    .brokers
+                    .get(&leader)
+                    .map(|b| format!("{}:{}", b.host, b.port))
+                else {
+                    pause = true;
+                    continue;
+                };
+                match Peer::connect(&addr).await {
+                    Ok(p) => peer.insert(p),
+                    Err(e) => {
+                        tracing::debug!("fetcher: cannot connect to broker {leader} at {addr}: {e}");
+                        pause = true;
+                        continue;
+                    }
+                }
+            }
+        };
+        let wait = Duration::from_millis(shard.config().replica_fetch_wait_max_ms as u64);
+        let round = async {
+            let untruncated: Vec<_> = parts.iter().filter(|(_, f)| !f.truncated).collect();
+            if !untruncated.is_empty() {
+                truncate(shard, conn, &untruncated).await?;
+            }
+            let ready: Vec<_> = followed(shard, leader)
+                .into_iter()
+                .filter(|(_, f)| f.truncated)
+                .collect();
+            if ready.is_empty() {
+                return Ok(false);
+            }
+            fetch(shard, conn, &ready).await
+        };
+        // A leader cut off mid-request must not hold the fetcher forever.
+        let limit = async {
+            glommio::timer::sleep(wait + Duration::from_secs(10)).await;
+            Err("no answer from the leader".to_string())
+        };
+        match futures_lite::future::or(round, limit).await {
+            Ok(progress) => pause = !progress,
+            Err(e) => {
+                tracing::debug!("fetcher: broker {leader}: {e}");
+                peer = None;
+                pause = true;
+            }
+        }
+    }
+}
+
+/// Truncates each partition to where the leader's log agrees with it: the end, on the
+/// leader, of this log's latest epoch, or this log's end of the epoch the leader names.
+async fn truncate(
+    shard: &Rc<Shard>,
+    conn: &mut Peer,
+    parts: &[&(PartitionKey, Following)],
+) -> Result<(), String> {
+    let mut topics: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
+    let mut asked = Vec::new();
+    for (key, f) in parts {
+        let Ok(log) = shard.log(key) else { continue };
+        let Some(epoch) = log.latest_epoch() else {
+            // An empty log has nothing to disagree about.
+            mark_truncated(shard, key, f);
+            continue;
+        };
+        topics.entry(&key.0).or_default().push(
+            OffsetForLeaderPartition::default()
+                .with_partition(key.1)
+                .with_current_leader_epoch(f.epoch)
+                .with_leader_epoch(epoch),
+        );
+        asked.push((key.clone(), *f));
+    }
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(shard.node_id()))
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(t, ps)| {
+                    OffsetForLeaderTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        );
+    let resp: OffsetForLeaderEpochResponse = conn
+        .call(ApiKey::OffsetForLeaderEpoch, EPOCH_VERSION, &req)
+        .await?;
+    for t in &resp.topics {
+        for p in &t.partitions {
+            let Some((key, f)) = asked
+                .iter()
+                .find(|(k, _)| &*k.0 == t.topic.0.as_str() && k.1 == p.partition)
+            else {
+                continue;
+            };
+            if p.error_code != code::NONE {
+                tracing::debug!(
+                    topic = %key.0, partition = key.1,
+                    "leader epoch end: error {}", p.error_code
+                );
+                continue;
+            }
+            let Ok(log) = shard.log(key) else { continue };
+            let target = if p.leader_epoch < 0 || p.end_offset < 0 {
+                // The leader knows none of this log's epochs: keep what the ISR had.
+                log.high_watermark()
+            } else {
+                let mine = if log.latest_epoch() == Some(p.leader_epoch) {
+                    log.log_end_offset()
+                } else {
+                    log.end_offset_for_epoch(p.leader_epoch).1
+                };
+                p.end_offset.min(mine.max(0))
+            };
+            if target < log.log_end_offset() {
+                replace_log(shard, key, log.truncate_to(target).await)?;
+            }
+            mark_truncated(shard, key, f);
+        }
+    }
+    Ok(())
+}
+
+fn mark_truncated(shard: &Shard, key: &PartitionKey, f: &Following) {
+    if let Some(now) = shard.following.borrow_mut().get_mut(key) {
+        if now.leader == f.leader && now.epoch == f.epoch {
+            now.truncated = true;
+        }
+    }
+}
+
+/// Puts the log a truncation or reset reopened in place of the old one.
+fn replace_log(
+    shard: &Shard,
+    key: &PartitionKey,
+    log: Result<Log, runnel_log::LogError>,
+) -> Result<(), String> {
+    let log = log.map_err(|e| format!("{}-{}: {e}", key.0, key.1))?;
+    log.set_replicated(true);
+    if let Some(slot) = shard.partitions.borrow_mut().get_mut(key) {
+        *slot = log;
+    }
+    Ok(())
+}
+
+/// One Fetch from the leader for `parts`, appended to the local logs. Ok(true) when any
+/// partition got records (fetch again at once).
+async fn fetch(
+    shard: &Rc<Shard>,
+    conn: &mut Peer,
+    parts: &[(PartitionKey, Following)],
+) -> Result<bool, String> {
+    let config = shard.config();
+    let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+    let mut asked: Vec<(PartitionKey, Following, Log, i64)> = Vec::new();
+    for (key, f) in parts {
+        let Ok(log) = shard.log(key) else { continue };
+        let offset = log.published_end();
+        topics.entry(&key.0).or_default().push(
+            FetchPartition::default()
+                .with_partition(key.1)
+                .with_current_leader_epoch(f.epoch)
+                .with_fetch_offset(offset)
+                .with_log_start_offset(log.log_start_offset())
+                .with_partition_max_bytes(config.replica_fetch_max_bytes),
+        );
+        asked.push((key.clone(), *f, log, offset));
+    }
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(shard.node_id()))
+        .with_max_wait_ms(config.replica_fetch_wait_max_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(config.replica_fetch_response_max_bytes)
+        .with_session_id(0)
+        .with_session_epoch(-1)
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|(t, ps)| {
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(t.to_string())))
+                        .with_partitions(ps)
+                })
+                .collect(),
+        );
+    let resp: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &req).await?;
+    let mut progress = false;
+    for t in resp.responses {
+        for p in t.partitions {
+            let Some((key, f, log, offset)) = asked
+                .iter()
+                .find(|(k, ..)| &*k.0 == t.topic.0.as_str() && k.1 == p.partition_index)
+            else {
+                continue;
+            };
+            // The partition may have changed hands (or been truncated) meanwhile.
+            let current = shard.following.borrow().get(key).copied();
+            if current.is_none_or(|c| c.leader != f.leader || c.epoch != f.epoch) {
+                continue;
+            }
+            match p.error_code {
+                code::NONE => {}
+                code::OFFSET_OUT_OF_RANGE => {
+                    out_of_range(shard, key, log, *offset, p.log_start_offset).await?;
+                    continue;
+                }
+                c => {
+                    tracing::debug!(topic = %key.0, partition = key.1, "replica fetch: error {c}");
+                    continue;
+                }
+            }
+            let records: Bytes = p.records.unwrap_or_default();
+            let leo = if records.is_empty() {
+                log.published_end()
+            } else {
+                match log.append_replica(records).await {
+                    Ok(leo) => {
+                        progress |= leo > *offset;
+                        shard.counters().replica_fetch_bytes.add((leo - offset) as u64);
+                        leo
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %key.0, partition = key.1, "replica append failed: {e}");
+                        if let Some(now) = shard.following.borrow_mut().get_mut(key) {
+                            now.truncated = false; // ask the leader again where we agree
+                        }
+                        continue;
+                    }
+                }
+            };
+            log.set_high_watermark(p.high_watermark.min(leo));
+            if p.log_start_offset > log.log_start_offset() {
+                let to = p.log_start_offset.min(log.high_watermark());
+                if to > log.log_start_offset() {
+                    let _ = log.delete_records(to).await;
+                }
+            }
+        }
+    }
+    Ok(progress)
+}
+
+/// The leader refused the fetch offset: past its end (this log has a tail the leader lacks:
+/// truncate by epochs again) or below its log start (retention removed what this replica
+/// lacks: start over empty at the leader's log start).
+async fn out_of_range(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    log: &Log,
+    offset: i64,
+    leader_log_start: i64,
+) -> Result<(), String> {
+    if leader_log_start > offset {
+        tracing::warn!(
+            topic = %key.0, partition = key.1,
+            "the leader's log starts at {leader_log_start}, past this replica's end {offset}: \
+             starting over there"
+        );
+        replace_log(shard, key, log.reset_to(leader_log_start).await)?;
+    } else if let Some(f) = shard.following.borrow_mut().get_mut(key) {
+        f.truncated = false;
+    }
+    Ok(())
+}
+
+/// A connection to another broker's client listener.
+struct Peer {
+    stream: glommio::net::TcpStream,
+    correlation: i32,
+}
+
+impl Peer {
+    async fn connect(addr: &str) -> Result<Peer, String> {
+        let connect = async {
+            glommio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let timeout = async {
+            glommio::timer::sleep(CONNECT_TIMEOUT).await;
+            Err("timed out".to_string())
+        };
+        let stream = futures_lite::future::or(connect, timeout).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(Peer {
+            stream,
+            correlation: 0,
+        })
+    }
+
+    async fn call<Req, Resp>(&mut self, key: ApiKey, version: i16, body: &Req) -> Result<Resp, String>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("runnel-replica-fetcher")));
+        let mut buf = BytesMut::with_capacity(256);
+        buf.extend_from_slice(&[0; 4]);
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .and_then(|_| body.encode(&mut buf, version))
+            .map_err(|e| format!("cannot encode {key:?}: {e}"))?;
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream
+            .write_all(&buf)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut size = [0u8; 4];
+        self.stream
+            .read_exact(&mut size)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        let n = i32::from_be_bytes(size);
+        let n = usize::try_from(n).map_err(|_| format!("bad response size {n}"))?;
+        let mut frame = BytesMut::zeroed(n);
+        self.stream
+            .read_exact(&mut frame)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        let mut frame = frame.freeze();
+        let header = ResponseHeader::decode(&mut frame, Resp::header_version(version))
+            .map_err(|e| format!("cannot decode the {key:?} response header: {e}"))?;
+        if header.correlation_id != self.correlation {
+            return Err(format!(
+                "correlation id {} in answer to {}",
+                header.correlation_id, self.correlation
+            ));
+        }
+        Resp::decode(&mut frame, version).map_err(|e| format!("cannot decode {key:?}: {e}"))
+    }
+}

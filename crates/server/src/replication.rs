@@ -1,0 +1,455 @@
+//! The leader side of replication, on the partition's owner shard: each follower's progress
+//! (from its fetches), the high watermark (the lowest log end offset in the ISR), ISR
+//! changes proposed to the metadata quorum (Kafka's AlterPartition), and acks=all answers
+//! that wait for the ISR. Also the role a metadata snapshot gives each partition this
+//! broker replicates: leader (a new epoch in its log) or follower (a fetcher pulls it).
+//!
+//! Follows Kafka's Partition / ReplicaManager: a follower is caught up when it fetched from
+//! at least the leader's log end offset as of its previous fetch; one not caught up for
+//! `--replica-lag-time-max-ms` leaves the ISR; one whose fetch offset reaches the high
+//! watermark (and the start of the leader's epoch) joins it again.
+
+use crate::shard::{log_error, PartitionError, PartitionKey, Shard};
+use runnel_log::{AppendInfo, Log};
+use runnel_metadata::cluster::Command;
+use runnel_metadata::PartitionMeta;
+use runnel_protocol::code;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long an ISR change may take to commit before the leader tries again.
+const ALTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A partition this broker leads, with other replicas.
+pub struct Leading {
+    pub epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub min_isr: i32,
+    pub followers: HashMap<i32, Progress>,
+    /// An ISR change is in flight (one at a time, as Kafka's pending AlterPartition).
+    pub altering: bool,
+    /// Set when this broker stops leading in this epoch: acks=all waiters give up.
+    pub lost: Rc<crate::shard::Latch>,
+}
+
+/// What the leader knows of one follower.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Its log end offset: the offset of its last fetch (-1: not fetched this epoch).
+    pub leo: i64,
+    pub caught_up_ms: i64,
+    pub last_fetch_ms: i64,
+    /// The leader's log end offset when that fetch came.
+    pub leader_leo_at_last_fetch: i64,
+}
+
+/// A partition this broker follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Following {
+    pub leader: i32,
+    pub epoch: i32,
+    /// The log was truncated to where the leader's log agrees with it, in this epoch.
+    pub truncated: bool,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// min.insync.replicas for a partition: the topic's, the flag's, or 2 when it has three
+/// replicas or more (else 1).
+pub fn min_insync(shard: &Shard, overrides: &BTreeMap<String, String>, replicas: usize) -> i32 {
+    let default = shard
+        .config()
+        .min_insync_replicas
+        .unwrap_or(if replicas >= 3 { 2 } else { 1 });
+    runnel_metadata::min_insync_replicas(default, overrides)
+}
+
+/// Gives a partition this shard owns and this broker replicates the role the snapshot says:
+/// a new leader starts its epoch in the log; a follower is handed to the fetcher for its
+/// leader. Runs before the shard sees the snapshot.
+pub async fn assign(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    log: &Log,
+    pm: &PartitionMeta,
+    overrides: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let me = shard.node_id();
+    let replicated = pm.replicas.len() > 1;
+    if pm.leader == me {
+        shard.following.borrow_mut().remove(key);
+        let min_isr = min_insync(shard, overrides, pm.replicas.len());
+        let same_epoch = shard
+            .leading
+            .borrow()
+            .get(key)
+            .is_some_and(|l| l.epoch == pm.leader_epoch);
+        if !same_epoch {
+            if let Some(old) = shard.leading.borrow_mut().remove(key) {
+                old.lost.set();
+            }
+            log.begin_epoch(pm.leader_epoch)
+                .await
+                .map_err(|e| format!("{}-{}: {e}", key.0, key.1))?;
+            let now = now_ms();
+            let followers = pm
+                .replicas
+                .iter()
+                .filter(|r| **r != me)
+                .map(|r| {
+                    // ISR members count as caught up now: they get a full lag time to
+                    // fetch from the new leader before they are dropped.
+                    let caught_up_ms = if pm.isr.contains(r) { now } else { 0 };
+                    (
+                        *r,
+                        Progress {
+                            leo: -1,
+                            caught_up_ms,
+                            last_fetch_ms: 0,
+                            leader_leo_at_last_fetch: -1,
+                        },
+                    )
+                })
+                .collect();
+            if replicated {
+                tracing::info!(
+                    topic = %key.0, partition = key.1,
+                    "leading in epoch {} with ISR {:?}", pm.leader_epoch, pm.isr
+                );
+            }
+            shard.leading.borrow_mut().insert(
+                key.clone(),
+                Leading {
+                    epoch: pm.leader_epoch,
+                    replicas: pm.replicas.clone(),
+                    isr: pm.isr.clone(),
+                    min_isr,
+                    followers,
+                    altering: false,
+                    lost: Rc::new(crate::shard::Latch::default()),
+                },
+            );
+        } else if let Some(l) = shard.leading.borrow_mut().get_mut(key) {
+            l.isr = pm.isr.clone();
+            l.min_isr = min_isr;
+        }
+        log.set_replicated(replicated);
+        update_high_watermark(shard, key, log);
+        return Ok(());
+    }
+    if let Some(old) = shard.leading.borrow_mut().remove(key) {
+        old.lost.set();
+    }
+    log.set_replicated(true);
+    if pm.leader < 0 {
+        shard.following.borrow_mut().remove(key);
+        return Ok(());
+    }
+    let next = Following {
+        leader: pm.leader,
+        epoch: pm.leader_epoch,
+        truncated: false,
+    };
+    let changed = {
+        let mut following = shard.following.borrow_mut();
+        match following.get(key) {
+            Some(f) if f.leader == next.leader && f.epoch == next.epoch => false,
+            _ => {
+                following.insert(key.clone(), next);
+                true
+            }
+        }
+    };
+    if changed {
+        tracing::info!(
+            topic = %key.0, partition = key.1,
+            "following broker {} in epoch {}", pm.leader, pm.leader_epoch
+        );
+        crate::fetcher::ensure(shard, pm.leader);
+    }
+    Ok(())
+}
+
+/// Forgets a partition's role (its log is closing: topic deleted, shard stopping).
+pub fn forget(shard: &Shard, key: &PartitionKey) {
+    if let Some(old) = shard.leading.borrow_mut().remove(key) {
+        old.lost.set();
+    }
+    shard.following.borrow_mut().remove(key);
+}
+
+/// Moves the high watermark of a partition this broker leads to the lowest log end offset
+/// in its ISR (its own published end included).
+pub fn update_high_watermark(shard: &Shard, key: &PartitionKey, log: &Log) {
+    let leading = shard.leading.borrow();
+    let Some(l) = leading.get(key) else {
+        return;
+    };
+    let me = shard.node_id();
+    let mut hw = log.published_end();
+    for r in l.isr.iter().filter(|r| **r != me) {
+        hw = hw.min(l.followers.get(r).map_or(-1, |f| f.leo));
+    }
+    if hw >= 0 {
+        log.set_high_watermark(hw);
+    }
+}
+
+/// A follower's fetch from `offset` (its log end offset) reached the leader: its progress,
+/// the ISR it may join, and the high watermark it may move. An error when this broker does
+/// not lead the partition for that replica.
+pub fn on_follower_fetch(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    replica: i32,
+    offset: i64,
+    log: &Log,
+) -> Result<(), PartitionError> {
+    let now = now_ms();
+    let leo = log.published_end();
+    let join = {
+        let mut leading = shard.leading.borrow_mut();
+        let Some(l) = leading.get_mut(key) else {
+            return Err((
+                code::NOT_LEADER_OR_FOLLOWER,
+                format!("broker {} does not lead {}-{}", shard.node_id(), key.0, key.1),
+            ));
+        };
+        let Some(f) = l.followers.get_mut(&replica) else {
+            return Err((
+                code::NOT_LEADER_OR_FOLLOWER,
+                format!("broker {replica} is not a replica of {}-{}", key.0, key.1),
+            ));
+        };
+        if offset >= leo {
+            f.caught_up_ms = now;
+        } else if offset >= f.leader_leo_at_last_fetch && f.leader_leo_at_last_fetch >= 0 {
+            f.caught_up_ms = f.last_fetch_ms;
+        }
+        f.leo = offset;
+        f.last_fetch_ms = now;
+        f.leader_leo_at_last_fetch = leo;
+        // Kafka's rule for joining the ISR: caught up to the high watermark and to the
+        // start of this leader's epoch (it has everything the ISR acknowledged).
+        let epoch_start = log.epoch_start(l.epoch).unwrap_or(leo);
+        !l.isr.contains(&replica)
+            && !l.altering
+            && offset >= log.high_watermark()
+            && offset >= epoch_start
+            && shard.snapshot().is_live(replica)
+    };
+    if join {
+        let (from, mut to) = {
+            let leading = shard.leading.borrow();
+            let l = &leading[key];
+            (l.isr.clone(), l.isr.clone())
+        };
+        to.push(replica);
+        tracing::info!(
+            topic = %key.0, partition = key.1,
+            "broker {replica} caught up (offset {offset}): expanding the ISR to {to:?}"
+        );
+        shard.counters().isr_expands.incr();
+        alter_isr(shard, key, from, to);
+    }
+    update_high_watermark(shard, key, log);
+    Ok(())
+}
+
+/// Proposes an ISR change for a partition this broker leads; the new ISR takes effect when
+/// the snapshot carrying it arrives (`assign`).
+fn alter_isr(shard: &Rc<Shard>, key: &PartitionKey, from: Vec<i32>, to: Vec<i32>) {
+    let epoch = {
+        let mut leading = shard.leading.borrow_mut();
+        let Some(l) = leading.get_mut(key) else {
+            return;
+        };
+        l.altering = true;
+        l.epoch
+    };
+    let command = Command::AlterIsr {
+        topic: key.0.to_string(),
+        partition: key.1,
+        leader: shard.node_id(),
+        leader_epoch: epoch,
+        from,
+        to,
+    };
+    let rx = shard
+        .shared
+        .controller
+        .propose(vec![command], ALTER_TIMEOUT);
+    let (shard, key) = (shard.clone(), key.clone());
+    glommio::spawn_local(async move {
+        let result = rx.await;
+        match &result {
+            Ok(Ok(results)) => {
+                if let Some(Err((c, msg))) = results.first() {
+                    tracing::info!(topic = %key.0, partition = key.1, "ISR change refused ({c}): {msg}");
+                }
+            }
+            Ok(Err((c, msg))) => {
+                tracing::info!(topic = %key.0, partition = key.1, "ISR change not committed ({c}): {msg}")
+            }
+            Err(_) => {}
+        }
+        if let Some(l) = shard.leading.borrow_mut().get_mut(&key) {
+            if l.epoch == epoch {
+                l.altering = false;
+            }
+        }
+    })
+    .detach();
+}
+
+/// The periodic ISR check of a shard's leaderships: followers not caught up for
+/// `--replica-lag-time-max-ms` leave the ISR.
+pub fn shrink_lagging(shard: &Rc<Shard>) {
+    let now = now_ms();
+    let lag = shard.config().replica_lag_time_max_ms as i64;
+    let me = shard.node_id();
+    let mut changes = Vec::new();
+    for (key, l) in shard.leading.borrow().iter() {
+        if l.altering {
+            continue;
+        }
+        let out: Vec<i32> = l
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| *r != me)
+            .filter(|r| l.followers.get(r).is_some_and(|f| now - f.caught_up_ms > lag))
+            .collect();
+        if !out.is_empty() {
+            let to: Vec<i32> = l.isr.iter().copied().filter(|r| !out.contains(r)).collect();
+            changes.push((key.clone(), l.isr.clone(), to, out));
+        }
+    }
+    for (key, from, to, out) in changes {
+        tracing::warn!(
+            topic = %key.0, partition = key.1,
+            "brokers {out:?} fell more than {lag} ms behind: shrinking the ISR to {to:?}"
+        );
+        shard.counters().isr_shrinks.incr();
+        alter_isr(shard, &key, from, to);
+    }
+}
+
+/// Produce on the owner shard: the append, and for acks=all on a replicated partition the
+/// wait until every in-sync replica has the records (Kafka's delayed produce).
+pub async fn produce(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    records: bytes::BytesMut,
+    acks: i16,
+    timeout_ms: i32,
+) -> Result<AppendInfo, PartitionError> {
+    let log = shard.log(key)?;
+    let all = acks == -1;
+    // Checked here, on the owner shard, too: the connection's shard may have an older
+    // snapshot.
+    let lost = {
+        let leading = shard.leading.borrow();
+        match leading.get(key) {
+            Some(l) if all && (l.isr.len() as i32) < l.min_isr => {
+                return Err((
+                    code::NOT_ENOUGH_REPLICAS,
+                    format!(
+                        "{}-{} has {} in-sync replicas, fewer than min.insync.replicas={}",
+                        key.0,
+                        key.1,
+                        l.isr.len(),
+                        l.min_isr
+                    ),
+                ));
+            }
+            Some(l) => Some(l.lost.clone()),
+            None => {
+                return Err((
+                    code::NOT_LEADER_OR_FOLLOWER,
+                    format!("broker {} does not lead {}-{}", shard.node_id(), key.0, key.1),
+                ))
+            }
+        }
+    };
+    let durable = all && shard.config().sync_on_acks_all;
+    let info = log.append(records, durable).await.map_err(log_error)?;
+    update_high_watermark(shard, key, &log);
+    if all && lost.is_some() {
+        await_isr(shard, key, &log, info.last_offset, timeout_ms).await?;
+        let leading = shard.leading.borrow();
+        if let Some(l) = leading.get(key) {
+            if (l.isr.len() as i32) < l.min_isr {
+                return Err((
+                    code::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                    format!(
+                        "{}-{} was written, but has {} in-sync replicas, fewer than \
+                         min.insync.replicas={}",
+                        key.0,
+                        key.1,
+                        l.isr.len(),
+                        l.min_isr
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// Waits until every in-sync replica of a partition this broker leads has `last_offset`
+/// (the high watermark passes it): NOT_LEADER_OR_FOLLOWER if the leadership moves first,
+/// REQUEST_TIMED_OUT after `timeout_ms`. At once for a partition with one replica.
+pub async fn await_isr(
+    shard: &Shard,
+    key: &PartitionKey,
+    log: &Log,
+    last_offset: i64,
+    timeout_ms: i32,
+) -> Result<(), PartitionError> {
+    if log.high_watermark() > last_offset {
+        return Ok(());
+    }
+    let Some(lost) = shard.leading.borrow().get(key).map(|l| l.lost.clone()) else {
+        return Err((
+            code::NOT_LEADER_OR_FOLLOWER,
+            format!("{}-{}: this broker no longer leads it", key.0, key.1),
+        ));
+    };
+    let wait = async {
+        log.wait_for_data(last_offset).await;
+        true
+    };
+    let gone = async {
+        lost.wait().await;
+        false
+    };
+    let timeout = async {
+        glommio::timer::sleep(Duration::from_millis(timeout_ms.max(0) as u64)).await;
+        false
+    };
+    futures_lite::future::or(wait, futures_lite::future::or(gone, timeout)).await;
+    if log.high_watermark() > last_offset {
+        Ok(())
+    } else if lost.is_set() {
+        Err((
+            code::NOT_LEADER_OR_FOLLOWER,
+            format!("{}-{}: leadership moved before the ISR had the records", key.0, key.1),
+        ))
+    } else {
+        Err((
+            code::REQUEST_TIMED_OUT,
+            format!(
+                "{}-{}: the in-sync replicas did not have the records within {timeout_ms} ms",
+                key.0, key.1
+            ),
+        ))
+    }
+}

@@ -1,0 +1,419 @@
+//! Replication across real brokers: what an acknowledged acks=all record survives (leader
+//! kills, followers down and back), min.insync.replicas, and replicas that end byte for byte
+//! the same.
+
+use crate::cluster::{metadata, Cluster, View};
+use crate::common::*;
+use crate::protocol::{batch, call, connect};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every acknowledged record: (partition, offset, value).
+#[derive(Clone, Default)]
+struct Acked(Arc<Mutex<Vec<(i32, i64, u64)>>>, Arc<Mutex<Vec<String>>>);
+
+impl ClientContext for Acked {}
+
+impl ProducerContext for Acked {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        match r {
+            Ok(m) => {
+                let v = std::str::from_utf8(m.payload().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                self.0.lock().unwrap().push((m.partition(), m.offset(), v));
+            }
+            Err((e, _)) => self.1.lock().unwrap().push(e.to_string()),
+        }
+    }
+}
+
+/// An idempotent acks=all producer writing increasing numbers round-robin over `partitions`
+/// until `stop`; returns what was acknowledged and the delivery errors.
+fn produce_continuously(
+    bootstrap: String,
+    topic: &'static str,
+    partitions: i32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Acked> {
+    std::thread::spawn(move || {
+        let acked = Acked::default();
+        let p: BaseProducer<Acked> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", "120000")
+            .set("topic.metadata.refresh.interval.ms", "500")
+            .create_with_context(acked.clone())
+            .expect("producer");
+        let mut i: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let v = i.to_string();
+            let part = (i % partitions as u64) as i32;
+            match p.send(BaseRecord::<str, str>::to(topic).partition(part).payload(&v)) {
+                Ok(()) => i += 1,
+                Err(_) => {
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+            if i % 20 == 0 {
+                p.poll(Duration::from_millis(2));
+            }
+        }
+        let _ = p.flush(Duration::from_secs(120));
+        acked
+    })
+}
+
+/// Every record of a partition in offset order, read from its leader: (offset, value).
+fn read_partition(bootstrap: &str, topic: &str, partition: i32, end: i64) -> Vec<(i64, u64)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "replication-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.last().is_none_or(|(o, _)| o + 1 < end) {
+        assert!(Instant::now() < deadline, "read only {} records", out.len());
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let v = std::str::from_utf8(m.payload().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            out.push((m.offset(), v));
+        }
+    }
+    out
+}
+
+/// The batches of a partition's segment files, in order, as raw bytes.
+fn batches_of(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let data = std::fs::read(&f).unwrap();
+        let mut pos = 0;
+        while pos + 61 <= data.len() {
+            let len = i32::from_be_bytes(data[pos + 8..pos + 12].try_into().unwrap()) as usize;
+            if pos + 12 + len > data.len() {
+                break;
+            }
+            out.push(data[pos..pos + 12 + len].to_vec());
+            pos += 12 + len;
+        }
+    }
+    out
+}
+
+/// Waits until every replica of each partition holds the same batches, byte for byte;
+/// returns the number of batches per partition.
+fn await_identical_replicas(c: &Cluster, topic: &str, partitions: i32) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for p in 0..partitions {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let replicas: Vec<Vec<Vec<u8>>> = c
+                .brokers
+                .iter()
+                .map(|b| batches_of(&b.partition_dir(topic, p)))
+                .collect();
+            let first_diff = (0..replicas.iter().map(Vec::len).max().unwrap()).find(|&i| {
+                replicas
+                    .iter()
+                    .any(|r| r.get(i) != replicas[0].get(i))
+            });
+            match first_diff {
+                None => {
+                    counts.push(replicas[0].len());
+                    break;
+                }
+                Some(i) => assert!(
+                    Instant::now() < deadline,
+                    "{topic}-{p}: replicas differ at batch {i} (batches: {:?})",
+                    replicas.iter().map(Vec::len).collect::<Vec<_>>()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    counts
+}
+
+fn await_view(addr: &str, topic: &str, what: &str, cond: impl Fn(&View) -> bool) -> View {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = metadata(addr, Some(topic));
+        if cond(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Checks the acknowledged records against the log: each once, at its acknowledged offset,
+/// and no record twice (idempotence held across every failover).
+fn check_acked(bootstrap: &str, topic: &str, partitions: i32, acked: &Acked) {
+    let acked = acked.0.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    for p in 0..partitions {
+        let mine: Vec<(i64, u64)> = acked
+            .iter()
+            .filter(|a| a.0 == p)
+            .map(|a| (a.1, a.2))
+            .collect();
+        let end = mine.iter().map(|a| a.0).max().unwrap_or(-1) + 1;
+        let log = read_partition(bootstrap, topic, p, end);
+        let at: HashMap<i64, u64> = log.iter().copied().collect();
+        for (offset, v) in &mine {
+            assert_eq!(
+                at.get(offset),
+                Some(v),
+                "{topic}-{p}: acknowledged record {v} at offset {offset} is not there"
+            );
+        }
+        let mut seen = HashMap::new();
+        for (o, v) in &log {
+            if let Some(prev) = seen.insert(*v, *o) {
+                panic!("{topic}-{p}: record {v} is in the log twice (offsets {prev} and {o})");
+            }
+        }
+        // Sent in increasing order per partition: the log keeps that order.
+        assert!(
+            log.windows(2).all(|w| w[0].1 < w[1].1),
+            "{topic}-{p}: records out of order"
+        );
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_twenty_broker_kills_exactly_once_on_every_replica() {
+    with_timeout(900, || {
+        let mut c = Cluster::start(
+            3,
+            &["--broker-session-timeout-ms", "2000", "--default-partitions", "2"],
+        );
+        let first = c.brokers[0].addr.clone();
+        let topic = "survive";
+        await_view(&first, topic, "the topic", |v| {
+            v.partitions.len() == 2 && v.partitions.values().all(|p| p.4.len() == 3)
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = produce_continuously(c.bootstrap(), topic, 2, stop.clone());
+        let mut rng = 0x9e3779b97f4a7c15u64 ^ std::process::id() as u64;
+        for round in 0..20 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let victim = (rng % 3) as i32 + 1;
+            let live = c.brokers[(victim % 3) as usize].addr.clone();
+            c.node(victim).kill();
+            let t = Instant::now();
+            await_view(&live, topic, "leaders away from the killed broker", |v| {
+                v.partitions.values().all(|p| p.1 > 0 && p.1 != victim)
+            });
+            let failover = t.elapsed();
+            c.node(victim).restart();
+            await_view(&live, topic, "the restarted broker back in every ISR", |v| {
+                v.partitions.values().all(|p| p.4.len() == 3)
+            });
+            eprintln!(
+                "round {round}: killed broker {victim}; leaders moved in {failover:?}, \
+                 ISR full again after {:?}",
+                t.elapsed()
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        let acked = producer.join().unwrap();
+        let errors = acked.1.lock().unwrap().clone();
+        eprintln!(
+            "{} records acknowledged, {} delivery errors {:?}",
+            acked.0.lock().unwrap().len(),
+            errors.len(),
+            errors.iter().take(3).collect::<Vec<_>>()
+        );
+        let counts = await_identical_replicas(&c, topic, 2);
+        eprintln!("replicas identical: {counts:?} batches per partition");
+        check_acked(&c.bootstrap(), topic, 2, &acked);
+    });
+}
+
+#[test]
+fn a_follower_down_for_a_while_catches_up_rejoins_the_isr_and_ends_identical() {
+    with_timeout(240, || {
+        let mut c = Cluster::start(3, &["--broker-session-timeout-ms", "2000"]);
+        let first = c.brokers[0].addr.clone();
+        let topic = "catchup";
+        let v = await_view(&first, topic, "the topic", |v| {
+            v.partitions.len() == 1 && v.partitions[&0].4.len() == 3
+        });
+        let leader = v.partitions[&0].1;
+        let follower = v.partitions[&0].3.iter().copied().find(|r| *r != leader).unwrap();
+        c.node(follower).kill();
+        // The leader's ISR loses it once it is fenced; acks=all goes on with two.
+        let leader_addr = c.node(leader).addr.clone();
+        await_view(&leader_addr, topic, "the follower out of the ISR", |v| {
+            !v.partitions[&0].4.contains(&follower)
+        });
+        // (__consumer_offsets partitions it leads count too.)
+        wait_until("under-replicated on the leader", Duration::from_secs(10), || {
+            c.node(leader).metric_sum("under_replicated_partitions") >= 1
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = produce_continuously(c.bootstrap(), topic, 1, stop.clone());
+        wait_until("records written meanwhile", Duration::from_secs(30), || {
+            batches_of(&c.brokers[(leader - 1) as usize].partition_dir(topic, 0)).len() > 50
+        });
+        c.node(follower).restart();
+        await_view(&leader_addr, topic, "the follower back in the ISR", |v| {
+            v.partitions[&0].4.len() == 3
+        });
+        stop.store(true, Ordering::Relaxed);
+        let acked = producer.join().unwrap();
+        wait_until("no under-replicated partition", Duration::from_secs(10), || {
+            c.node(leader).metric_sum("under_replicated_partitions") == 0
+        });
+        assert!(c.node(leader).metric_sum("isr_expands") >= 1);
+        assert!(c.node(follower).metric_sum("replica_fetch_bytes") > 0);
+        // The leader served its followers by splice: no record byte copied.
+        assert!(c.node(leader).metric_sum("replica_fetch_bytes_spliced") > 0);
+        assert_eq!(c.node(leader).metric_sum("replica_fetch_bytes_copied"), 0);
+        await_identical_replicas(&c, topic, 1);
+        check_acked(&c.bootstrap(), topic, 1, &acked);
+    });
+}
+
+/// A raw Produce of one batch with `acks`: the partition's error code.
+fn produce_raw(addr: &str, topic: &'static str, acks: i16, records: &[&[u8]]) -> (i16, i64) {
+    let mut s = connect(addr);
+    let req = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(records)))])]);
+    let r: ProduceResponse = call(&mut s, ApiKey::Produce, 9, &req);
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn log_end(addr: &str, topic: &'static str) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let mut s = connect(addr);
+    let r: ListOffsetsResponse = call(
+        &mut s,
+        ApiKey::ListOffsets,
+        7,
+        &ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(topic)))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1)])]),
+    );
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    p.offset
+}
+
+#[test]
+fn with_two_of_three_replicas_down_acks_all_is_refused_and_nothing_written_but_acks_1_works() {
+    with_timeout(240, || {
+        // Five brokers, so the metadata quorum keeps a majority with two down.
+        let mut c = Cluster::start(5, &["--broker-session-timeout-ms", "2000"]);
+        let first = c.brokers[0].addr.clone();
+        let mut s = connect(&first);
+        use kafka_protocol::messages::create_topics_request::{
+            CreatableReplicaAssignment, CreatableTopic,
+        };
+        let r: CreateTopicsResponse = call(
+            &mut s,
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default()
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("minisr")))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+                    .with_assignments(vec![CreatableReplicaAssignment::default()
+                        .with_partition_index(0)
+                        .with_broker_ids(vec![BrokerId(1), BrokerId(2), BrokerId(3)])])])
+                .with_timeout_ms(10_000),
+        );
+        assert_eq!(r.topics[0].error_code, 0);
+        await_view(&first, "minisr", "the full ISR", |v| {
+            v.partitions.get(&0).is_some_and(|p| p.4.len() == 3)
+        });
+        assert_eq!(produce_raw(&first, "minisr", -1, &[b"a", b"b"]), (0, 0));
+        c.node(2).kill();
+        c.node(3).kill();
+        await_view(&first, "minisr", "an ISR of one", |v| v.partitions[&0].4 == vec![1]);
+        let before = log_end(&first, "minisr");
+        assert_eq!(before, 2);
+        let (code, _) = produce_raw(&first, "minisr", -1, &[b"refused"]);
+        assert_eq!(code, 19, "NOT_ENOUGH_REPLICAS");
+        assert_eq!(log_end(&first, "minisr"), before, "nothing was written");
+        let dir = c.node(1).partition_dir("minisr", 0);
+        assert_eq!(segment_batches(&dir).len(), 1, "one batch on disk");
+        // acks=1 needs the leader only.
+        assert_eq!(produce_raw(&first, "minisr", 1, &[b"c"]), (0, 2));
+        assert_eq!(log_end(&first, "minisr"), 3);
+        // They come back, catch up and rejoin: acks=all works again.
+        c.node(2).restart();
+        c.node(3).restart();
+        await_view(&first, "minisr", "the full ISR again", |v| {
+            v.partitions[&0].4.len() == 3
+        });
+        assert_eq!(produce_raw(&first, "minisr", -1, &[b"d"]), (0, 3));
+        let counts = await_identical_replicas_of(&c, "minisr", &[1, 2, 3]);
+        assert_eq!(counts, 3);
+    });
+}
+
+/// [`await_identical_replicas`] for a one-partition topic on some of the brokers.
+fn await_identical_replicas_of(c: &Cluster, topic: &str, nodes: &[i32]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let replicas: BTreeMap<i32, Vec<Vec<u8>>> = nodes
+            .iter()
+            .map(|n| (*n, batches_of(&c.brokers[(*n - 1) as usize].partition_dir(topic, 0))))
+            .collect();
+        let first = &replicas[&nodes[0]];
+        if replicas.values().all(|r| r == first) {
+            return first.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas differ: {:?}",
+            replicas.iter().map(|(n, r)| (*n, r.len())).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
