@@ -214,6 +214,15 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: what this broker said last is the first thing to look at.
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the broker at {} ({}):", self.addr, self.dir.display());
+            for l in tail.iter().rev() {
+                eprintln!("    {l}");
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -221,12 +230,30 @@ impl Drop for Broker {
     }
 }
 
+/// A port no other test of this run gets. Ports are handed out from a counter over
+/// 20000-32767, below the kernel's ephemeral range: a port the kernel picked for `:0` may be
+/// picked again for another test before the broker binds it (and brokers bind with
+/// SO_REUSEPORT, so two of them could share it), or taken by an outgoing connection.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Start somewhere that depends on the process, so two test runs on one machine rarely
+    // walk the same ports.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Every batch header in a partition's segment files: (base offset, attributes, records).

@@ -178,10 +178,20 @@ func saramaTest(ctx context.Context, bootstrap string, rf int16) {
 	admin, err := sarama.NewClusterAdmin(addrs, cfg)
 	check(err, "cluster admin")
 	check(admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: 3, ReplicationFactor: rf}, false), "CreateTopic")
-	topics, err := admin.ListTopics()
-	check(err, "ListTopics")
-	if d, ok := topics[topic]; !ok || d.NumPartitions != 3 || d.ReplicationFactor != rf {
-		fail("ListTopics: %v", topics[topic])
+	// ListTopics asks any broker: one that has not applied the new topic yet does not list
+	// it (metadata propagates to brokers after CreateTopics returns, as in Kafka).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		topics, err := admin.ListTopics()
+		check(err, "ListTopics")
+		d, ok := topics[topic]
+		if ok && d.NumPartitions == 3 && d.ReplicationFactor == rf {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("ListTopics: %v", topics[topic])
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	p, err := sarama.NewSyncProducer(addrs, cfg)

@@ -118,7 +118,7 @@ pub async fn assign(
                     )
                 })
                 .collect();
-            if replicated {
+            if replicated && pm.leader_epoch > 0 {
                 tracing::info!(
                     topic = %key.0, partition = key.1,
                     "leading in epoch {} with ISR {:?}", pm.leader_epoch, pm.isr
@@ -168,7 +168,7 @@ pub async fn assign(
         }
     };
     if changed {
-        tracing::info!(
+        tracing::debug!(
             topic = %key.0, partition = key.1,
             "following broker {} in epoch {}", pm.leader, pm.leader_epoch
         );
