@@ -218,7 +218,11 @@ impl Drop for Broker {
             // The test failed: what this broker said last is the first thing to look at.
             let logs = self.logs();
             let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-            eprintln!("--- last lines of the broker at {} ({}):", self.addr, self.dir.display());
+            eprintln!(
+                "--- last lines of the broker at {} ({}):",
+                self.addr,
+                self.dir.display()
+            );
             for l in tail.iter().rev() {
                 eprintln!("    {l}");
             }

@@ -62,13 +62,17 @@ fn produce_continuously(
         while !stop.load(Ordering::Relaxed) {
             let v = i.to_string();
             let part = (i % partitions as u64) as i32;
-            match p.send(BaseRecord::<str, str>::to(topic).partition(part).payload(&v)) {
+            match p.send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(part)
+                    .payload(&v),
+            ) {
                 Ok(()) => i += 1,
                 Err(_) => {
                     p.poll(Duration::from_millis(5));
                 }
             }
-            if i % 20 == 0 {
+            if i.is_multiple_of(20) {
                 p.poll(Duration::from_millis(2));
             }
         }
@@ -141,11 +145,8 @@ fn await_identical_replicas(c: &Cluster, topic: &str, partitions: i32) -> Vec<us
                 .iter()
                 .map(|b| batches_of(&b.partition_dir(topic, p)))
                 .collect();
-            let first_diff = (0..replicas.iter().map(Vec::len).max().unwrap()).find(|&i| {
-                replicas
-                    .iter()
-                    .any(|r| r.get(i) != replicas[0].get(i))
-            });
+            let first_diff = (0..replicas.iter().map(Vec::len).max().unwrap())
+                .find(|&i| replicas.iter().any(|r| r.get(i) != replicas[0].get(i)));
             match first_diff {
                 None => {
                     counts.push(replicas[0].len());
@@ -170,7 +171,10 @@ fn await_view(addr: &str, topic: &str, what: &str, cond: impl Fn(&View) -> bool)
         if cond(&v) {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {v:?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {v:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -215,7 +219,12 @@ fn acknowledged_records_survive_twenty_broker_kills_exactly_once_on_every_replic
     with_timeout(900, || {
         let mut c = Cluster::start(
             3,
-            &["--broker-session-timeout-ms", "2000", "--default-partitions", "2"],
+            &[
+                "--broker-session-timeout-ms",
+                "2000",
+                "--default-partitions",
+                "2",
+            ],
         );
         let first = c.brokers[0].addr.clone();
         let topic = "survive";
@@ -238,9 +247,12 @@ fn acknowledged_records_survive_twenty_broker_kills_exactly_once_on_every_replic
             });
             let failover = t.elapsed();
             c.node(victim).restart();
-            await_view(&live, topic, "the restarted broker back in every ISR", |v| {
-                v.partitions.values().all(|p| p.4.len() == 3)
-            });
+            await_view(
+                &live,
+                topic,
+                "the restarted broker back in every ISR",
+                |v| v.partitions.values().all(|p| p.4.len() == 3),
+            );
             eprintln!(
                 "round {round}: killed broker {victim}; leaders moved in {failover:?}, \
                  ISR full again after {:?}",
@@ -272,7 +284,12 @@ fn a_follower_down_for_a_while_catches_up_rejoins_the_isr_and_ends_identical() {
             v.partitions.len() == 1 && v.partitions[&0].4.len() == 3
         });
         let leader = v.partitions[&0].1;
-        let follower = v.partitions[&0].3.iter().copied().find(|r| *r != leader).unwrap();
+        let follower = v.partitions[&0]
+            .3
+            .iter()
+            .copied()
+            .find(|r| *r != leader)
+            .unwrap();
         c.node(follower).kill();
         // The leader's ISR loses it once it is fenced; acks=all goes on with two.
         let leader_addr = c.node(leader).addr.clone();
@@ -280,9 +297,11 @@ fn a_follower_down_for_a_while_catches_up_rejoins_the_isr_and_ends_identical() {
             !v.partitions[&0].4.contains(&follower)
         });
         // (__consumer_offsets partitions it leads count too.)
-        wait_until("under-replicated on the leader", Duration::from_secs(10), || {
-            c.node(leader).metric_sum("under_replicated_partitions") >= 1
-        });
+        wait_until(
+            "under-replicated on the leader",
+            Duration::from_secs(10),
+            || c.node(leader).metric_sum("under_replicated_partitions") >= 1,
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let producer = produce_continuously(c.bootstrap(), topic, 1, stop.clone());
         wait_until("records written meanwhile", Duration::from_secs(30), || {
@@ -294,9 +313,11 @@ fn a_follower_down_for_a_while_catches_up_rejoins_the_isr_and_ends_identical() {
         });
         stop.store(true, Ordering::Relaxed);
         let acked = producer.join().unwrap();
-        wait_until("no under-replicated partition", Duration::from_secs(10), || {
-            c.node(leader).metric_sum("under_replicated_partitions") == 0
-        });
+        wait_until(
+            "no under-replicated partition",
+            Duration::from_secs(10),
+            || c.node(leader).metric_sum("under_replicated_partitions") == 0,
+        );
         assert!(c.node(leader).metric_sum("isr_expands") >= 1);
         assert!(c.node(follower).metric_sum("replica_fetch_bytes") > 0);
         // The leader served its followers by splice: no record byte copied.
@@ -374,7 +395,9 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_and_nothing_written_but_a
         assert_eq!(produce_raw(&first, "minisr", -1, &[b"a", b"b"]), (0, 0));
         c.node(2).kill();
         c.node(3).kill();
-        await_view(&first, "minisr", "an ISR of one", |v| v.partitions[&0].4 == vec![1]);
+        await_view(&first, "minisr", "an ISR of one", |v| {
+            v.partitions[&0].4 == vec![1]
+        });
         let before = log_end(&first, "minisr");
         assert_eq!(before, 2);
         let (code, _) = produce_raw(&first, "minisr", -1, &[b"refused"]);
@@ -403,7 +426,12 @@ fn await_identical_replicas_of(c: &Cluster, topic: &str, nodes: &[i32]) -> usize
     loop {
         let replicas: BTreeMap<i32, Vec<Vec<u8>>> = nodes
             .iter()
-            .map(|n| (*n, batches_of(&c.brokers[(*n - 1) as usize].partition_dir(topic, 0))))
+            .map(|n| {
+                (
+                    *n,
+                    batches_of(&c.brokers[(*n - 1) as usize].partition_dir(topic, 0)),
+                )
+            })
             .collect();
         let first = &replicas[&nodes[0]];
         if replicas.values().all(|r| r == first) {
@@ -412,7 +440,10 @@ fn await_identical_replicas_of(c: &Cluster, topic: &str, nodes: &[i32]) -> usize
         assert!(
             Instant::now() < deadline,
             "replicas differ: {:?}",
-            replicas.iter().map(|(n, r)| (*n, r.len())).collect::<Vec<_>>()
+            replicas
+                .iter()
+                .map(|(n, r)| (*n, r.len()))
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

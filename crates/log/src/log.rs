@@ -370,10 +370,7 @@ impl Log {
     pub async fn append_replica(&self, mut records: Bytes) -> Result<i64, LogError> {
         self.check_open()?;
         let mut batches = Vec::new();
-        loop {
-            let Ok(h) = BatchHeader::parse(&records) else {
-                break;
-            };
+        while let Ok(h) = BatchHeader::parse(&records) {
             if h.total_len() > records.len() {
                 break;
             }

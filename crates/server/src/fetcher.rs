@@ -93,7 +93,9 @@ async fn run(shard: &Rc<Shard>, leader: i32) {
                 match Peer::connect(&addr).await {
                     Ok(p) => peer.insert(p),
                     Err(e) => {
-                        tracing::debug!("fetcher: cannot connect to broker {leader} at {addr}: {e}");
+                        tracing::debug!(
+                            "fetcher: cannot connect to broker {leader} at {addr}: {e}"
+                        );
                         pause = true;
                         continue;
                     }
@@ -304,7 +306,10 @@ async fn fetch(
                 match log.append_replica(records).await {
                     Ok(leo) => {
                         progress |= leo > *offset;
-                        shard.counters().replica_fetch_bytes.add((leo - offset) as u64);
+                        shard
+                            .counters()
+                            .replica_fetch_bytes
+                            .add((leo - offset) as u64);
                         leo
                     }
                     Err(e) => {
@@ -376,7 +381,12 @@ impl Peer {
         })
     }
 
-    async fn call<Req, Resp>(&mut self, key: ApiKey, version: i16, body: &Req) -> Result<Resp, String>
+    async fn call<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Result<Resp, String>
     where
         Req: Encodable + HeaderVersion,
         Resp: Decodable + HeaderVersion,

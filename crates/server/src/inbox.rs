@@ -34,15 +34,15 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
                         .read(offset, max_bytes, min_one_batch)
                         .await
                         .map_err(log_error),
-                    Some(r) => match crate::replication::on_follower_fetch(
-                        &shard, &key, r, offset, &log,
-                    ) {
-                        Ok(()) => log
-                            .read_upto(offset, max_bytes, min_one_batch, Upto::LogEnd)
-                            .await
-                            .map_err(log_error),
-                        Err(e) => Err(e),
-                    },
+                    Some(r) => {
+                        match crate::replication::on_follower_fetch(&shard, &key, r, offset, &log) {
+                            Ok(()) => log
+                                .read_upto(offset, max_bytes, min_one_batch, Upto::LogEnd)
+                                .await
+                                .map_err(log_error),
+                            Err(e) => Err(e),
+                        }
+                    }
                 },
                 Err(e) => Err(e),
             };

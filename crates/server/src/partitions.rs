@@ -56,7 +56,10 @@ pub async fn apply_metadata(
                 }
                 None => {
                     let log = open_log(shard, &key, &t.id, config.clone(), at_startup).await?;
-                    shard.partitions.borrow_mut().insert(key.clone(), log.clone());
+                    shard
+                        .partitions
+                        .borrow_mut()
+                        .insert(key.clone(), log.clone());
                     log
                 }
             };

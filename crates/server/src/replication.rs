@@ -219,7 +219,12 @@ pub fn on_follower_fetch(
         let Some(l) = leading.get_mut(key) else {
             return Err((
                 code::NOT_LEADER_OR_FOLLOWER,
-                format!("broker {} does not lead {}-{}", shard.node_id(), key.0, key.1),
+                format!(
+                    "broker {} does not lead {}-{}",
+                    shard.node_id(),
+                    key.0,
+                    key.1
+                ),
             ));
         };
         let Some(f) = l.followers.get_mut(&replica) else {
@@ -325,7 +330,11 @@ pub fn shrink_lagging(shard: &Rc<Shard>) {
             .iter()
             .copied()
             .filter(|r| *r != me)
-            .filter(|r| l.followers.get(r).is_some_and(|f| now - f.caught_up_ms > lag))
+            .filter(|r| {
+                l.followers
+                    .get(r)
+                    .is_some_and(|f| now - f.caught_up_ms > lag)
+            })
             .collect();
         if !out.is_empty() {
             let to: Vec<i32> = l.isr.iter().copied().filter(|r| !out.contains(r)).collect();
@@ -374,7 +383,12 @@ pub async fn produce(
             None => {
                 return Err((
                     code::NOT_LEADER_OR_FOLLOWER,
-                    format!("broker {} does not lead {}-{}", shard.node_id(), key.0, key.1),
+                    format!(
+                        "broker {} does not lead {}-{}",
+                        shard.node_id(),
+                        key.0,
+                        key.1
+                    ),
                 ))
             }
         }
@@ -441,7 +455,10 @@ pub async fn await_isr(
     } else if lost.is_set() {
         Err((
             code::NOT_LEADER_OR_FOLLOWER,
-            format!("{}-{}: leadership moved before the ISR had the records", key.0, key.1),
+            format!(
+                "{}-{}: leadership moved before the ISR had the records",
+                key.0, key.1
+            ),
         ))
     } else {
         Err((

@@ -126,7 +126,11 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
         }
     };
     if replica.is_some() {
-        let sent: u64 = results.iter().filter_map(|r| r.as_ref().ok()).map(|p| p.len).sum();
+        let sent: u64 = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|p| p.len)
+            .sum();
         let c = shard.counters();
         if shard.config().zero_copy {
             c.replica_fetch_bytes_spliced.add(sent);
@@ -314,7 +318,10 @@ async fn wait_for_data(
         let (offset, upto) = if replica {
             (w.offset, runnel_log::Upto::LogEnd)
         } else {
-            (plan.high_watermark.max(w.offset), runnel_log::Upto::HighWatermark)
+            (
+                plan.high_watermark.max(w.offset),
+                runnel_log::Upto::HighWatermark,
+            )
         };
         let owner = shard.owner(&w.name, w.partition);
         receivers.push(
