@@ -17,6 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
+/// Each partition's high watermark (Kafka's name and format).
+pub const REPLICATION_OFFSET_CHECKPOINT: &str = "replication-offset-checkpoint";
 pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
 /// Written after a clean shutdown; its absence at startup means recovery must scan.
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".runnel_cleanshutdown";

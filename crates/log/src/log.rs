@@ -97,6 +97,10 @@ pub struct OpenOptions {
     pub log_start_offset: Option<i64>,
     /// The broker shut down cleanly: indexes are trusted, nothing is scanned.
     pub clean_shutdown: bool,
+    /// The high watermark as last checkpointed (Kafka's replication-offset-checkpoint):
+    /// consumers of a replicated log see nothing above it until its leader says so. None:
+    /// everything in the files is visible.
+    pub high_watermark: Option<i64>,
 }
 
 struct PendingAppend {
@@ -344,7 +348,7 @@ impl Log {
         self.inner
             .epochs
             .borrow()
-            .end_offset_for(epoch, self.inner.next_offset.get())
+            .end_offset_for(epoch, self.inner.published.get())
     }
 
     /// The offset where `epoch` starts in this log, if it is in the epoch cache.
@@ -1203,6 +1207,51 @@ fn publish(log: &Log) {
         advance_high_watermark(log, inner.next_offset.get());
     }
     log.wake_waiters();
+}
+
+/// At open: puts the high watermark back at `offset` (a checkpoint), below the log end. The
+/// batches above it are walked once to queue their commit points, and each segment's visible
+/// size is cut to what lies below it. A target inside a batch lands on that batch's start.
+pub(crate) async fn restore_high_watermark(log: &Log, offset: i64) -> Result<(), LogError> {
+    let inner = &log.inner;
+    let target = offset.max(inner.log_start_offset.get());
+    if target >= inner.next_offset.get() {
+        return Ok(());
+    }
+    let segments: Vec<Rc<Segment>> = inner.segments.borrow().clone();
+    let first = segments
+        .iter()
+        .rposition(|s| s.base_offset <= target)
+        .unwrap_or(0);
+    let mut hw: Option<i64> = None;
+    let mut points = VecDeque::new();
+    for seg in &segments[first..] {
+        let from = seg
+            .index
+            .borrow()
+            .lookup(seg.relative(target.max(seg.base_offset)))
+            .map_or(0, |e| u64::from(e.position));
+        let mut visible = None;
+        seg.for_each_header(from, seg.size.get(), |pos, h| {
+            if h.last_offset() >= target {
+                if visible.is_none() {
+                    visible = Some(pos);
+                    hw.get_or_insert(h.base_offset);
+                }
+                points.push_back((h.next_offset(), seg.clone(), pos + h.total_len() as u64));
+            }
+            true
+        })
+        .await?;
+        if let Some(pos) = visible {
+            seg.visible_size.set(pos);
+        }
+    }
+    if let Some(hw) = hw {
+        inner.high_watermark.set(hw);
+        *inner.commit_points.borrow_mut() = points;
+    }
+    Ok(())
 }
 
 /// Moves the high watermark up to `offset` (capped at the published end), to the last batch

@@ -220,6 +220,9 @@ impl Log {
             flush_now(&log).await?;
         }
         crate::log::restore_producers(&log).await?;
+        if let Some(hw) = opts.high_watermark {
+            crate::log::restore_high_watermark(&log, hw).await?;
+        }
         Ok(log)
     }
 }

@@ -24,7 +24,11 @@ impl Log {
             inner.partition,
             self.config(),
         );
-        let (lso, rp) = (self.log_start_offset(), self.recovery_point());
+        let (lso, rp, hw) = (
+            self.log_start_offset(),
+            self.recovery_point(),
+            self.high_watermark(),
+        );
         // Written and synced as it stands first: what survives the cut must be durable
         // before the recovery point is trusted again.
         self.close().await?;
@@ -78,6 +82,7 @@ impl Log {
                 recovery_point: Some(rp.min(new_end).min(seg.base_offset)),
                 log_start_offset: Some(lso),
                 clean_shutdown: false,
+                high_watermark: Some(hw.min(new_end)),
             },
         )
         .await
@@ -122,6 +127,7 @@ impl Log {
                 recovery_point: Some(offset),
                 log_start_offset: Some(offset),
                 clean_shutdown: false,
+                high_watermark: Some(offset),
             },
         )
         .await

@@ -141,3 +141,46 @@ fn replicated_batches_must_continue_the_log_and_keep_producer_state() {
         assert_eq!(follower.append_replica(more).await.unwrap(), 5);
     });
 }
+
+#[test]
+fn a_checkpointed_high_watermark_hides_the_tail_after_a_reopen_until_the_leader_moves_it() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        let log = open(&dir).await;
+        log.set_replicated(true);
+        for i in 0..4 {
+            log.append(batch(2, 10, i, now_ms()), false).await.unwrap();
+        }
+        assert!(log.set_high_watermark(4));
+        log.close().await.unwrap();
+        // Opened with the checkpoint (unclean): consumers see 4 records, followers 8.
+        let log = Log::open(
+            &dir,
+            "t",
+            0,
+            LogConfig::default(),
+            OpenOptions {
+                high_watermark: Some(4),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        log.set_replicated(true);
+        assert_eq!((log.high_watermark(), log.log_end_offset()), (4, 8));
+        let plan = log.read(0, 1 << 20, true).await.unwrap();
+        assert_eq!(plan.len as usize, fetch(&log, 0).await.len() / 2);
+        assert!(
+            log.read(5, 1 << 20, true).await.is_err(),
+            "past the high watermark"
+        );
+        // The leader moves it batch by batch; a single replica publishes everything.
+        assert!(log.set_high_watermark(7));
+        assert_eq!(log.high_watermark(), 6);
+        log.set_replicated(false);
+        assert_eq!(log.high_watermark(), 8);
+        let plan = log.read(0, 1 << 20, true).await.unwrap();
+        assert_eq!(plan.len as usize, fetch(&log, 0).await.len());
+    });
+}

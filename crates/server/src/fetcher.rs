@@ -90,7 +90,11 @@ async fn run(shard: &Rc<Shard>, leader: i32) {
                     pause = true;
                     continue;
                 };
-                match Peer::connect(&addr).await {
+                let config = shard.config();
+                let max_response = config.replica_fetch_response_max_bytes as usize + (1 << 20);
+                let deadline = Duration::from_millis(config.replica_fetch_wait_max_ms as u64)
+                    + Duration::from_secs(10);
+                match Peer::connect(&addr, max_response, deadline).await {
                     Ok(p) => peer.insert(p),
                     Err(e) => {
                         tracing::debug!(
@@ -102,7 +106,8 @@ async fn run(shard: &Rc<Shard>, leader: i32) {
                 }
             }
         };
-        let wait = Duration::from_millis(shard.config().replica_fetch_wait_max_ms as u64);
+        // (Each request has a deadline of its own; local work, such as a truncation, is
+        // never cut short.)
         let round = async {
             let untruncated: Vec<_> = parts.iter().filter(|(_, f)| !f.truncated).collect();
             if !untruncated.is_empty() {
@@ -117,13 +122,8 @@ async fn run(shard: &Rc<Shard>, leader: i32) {
             }
             fetch(shard, conn, &ready).await
         };
-        // A leader cut off mid-request must not hold the fetcher forever.
-        let limit = async {
-            glommio::timer::sleep(wait + Duration::from_secs(10)).await;
-            Err("no answer from the leader".to_string())
-        };
-        match futures_lite::future::or(round, limit).await {
-            Ok(progress) => pause = !progress,
+        match round.await {
+            Ok(answered) => pause = !answered,
             Err(e) => {
                 tracing::debug!("fetcher: broker {leader}: {e}");
                 peer = None;
@@ -190,6 +190,12 @@ async fn truncate(
                 );
                 continue;
             }
+            // The answer is for the epoch asked about: the partition may have changed hands
+            // while it came.
+            let current = shard.following.borrow().get(key).copied();
+            if current != Some(*f) {
+                continue;
+            }
             let Ok(log) = shard.log(key) else { continue };
             let target = if p.leader_epoch < 0 || p.end_offset < 0 {
                 // The leader knows none of this log's epochs: keep what the ISR had.
@@ -203,7 +209,15 @@ async fn truncate(
                 p.end_offset.min(mine.max(0))
             };
             if target < log.log_end_offset() {
-                replace_log(shard, key, log.truncate_to(target).await)?;
+                let done = Rc::new(crate::shard::Latch::default());
+                shard
+                    .replacing
+                    .borrow_mut()
+                    .insert(key.clone(), done.clone());
+                let result = replace_log(shard, key, log.truncate_to(target).await);
+                shard.replacing.borrow_mut().remove(key);
+                done.set();
+                result?;
             }
             mark_truncated(shard, key, f);
         }
@@ -233,8 +247,9 @@ fn replace_log(
     Ok(())
 }
 
-/// One Fetch from the leader for `parts`, appended to the local logs. Ok(true) when any
-/// partition got records (fetch again at once).
+/// One Fetch from the leader for `parts`, appended to the local logs. Ok(true) when the
+/// leader answered any partition without an error (fetch again at once: the leader holds
+/// a fetch with nothing new for replica.fetch.wait.max.ms); Ok(false) pauses the fetcher.
 async fn fetch(
     shard: &Rc<Shard>,
     conn: &mut Peer,
@@ -274,7 +289,7 @@ async fn fetch(
                 .collect(),
         );
     let resp: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &req).await?;
-    let mut progress = false;
+    let mut answered = false;
     for t in resp.responses {
         for p in t.partitions {
             let Some((key, f, log, offset)) = asked
@@ -289,7 +304,7 @@ async fn fetch(
                 continue;
             }
             match p.error_code {
-                code::NONE => {}
+                code::NONE => answered = true,
                 code::OFFSET_OUT_OF_RANGE => {
                     out_of_range(shard, key, log, *offset, p.log_start_offset).await?;
                     continue;
@@ -305,7 +320,6 @@ async fn fetch(
             } else {
                 match log.append_replica(records).await {
                     Ok(leo) => {
-                        progress |= leo > *offset;
                         shard
                             .counters()
                             .replica_fetch_bytes
@@ -330,7 +344,7 @@ async fn fetch(
             }
         }
     }
-    Ok(progress)
+    Ok(answered)
 }
 
 /// The leader refused the fetch offset: past its end (this log has a tail the leader lacks:
@@ -349,7 +363,15 @@ async fn out_of_range(
             "the leader's log starts at {leader_log_start}, past this replica's end {offset}: \
              starting over there"
         );
-        replace_log(shard, key, log.reset_to(leader_log_start).await)?;
+        let done = Rc::new(crate::shard::Latch::default());
+        shard
+            .replacing
+            .borrow_mut()
+            .insert(key.clone(), done.clone());
+        let result = replace_log(shard, key, log.reset_to(leader_log_start).await);
+        shard.replacing.borrow_mut().remove(key);
+        done.set();
+        result?;
     } else if let Some(f) = shard.following.borrow_mut().get_mut(key) {
         f.truncated = false;
     }
@@ -360,10 +382,14 @@ async fn out_of_range(
 struct Peer {
     stream: glommio::net::TcpStream,
     correlation: i32,
+    /// The largest answer accepted (a bad peer must not make us allocate 2 GiB).
+    max_response: usize,
+    /// How long one request may take, answer included.
+    deadline: Duration,
 }
 
 impl Peer {
-    async fn connect(addr: &str) -> Result<Peer, String> {
+    async fn connect(addr: &str, max_response: usize, deadline: Duration) -> Result<Peer, String> {
         let connect = async {
             glommio::net::TcpStream::connect(addr)
                 .await
@@ -378,10 +404,33 @@ impl Peer {
         Ok(Peer {
             stream,
             correlation: 0,
+            max_response,
+            deadline,
         })
     }
 
+    /// Sends one request and reads its answer, within the peer's deadline (a leader cut
+    /// off mid-request must not hold the fetcher forever). An error leaves the connection
+    /// unusable: the caller drops it.
     async fn call<Req, Resp>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Result<Resp, String>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        let deadline = self.deadline;
+        let timeout = async {
+            glommio::timer::sleep(deadline).await;
+            Err(format!("no answer to {key:?} within {deadline:?}"))
+        };
+        futures_lite::future::or(self.exchange(key, version, body), timeout).await
+    }
+
+    async fn exchange<Req, Resp>(
         &mut self,
         key: ApiKey,
         version: i16,
@@ -415,7 +464,10 @@ impl Peer {
             .await
             .map_err(|e| format!("receive: {e}"))?;
         let n = i32::from_be_bytes(size);
-        let n = usize::try_from(n).map_err(|_| format!("bad response size {n}"))?;
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= self.max_response)
+            .ok_or_else(|| format!("bad response size {n}"))?;
         let mut frame = BytesMut::zeroed(n);
         self.stream
             .read_exact(&mut frame)

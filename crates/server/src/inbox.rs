@@ -34,12 +34,20 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
                         .read(offset, max_bytes, min_one_batch)
                         .await
                         .map_err(log_error),
-                    Some(r) => {
-                        match crate::replication::on_follower_fetch(&shard, &key, r, offset, &log) {
-                            Ok(()) => log
-                                .read_upto(offset, max_bytes, min_one_batch, Upto::LogEnd)
-                                .await
-                                .map_err(log_error),
+                    Some((r, epoch)) => {
+                        match crate::replication::check_follower(&shard, &key, r, epoch) {
+                            Ok(()) => {
+                                let plan = log
+                                    .read_upto(offset, max_bytes, min_one_batch, Upto::LogEnd)
+                                    .await
+                                    .map_err(log_error);
+                                if plan.is_ok() {
+                                    crate::replication::on_follower_fetch(
+                                        &shard, &key, r, offset, &log,
+                                    );
+                                }
+                                plan
+                            }
                             Err(e) => Err(e),
                         }
                     }
@@ -97,7 +105,14 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
                 .partitions
                 .borrow()
                 .iter()
-                .map(|(k, log)| (k.clone(), log.recovery_point(), log.log_start_offset()))
+                .map(|(k, log)| {
+                    (
+                        k.clone(),
+                        log.recovery_point(),
+                        log.log_start_offset(),
+                        log.high_watermark(),
+                    )
+                })
                 .collect();
             let _ = reply.send(points);
         }

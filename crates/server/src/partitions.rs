@@ -47,23 +47,18 @@ pub async fn apply_metadata(
             }
             let key: PartitionKey = (t.name.clone(), p);
             let existing = shard.partitions.borrow().get(&key).cloned();
-            let log = match existing {
+            match existing {
                 Some(log) => {
                     if log.config() != config {
                         log.set_config(config.clone()).map_err(|e| e.to_string())?;
                     }
-                    log
                 }
                 None => {
                     let log = open_log(shard, &key, &t.id, config.clone(), at_startup).await?;
-                    shard
-                        .partitions
-                        .borrow_mut()
-                        .insert(key.clone(), log.clone());
-                    log
+                    shard.partitions.borrow_mut().insert(key.clone(), log);
                 }
-            };
-            crate::replication::assign(shard, &key, &log, pm, &t.overrides).await?;
+            }
+            crate::replication::assign(shard, &key, pm, &t.overrides).await?;
         }
     }
     coordinate(shard, &old, &snapshot).await?;
@@ -178,6 +173,7 @@ async fn open_log(
             recovery_point: st.recovery_points.get(&ck).copied(),
             log_start_offset: st.log_start_offsets.get(&ck).copied(),
             clean_shutdown: st.clean_shutdown,
+            high_watermark: st.high_watermarks.get(&ck).copied(),
         }
     } else {
         OpenOptions::default()

@@ -30,6 +30,10 @@ pub struct Leading {
     pub followers: HashMap<i32, Progress>,
     /// An ISR change is in flight (one at a time, as Kafka's pending AlterPartition).
     pub altering: bool,
+    /// The ISR that change proposes. Until it commits, the high watermark counts the
+    /// members of both (Kafka's maximal ISR, KIP-497): a replica joining must have what
+    /// is acknowledged meanwhile, and one leaving still counts until it is out.
+    pub pending: Option<Vec<i32>>,
     /// Set when this broker stops leading in this epoch: acks=all waiters give up.
     pub lost: Rc<crate::shard::Latch>,
 }
@@ -77,10 +81,16 @@ pub fn min_insync(shard: &Shard, overrides: &BTreeMap<String, String>, replicas:
 pub async fn assign(
     shard: &Rc<Shard>,
     key: &PartitionKey,
-    log: &Log,
     pm: &PartitionMeta,
     overrides: &BTreeMap<String, String>,
 ) -> Result<(), String> {
+    // A fetcher truncating this partition closes its log and opens it again: the role
+    // goes to the log in place once that is done.
+    let replacing = shard.replacing.borrow().get(key).cloned();
+    if let Some(done) = replacing {
+        done.wait().await;
+    }
+    let log = &shard.log(key).map_err(|(_, e)| e)?;
     let me = shard.node_id();
     let replicated = pm.replicas.len() > 1;
     if pm.leader == me {
@@ -133,6 +143,7 @@ pub async fn assign(
                     min_isr,
                     followers,
                     altering: false,
+                    pending: None,
                     lost: Rc::new(crate::shard::Latch::default()),
                 },
             );
@@ -194,7 +205,8 @@ pub fn update_high_watermark(shard: &Shard, key: &PartitionKey, log: &Log) {
     };
     let me = shard.node_id();
     let mut hw = log.published_end();
-    for r in l.isr.iter().filter(|r| **r != me) {
+    let pending = l.pending.iter().flatten();
+    for r in l.isr.iter().chain(pending).filter(|r| **r != me) {
         hw = hw.min(l.followers.get(r).map_or(-1, |f| f.leo));
     }
     if hw >= 0 {
@@ -202,36 +214,71 @@ pub fn update_high_watermark(shard: &Shard, key: &PartitionKey, log: &Log) {
     }
 }
 
-/// A follower's fetch from `offset` (its log end offset) reached the leader: its progress,
-/// the ISR it may join, and the high watermark it may move. An error when this broker does
-/// not lead the partition for that replica.
+/// Checks a follower's fetch before it is served: this broker leads the partition, in the
+/// epoch the follower names, and the fetcher is one of its replicas.
+pub fn check_follower(
+    shard: &Shard,
+    key: &PartitionKey,
+    replica: i32,
+    epoch: i32,
+) -> Result<(), PartitionError> {
+    let leading = shard.leading.borrow();
+    let Some(l) = leading.get(key) else {
+        return Err((
+            code::NOT_LEADER_OR_FOLLOWER,
+            format!(
+                "broker {} does not lead {}-{}",
+                shard.node_id(),
+                key.0,
+                key.1
+            ),
+        ));
+    };
+    if epoch >= 0 && epoch != l.epoch {
+        let c = if epoch < l.epoch {
+            code::FENCED_LEADER_EPOCH
+        } else {
+            code::UNKNOWN_LEADER_EPOCH
+        };
+        return Err((
+            c,
+            format!(
+                "{}-{} is in leader epoch {}, not {epoch}",
+                key.0, key.1, l.epoch
+            ),
+        ));
+    }
+    if !l.followers.contains_key(&replica) {
+        return Err((
+            code::NOT_LEADER_OR_FOLLOWER,
+            format!("broker {replica} is not a replica of {}-{}", key.0, key.1),
+        ));
+    }
+    Ok(())
+}
+
+/// A follower's fetch from `offset` (its log end offset) was served: its progress, the ISR
+/// it may join, and the high watermark it may move. Called only for an offset the log had
+/// (a fetch past the end is answered OFFSET_OUT_OF_RANGE and counts for nothing).
 pub fn on_follower_fetch(
     shard: &Rc<Shard>,
     key: &PartitionKey,
     replica: i32,
     offset: i64,
     log: &Log,
-) -> Result<(), PartitionError> {
+) {
     let now = now_ms();
     let leo = log.published_end();
+    if offset > leo {
+        return;
+    }
     let join = {
         let mut leading = shard.leading.borrow_mut();
         let Some(l) = leading.get_mut(key) else {
-            return Err((
-                code::NOT_LEADER_OR_FOLLOWER,
-                format!(
-                    "broker {} does not lead {}-{}",
-                    shard.node_id(),
-                    key.0,
-                    key.1
-                ),
-            ));
+            return;
         };
         let Some(f) = l.followers.get_mut(&replica) else {
-            return Err((
-                code::NOT_LEADER_OR_FOLLOWER,
-                format!("broker {replica} is not a replica of {}-{}", key.0, key.1),
-            ));
+            return;
         };
         if offset >= leo {
             f.caught_up_ms = now;
@@ -265,7 +312,6 @@ pub fn on_follower_fetch(
         alter_isr(shard, key, from, to);
     }
     update_high_watermark(shard, key, log);
-    Ok(())
 }
 
 /// Proposes an ISR change for a partition this broker leads; the new ISR takes effect when
@@ -277,6 +323,7 @@ fn alter_isr(shard: &Rc<Shard>, key: &PartitionKey, from: Vec<i32>, to: Vec<i32>
             return;
         };
         l.altering = true;
+        l.pending = Some(to.clone());
         l.epoch
     };
     let command = Command::AlterIsr {
@@ -308,7 +355,12 @@ fn alter_isr(shard: &Rc<Shard>, key: &PartitionKey, from: Vec<i32>, to: Vec<i32>
         if let Some(l) = shard.leading.borrow_mut().get_mut(&key) {
             if l.epoch == epoch {
                 l.altering = false;
+                l.pending = None;
             }
+        }
+        // The ISR the change left (applied or not) sets the high watermark now.
+        if let Ok(log) = shard.log(&key) {
+            update_high_watermark(&shard, &key, &log);
         }
     })
     .detach();

@@ -33,6 +33,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 struct ShardExit {
     recovery_points: Offsets,
     log_start_offsets: Offsets,
+    high_watermarks: Offsets,
     clean: bool,
 }
 
@@ -103,6 +104,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let clean_shutdown = take_clean_shutdown_marker(&data_dir, &marker)?;
     let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
     let log_start_offsets = read_checkpoint(&data_dir, checkpoint::LOG_START_OFFSET_CHECKPOINT)?;
+    let high_watermarks = read_checkpoint(&data_dir, checkpoint::REPLICATION_OFFSET_CHECKPOINT)?;
     let nr_shards = config.shards();
     check_memlock(nr_shards);
     tracing::info!(
@@ -129,6 +131,7 @@ pub fn run(config: Config) -> Result<(), String> {
             clean_shutdown,
             recovery_points,
             log_start_offsets,
+            high_watermarks,
         },
         controller,
         applied: std::sync::Mutex::new(Some(applied)),
@@ -162,6 +165,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let mut recovery_points = Offsets::new();
     let mut log_start_offsets = Offsets::new();
+    let mut high_watermarks = Offsets::new();
     let mut clean = true;
     let mut first_error = None;
     for r in pool.join_all() {
@@ -169,6 +173,7 @@ pub fn run(config: Config) -> Result<(), String> {
             Ok(Ok(exit)) => {
                 recovery_points.extend(exit.recovery_points);
                 log_start_offsets.extend(exit.log_start_offsets);
+                high_watermarks.extend(exit.high_watermarks);
                 clean &= exit.clean;
             }
             Ok(Err(e)) => {
@@ -193,6 +198,12 @@ pub fn run(config: Config) -> Result<(), String> {
         checkpoint::write_blocking(
             &data_dir.join(checkpoint::LOG_START_OFFSET_CHECKPOINT),
             &log_start_offsets,
+        )
+    })
+    .and_then(|_| {
+        checkpoint::write_blocking(
+            &data_dir.join(checkpoint::REPLICATION_OFFSET_CHECKPOINT),
+            &high_watermarks,
         )
     })
     .map_err(|e| format!("cannot write checkpoints: {e}"))?;
@@ -335,6 +346,7 @@ fn new_shard(
         leading: RefCell::new(HashMap::new()),
         following: RefCell::new(HashMap::new()),
         fetchers: RefCell::new(Default::default()),
+        replacing: RefCell::new(HashMap::new()),
     });
     if shard.id == 0 {
         *shard.producer_ids.borrow_mut() = Some(Default::default());
@@ -462,6 +474,7 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
     let mut exit = ShardExit {
         recovery_points: Offsets::new(),
         log_start_offsets: Offsets::new(),
+        high_watermarks: Offsets::new(),
         clean: true,
     };
     for ((topic, partition), log) in logs {
@@ -473,6 +486,8 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
             .insert((topic.to_string(), partition), log.recovery_point());
         exit.log_start_offsets
             .insert((topic.to_string(), partition), log.log_start_offset());
+        exit.high_watermarks
+            .insert((topic.to_string(), partition), log.high_watermark());
     }
     exit
 }

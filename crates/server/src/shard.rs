@@ -39,9 +39,9 @@ pub enum ShardMsg {
         offset: i64,
         max_bytes: u64,
         min_one_batch: bool,
-        /// A follower replica's fetch (its broker id): it reads up to the log end, and its
-        /// fetch offset is its progress.
-        replica: Option<i32>,
+        /// A follower replica's fetch (its broker id and the leader epoch it fetches in):
+        /// it reads up to the log end, and its fetch offset is its progress.
+        replica: Option<(i32, i32)>,
         reply: oneshot::Sender<Result<ReadPlan, PartitionError>>,
     },
     /// Resolves when the partition's high watermark (a follower: its log end offset) passes
@@ -73,9 +73,10 @@ pub enum ShardMsg {
         key: PartitionKey,
         reply: oneshot::Sender<Result<(i64, i64), PartitionError>>,
     },
-    /// This shard's partitions' (recovery point, log start offset), for the checkpoints.
+    /// This shard's partitions' (recovery point, log start offset, high watermark), for
+    /// the checkpoints.
     Checkpoint {
-        reply: oneshot::Sender<Vec<(PartitionKey, i64, i64)>>,
+        reply: oneshot::Sender<Vec<(PartitionKey, i64, i64, i64)>>,
     },
     /// A new metadata snapshot: open, reconfigure or delete this shard's partitions, then
     /// publish it.
@@ -130,6 +131,7 @@ pub struct Startup {
     pub clean_shutdown: bool,
     pub recovery_points: Offsets,
     pub log_start_offsets: Offsets,
+    pub high_watermarks: Offsets,
 }
 
 pub struct Shard {
@@ -156,6 +158,9 @@ pub struct Shard {
     pub following: RefCell<HashMap<PartitionKey, crate::replication::Following>>,
     /// Leaders this shard's fetchers pull from (one fetcher per leader broker).
     pub fetchers: RefCell<std::collections::HashSet<i32>>,
+    /// Partitions whose log a fetcher is truncating (closing and reopening it): set when
+    /// the new log is in place. A role change waits for it.
+    pub replacing: RefCell<HashMap<PartitionKey, Rc<Latch>>>,
 }
 
 impl Shard {

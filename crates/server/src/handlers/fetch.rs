@@ -22,6 +22,8 @@ struct Wanted {
     partition: i32,
     offset: i64,
     partition_max_bytes: u64,
+    /// The leader epoch the client fetches in (-1: none).
+    epoch: i32,
     /// Answered without asking the owner (unknown topic, bad epoch).
     error: Option<i16>,
 }
@@ -88,6 +90,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 partition: p.partition,
                 offset: p.fetch_offset,
                 partition_max_bytes: p.partition_max_bytes.max(0) as u64,
+                epoch: p.current_leader_epoch,
                 error,
             });
         }
@@ -219,7 +222,8 @@ async fn read_all(
 ) -> Vec<ReadResult> {
     let first = runnel_runtime::join_all(wanted.iter().map(|w| {
         let shard = shard.clone();
-        let (error, name, partition, offset, limit) = (
+        let (epoch, error, name, partition, offset, limit) = (
+            w.epoch,
             w.error,
             w.name.clone(),
             w.partition,
@@ -230,6 +234,7 @@ async fn read_all(
             if let Some(c) = error {
                 return Err((c, None));
             }
+            let replica = replica.map(|r| (r, epoch));
             read_one(&shard, name, partition, offset, limit, true, replica).await
         }
     }))
@@ -246,6 +251,7 @@ async fn read_all(
             Ok(plan) if left == 0 => Ok(ReadPlan { len: 0, ..plan }),
             Ok(_) => {
                 let (name, p) = (w.name.clone(), w.partition);
+                let replica = replica.map(|r| (r, w.epoch));
                 read_one(shard, name, p, w.offset, left, false, replica).await
             }
             Err(e) => Err(e),
@@ -265,7 +271,7 @@ async fn read_one(
     offset: i64,
     max_bytes: u64,
     min_one_batch: bool,
-    replica: Option<i32>,
+    replica: Option<(i32, i32)>,
 ) -> ReadResult {
     let owner = shard.owner(&name, partition);
     let key = (name.clone(), partition);
