@@ -48,6 +48,9 @@ pub struct Broker {
     pub metrics_addr: Option<String>,
     /// The listen address announced by a launched broker, until it is ready.
     ready: Option<std::sync::mpsc::Receiver<String>>,
+    /// A network namespace to run in (`ip netns exec`), and the address its metrics
+    /// listener binds (the namespace's own, reachable from the test).
+    netns: Option<(String, String)>,
 }
 
 impl Broker {
@@ -78,8 +81,26 @@ impl Broker {
             args: args.iter().map(|s| s.to_string()).collect(),
             metrics_addr: None,
             ready: None,
+            netns: None,
         };
         b.launch_process(listen);
+        b
+    }
+
+    /// [`Broker::launch`] inside network namespace `ns`, whose address is `host`.
+    pub fn launch_in_netns(dir: &Path, ns: &str, host: &str, port: u16, args: &[&str]) -> Broker {
+        let mut b = Broker {
+            child: None,
+            addr: String::new(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            log: Arc::default(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            metrics_addr: None,
+            ready: None,
+            netns: Some((ns.to_string(), host.to_string())),
+        };
+        b.launch_process(&format!("{host}:{port}"));
         b
     }
 
@@ -92,7 +113,14 @@ impl Broker {
     }
 
     fn launch_process(&mut self, listen: &str) {
-        let mut cmd = Command::new(BIN);
+        let (mut cmd, metrics_host) = match &self.netns {
+            Some((ns, host)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                (c, host.clone())
+            }
+            None => (Command::new(BIN), "127.0.0.1".to_string()),
+        };
         cmd.arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -106,8 +134,8 @@ impl Broker {
         }
         let metrics = free_port();
         cmd.arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{metrics}"));
-        self.metrics_addr = Some(format!("127.0.0.1:{metrics}"));
+            .arg(format!("{metrics_host}:{metrics}"));
+        self.metrics_addr = Some(format!("{metrics_host}:{metrics}"));
         let mut child = cmd.spawn().expect("start runnel");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));

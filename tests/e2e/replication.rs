@@ -448,3 +448,247 @@ fn await_identical_replicas_of(c: &Cluster, topic: &str, nodes: &[i32]) -> usize
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Three network namespaces joined by veth pairs to a bridge in the test's namespace (which
+/// gets an address on it too), created for one test and removed when it ends.
+struct Net {
+    id: String,
+    subnet: u8,
+}
+
+fn sh(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    fn new(n: u8) -> Net {
+        let pid = std::process::id();
+        let net = Net {
+            id: format!("rn{}", pid % 100_000),
+            subnet: (pid % 200) as u8 + 20,
+        };
+        let br = net.bridge();
+        sh(&["ip", "link", "add", &br, "type", "bridge"]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.{}.0.254/24", net.subnet),
+            "dev",
+            &br,
+        ]);
+        sh(&["ip", "link", "set", &br, "up"]);
+        for i in 1..=n {
+            let ns = net.ns(i);
+            let (outer, inner) = (net.veth(i), format!("{}i{i}", net.id));
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&[
+                "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ]);
+            sh(&["ip", "link", "set", &inner, "netns", &ns]);
+            sh(&["ip", "link", "set", &outer, "master", &br]);
+            sh(&["ip", "link", "set", &outer, "up"]);
+            let addr = format!("{}/24", net.host(i));
+            sh(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &inner]);
+            sh(&["ip", "-n", &ns, "link", "set", &inner, "up"]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.id)
+    }
+
+    fn ns(&self, i: u8) -> String {
+        format!("{}n{i}", self.id)
+    }
+
+    fn veth(&self, i: u8) -> String {
+        format!("{}o{i}", self.id)
+    }
+
+    fn host(&self, i: u8) -> String {
+        format!("10.{}.0.{i}", self.subnet)
+    }
+
+    /// Cuts broker `i` off from everything (its link to the bridge goes down), or heals it.
+    fn set_link(&self, i: u8, up: bool) {
+        sh(&[
+            "ip",
+            "link",
+            "set",
+            &self.veth(i),
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 1..=9u8 {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &self.veth(i)])
+                .output();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.ns(i)])
+                .output();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .output();
+    }
+}
+
+/// A raw acks=all Produce of one batch to partition 0: (error code, base offset).
+fn produce_all(addr: &str, topic: &'static str, records: &[&[u8]], timeout_ms: i32) -> (i16, i64) {
+    let mut s = connect(addr);
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(timeout_ms)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(records)))])]);
+    let r: ProduceResponse = call(&mut s, ApiKey::Produce, 9, &req);
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+#[test]
+fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_after_healing() {
+    if unsafe { libc::geteuid() } != 0 {
+        // SAFETY: geteuid has no preconditions. Network namespaces need root (CI is).
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    with_timeout(240, || {
+        let net = Net::new(3);
+        let tmp = tempfile::tempdir().unwrap();
+        let voters = (1..=3u8)
+            .map(|i| format!("{i}@{}:9093", net.host(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut brokers: Vec<Broker> = (1..=3u8)
+            .map(|i| {
+                let node = i.to_string();
+                Broker::launch_in_netns(
+                    &tmp.path().join(format!("node{i}")),
+                    &net.ns(i),
+                    &net.host(i),
+                    9092,
+                    &[
+                        "--node-id",
+                        &node,
+                        "--controller-quorum-voters",
+                        &voters,
+                        "--broker-session-timeout-ms",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        for b in &mut brokers {
+            b.await_ready();
+        }
+        let addr = |i: u8| format!("{}:9092", net.host(i));
+        let v = await_view(&addr(1), "cut", "the topic with its full ISR", |v| {
+            v.brokers.len() == 3 && v.partitions.get(&0).is_some_and(|p| p.4.len() == 3)
+        });
+        let leader = v.partitions[&0].1 as u8;
+        let other = (1..=3u8).find(|i| *i != leader).unwrap();
+        // Acknowledged before the cut: on every replica.
+        for i in 0..5 {
+            let r = format!("acked-{i}");
+            assert_eq!(
+                produce_all(&addr(leader), "cut", &[r.as_bytes()], 5000).0,
+                0
+            );
+        }
+        // The leader is cut off. A producer that still reaches it (from the leader's side of
+        // the cut, as a client on the leader's host would) gets no acknowledgement: the
+        // leader appends, but no follower can fetch.
+        net.set_link(leader, false);
+        let ns_file = format!("/var/run/netns/{}", net.ns(leader));
+        let leader_addr = addr(leader);
+        let cut_off = std::thread::spawn(move || {
+            let f = std::fs::File::open(&ns_file).unwrap();
+            // SAFETY: setns on this thread only (CLONE_NEWNET), with a namespace file we
+            // just opened; the thread's sockets are then made in the leader's namespace.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns");
+            (0..3)
+                .map(|i| {
+                    let r = format!("unacked-{i}");
+                    produce_all(&leader_addr, "cut", &[r.as_bytes()], 2000).0
+                })
+                .collect::<Vec<i16>>()
+        });
+        // The others elect a new leader and take acks=all writes.
+        let w = await_view(&addr(other), "cut", "a new leader", |w| {
+            w.partitions[&0].1 > 0 && w.partitions[&0].1 != leader as i32
+        });
+        let new_leader = w.partitions[&0].1 as u8;
+        let codes = cut_off.join().unwrap();
+        assert!(
+            codes.iter().all(|c| *c != 0),
+            "the cut-off leader acknowledged an acks=all write: {codes:?}"
+        );
+        for i in 0..5 {
+            let r = format!("after-{i}");
+            assert_eq!(
+                produce_all(&addr(new_leader), "cut", &[r.as_bytes()], 5000).0,
+                0
+            );
+        }
+        let old_dir = brokers[leader as usize - 1].partition_dir("cut", 0);
+        let before_heal = batches_of(&old_dir);
+        assert!(
+            before_heal.len() >= 6,
+            "the cut-off leader wrote the unacknowledged records: {} batches",
+            before_heal.len()
+        );
+        // Healed: the old leader follows, truncates what the new leader lacks, and ends
+        // with exactly the new leader's batches.
+        net.set_link(leader, true);
+        let dirs: Vec<_> = brokers.iter().map(|b| b.partition_dir("cut", 0)).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let all: Vec<_> = dirs.iter().map(|d| batches_of(d)).collect();
+            if all.iter().all(|b| *b == all[0]) && all[0].len() == 10 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge: {:?}",
+                all.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text: Vec<String> = batches_of(&old_dir)
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(
+            text.iter().all(|b| !b.contains("unacked")),
+            "the tail was truncated"
+        );
+        assert_eq!(text.iter().filter(|b| b.contains("acked-")).count(), 5);
+        assert_eq!(text.iter().filter(|b| b.contains("after-")).count(), 5);
+        assert!(brokers[leader as usize - 1]
+            .logs()
+            .contains("truncated the log to offset 5"));
+        drop(brokers);
+        drop(net);
+    });
+}
