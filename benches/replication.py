@@ -60,7 +60,7 @@ class Cluster:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                md = AdminClient({"bootstrap.servers": self.addrs[0]}).list_topics(timeout=2)
+                md = AdminClient({"bootstrap.servers": self.addrs[0], "log_level": 0}).list_topics(timeout=2)
                 if len(md.brokers) == 3:
                     return
             except Exception:
@@ -92,13 +92,14 @@ class Cluster:
     def create(self, topic, rf):
         # Three partitions, one led by each broker.
         assignment = [[(p + i) % 3 + 1 for i in range(rf)] for p in range(3)]
-        fs = AdminClient({"bootstrap.servers": self.addrs[0]}).create_topics(
-            [NewTopic(topic, replica_assignment=assignment)])
+        admin = AdminClient({"bootstrap.servers": self.addrs[0], "log_level": 0})
+        fs = admin.create_topics(
+            [NewTopic(topic, num_partitions=len(assignment), replica_assignment=assignment)])
         for f in fs.values():
             f.result()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            md = AdminClient({"bootstrap.servers": self.addrs[0]}).list_topics(topic, timeout=5)
+            md = AdminClient({"bootstrap.servers": self.addrs[0], "log_level": 0}).list_topics(topic, timeout=5)
             t = md.topics.get(topic)
             if t and not t.error and len(t.partitions) == 3 and all(
                     len(p.isrs) == rf and p.leader > 0 for p in t.partitions.values()):
@@ -114,11 +115,13 @@ class Cluster:
 
 
 def produce(bench, cluster, topic, acks, seconds):
-    cmd = [bench, "--brokers", cluster.bootstrap(), "--json", "--quiet", "produce",
+    cmd = [bench, "--brokers", cluster.addrs[0], "--json", "--quiet", "produce",
            "--topic", topic, "--acks", str(acks), "--duration", str(seconds),
            "--producers", "3", "--record-size", "1024", "--batch-size", "65536"]
     cpu0 = cluster.cpu_seconds()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{cmd}: {out.stderr}")
     cpu = cluster.cpu_seconds() - cpu0
     j = json.loads(out.stdout.strip().splitlines()[-1])
     return j["mb_per_s"], cpu / (j["bytes"] / 1e9)

@@ -315,15 +315,13 @@ async fn fetch(
                 }
             }
             let records: Bytes = p.records.unwrap_or_default();
+            let fetched = records.len() as u64;
             let leo = if records.is_empty() {
                 log.published_end()
             } else {
                 match log.append_replica(records).await {
                     Ok(leo) => {
-                        shard
-                            .counters()
-                            .replica_fetch_bytes
-                            .add((leo - offset) as u64);
+                        shard.counters().replica_fetch_bytes.add(fetched);
                         leo
                     }
                     Err(e) => {
