@@ -108,6 +108,63 @@ fn read_partition(bootstrap: &str, topic: &str, partition: i32, end: i64) -> Vec
     out
 }
 
+/// A group member reading `topic` throughout, committing (synchronously) every 200 records;
+/// `progress` has the last offset it read per partition. Returns the violations seen: a
+/// record read again below the offset the group had committed for it (a commit lost in a
+/// failover), and the last offsets read.
+fn consume_in_group(
+    bootstrap: String,
+    topic: &'static str,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Mutex<HashMap<i32, i64>>>,
+) -> std::thread::JoinHandle<(Vec<String>, HashMap<i32, i64>)> {
+    std::thread::spawn(move || {
+        use rdkafka::consumer::CommitMode;
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "survivors")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("topic.metadata.refresh.interval.ms", "500")
+            .create()
+            .unwrap();
+        c.subscribe(&[topic]).unwrap();
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        let mut committed: HashMap<i32, i64> = HashMap::new();
+        let mut violations = Vec::new();
+        let (mut since_commit, mut reread) = (0, 0u64);
+        while !stop.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let (p, o) = (m.partition(), m.offset());
+            if last.get(&p).is_some_and(|l| o <= *l) {
+                reread += 1;
+                // Read again (the group re-formed and resumed from its committed offset):
+                // never below what was committed.
+                let floor = committed.get(&p).copied().unwrap_or(0);
+                if o < floor {
+                    violations.push(format!(
+                        "partition {p}: offset {o} read again below the committed {floor}"
+                    ));
+                }
+            }
+            last.insert(p, o);
+            progress.lock().unwrap().insert(p, o);
+            since_commit += 1;
+            if since_commit >= 200 && c.commit_consumer_state(CommitMode::Sync).is_ok() {
+                since_commit = 0;
+                for (p, o) in &last {
+                    committed.insert(*p, o + 1);
+                }
+            }
+        }
+        eprintln!("group member: {reread} records read again after failovers");
+        (violations, last)
+    })
+}
+
 /// The batches of a partition's segment files, in order, as raw bytes.
 fn batches_of(dir: &std::path::Path) -> Vec<Vec<u8>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -233,6 +290,9 @@ fn acknowledged_records_survive_twenty_broker_kills_exactly_once_on_every_replic
         });
         let stop = Arc::new(AtomicBool::new(false));
         let producer = produce_continuously(c.bootstrap(), topic, 2, stop.clone());
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(Mutex::new(HashMap::new()));
+        let reader = consume_in_group(c.bootstrap(), topic, stop_reading.clone(), progress.clone());
         let mut rng = 0x9e3779b97f4a7c15u64 ^ std::process::id() as u64;
         for round in 0..20 {
             rng ^= rng << 13;
@@ -271,6 +331,30 @@ fn acknowledged_records_survive_twenty_broker_kills_exactly_once_on_every_replic
         let counts = await_identical_replicas(&c, topic, 2);
         eprintln!("replicas identical: {counts:?} batches per partition");
         check_acked(&c.bootstrap(), topic, 2, &acked);
+        // The group member read on through every failover, never re-reading below what its
+        // group had committed.
+        let ends: HashMap<i32, i64> = {
+            let a = acked.0.lock().unwrap();
+            (0..2)
+                .map(|p| (p, a.iter().filter(|x| x.0 == p).map(|x| x.1).max().unwrap()))
+                .collect()
+        };
+        wait_until(
+            "the group member to read every acknowledged record",
+            Duration::from_secs(60),
+            || {
+                let progress = progress.lock().unwrap();
+                ends.iter()
+                    .all(|(p, end)| progress.get(p).is_some_and(|o| o >= end))
+            },
+        );
+        stop_reading.store(true, Ordering::Relaxed);
+        let (violations, last) = reader.join().unwrap();
+        assert!(violations.is_empty(), "{violations:?}");
+        assert!(
+            (0..2).all(|p| last.contains_key(&p)),
+            "the group member read both partitions: {last:?}"
+        );
     });
 }
 

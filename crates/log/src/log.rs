@@ -567,14 +567,21 @@ impl Log {
             Upto::LogEnd => (self.published_end(), |s| s.published_size.get()),
         };
         let lso = self.log_start_offset();
-        if fetch_offset < lso || fetch_offset > end_offset {
+        // Out of range is judged against the log end, as Kafka does: an offset between the
+        // high watermark and the log end (a consumer that read up to a previous leader's
+        // high watermark, which this new leader's may trail for a moment) gets an empty
+        // answer, not a reset.
+        let published = self.published_end();
+        if fetch_offset < lso || fetch_offset > published.max(end_offset) {
             return Err(LogError::OffsetOutOfRange {
                 offset: fetch_offset,
                 log_start_offset: lso,
-                log_end_offset: end_offset,
+                log_end_offset: published,
             });
         }
-        let segments: Vec<Rc<Segment>> = {
+        let segments: Vec<Rc<Segment>> = if fetch_offset >= end_offset {
+            Vec::new() // nothing below the end to send: the empty plan below
+        } else {
             let all = self.inner.segments.borrow();
             let i = all
                 .partition_point(|s| s.base_offset <= fetch_offset)

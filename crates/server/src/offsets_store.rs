@@ -45,10 +45,16 @@ pub async fn append(
 pub async fn replay(log: &Log) -> Result<HashMap<OffsetKey, Committed>, LogError> {
     let mut live = HashMap::new();
     let mut offset = log.log_start_offset();
-    let end = log.high_watermark();
+    // To the log end, past the high watermark: a new leader's log is what its followers
+    // will hold (they truncate to it), and its high watermark may trail what the previous
+    // leader acknowledged until the followers fetch again (Kafka's coordinator loads to the
+    // log end too).
+    let end = log.published_end();
     let ring = runnel_runtime::ring();
     while offset < end {
-        let plan = log.read(offset, 8 << 20, true).await?;
+        let plan = log
+            .read_upto(offset, 8 << 20, true, runnel_log::Upto::LogEnd)
+            .await?;
         if plan.len == 0 {
             break;
         }
