@@ -685,6 +685,10 @@ fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_a
             b.await_ready();
         }
         let addr = |i: u8| format!("{}:9092", net.host(i));
+        // Every broker registered before the topic is auto-created, so it gets 3 replicas.
+        wait_until("three brokers registered", Duration::from_secs(30), || {
+            metadata(&addr(1), None).brokers.len() == 3
+        });
         let v = await_view(&addr(1), "cut", "the topic with its full ISR", |v| {
             v.brokers.len() == 3 && v.partitions.get(&0).is_some_and(|p| p.4.len() == 3)
         });
