@@ -26,6 +26,15 @@ pub struct Cluster {
 impl Cluster {
     /// `n` brokers, node ids 1..=n, every one a voter; started together, waited on together.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(n, extra, false)
+    }
+
+    /// [`Cluster::start`] with each broker in a rack of its own, `rack<id>`.
+    pub fn start_racked(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(n, extra, true)
+    }
+
+    fn start_with(n: usize, extra: &[&str], racks: bool) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let voters = ports
@@ -39,7 +48,11 @@ impl Cluster {
             .enumerate()
             .map(|(i, (client, _))| {
                 let node = (i + 1).to_string();
+                let rack = format!("rack{node}");
                 let mut args = vec!["--node-id", &node, "--controller-quorum-voters", &voters];
+                if racks {
+                    args.extend_from_slice(&["--rack", &rack]);
+                }
                 args.extend_from_slice(extra);
                 Broker::launch(
                     &tmp.path().join(format!("node{}", i + 1)),

@@ -409,6 +409,37 @@ fn a_follower_down_for_a_while_catches_up_rejoins_the_isr_and_ends_identical() {
         assert_eq!(c.node(leader).metric_sum("replica_fetch_bytes_copied"), 0);
         await_identical_replicas(&c, topic, 1);
         check_acked(&c.bootstrap(), topic, 1, &acked);
+        wait_until("no follower behind", Duration::from_secs(10), || {
+            c.node(leader).metric_sum("follower_max_lag_records") == 0
+        });
+        // DescribeLogDirs (kafka-log-dirs.sh) on each replica: its data dir, the replica's
+        // size (its segment files), no lag once caught up.
+        for node in [leader, follower] {
+            let b = c.node(node);
+            let mut s = connect(&b.addr);
+            let r: DescribeLogDirsResponse = call(
+                &mut s,
+                ApiKey::DescribeLogDirs,
+                4,
+                &DescribeLogDirsRequest::default().with_topics(Some(vec![
+                    kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic::default()
+                        .with_topic(TopicName(StrBytes::from_static_str(topic)))
+                        .with_partitions(vec![0]),
+                ])),
+            );
+            assert_eq!(r.results.len(), 1);
+            let d = &r.results[0];
+            assert_eq!(d.error_code, 0);
+            assert!(d.total_bytes > 0 && d.usable_bytes > 0 && d.usable_bytes <= d.total_bytes);
+            assert_eq!(d.topics.len(), 1, "only the topic asked for");
+            let p = &d.topics[0].partitions[0];
+            let on_disk: usize = batches_of(&b.partition_dir(topic, 0))
+                .iter()
+                .map(Vec::len)
+                .sum();
+            assert_eq!(p.partition_size, on_disk as i64, "broker {node}");
+            assert_eq!(p.offset_lag, 0);
+        }
     });
 }
 
@@ -778,5 +809,61 @@ fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_a
             .contains("truncated the log to offset 5"));
         drop(brokers);
         drop(net);
+    });
+}
+
+#[test]
+fn a_consumer_in_a_followers_rack_is_sent_to_that_follower_and_reads_everything_there() {
+    with_timeout(180, || {
+        let mut c = Cluster::start_racked(3, &[]);
+        let first = c.brokers[0].addr.clone();
+        let topic = "racked";
+        let v = await_view(&first, topic, "the topic with its full ISR", |v| {
+            v.partitions.len() == 1 && v.partitions[&0].4.len() == 3
+        });
+        let leader = v.partitions[&0].1;
+        let follower = v.partitions[&0]
+            .3
+            .iter()
+            .copied()
+            .find(|r| *r != leader)
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = produce_continuously(c.bootstrap(), topic, 1, stop.clone());
+        wait_until("records written", Duration::from_secs(30), || {
+            batches_of(&c.brokers[(leader - 1) as usize].partition_dir(topic, 0)).len() > 20
+        });
+        stop.store(true, Ordering::Relaxed);
+        let acked = producer.join().unwrap();
+        let n = acked.0.lock().unwrap().len() as i64;
+        let served_before = c.node(follower).metric_sum("fetch_bytes_spliced");
+        // A consumer in the follower's rack: the leader names the follower as its preferred
+        // read replica (KIP-392), and the follower serves it everything up to its high
+        // watermark.
+        let rack = format!("rack{follower}");
+        let cons: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &c.bootstrap())
+            .set("group.id", "racked")
+            .set("client.rack", &rack)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        cons.assign(&tpl).unwrap();
+        let mut read = 0i64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read < n && Instant::now() < deadline {
+            if let Some(Ok(_)) = cons.poll(Duration::from_millis(100)) {
+                read += 1;
+            }
+        }
+        assert_eq!(read, n, "the consumer read every acknowledged record");
+        let served = c.node(follower).metric_sum("fetch_bytes_spliced") - served_before;
+        assert!(
+            served > 0,
+            "the follower in the consumer's rack served it (spliced {served} bytes)"
+        );
     });
 }

@@ -35,6 +35,8 @@ pub struct PartitionOut {
     /// With NOT_LEADER_OR_FOLLOWER or a leader epoch error: the current (leader, epoch),
     /// sent from v12 as the CurrentLeader tagged field (KIP-951).
     pub current_leader: Option<(i32, i32)>,
+    /// The replica the consumer should fetch from instead (KIP-392, v11+), or -1.
+    pub preferred_read_replica: i32,
 }
 
 /// A broker a client is pointed to (v16's NodeEndpoints, KIP-951).
@@ -102,7 +104,7 @@ pub fn encode(
                 b.put_i32(-1);
             }
             if version >= 11 {
-                b.put_i32(-1); // PreferredReadReplica: none
+                b.put_i32(p.preferred_read_replica);
             }
             let len = p.records.as_ref().map_or(0, |r| r.len);
             if flexible {
@@ -285,6 +287,7 @@ mod tests {
                             len: 300,
                         }),
                         current_leader: None,
+                        preferred_read_replica: -1,
                     },
                     PartitionOut {
                         index: 2,
@@ -294,6 +297,7 @@ mod tests {
                         log_start_offset: -1,
                         records: None,
                         current_leader: Some((3, 5)),
+                        preferred_read_replica: 2,
                     },
                 ],
             },
@@ -312,6 +316,7 @@ mod tests {
                         len: 4000,
                     }),
                     current_leader: None,
+                    preferred_read_replica: -1,
                 }],
             },
         ];
@@ -346,6 +351,11 @@ mod tests {
                                                 .with_leader_id(BrokerId(l))
                                                 .with_leader_epoch(e),
                                         );
+                                    }
+                                    if version >= 11 {
+                                        d = d.with_preferred_read_replica(BrokerId(
+                                            p.preferred_read_replica,
+                                        ));
                                     }
                                     d.with_partition_index(p.index)
                                         .with_error_code(p.error_code)

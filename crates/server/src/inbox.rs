@@ -100,6 +100,18 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
                 .map(|log| (log.log_start_offset(), log.high_watermark()));
             let _ = reply.send(r);
         }
+        ShardMsg::LogDirs { reply } => {
+            let parts = shard
+                .partitions
+                .borrow()
+                .iter()
+                .map(|(k, log)| {
+                    let lag = (log.high_watermark() - log.log_end_offset()).max(0);
+                    (k.clone(), log.size_bytes(), lag)
+                })
+                .collect();
+            let _ = reply.send(parts);
+        }
         ShardMsg::Checkpoint { reply } => {
             let points = shard
                 .partitions

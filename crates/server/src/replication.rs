@@ -403,6 +403,29 @@ pub fn shrink_lagging(shard: &Rc<Shard>) {
     }
 }
 
+/// The most records any follower of this shard's leaderships lacks (from its last fetch).
+pub fn max_follower_lag(shard: &Shard) -> u64 {
+    let leading = shard.leading.borrow();
+    let partitions = shard.partitions.borrow();
+    let mut max = 0;
+    for (key, l) in leading.iter() {
+        let Some(log) = partitions.get(key) else {
+            continue;
+        };
+        let end = log.published_end();
+        for f in l.followers.values() {
+            // A follower that has not fetched in this epoch counts from the log start.
+            let from = if f.leo >= 0 {
+                f.leo
+            } else {
+                log.log_start_offset()
+            };
+            max = max.max((end - from).max(0) as u64);
+        }
+    }
+    max
+}
+
 /// Produce on the owner shard: the append, and for acks=all on a replicated partition the
 /// wait until every in-sync replica has the records (Kafka's delayed produce).
 pub async fn produce(
@@ -416,7 +439,7 @@ pub async fn produce(
     let all = acks == -1;
     // Checked here, on the owner shard, too: the connection's shard may have an older
     // snapshot.
-    let lost = {
+    {
         let leading = shard.leading.borrow();
         match leading.get(key) {
             Some(l) if all && (l.isr.len() as i32) < l.min_isr => {
@@ -431,7 +454,7 @@ pub async fn produce(
                     ),
                 ));
             }
-            Some(l) => Some(l.lost.clone()),
+            Some(_) => {}
             None => {
                 return Err((
                     code::NOT_LEADER_OR_FOLLOWER,
@@ -444,11 +467,11 @@ pub async fn produce(
                 ))
             }
         }
-    };
+    }
     let durable = all && shard.config().sync_on_acks_all;
     let info = log.append(records, durable).await.map_err(log_error)?;
     update_high_watermark(shard, key, &log);
-    if all && lost.is_some() {
+    if all {
         await_isr(shard, key, &log, info.last_offset, timeout_ms).await?;
         let leading = shard.leading.borrow();
         if let Some(l) = leading.get(key) {

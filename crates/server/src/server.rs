@@ -581,6 +581,8 @@ async fn background(shard: Rc<Shard>) {
         if now >= next_isr_check {
             next_isr_check = now + isr_every;
             crate::replication::shrink_lagging(&shard);
+            let lag = crate::replication::max_follower_lag(&shard);
+            shard.counters().follower_max_lag_records.set(lag);
         }
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
         let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count();

@@ -73,6 +73,11 @@ pub enum ShardMsg {
         key: PartitionKey,
         reply: oneshot::Sender<Result<(i64, i64), PartitionError>>,
     },
+    /// This shard's replicas: (size in bytes, how far the log end trails the high
+    /// watermark), for DescribeLogDirs.
+    LogDirs {
+        reply: oneshot::Sender<Vec<(PartitionKey, u64, i64)>>,
+    },
     /// This shard's partitions' (recovery point, log start offset, high watermark), for
     /// the checkpoints.
     Checkpoint {
@@ -199,6 +204,27 @@ impl Shard {
         client_epoch: i32,
     ) -> Result<(), i16> {
         if p.leader != self.node_id() || !self.shared.controller.has_lease() {
+            return Err(code::NOT_LEADER_OR_FOLLOWER);
+        }
+        match client_epoch {
+            e if e < 0 || e == p.leader_epoch => Ok(()),
+            e if e < p.leader_epoch => Err(code::FENCED_LEADER_EPOCH),
+            _ => Err(code::UNKNOWN_LEADER_EPOCH),
+        }
+    }
+
+    /// Whether this broker may serve a consumer's fetch of `p` (KIP-392, Fetch v11+): as its
+    /// leader, or as a replica (a follower serves up to the high watermark its leader last
+    /// told it), with the client's leader epoch checked as for the leader.
+    pub fn check_serves(
+        &self,
+        p: &runnel_metadata::PartitionMeta,
+        client_epoch: i32,
+    ) -> Result<(), i16> {
+        if p.leader == self.node_id() || !p.replicas.contains(&self.node_id()) {
+            return self.check_leads(p, client_epoch);
+        }
+        if p.leader < 0 || !self.shared.controller.has_lease() {
             return Err(code::NOT_LEADER_OR_FOLLOWER);
         }
         match client_epoch {

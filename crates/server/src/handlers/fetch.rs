@@ -24,6 +24,8 @@ struct Wanted {
     partition_max_bytes: u64,
     /// The leader epoch the client fetches in (-1: none).
     epoch: i32,
+    /// KIP-392: a replica in the consumer's rack it should fetch from instead.
+    redirect: Option<i32>,
     /// Answered without asking the owner (unknown topic, bad epoch).
     error: Option<i16>,
 }
@@ -43,6 +45,13 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
         body.replica_id.0
     };
     let replica = (replica_id >= 0).then_some(replica_id);
+    // KIP-392: a consumer that names its rack (client.rack) is sent to an in-sync replica
+    // in that rack, and a follower serves consumers from v11.
+    let client_rack = if version >= 11 && replica.is_none() {
+        body.rack_id.as_str()
+    } else {
+        ""
+    };
 
     // Sessions (KIP-227) are not kept: every fetch is a full one, and session id 0 in the
     // answer tells the client so. A client that names a session gets
@@ -80,17 +89,33 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 Some(m) if !(0..m.partitions).contains(&p.partition) => {
                     Some(code::UNKNOWN_TOPIC_OR_PARTITION)
                 }
-                Some(m) => m
-                    .partition(p.partition)
-                    .and_then(|pm| shard.check_leads(pm, p.current_leader_epoch).err()),
+                Some(m) => m.partition(p.partition).and_then(|pm| {
+                    if version >= 11 && replica.is_none() {
+                        shard.check_serves(pm, p.current_leader_epoch).err()
+                    } else {
+                        shard.check_leads(pm, p.current_leader_epoch).err()
+                    }
+                }),
+            };
+            let redirect = match meta.and_then(|m| m.partition(p.partition)) {
+                Some(pm) if error.is_none() && !client_rack.is_empty() => {
+                    preferred_read_replica(shard, &snapshot, pm, client_rack)
+                }
+                _ => None,
             };
             wanted.push(Wanted {
                 topic: ti,
                 name: name.clone(),
                 partition: p.partition,
                 offset: p.fetch_offset,
-                partition_max_bytes: p.partition_max_bytes.max(0) as u64,
+                // A redirected partition is read for its offsets only.
+                partition_max_bytes: if redirect.is_some() {
+                    0
+                } else {
+                    p.partition_max_bytes.max(0) as u64
+                },
                 epoch: p.current_leader_epoch,
+                redirect,
                 error,
             });
         }
@@ -118,7 +143,9 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             .filter_map(|r| r.as_ref().ok())
             .map(|p| p.len)
             .sum();
-        let any_error = results.iter().any(|r| r.is_err());
+        // (A redirect is answered at once too, as Kafka does.)
+        let any_error =
+            results.iter().any(|r| r.is_err()) || wanted.iter().any(|w| w.redirect.is_some());
         // As Kafka: answer at once with min_bytes of data, with an error, or at the deadline.
         if total >= min_bytes || any_error || wanted.is_empty() || Instant::now() >= deadline {
             break results;
@@ -151,12 +178,13 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 high_watermark: plan.high_watermark,
                 last_stable_offset: plan.high_watermark,
                 log_start_offset: plan.log_start_offset,
-                records: (plan.len > 0).then(|| FileRange {
+                records: (plan.len > 0 && w.redirect.is_none()).then(|| FileRange {
                     file: plan.file.clone(),
                     offset: plan.position,
                     len: plan.len,
                 }),
                 current_leader: None,
+                preferred_read_replica: w.redirect.unwrap_or(-1),
             },
             Err((c, hw_lso)) => {
                 // KIP-951: with a leadership error, name the current leader.
@@ -182,6 +210,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     log_start_offset: hw_lso.map_or(-1, |(lso, _)| lso),
                     records: None,
                     current_leader,
+                    preferred_read_replica: -1,
                 }
             }
         };
@@ -206,6 +235,27 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
         &topics,
         &endpoints,
     ))
+}
+
+/// KIP-392 (Kafka's RackAwareReplicaSelector): for a consumer in `rack`, the first live
+/// in-sync replica in that rack, unless this broker (the leader) is in it.
+fn preferred_read_replica(
+    shard: &Shard,
+    snapshot: &runnel_metadata::Snapshot,
+    pm: &runnel_metadata::PartitionMeta,
+    rack: &str,
+) -> Option<i32> {
+    let me = shard.node_id();
+    if pm.leader != me {
+        return None;
+    }
+    let rack_of = |id: i32| snapshot.brokers.get(&id).and_then(|b| b.rack.as_deref());
+    if rack_of(me) == Some(rack) {
+        return None;
+    }
+    pm.replicas.iter().copied().find(|r| {
+        *r != me && pm.isr.contains(r) && snapshot.is_live(*r) && rack_of(*r) == Some(rack)
+    })
 }
 
 /// A partition's plan, or its error code with (log start, high watermark) where known.

@@ -6,5 +6,6 @@
 pub mod admin;
 pub mod fetch;
 pub mod groups;
+pub mod log_dirs;
 pub mod metadata;
 pub mod produce;
