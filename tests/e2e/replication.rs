@@ -842,7 +842,7 @@ fn a_consumer_in_a_followers_rack_is_sent_to_that_follower_and_reads_everything_
         // watermark.
         let rack = format!("rack{follower}");
         let cons: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &c.bootstrap())
+            .set("bootstrap.servers", c.bootstrap())
             .set("group.id", "racked")
             .set("client.rack", &rack)
             .set("enable.auto.commit", "false")
