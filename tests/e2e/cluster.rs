@@ -301,23 +301,28 @@ fn three_brokers_form_a_cluster_and_serve_an_rf3_topic_through_one_bootstrap_add
             format!("{}:{}", r.node_endpoints[0].host, r.node_endpoints[0].port),
             c.brokers[leader as usize - 1].addr
         );
-        // Fetch too (v12+: CurrentLeader).
+        // Fetch too (v12+: CurrentLeader). A follower serves only consumers that name a rack
+        // (KIP-392); this one names none.
         use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-        let r: FetchResponse = call(
-            &mut s,
-            ApiKey::Fetch,
-            12,
-            &FetchRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(0)
-                .with_max_bytes(1 << 20)
-                .with_session_epoch(-1)
-                .with_topics(vec![FetchTopic::default()
-                    .with_topic(TopicName(StrBytes::from_static_str("rf3")))
-                    .with_partitions(vec![FetchPartition::default()
-                        .with_partition(p)
-                        .with_partition_max_bytes(1 << 20)])]),
-        );
+        let fetch = |s: &mut std::net::TcpStream, epoch: i32| -> FetchResponse {
+            call(
+                s,
+                ApiKey::Fetch,
+                12,
+                &FetchRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_max_wait_ms(0)
+                    .with_max_bytes(1 << 20)
+                    .with_session_epoch(-1)
+                    .with_topics(vec![FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_static_str("rf3")))
+                        .with_partitions(vec![FetchPartition::default()
+                            .with_partition(p)
+                            .with_current_leader_epoch(epoch)
+                            .with_partition_max_bytes(1 << 20)])]),
+            )
+        };
+        let r = fetch(&mut s, 0);
         let pd = &r.responses[0].partitions[0];
         assert_eq!(pd.error_code, 6);
         assert_eq!(

@@ -46,7 +46,9 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
     };
     let replica = (replica_id >= 0).then_some(replica_id);
     // KIP-392: a consumer that names its rack (client.rack) is sent to an in-sync replica
-    // in that rack, and a follower serves consumers from v11.
+    // in that rack, and a follower serves such consumers (from v11). A consumer that names
+    // no rack is never sent to a follower, so one that fetches there has stale metadata:
+    // NOT_LEADER_OR_FOLLOWER sends it back to the leader.
     let client_rack = if version >= 11 && replica.is_none() {
         body.rack_id.as_str()
     } else {
@@ -90,7 +92,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     Some(code::UNKNOWN_TOPIC_OR_PARTITION)
                 }
                 Some(m) => m.partition(p.partition).and_then(|pm| {
-                    if version >= 11 && replica.is_none() {
+                    if !client_rack.is_empty() {
                         shard.check_serves(pm, p.current_leader_epoch).err()
                     } else {
                         shard.check_leads(pm, p.current_leader_epoch).err()
@@ -337,6 +339,17 @@ async fn read_one(
         .await;
     match r {
         Some(Ok(plan)) => Ok(plan),
+        Some(Err((c, _)))
+            if c == code::OFFSET_OUT_OF_RANGE
+                && shard
+                    .snapshot()
+                    .partition(&name, partition)
+                    .is_some_and(|pm| pm.leader != shard.node_id()) =>
+        {
+            // A follower behind the consumer's position (it is catching up): not a reason
+            // for the consumer to reset, only to fetch from the leader.
+            Err((code::NOT_LEADER_OR_FOLLOWER, None))
+        }
         Some(Err((c, _))) if c == code::OFFSET_OUT_OF_RANGE => {
             // Tell the client where the log is, so it can reset.
             let key = (name, partition);
