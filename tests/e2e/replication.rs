@@ -153,10 +153,20 @@ fn consume_in_group(
             last.insert(p, o);
             progress.lock().unwrap().insert(p, o);
             since_commit += 1;
-            if since_commit >= 200 && c.commit_consumer_state(CommitMode::Sync).is_ok() {
-                since_commit = 0;
+            if since_commit >= 200 {
+                // Exactly these offsets, so what is recorded is what the group committed
+                // (committing "the current state" skips partitions a rebalance has just
+                // taken away, which would be recorded all the same).
+                let mut tpl = rdkafka::TopicPartitionList::new();
                 for (p, o) in &last {
-                    committed.insert(*p, o + 1);
+                    tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(o + 1))
+                        .unwrap();
+                }
+                if c.commit(&tpl, CommitMode::Sync).is_ok() {
+                    since_commit = 0;
+                    for (p, o) in &last {
+                        committed.insert(*p, o + 1);
+                    }
                 }
             }
         }

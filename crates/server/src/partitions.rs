@@ -54,7 +54,9 @@ pub async fn apply_metadata(
                     }
                 }
                 None => {
-                    let log = open_log(shard, &key, &t.id, config.clone(), at_startup).await?;
+                    let replicated = pm.replicas.len() > 1;
+                    let log = open_log(shard, &key, &t.id, config.clone(), at_startup, replicated)
+                        .await?;
                     shard.partitions.borrow_mut().insert(key.clone(), log);
                 }
             }
@@ -147,6 +149,7 @@ async fn open_log(
     topic_id: &metadata::TopicId,
     config: LogConfig,
     at_startup: bool,
+    replicated: bool,
 ) -> Result<Log, String> {
     let dir = shard.shared.data_dir.join(format!("{}-{}", key.0, key.1));
     // A directory left by a deleted topic of the same name (deleted and recreated while
@@ -173,7 +176,15 @@ async fn open_log(
             recovery_point: st.recovery_points.get(&ck).copied(),
             log_start_offset: st.log_start_offsets.get(&ck).copied(),
             clean_shutdown: st.clean_shutdown,
-            high_watermark: st.high_watermarks.get(&ck).copied(),
+            // No checkpointed high watermark for a replicated partition (created since the
+            // last checkpoint before a crash): nothing is known committed, so it starts at
+            // the log start, as Kafka's does; its leader moves it (a partition with one
+            // replica publishes its whole log at once).
+            high_watermark: st
+                .high_watermarks
+                .get(&ck)
+                .copied()
+                .or(replicated.then_some(0)),
         }
     } else {
         OpenOptions::default()

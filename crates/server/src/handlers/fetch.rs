@@ -274,6 +274,9 @@ async fn read_all(
 ) -> Vec<ReadResult> {
     let first = runnel_runtime::join_all(wanted.iter().map(|w| {
         let shard = shard.clone();
+        // A redirected partition is read for its offsets only: no first batch (KIP-74) that
+        // would count against the others' budget without being sent.
+        let min_one_batch = w.redirect.is_none();
         let (epoch, error, name, partition, offset, limit) = (
             w.epoch,
             w.error,
@@ -287,7 +290,16 @@ async fn read_all(
                 return Err((c, None));
             }
             let replica = replica.map(|r| (r, epoch));
-            read_one(&shard, name, partition, offset, limit, true, replica).await
+            read_one(
+                &shard,
+                name,
+                partition,
+                offset,
+                limit,
+                min_one_batch,
+                replica,
+            )
+            .await
         }
     }))
     .await;
