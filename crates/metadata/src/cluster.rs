@@ -517,9 +517,25 @@ fn register(s: &mut Snapshot, b: &BrokerMeta) -> CommandResult {
             ));
         }
     }
+    let id = b.id;
+    // A new run of a broker whose previous run was never fenced (it restarted within the
+    // session timeout): that run's leaderships and ISR places end here, as if it had been
+    // fenced. The new process has lost its followers' progress and must not lead in an
+    // epoch it did not start (a new leader's epoch starts at its log end, which is what
+    // keeps a follower from joining an ISR with less than the leader had), nor count as in
+    // sync before its leader sees it caught up.
+    let restarted = s
+        .brokers
+        .get(&id)
+        .is_some_and(|old| old.state == BrokerState::Active && old.incarnation != b.incarnation);
+    if restarted {
+        if let Some(old) = s.brokers.get_mut(&id) {
+            old.state = BrokerState::Fenced;
+        }
+        went_away(s, id);
+    }
     let mut b = b.clone();
     b.state = BrokerState::Active;
-    let id = b.id;
     s.brokers.insert(id, b);
     became_live(s, id);
     Ok(Outcome::Done)

@@ -442,3 +442,28 @@ fn without_a_live_isr_member_a_partition_stays_offline_unless_unclean_election_i
         }
     }
 }
+
+#[test]
+fn a_broker_restarted_before_it_was_fenced_gives_up_its_leaderships_and_isr_places() {
+    let mut s = cluster(&[None, None, None]);
+    create(&mut s, "t", 3, 3).unwrap();
+    let before = s.topic("t").unwrap().clone();
+    let mut again = broker(1, None);
+    again.incarnation = 555;
+    apply(&mut s, &Command::RegisterBroker(again)).unwrap();
+    let after = s.topic("t").unwrap().clone();
+    for p in 0..3 {
+        let (b, a) = (&before.assignment[p], &after.assignment[p]);
+        assert!(!a.isr.contains(&1), "{a:?}");
+        assert_ne!(a.leader, 1);
+        if b.leader == 1 {
+            assert_eq!(a.leader_epoch, b.leader_epoch + 1);
+        }
+    }
+    assert!(s.is_live(1));
+    // The same run registering again (a retried proposal) changes nothing.
+    let mut same = broker(1, None);
+    same.incarnation = 555;
+    apply(&mut s, &Command::RegisterBroker(same)).unwrap();
+    assert_eq!(s.topic("t").unwrap().assignment, after.assignment);
+}
