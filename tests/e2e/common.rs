@@ -288,8 +288,8 @@ pub fn free_port() -> u16 {
     panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
-/// Every batch header in a partition's segment files: (base offset, attributes, records).
-pub fn segment_batches(dir: &Path) -> Vec<(i64, i16, i32)> {
+/// The whole batches of a partition's segment files, in order, as raw bytes.
+pub fn segment_batch_bytes(dir: &Path) -> Vec<Vec<u8>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -302,15 +302,28 @@ pub fn segment_batches(dir: &Path) -> Vec<(i64, i16, i32)> {
         let data = std::fs::read(&f).unwrap();
         let mut pos = 0;
         while pos + 61 <= data.len() {
-            let base = i64::from_be_bytes(data[pos..pos + 8].try_into().unwrap());
             let len = i32::from_be_bytes(data[pos + 8..pos + 12].try_into().unwrap()) as usize;
-            let attrs = i16::from_be_bytes(data[pos + 21..pos + 23].try_into().unwrap());
-            let count = i32::from_be_bytes(data[pos + 57..pos + 61].try_into().unwrap());
-            out.push((base, attrs, count));
+            if pos + 12 + len > data.len() {
+                break;
+            }
+            out.push(data[pos..pos + 12 + len].to_vec());
             pos += 12 + len;
         }
     }
     out
+}
+
+/// Every batch header in a partition's segment files: (base offset, attributes, records).
+pub fn segment_batches(dir: &Path) -> Vec<(i64, i16, i32)> {
+    segment_batch_bytes(dir)
+        .iter()
+        .map(|b| {
+            let base = i64::from_be_bytes(b[..8].try_into().unwrap());
+            let attrs = i16::from_be_bytes(b[21..23].try_into().unwrap());
+            let count = i32::from_be_bytes(b[57..61].try_into().unwrap());
+            (base, attrs, count)
+        })
+        .collect()
 }
 
 /// Runs a command with a deadline; returns (status, stdout, stderr).

@@ -177,27 +177,7 @@ fn consume_in_group(
 
 /// The batches of a partition's segment files, in order, as raw bytes.
 fn batches_of(dir: &std::path::Path) -> Vec<Vec<u8>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let data = std::fs::read(&f).unwrap();
-        let mut pos = 0;
-        while pos + 61 <= data.len() {
-            let len = i32::from_be_bytes(data[pos + 8..pos + 12].try_into().unwrap()) as usize;
-            if pos + 12 + len > data.len() {
-                break;
-            }
-            out.push(data[pos..pos + 12 + len].to_vec());
-            pos += 12 + len;
-        }
-    }
-    out
+    segment_batch_bytes(dir)
 }
 
 /// Waits until every replica of each partition holds the same batches, byte for byte;
