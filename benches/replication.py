@@ -2,7 +2,8 @@
 """Replication cost: produce throughput to an RF=3 topic with acks=all against an RF=1 topic
 (acks=all and acks=1) on the same 3-broker cluster, in interleaved rounds; and the brokers'
 CPU per GB with the leaders serving their followers by splice (zero copy) or by read+write
-(--zero-copy=false), each in a cluster of its own.
+(--zero-copy=false), and RF=3 acks=all without the leader's fdatasync
+(--sync-on-acks-all false), each in a cluster of its own.
 
 Three brokers (one core each: --cores 1) and the load generator share this machine, so
 the figures are ratios measured in the same run, not absolute capacity.
@@ -42,7 +43,7 @@ def free_ports(n):
 
 
 class Cluster:
-    def __init__(self, binary, data, zero_copy):
+    def __init__(self, binary, data, zero_copy, sync=True):
         ports = free_ports(9)
         self.addrs = [f"127.0.0.1:{ports[i]}" for i in range(3)]
         self.metrics = [f"127.0.0.1:{ports[3 + i]}" for i in range(3)]
@@ -55,6 +56,7 @@ class Cluster:
                 [binary, "--node-id", str(i + 1), "--controller-quorum-voters", voters,
                  "--listen", self.addrs[i], "--data-dir", d, "--cores", "1",
                  "--metrics-listen", self.metrics[i], "--zero-copy", str(zero_copy).lower(),
+                 "--sync-on-acks-all", str(sync).lower(),
                  "--leader-imbalance-check-interval-ms", "0"],
                 stdout=subprocess.DEVNULL, stderr=log))
         deadline = time.monotonic() + 60
@@ -135,19 +137,19 @@ def main():
     ap.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "runnel-bench"))
     a = ap.parse_args()
     results = {}
-    for zero_copy in (True, False):
+    for zero_copy, sync in ((True, True), (False, True), (True, False)):
         data = tempfile.mkdtemp(prefix="runnel-repl-")
-        c = Cluster(a.bin, data, zero_copy)
+        c = Cluster(a.bin, data, zero_copy, sync)
         try:
             c.create("rf1", 1)
             c.create("rf3", 3)
-            cases = [("rf1", 1), ("rf1", -1), ("rf3", -1)] if zero_copy else [("rf3", -1)]
+            cases = [("rf1", 1), ("rf1", -1), ("rf3", -1)] if zero_copy and sync else [("rf3", -1)]
             for r in range(a.rounds):
                 for topic, acks in cases:
                     mb, cpu_gb = produce(a.bench, c, topic, acks, a.seconds)
-                    key = (topic, acks, zero_copy)
+                    key = (topic, acks, zero_copy) if sync else (topic, acks, "nosync")
                     results.setdefault(key, []).append((mb, cpu_gb))
-                    print(f"round {r}: {topic} acks={acks} zero_copy={zero_copy}: "
+                    print(f"round {r}: {topic} acks={acks} zero_copy={zero_copy} sync={sync}: "
                           f"{mb:.1f} MB/s, brokers {cpu_gb:.2f} CPU-s/GB", flush=True)
             spliced = c.metric("replica_fetch_bytes_spliced")
             copied = c.metric("replica_fetch_bytes_copied")
@@ -167,10 +169,13 @@ def main():
     print("|---|---|---|")
     for key, name in [(("rf1", 1, True), "RF=1 acks=1"), (("rf1", -1, True), "RF=1 acks=all"),
                       (("rf3", -1, True), "RF=3 acks=all, followers served by splice"),
-                      (("rf3", -1, False), "RF=3 acks=all, followers served by read+write")]:
+                      (("rf3", -1, False), "RF=3 acks=all, followers served by read+write"),
+                      (("rf3", -1, "nosync"), "RF=3 acks=all, --sync-on-acks-all false")]:
         print(f"| {name} | {med(key, 0):.1f} | {med(key, 1):.2f} |")
     print()
     print(f"RF=3 acks=all / RF=1 acks=all: {rf3 / rf1_all:.2f}; / RF=1 acks=1: {rf3 / rf1:.2f}")
+    print(f"RF=3 acks=all without / with the leader's fdatasync: "
+          f"{med(('rf3', -1, 'nosync'), 0) / rf3:.2f}")
     print(f"CPU-s/GB RF=3 with splice / with read+write: "
           f"{med(('rf3', -1, True), 1) / med(('rf3', -1, False), 1):.2f}")
 
