@@ -152,6 +152,32 @@ pub fn metadata(addr: &str, topic: Option<&str>) -> View {
     }
 }
 
+/// CreateTopics of `topic` with one partition on `replicas` (explicit assignment) through
+/// `addr`: the topic's error code.
+pub fn create_with_replicas(addr: &str, topic: &'static str, replicas: &[i32]) -> i16 {
+    use kafka_protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic,
+    };
+    let mut s = connect(addr);
+    let r: CreateTopicsResponse = call(
+        &mut s,
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(topic)))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1)
+                .with_assignments(vec![CreatableReplicaAssignment::default()
+                    .with_partition_index(0)
+                    .with_broker_ids(
+                        replicas.iter().map(|b| BrokerId(*b)).collect(),
+                    )])])
+            .with_timeout_ms(10_000),
+    );
+    r.topics[0].error_code
+}
+
 /// Waits until `addr`'s view satisfies `cond`; returns it.
 fn await_view(addr: &str, topic: Option<&str>, what: &str, cond: impl Fn(&View) -> bool) -> View {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -981,24 +1007,7 @@ fn a_topic_recreated_while_a_replica_was_down_does_not_inherit_its_old_data() {
         );
         assert_eq!(r.responses[0].error_code, 0);
         // Recreated with broker 3 (down, still registered) as its preferred replica.
-        use kafka_protocol::messages::create_topics_request::{
-            CreatableReplicaAssignment, CreatableTopic,
-        };
-        let r: CreateTopicsResponse = call(
-            &mut s,
-            ApiKey::CreateTopics,
-            7,
-            &CreateTopicsRequest::default()
-                .with_topics(vec![CreatableTopic::default()
-                    .with_name(TopicName(StrBytes::from_static_str("re")))
-                    .with_num_partitions(-1)
-                    .with_replication_factor(-1)
-                    .with_assignments(vec![CreatableReplicaAssignment::default()
-                        .with_partition_index(0)
-                        .with_broker_ids(vec![BrokerId(3), BrokerId(1), BrokerId(2)])])])
-                .with_timeout_ms(10_000),
-        );
-        assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+        assert_eq!(create_with_replicas(&first, "re", &[3, 1, 2]), 0);
         assert!(produce(&first, "re", 100, 5).is_empty());
         // Broker 3 comes back: its old directory goes, and once it leads (preferred
         // election) it serves only the new topic's records from offset 0.

@@ -433,12 +433,18 @@ fn a_follower_down_for_a_while_catches_up_rejoins_the_isr_and_ends_identical() {
     });
 }
 
-/// A raw Produce of one batch with `acks`: the partition's error code.
-fn produce_raw(addr: &str, topic: &'static str, acks: i16, records: &[&[u8]]) -> (i16, i64) {
+/// A raw Produce of one batch to partition 0 with `acks`: (error code, base offset).
+fn produce_raw(
+    addr: &str,
+    topic: &'static str,
+    acks: i16,
+    records: &[&[u8]],
+    timeout_ms: i32,
+) -> (i16, i64) {
     let mut s = connect(addr);
     let req = ProduceRequest::default()
         .with_acks(acks)
-        .with_timeout_ms(5000)
+        .with_timeout_ms(timeout_ms)
         .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_static_str(topic)))
             .with_partition_data(vec![PartitionProduceData::default()
@@ -475,29 +481,17 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_and_nothing_written_but_a
         // Five brokers, so the metadata quorum keeps a majority with two down.
         let mut c = Cluster::start(5, &["--broker-session-timeout-ms", "2000"]);
         let first = c.brokers[0].addr.clone();
-        let mut s = connect(&first);
-        use kafka_protocol::messages::create_topics_request::{
-            CreatableReplicaAssignment, CreatableTopic,
-        };
-        let r: CreateTopicsResponse = call(
-            &mut s,
-            ApiKey::CreateTopics,
-            7,
-            &CreateTopicsRequest::default()
-                .with_topics(vec![CreatableTopic::default()
-                    .with_name(TopicName(StrBytes::from_static_str("minisr")))
-                    .with_num_partitions(-1)
-                    .with_replication_factor(-1)
-                    .with_assignments(vec![CreatableReplicaAssignment::default()
-                        .with_partition_index(0)
-                        .with_broker_ids(vec![BrokerId(1), BrokerId(2), BrokerId(3)])])])
-                .with_timeout_ms(10_000),
+        assert_eq!(
+            crate::cluster::create_with_replicas(&first, "minisr", &[1, 2, 3]),
+            0
         );
-        assert_eq!(r.topics[0].error_code, 0);
         await_view(&first, "minisr", "the full ISR", |v| {
             v.partitions.get(&0).is_some_and(|p| p.4.len() == 3)
         });
-        assert_eq!(produce_raw(&first, "minisr", -1, &[b"a", b"b"]), (0, 0));
+        assert_eq!(
+            produce_raw(&first, "minisr", -1, &[b"a", b"b"], 5000),
+            (0, 0)
+        );
         c.node(2).kill();
         c.node(3).kill();
         await_view(&first, "minisr", "an ISR of one", |v| {
@@ -505,13 +499,13 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_and_nothing_written_but_a
         });
         let before = log_end(&first, "minisr");
         assert_eq!(before, 2);
-        let (code, _) = produce_raw(&first, "minisr", -1, &[b"refused"]);
+        let (code, _) = produce_raw(&first, "minisr", -1, &[b"refused"], 5000);
         assert_eq!(code, 19, "NOT_ENOUGH_REPLICAS");
         assert_eq!(log_end(&first, "minisr"), before, "nothing was written");
         let dir = c.node(1).partition_dir("minisr", 0);
         assert_eq!(segment_batches(&dir).len(), 1, "one batch on disk");
         // acks=1 needs the leader only.
-        assert_eq!(produce_raw(&first, "minisr", 1, &[b"c"]), (0, 2));
+        assert_eq!(produce_raw(&first, "minisr", 1, &[b"c"], 5000), (0, 2));
         assert_eq!(log_end(&first, "minisr"), 3);
         // They come back, catch up and rejoin: acks=all works again.
         c.node(2).restart();
@@ -519,7 +513,7 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_and_nothing_written_but_a
         await_view(&first, "minisr", "the full ISR again", |v| {
             v.partitions[&0].4.len() == 3
         });
-        assert_eq!(produce_raw(&first, "minisr", -1, &[b"d"]), (0, 3));
+        assert_eq!(produce_raw(&first, "minisr", -1, &[b"d"], 5000), (0, 3));
         let counts = await_identical_replicas_of(&c, "minisr", &[1, 2, 3]);
         assert_eq!(counts, 3);
     });
@@ -653,22 +647,6 @@ impl Drop for Net {
     }
 }
 
-/// A raw acks=all Produce of one batch to partition 0: (error code, base offset).
-fn produce_all(addr: &str, topic: &'static str, records: &[&[u8]], timeout_ms: i32) -> (i16, i64) {
-    let mut s = connect(addr);
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(timeout_ms)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(topic)))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch(records)))])]);
-    let r: ProduceResponse = call(&mut s, ApiKey::Produce, 9, &req);
-    let p = &r.responses[0].partition_responses[0];
-    (p.error_code, p.base_offset)
-}
-
 #[test]
 fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_after_healing() {
     if unsafe { libc::geteuid() } != 0 {
@@ -719,7 +697,7 @@ fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_a
         for i in 0..5 {
             let r = format!("acked-{i}");
             assert_eq!(
-                produce_all(&addr(leader), "cut", &[r.as_bytes()], 5000).0,
+                produce_raw(&addr(leader), "cut", -1, &[r.as_bytes()], 5000).0,
                 0
             );
         }
@@ -739,7 +717,7 @@ fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_a
             (0..3)
                 .map(|i| {
                     let r = format!("unacked-{i}");
-                    produce_all(&leader_addr, "cut", &[r.as_bytes()], 2000).0
+                    produce_raw(&leader_addr, "cut", -1, &[r.as_bytes()], 2000).0
                 })
                 .collect::<Vec<i16>>()
         });
@@ -756,7 +734,7 @@ fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_a
         for i in 0..5 {
             let r = format!("after-{i}");
             assert_eq!(
-                produce_all(&addr(new_leader), "cut", &[r.as_bytes()], 5000).0,
+                produce_raw(&addr(new_leader), "cut", -1, &[r.as_bytes()], 5000).0,
                 0
             );
         }
