@@ -72,24 +72,13 @@ impl Broker {
     /// Starts the process without waiting for it to be ready (a cluster's brokers wait for
     /// each other): [`Broker::await_ready`] next.
     pub fn launch(dir: &Path, listen: &str, args: &[&str]) -> Broker {
-        let mut b = Broker {
-            child: None,
-            addr: String::new(),
-            dir: dir.to_path_buf(),
-            _tmp: None,
-            log: Arc::default(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            metrics_addr: None,
-            ready: None,
-            netns: None,
-        };
+        let mut b = Broker::unstarted(dir, args, None);
         b.launch_process(listen);
         b
     }
 
-    /// [`Broker::launch`] inside network namespace `ns`, whose address is `host`.
-    pub fn launch_in_netns(dir: &Path, ns: &str, host: &str, port: u16, args: &[&str]) -> Broker {
-        let mut b = Broker {
+    fn unstarted(dir: &Path, args: &[&str], netns: Option<(String, String)>) -> Broker {
+        Broker {
             child: None,
             addr: String::new(),
             dir: dir.to_path_buf(),
@@ -98,8 +87,13 @@ impl Broker {
             args: args.iter().map(|s| s.to_string()).collect(),
             metrics_addr: None,
             ready: None,
-            netns: Some((ns.to_string(), host.to_string())),
-        };
+            netns,
+        }
+    }
+
+    /// [`Broker::launch`] inside network namespace `ns`, whose address is `host`.
+    pub fn launch_in_netns(dir: &Path, ns: &str, host: &str, port: u16, args: &[&str]) -> Broker {
+        let mut b = Broker::unstarted(dir, args, Some((ns.to_string(), host.to_string())));
         b.launch_process(&format!("{host}:{port}"));
         b
     }
