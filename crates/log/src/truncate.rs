@@ -18,12 +18,7 @@ impl Log {
             return Ok(self.clone());
         }
         let inner = &self.inner;
-        let (dir, topic, partition, config) = (
-            inner.dir.clone(),
-            inner.topic.clone(),
-            inner.partition,
-            self.config(),
-        );
+        let (dir, topic, partition) = (inner.dir.clone(), inner.topic.clone(), inner.partition);
         let (lso, rp, hw) = (
             self.log_start_offset(),
             self.recovery_point(),
@@ -73,18 +68,12 @@ impl Log {
             topic = %topic, partition,
             "truncated the log to offset {new_end} (asked for {offset}) to agree with the leader"
         );
-        Log::open(
-            &dir,
-            &topic,
-            partition,
-            config,
-            OpenOptions {
-                recovery_point: Some(rp.min(new_end).min(seg.base_offset)),
-                log_start_offset: Some(lso),
-                clean_shutdown: false,
-                high_watermark: Some(hw.min(new_end)),
-            },
-        )
+        self.reopen(OpenOptions {
+            recovery_point: Some(rp.min(new_end).min(seg.base_offset)),
+            log_start_offset: Some(lso),
+            clean_shutdown: false,
+            high_watermark: Some(hw.min(new_end)),
+        })
         .await
     }
 
@@ -93,12 +82,7 @@ impl Log {
     /// again; this handle is closed.
     pub async fn reset_to(&self, offset: i64) -> Result<Log, LogError> {
         let inner = &self.inner;
-        let (dir, topic, partition, config) = (
-            inner.dir.clone(),
-            inner.topic.clone(),
-            inner.partition,
-            self.config(),
-        );
+        let (dir, topic, partition) = (inner.dir.clone(), inner.topic.clone(), inner.partition);
         self.close().await?;
         let segments: Vec<Rc<crate::segment::Segment>> = inner.segments.borrow().clone();
         let dir_fd = inner.open_dir()?;
@@ -118,17 +102,24 @@ impl Log {
             .await
             .map_err(|e| LogError::io("fsync directory", &dir, e))?;
         tracing::warn!(topic = %topic, partition, "emptied the log to start over at offset {offset}");
+        self.reopen(OpenOptions {
+            recovery_point: Some(offset),
+            log_start_offset: Some(offset),
+            clean_shutdown: false,
+            high_watermark: Some(offset),
+        })
+        .await
+    }
+
+    /// Opens this (closed) log's directory again, with its topic, partition and config.
+    async fn reopen(&self, opts: OpenOptions) -> Result<Log, LogError> {
+        let inner = &self.inner;
         Log::open(
-            &dir,
-            &topic,
-            partition,
-            config,
-            OpenOptions {
-                recovery_point: Some(offset),
-                log_start_offset: Some(offset),
-                clean_shutdown: false,
-                high_watermark: Some(offset),
-            },
+            &inner.dir,
+            &inner.topic,
+            inner.partition,
+            self.config(),
+            opts,
         )
         .await
     }
