@@ -432,6 +432,30 @@ impl Log {
             .sum()
     }
 
+    /// Bytes of the log from `offset` to the published end, to within one index interval
+    /// (over, never under): how far behind a replica fetching from `offset` is, in bytes.
+    pub fn bytes_from(&self, offset: i64) -> u64 {
+        let segments = self.inner.segments.borrow();
+        let mut total = 0;
+        for seg in segments.iter().rev() {
+            let size = seg.published_size.get();
+            if seg.base_offset > offset {
+                total += size;
+                continue;
+            }
+            if offset < seg.next_offset.get() {
+                let from = seg
+                    .index
+                    .borrow()
+                    .lookup(seg.relative(offset))
+                    .map_or(0, |e| u64::from(e.position));
+                total += size.saturating_sub(from);
+            }
+            break;
+        }
+        total
+    }
+
     pub fn segment_base_offsets(&self) -> Vec<i64> {
         self.inner
             .segments

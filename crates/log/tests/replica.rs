@@ -48,9 +48,16 @@ fn a_divergent_follower_truncates_exactly_to_the_end_of_its_epoch_and_follows() 
         a.append(batch(2, 10, 2, now_ms()), false).await.unwrap();
         let leo = b.append_replica(fetch(&a, 0).await).await.unwrap();
         assert_eq!(leo, 5);
+        // B's lag in bytes, as the leader counts it: from B's log end to A's.
+        assert_eq!(a.bytes_from(5), 0);
+        assert_eq!(a.bytes_from(0), a.size_bytes());
         a.append(batch(4, 10, 3, now_ms()), false).await.unwrap();
         a.append(batch(1, 10, 4, now_ms()), false).await.unwrap();
         assert_eq!(a.log_end_offset(), 10);
+        // (Exact to within one index interval, from above.)
+        let behind = a.size_bytes() - b.size_bytes();
+        assert!((behind..=behind + 4096).contains(&a.bytes_from(5)));
+        assert_eq!(a.bytes_from(10), 0);
         // Nothing is visible to consumers on A until the leader says so.
         assert_eq!(a.high_watermark(), 0);
         assert!(a.set_high_watermark(5));

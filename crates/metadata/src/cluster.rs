@@ -40,6 +40,7 @@ pub mod code {
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const INVALID_UPDATE_VERSION: i16 = 108;
     pub const INELIGIBLE_REPLICA: i16 = 107;
+    pub const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 }
 
 /// The internal topic that cannot be deleted nor grown.
@@ -107,6 +108,13 @@ pub enum Command {
         leader_epoch: i32,
         from: Vec<i32>,
         to: Vec<i32>,
+    },
+    /// Kafka's AlterPartitionReassignments for one partition: move it to `target` replicas
+    /// (None: cancel the reassignment in progress).
+    Reassign {
+        topic: String,
+        partition: i32,
+        target: Option<Vec<i32>>,
     },
 }
 
@@ -271,6 +279,15 @@ fn encode_command(out: &mut String, c: &Command) {
             ids(from),
             ids(to)
         ),
+        Command::Reassign {
+            topic,
+            partition,
+            target,
+        } => write!(
+            out,
+            "reassign {topic} {partition} {}",
+            target.as_deref().map_or("-".to_string(), ids)
+        ),
     };
 }
 
@@ -377,6 +394,14 @@ fn decode_command(line: &str) -> Result<Command, String> {
                 leader_epoch: num(w.next())?,
                 from: list(w.next())?,
                 to: list(w.next())?,
+            },
+            "reassign" => Command::Reassign {
+                topic: word(w.next())?,
+                partition: num(w.next())?,
+                target: match w.next() {
+                    Some("-") => None,
+                    t => Some(list(t)?),
+                },
             },
 
             other => return Err(format!("unknown command {other:?}")),
@@ -487,6 +512,11 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
             from,
             to,
         } => alter_isr(s, topic, *partition, *leader, *leader_epoch, from, to),
+        Command::Reassign {
+            topic,
+            partition,
+            target,
+        } => reassign(s, topic, *partition, target.as_deref()),
         Command::AllocateProducerIds { count } => {
             if *count < 1 {
                 return Err((code::INVALID_REQUEST, "count must be positive".into()));
@@ -719,14 +749,139 @@ fn alter_isr(
     isr.sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
     isr.dedup();
     let (topic, partition) = (topic.to_string(), partition);
+    let live: Vec<i32> = s.live_brokers().map(|b| b.id).collect();
     for_each_partition(s, |t, p, pm| {
         if t != topic || p != partition {
             return false;
         }
         pm.isr = isr.clone();
+        // The last replica a reassignment adds has caught up: the reassignment completes.
+        if !pm.adding.is_empty() && pm.adding.iter().all(|r| pm.isr.contains(r)) {
+            complete_reassignment(pm, &live);
+        }
         true
     });
     Ok(Outcome::Done)
+}
+
+/// Starts (or replaces, or with `target` None cancels) a partition's reassignment, as
+/// Kafka's controller does (KIP-455): the replica set grows to the union of the original
+/// and the target replicas; the leader adds the new ones to the ISR as they catch up, and
+/// with the last of them in the ISR the set shrinks to the target (`complete_reassignment`).
+/// Without replicas to add, it completes at once.
+fn reassign(
+    s: &mut Snapshot,
+    topic: &str,
+    partition: i32,
+    target: Option<&[i32]>,
+) -> CommandResult {
+    let Some(pm) = s.partition(topic, partition).cloned() else {
+        return Err((
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("{topic}-{partition} does not exist"),
+        ));
+    };
+    let live: Vec<i32> = s.live_brokers().map(|b| b.id).collect();
+    let original = pm.original();
+    let mut next = pm.clone();
+    match target {
+        None => {
+            if !pm.reassigning() {
+                return Err((
+                    code::NO_REASSIGNMENT_IN_PROGRESS,
+                    format!("{topic}-{partition} has no reassignment in progress"),
+                ));
+            }
+            // Back to the original replicas, which must still hold an ISR member.
+            let isr: Vec<i32> = pm
+                .isr
+                .iter()
+                .copied()
+                .filter(|r| original.contains(r))
+                .collect();
+            if isr.is_empty() {
+                return Err((
+                    code::INVALID_REPLICA_ASSIGNMENT,
+                    format!(
+                        "cannot cancel the reassignment of {topic}-{partition}: no original \
+                         replica ({original:?}) is in the ISR {:?}",
+                        pm.isr
+                    ),
+                ));
+            }
+            next.replicas = original.clone();
+            next.adding.clear();
+            next.removing = pm.adding.clone();
+            complete_reassignment(&mut next, &live);
+        }
+        Some(target) => {
+            check_assignment(s, &[target.to_vec()])?;
+            if target == original.as_slice() && !pm.reassigning() {
+                return Ok(Outcome::Done);
+            }
+            let mut replicas = target.to_vec();
+            replicas.extend(original.iter().copied().filter(|r| !target.contains(r)));
+            next.adding = target
+                .iter()
+                .copied()
+                .filter(|r| !original.contains(r))
+                .collect();
+            next.removing = original
+                .iter()
+                .copied()
+                .filter(|r| !target.contains(r))
+                .collect();
+            next.replicas = replicas;
+            // (A replica the replaced reassignment added and this one does not keep leaves
+            // the ISR with it.)
+            next.isr.retain(|r| next.replicas.contains(r));
+            if next.adding.iter().all(|r| next.isr.contains(r)) {
+                complete_reassignment(&mut next, &live);
+            }
+        }
+    }
+    let (topic, partition) = (topic.to_string(), partition);
+    for_each_partition(s, |t, p, pm| {
+        if t != topic || p != partition {
+            return false;
+        }
+        *pm = next.clone();
+        true
+    });
+    Ok(Outcome::Done)
+}
+
+/// Shrinks a reassigned partition to its target replicas: the ISR keeps only target
+/// replicas, a leader outside them hands over to the first live target replica in the
+/// ISR, and the leader epoch moves on either way (the leader learns its new followers; the
+/// removed replicas stop and delete their copy). Stays in progress while no target
+/// replica is in the ISR.
+fn complete_reassignment(pm: &mut PartitionMeta, live: &[i32]) {
+    let target = pm.target();
+    let isr: Vec<i32> = pm
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| target.contains(r))
+        .collect();
+    if target.is_empty() || isr.is_empty() {
+        return;
+    }
+    pm.replicas = target;
+    pm.isr = isr;
+    pm.isr
+        .sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
+    if !pm.replicas.contains(&pm.leader) {
+        pm.leader = pm
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| pm.isr.contains(r) && live.contains(r))
+            .unwrap_or(-1);
+    }
+    pm.leader_epoch += 1;
+    pm.adding.clear();
+    pm.removing.clear();
 }
 
 fn elect_preferred(s: &mut Snapshot, only: Option<&[(String, i32)]>) -> Vec<((String, i32), i16)> {
@@ -906,6 +1061,8 @@ fn new_partition(s: &Snapshot, replicas: Vec<i32>) -> PartitionMeta {
         },
         replicas,
         leader_epoch: 0,
+        adding: Vec::new(),
+        removing: Vec::new(),
     }
 }
 
@@ -993,7 +1150,8 @@ const STATE_HEADER: &str = "# runnel metadata state v1";
 /// next-producer-id <n>
 /// broker <id> <host> <port> <rack|-> <directory id> <incarnation> <active|fenced|shutdown>
 /// topic <name> <topic id> <partitions> [config=value ...]
-/// partition <leader> <leader epoch> <replicas,...> <isr,...>      (one per partition, in order)
+/// partition <leader> <leader epoch> <replicas,...> <isr,...> [<adding,...> <removing,...>]
+///                                                               (one per partition, in order)
 /// ```
 pub fn encode_state(s: &Snapshot) -> String {
     let mut out = format!(
@@ -1020,7 +1178,7 @@ pub fn encode_state(s: &Snapshot) -> String {
         }
         out.push('\n');
         for p in &t.assignment {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "partition {} {} {} {}",
                 p.leader,
@@ -1028,6 +1186,10 @@ pub fn encode_state(s: &Snapshot) -> String {
                 ids(&p.replicas),
                 ids(&p.isr)
             );
+            if p.reassigning() {
+                let _ = write!(out, " {} {}", ids(&p.adding), ids(&p.removing));
+            }
+            out.push('\n');
         }
     }
     out
@@ -1093,12 +1255,21 @@ pub fn decode_state(text: &str) -> Result<Snapshot, String> {
                 }
                 "partition" => {
                     let t = current.as_mut().ok_or("a partition outside a topic")?;
-                    t.assignment.push(PartitionMeta {
+                    let mut pm = PartitionMeta {
                         leader: num(w.next())?,
                         leader_epoch: num(w.next())?,
                         replicas: list(w.next())?,
                         isr: list(w.next())?,
-                    });
+                        adding: Vec::new(),
+                        removing: Vec::new(),
+                    };
+                    // A reassignment in progress (absent from states written before
+                    // reassignments existed).
+                    if let Some(adding) = w.next() {
+                        pm.adding = list(Some(adding))?;
+                        pm.removing = list(w.next())?;
+                    }
+                    t.assignment.push(pm);
                 }
                 other => return Err(format!("unknown line kind {other:?}")),
             }

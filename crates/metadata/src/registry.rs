@@ -57,8 +57,36 @@ pub struct PartitionMeta {
     pub isr: Vec<i32>,
     /// -1: no leader (every ISR member is down).
     pub leader: i32,
-    /// Bumped on every leader change.
+    /// Bumped on every leader change, and when a reassignment completes.
     pub leader_epoch: i32,
+    /// A reassignment in progress (Kafka's KIP-455): the replicas it adds (catching up,
+    /// in `replicas` already) and those it will remove once every added one is in the ISR.
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
+impl PartitionMeta {
+    /// The replica set a reassignment in progress leads to (else the replicas).
+    pub fn target(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing.contains(r))
+            .collect()
+    }
+
+    /// The replica set before the reassignment in progress (else the replicas).
+    pub fn original(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.adding.contains(r))
+            .collect()
+    }
+
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
 }
 
 /// A registered broker.

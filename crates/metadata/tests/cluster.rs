@@ -467,3 +467,98 @@ fn a_broker_restarted_before_it_was_fenced_gives_up_its_leaderships_and_isr_plac
     apply(&mut s, &Command::RegisterBroker(same)).unwrap();
     assert_eq!(s.topic("t").unwrap().assignment, after.assignment);
 }
+
+#[test]
+fn a_reassignment_grows_the_replicas_then_shrinks_them_once_the_added_ones_are_in_sync() {
+    use runnel_metadata::cluster::{decode_state, encode_state};
+    let mut s = cluster(&[None, None, None, None]);
+    apply(
+        &mut s,
+        &Command::CreateTopic {
+            name: "t".into(),
+            id: [5; 16],
+            partitions: 1,
+            replication_factor: 3,
+            assignment: Some(vec![vec![1, 2, 3]]),
+            configs: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    let reassign = |target: Option<Vec<i32>>| Command::Reassign {
+        topic: "t".into(),
+        partition: 0,
+        target,
+    };
+    // Round trip through the text, both forms.
+    for c in [reassign(Some(vec![4, 2, 3])), reassign(None)] {
+        let p = Proposal {
+            request_id: 1,
+            from: 1,
+            commands: vec![c],
+        };
+        assert_eq!(Proposal::decode(&p.encode()).unwrap(), p);
+    }
+    // Bad targets, and a cancel with nothing in progress.
+    assert_eq!(
+        apply(&mut s, &reassign(Some(vec![1, 1, 2]))).unwrap_err().0,
+        code::INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(
+        apply(&mut s, &reassign(Some(vec![1, 9]))).unwrap_err().0,
+        code::INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(apply(&mut s, &reassign(None)).unwrap_err().0, 85);
+    // Move 1 (the leader) to 4: the set grows, the ISR and the leader stay.
+    apply(&mut s, &reassign(Some(vec![4, 2, 3]))).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!(p.replicas, vec![4, 2, 3, 1]);
+    assert_eq!((p.adding.clone(), p.removing.clone()), (vec![4], vec![1]));
+    assert_eq!(
+        (p.leader, p.leader_epoch, p.isr.clone()),
+        (1, 0, vec![1, 2, 3])
+    );
+    // An in-progress reassignment survives the state snapshot.
+    let back = decode_state(&encode_state(&s)).unwrap();
+    assert_eq!(back.topics, s.topics);
+    // The leader adds 4 to the ISR: the reassignment completes, the leader hands over to the
+    // first target replica in the ISR, and the epoch moves on.
+    apply(
+        &mut s,
+        &Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 0,
+            from: vec![1, 2, 3],
+            to: vec![1, 2, 3, 4],
+        },
+    )
+    .unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!(p.replicas, vec![4, 2, 3]);
+    assert_eq!(p.isr, vec![4, 2, 3]);
+    assert_eq!((p.leader, p.leader_epoch), (4, 1));
+    assert!(!p.reassigning());
+    // Removing only (RF 3 -> 2) completes at once; the leader stays, the epoch moves.
+    apply(&mut s, &reassign(Some(vec![4, 2]))).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!(
+        (p.replicas.clone(), p.isr.clone()),
+        (vec![4, 2], vec![4, 2])
+    );
+    assert_eq!((p.leader, p.leader_epoch), (4, 2));
+    // Started, replaced by another target, then cancelled: back to the original replicas.
+    apply(&mut s, &reassign(Some(vec![4, 3]))).unwrap();
+    apply(&mut s, &reassign(Some(vec![4, 1]))).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!(p.replicas, vec![4, 1, 2]);
+    assert_eq!((p.adding.clone(), p.removing.clone()), (vec![1], vec![2]));
+    apply(&mut s, &reassign(None)).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!(
+        (p.replicas.clone(), p.isr.clone()),
+        (vec![4, 2], vec![4, 2])
+    );
+    assert!(!p.reassigning());
+    assert_eq!(p.leader, 4);
+}

@@ -200,6 +200,16 @@ pub struct Config {
     #[arg(long, default_value_t = 500, value_name = "MS", value_parser = clap::value_parser!(i32).range(0..=30_000))]
     pub replica_fetch_wait_max_ms: i32,
 
+    /// Bytes per second this broker, as a leader, sends to the replicas a reassignment is
+    /// adding (leader.replication.throttled.rate; default: unlimited).
+    #[arg(long, default_value_t = u64::MAX, hide_default_value = true, value_name = "BYTES_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub leader_replication_throttled_rate: u64,
+
+    /// Bytes per second this broker, as a replica a reassignment is adding, fetches
+    /// (follower.replication.throttled.rate; default: unlimited).
+    #[arg(long, default_value_t = u64::MAX, hide_default_value = true, value_name = "BYTES_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub follower_replication_throttled_rate: u64,
+
     /// Snapshot the metadata log's state, and drop the entries before it, every this many
     /// entries (metadata.log.max.snapshot.interval, counted in entries).
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]

@@ -3,7 +3,7 @@
 //! request is handled in a task of its own, and the connection writes the answers in request
 //! order.
 
-use crate::handlers::{admin, fetch, groups, log_dirs, metadata, produce};
+use crate::handlers::{admin, fetch, groups, log_dirs, metadata, produce, reassign};
 use crate::shard::Shard;
 use bytes::Bytes;
 use glommio::task::JoinHandle;
@@ -64,6 +64,8 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::DescribeCluster => admin::describe_cluster(shard, &req).await,
         ApiKey::ElectLeaders => admin::elect_leaders(shard, &req).await,
         ApiKey::DescribeLogDirs => log_dirs::describe_log_dirs(shard, &req).await,
+        ApiKey::AlterPartitionReassignments => reassign::alter(shard, &req).await,
+        ApiKey::ListPartitionReassignments => reassign::list(shard, &req).await,
         ApiKey::FindCoordinator => admin::find_coordinator(shard, &req).await,
         ApiKey::InitProducerId => admin::init_producer_id(shard, &req).await,
         ApiKey::JoinGroup => groups::join_group(shard, &req).await,

@@ -258,7 +258,20 @@ async fn fetch(
     let config = shard.config();
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
     let mut asked: Vec<(PartitionKey, Following, Log, i64)> = Vec::new();
+    // Partitions a reassignment is adding to this broker copy under the follower throttle:
+    // left out of this fetch while it is overdrawn.
+    let snapshot = shard.snapshot();
+    let me = shard.node_id();
+    let throttled = |key: &PartitionKey| {
+        snapshot
+            .partition(&key.0, key.1)
+            .is_some_and(|pm| pm.adding.contains(&me))
+    };
+    let exhausted = shard.follower_throttle.exhausted();
     for (key, f) in parts {
+        if exhausted && throttled(key) {
+            continue;
+        }
         let Ok(log) = shard.log(key) else { continue };
         let offset = log.published_end();
         topics.entry(&key.0).or_default().push(
@@ -288,6 +301,9 @@ async fn fetch(
                 })
                 .collect(),
         );
+    if asked.is_empty() {
+        return Ok(false);
+    }
     let resp: FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &req).await?;
     let mut answered = false;
     for t in resp.responses {
@@ -316,6 +332,9 @@ async fn fetch(
             }
             let records: Bytes = p.records.unwrap_or_default();
             let fetched = records.len() as u64;
+            if throttled(key) {
+                shard.follower_throttle.charge(fetched);
+            }
             let leo = if records.is_empty() {
                 log.published_end()
             } else {

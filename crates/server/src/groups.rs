@@ -151,7 +151,21 @@ pub async fn timers(shard: Rc<Shard>) {
                 continue;
             }
             let live = shard.coordinator.live_offsets(p, partitions);
-            match offsets_store::maybe_compact(&log, live, offsets_store::COMPACT_MIN_BYTES).await {
+            let key = (Arc::from(TOPIC), p);
+            let replicated = async |last: i64| {
+                crate::replication::update_high_watermark(&shard, &key, &log);
+                crate::replication::await_isr(&shard, &key, &log, last, COMMIT_TIMEOUT_MS)
+                    .await
+                    .is_ok()
+            };
+            match offsets_store::maybe_compact(
+                &log,
+                live,
+                offsets_store::COMPACT_MIN_BYTES,
+                replicated,
+            )
+            .await
+            {
                 Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
                 Ok(false) => {}
                 Err(e) => {

@@ -27,6 +27,7 @@ pub mod producer_ids;
 pub mod replication;
 pub mod server;
 pub mod shard;
+pub mod throttle;
 
 pub use config::Config;
 pub use server::run;

@@ -73,6 +73,7 @@ counters! {
     replica_fetch_bytes_spliced: "counter", "Record bytes sent to follower replicas by splice, never entering user space.";
     replica_fetch_bytes_copied: "counter", "Record bytes sent to follower replicas by reading them into user space (--zero-copy=off).";
     follower_max_lag_records: "gauge", "Records the furthest-behind follower of this shard's leaderships lacks (the leader's log end minus the follower's last fetch offset).";
+    follower_max_lag_bytes: "gauge", "Bytes the furthest-behind follower (in bytes) of this shard's leaderships lacks, from its last fetch offset to the leader's log end (to within one index interval).";
     offline_partitions: "gauge", "Partitions taken offline by a storage error (a failed fdatasync); they refuse produce and fetch until a restart recovers them.";
 }
 

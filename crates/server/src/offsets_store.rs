@@ -93,10 +93,15 @@ pub async fn replay(log: &Log) -> Result<HashMap<OffsetKey, Committed>, LogError
 /// stay bounded. `live` must be the partition's whole applied state with no append of it
 /// pending (the caller checks [`runnel_group::Coordinator::quiescent`]): the dump is queued
 /// behind every earlier append before this function first yields.
+///
+/// The log start moves only once `replicated(last offset of the dump)` says every in-sync
+/// replica has the dump: followers move their log start after the leader's, and one that
+/// dropped the old records without the dump would, as the next leader, have lost them.
 pub async fn maybe_compact(
     log: &Log,
     live: Vec<(OffsetKey, Committed)>,
     min_bytes: u64,
+    replicated: impl AsyncFnOnce(i64) -> bool,
 ) -> Result<bool, LogError> {
     let live_bytes: u64 = live
         .iter()
@@ -115,7 +120,10 @@ pub async fn maybe_compact(
     let records: Vec<(OffsetKey, Option<Committed>)> =
         live.into_iter().map(|(k, c)| (k, Some(c))).collect();
     if !records.is_empty() {
-        append(log, &records, true).await?;
+        let info = append(log, &records, true).await?;
+        if !replicated(info.last_offset).await {
+            return Ok(false);
+        }
     }
     log.delete_records(start).await?;
     log.roll().await?;
@@ -169,8 +177,12 @@ mod tests {
             let size = log.size_bytes();
             // Below the size threshold nothing happens.
             let live: Vec<_> = before.clone().into_iter().collect();
-            assert!(!maybe_compact(&log, live.clone(), size * 2).await.unwrap());
-            assert!(maybe_compact(&log, live, 1024).await.unwrap());
+            assert!(!maybe_compact(&log, live.clone(), size * 2, async |_| true)
+                .await
+                .unwrap());
+            assert!(maybe_compact(&log, live, 1024, async |_| true)
+                .await
+                .unwrap());
             assert!(log.log_start_offset() > 0, "old records dropped");
             // Whole segments below the new log start go; at most the one holding it stays.
             assert!(

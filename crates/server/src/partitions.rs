@@ -70,11 +70,13 @@ pub async fn apply_metadata(
         .borrow()
         .keys()
         .filter(|(name, p)| match (snapshot.topic(name), old.topic(name)) {
-            // (A new id was handled before the opening.)
-            (Some(new), _) => *p >= new.partitions,
+            // (A new id was handled before the opening.) A partition a reassignment moved
+            // off this broker goes too.
+            (Some(new), _) => new
+                .partition(*p)
+                .is_none_or(|pm| !pm.replicas.contains(&shard.node_id())),
             (None, _) => true,
         })
-        // (Moving a replica off this broker is not possible yet: no reassignment.)
         .cloned()
         .collect();
     *shard.snapshot.borrow_mut() = snapshot;
@@ -84,7 +86,8 @@ pub async fn apply_metadata(
     Ok(())
 }
 
-/// Takes a partition of a deleted topic out of this shard, closes it and deletes its files.
+/// Takes a partition of a deleted topic (or one no longer replicated here) out of this
+/// shard, closes it and deletes its files.
 async fn close_and_delete(shard: &Shard, key: &PartitionKey) {
     crate::replication::forget(shard, key);
     let Some(log) = shard.partitions.borrow_mut().remove(key) else {

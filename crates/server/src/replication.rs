@@ -150,6 +150,20 @@ pub async fn assign(
         } else if let Some(l) = shard.leading.borrow_mut().get_mut(key) {
             l.isr = pm.isr.clone();
             l.min_isr = min_isr;
+            if l.replicas != pm.replicas {
+                // A reassignment added replicas (they fetch from scratch, outside the ISR
+                // until they catch up); those it removes go with the next epoch.
+                for r in pm.replicas.iter().filter(|r| **r != me) {
+                    l.followers.entry(*r).or_insert(Progress {
+                        leo: -1,
+                        caught_up_ms: 0,
+                        last_fetch_ms: 0,
+                        leader_leo_at_last_fetch: -1,
+                    });
+                }
+                l.followers.retain(|r, _| pm.replicas.contains(r));
+                l.replicas = pm.replicas.clone();
+            }
         }
         log.set_replicated(replicated);
         update_high_watermark(shard, key, log);
@@ -403,11 +417,12 @@ pub fn shrink_lagging(shard: &Rc<Shard>) {
     }
 }
 
-/// The most records any follower of this shard's leaderships lacks (from its last fetch).
-pub fn max_follower_lag(shard: &Shard) -> u64 {
+/// The most records, and the most bytes, any follower of this shard's leaderships lacks
+/// (from its last fetch).
+pub fn max_follower_lag(shard: &Shard) -> (u64, u64) {
     let leading = shard.leading.borrow();
     let partitions = shard.partitions.borrow();
-    let mut max = 0;
+    let (mut max, mut max_bytes) = (0, 0);
     for (key, l) in leading.iter() {
         let Some(log) = partitions.get(key) else {
             continue;
@@ -421,9 +436,10 @@ pub fn max_follower_lag(shard: &Shard) -> u64 {
                 log.log_start_offset()
             };
             max = max.max((end - from).max(0) as u64);
+            max_bytes = max_bytes.max(log.bytes_from(from));
         }
     }
-    max
+    (max, max_bytes)
 }
 
 /// Produce on the owner shard: the append, and for acks=all on a replicated partition the

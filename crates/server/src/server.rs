@@ -347,6 +347,14 @@ fn new_shard(
         following: RefCell::new(HashMap::new()),
         fetchers: RefCell::new(Default::default()),
         replacing: RefCell::new(HashMap::new()),
+        leader_throttle: crate::throttle::Throttle::new(
+            shared.config.leader_replication_throttled_rate,
+            shared.nr_shards,
+        ),
+        follower_throttle: crate::throttle::Throttle::new(
+            shared.config.follower_replication_throttled_rate,
+            shared.nr_shards,
+        ),
     });
     if shard.id == 0 {
         *shard.producer_ids.borrow_mut() = Some(Default::default());
@@ -581,8 +589,9 @@ async fn background(shard: Rc<Shard>) {
         if now >= next_isr_check {
             next_isr_check = now + isr_every;
             crate::replication::shrink_lagging(&shard);
-            let lag = crate::replication::max_follower_lag(&shard);
-            shard.counters().follower_max_lag_records.set(lag);
+            let (records, bytes) = crate::replication::max_follower_lag(&shard);
+            shard.counters().follower_max_lag_records.set(records);
+            shard.counters().follower_max_lag_bytes.set(bytes);
         }
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
         let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count();

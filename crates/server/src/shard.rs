@@ -166,6 +166,9 @@ pub struct Shard {
     /// Partitions whose log a fetcher is truncating (closing and reopening it): set when
     /// the new log is in place. A role change waits for it.
     pub replacing: RefCell<HashMap<PartitionKey, Rc<Latch>>>,
+    /// This shard's share of the replication throttles (reassignments' new replicas).
+    pub leader_throttle: crate::throttle::Throttle,
+    pub follower_throttle: crate::throttle::Throttle,
 }
 
 impl Shard {

@@ -28,6 +28,12 @@ struct Wanted {
     redirect: Option<i32>,
     /// Answered without asking the owner (unknown topic, bad epoch).
     error: Option<i16>,
+    /// A replica a reassignment is adding fetches it: its bytes count against the leader's
+    /// replication throttle.
+    throttled: bool,
+    /// Throttled and the throttle is overdrawn: read for its offsets only (the follower's
+    /// progress still counts), no records.
+    held: bool,
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
@@ -105,13 +111,20 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 }
                 _ => None,
             };
+            let throttled = replica.is_some_and(|r| {
+                meta.and_then(|m| m.partition(p.partition))
+                    .is_some_and(|pm| pm.adding.contains(&r))
+            });
+            let held = throttled && shard.leader_throttle.exhausted();
             wanted.push(Wanted {
+                throttled,
+                held,
                 topic: ti,
                 name: name.clone(),
                 partition: p.partition,
                 offset: p.fetch_offset,
                 // A redirected partition is read for its offsets only.
-                partition_max_bytes: if redirect.is_some() {
+                partition_max_bytes: if redirect.is_some() || held {
                     0
                 } else {
                     p.partition_max_bytes.max(0) as u64
@@ -163,6 +176,14 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             .filter_map(|r| r.as_ref().ok())
             .map(|p| p.len)
             .sum();
+        let throttled: u64 = wanted
+            .iter()
+            .zip(&results)
+            .filter(|(w, _)| w.throttled)
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .map(|p| p.len)
+            .sum();
+        shard.leader_throttle.charge(throttled);
         let c = shard.counters();
         if shard.config().zero_copy {
             c.replica_fetch_bytes_spliced.add(sent);
@@ -276,7 +297,7 @@ async fn read_all(
         let shard = shard.clone();
         // A redirected partition is read for its offsets only: no first batch (KIP-74) that
         // would count against the others' budget without being sent.
-        let min_one_batch = w.redirect.is_none();
+        let min_one_batch = w.redirect.is_none() && !w.held;
         let (epoch, error, name, partition, offset, limit) = (
             w.epoch,
             w.error,
@@ -391,7 +412,8 @@ async fn wait_for_data(
     replica: bool,
 ) -> bool {
     let mut receivers = Vec::new();
-    for (w, r) in wanted.iter().zip(results) {
+    // (A held partition has data, but not for this fetch.)
+    for (w, r) in wanted.iter().zip(results).filter(|(w, _)| !w.held) {
         let Ok(plan) = r else { continue };
         let key = (w.name.clone(), w.partition);
         // Data beyond the current high watermark is new to this consumer; a follower

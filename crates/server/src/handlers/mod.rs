@@ -9,3 +9,4 @@ pub mod groups;
 pub mod log_dirs;
 pub mod metadata;
 pub mod produce;
+pub mod reassign;
