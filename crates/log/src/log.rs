@@ -153,6 +153,12 @@ pub(crate) struct Inner {
     /// Published: what follower replicas may fetch. Moves to the log end offset when a
     /// write group is done, after its fdatasync when it had acks=all appends (`durable`).
     pub published: Cell<i64>,
+    /// Published and, where a write group had to be, synced: what this replica holds as a
+    /// leader must before its records count as acknowledged (its own log end offset in the
+    /// high watermark). A replicated log publishes a group to its followers before the
+    /// group's fdatasync, so the two overlap; this moves once the sync is done. Otherwise
+    /// it equals `published`.
+    pub settled: Cell<i64>,
     /// What consumers see: batches below it. For a log with one replica it follows
     /// `published`, so a consumer never reads a record a power loss could take back once
     /// acknowledged to acks=all; for a replicated log (`replicated`) the partition's leader
@@ -246,6 +252,7 @@ impl Log {
                 log_start_offset: Cell::new(log_start_offset),
                 next_offset: Cell::new(next_offset),
                 published: Cell::new(next_offset),
+                settled: Cell::new(next_offset),
                 high_watermark: Cell::new(next_offset),
                 replicated: Cell::new(false),
                 commit_points: RefCell::new(VecDeque::new()),
@@ -310,16 +317,22 @@ impl Log {
         self.inner.published.get()
     }
 
+    /// The published end as far as its fdatasync (where one was due) is done: a leader's own
+    /// log end offset in its high watermark. See `Inner::settled`.
+    pub fn settled_end(&self) -> i64 {
+        self.inner.settled.get()
+    }
+
     /// A replicated log's high watermark is moved by its partition's leader (or, on a
     /// follower, by the leader's answers) rather than by each write.
     pub fn set_replicated(&self, replicated: bool) {
         self.inner.replicated.set(replicated);
         if !replicated {
-            advance_high_watermark(self, self.inner.published.get());
+            advance_high_watermark(self, self.inner.settled.get());
         }
     }
 
-    /// Moves the high watermark to `offset` (at most the published end; never back). It
+    /// Moves the high watermark to `offset` (at most the settled end; never back). It
     /// lands on the last batch boundary at or below `offset`. Returns whether it moved.
     pub fn set_high_watermark(&self, offset: i64) -> bool {
         advance_high_watermark(self, offset)
@@ -1073,16 +1086,23 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
     let policy_due = config
         .flush_messages
         .is_some_and(|n| inner.unflushed_records.get() >= n);
-    let flush_result = if wants_durable || policy_due {
+    let must_sync = wants_durable || policy_due;
+    // A replicated log's followers may fetch the group while it syncs here: the sync and the
+    // replication round trip an acks=all answer waits for overlap instead of adding up.
+    // Consumers still wait for the sync (the high watermark stops at the settled end).
+    if must_sync && inner.replicated.get() {
+        publish(log, false);
+    }
+    let flush_result = if must_sync {
         flush_now(log).await
     } else {
         Ok(())
     };
     // Readers see the group only now, after its sync: a consumer must never read (and
     // commit past) an acks=all record that a power loss could still take away. A failed
-    // sync leaves it unpublished (and the log offline).
+    // sync leaves it unsettled (and the log offline).
     if flush_result.is_ok() {
-        publish(log);
+        publish(log, true);
     }
     for (a, r) in done {
         let r = match (&flush_result, r) {
@@ -1213,11 +1233,22 @@ async fn write_run(
     Ok(results)
 }
 
-/// Makes everything written so far visible to readers: the high watermark moves to the log
-/// end offset, and each segment's visible size to its written size.
-fn publish(log: &Log) {
+/// Makes everything written so far visible to followers and, with `settle` (it is synced
+/// where it had to be), to readers: the high watermark of a log with one replica moves to
+/// the log end offset, and each segment's visible size to its written size.
+fn publish(log: &Log, settle: bool) {
     let inner = &log.inner;
-    if inner.published.get() == inner.next_offset.get() || inner.offline.borrow().is_some() {
+    if inner.offline.borrow().is_some() {
+        return;
+    }
+    if settle && inner.settled.get() != inner.next_offset.get() {
+        inner.settled.set(inner.next_offset.get());
+        if inner.published.get() == inner.next_offset.get() {
+            // Published before its sync: the leader's high watermark may move now.
+            log.wake_waiters();
+        }
+    }
+    if inner.published.get() == inner.next_offset.get() {
         return;
     }
     let published = inner.published.get();
@@ -1234,7 +1265,7 @@ fn publish(log: &Log) {
             .set((seg.max_timestamp.get(), seg.offset_of_max_timestamp.get()));
     }
     inner.published.set(inner.next_offset.get());
-    if !inner.replicated.get() {
+    if !inner.replicated.get() && settle {
         advance_high_watermark(log, inner.next_offset.get());
     }
     log.wake_waiters();
@@ -1285,11 +1316,11 @@ pub(crate) async fn restore_high_watermark(log: &Log, offset: i64) -> Result<(),
     Ok(())
 }
 
-/// Moves the high watermark up to `offset` (capped at the published end), to the last batch
+/// Moves the high watermark up to `offset` (capped at the settled end), to the last batch
 /// boundary at or below it, and each segment's visible size with it.
 fn advance_high_watermark(log: &Log, offset: i64) -> bool {
     let inner = &log.inner;
-    let target = offset.min(inner.published.get());
+    let target = offset.min(inner.settled.get());
     let old = inner.high_watermark.get();
     if target <= old {
         return false;
@@ -1436,7 +1467,7 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
     {
         flush_now(log).await?;
     }
-    publish(log);
+    publish(log, true);
     Ok(inner.next_offset.get())
 }
 

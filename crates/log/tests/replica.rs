@@ -193,3 +193,75 @@ fn a_checkpointed_high_watermark_hides_the_tail_after_a_reopen_until_the_leader_
         assert_eq!(plan.len as usize, fetch(&log, 0).await.len());
     });
 }
+
+/// A replicated log publishes a durable write group to its followers before the group's
+/// fdatasync, so replication and the sync overlap; consumers (the high watermark) and the
+/// leader's own end (`settled_end`) wait for the sync.
+#[test]
+fn a_replicated_log_publishes_to_followers_before_its_sync_and_settles_after() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(&tmp.path().join("a")).await;
+        log.set_replicated(true);
+        log.begin_epoch(1).await.unwrap();
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let append = {
+            let (log, done) = (log.clone(), done.clone());
+            glommio::spawn_local(async move {
+                let r = log.append(batch(3, 100, 1, now_ms()), true).await;
+                done.set(true);
+                r
+            })
+        };
+        // Watch the log while the append and its sync run.
+        let mut early = false;
+        while !done.get() {
+            if log.published_end() == 3 && log.settled_end() == 0 {
+                early = true;
+                // The leader cannot make it visible to consumers before the sync.
+                assert!(!log.set_high_watermark(3));
+                assert_eq!(log.high_watermark(), 0);
+            }
+            yield_now().await;
+        }
+        append.await.unwrap();
+        assert!(
+            early,
+            "followers could fetch the group while it was syncing"
+        );
+        assert_eq!((log.published_end(), log.settled_end()), (3, 3));
+        assert!(log.set_high_watermark(3));
+        // A log with one replica publishes only once synced.
+        let single = open(&tmp.path().join("b")).await;
+        let done = std::rc::Rc::new(std::cell::Cell::new(false));
+        let append = {
+            let (log, done) = (single.clone(), done.clone());
+            glommio::spawn_local(async move {
+                let r = log.append(batch(3, 100, 1, now_ms()), true).await;
+                done.set(true);
+                r
+            })
+        };
+        while !done.get() {
+            assert_eq!(single.published_end(), single.settled_end());
+            yield_now().await;
+        }
+        append.await.unwrap();
+        assert_eq!(single.high_watermark(), 3);
+    });
+}
+
+/// Lets the executor run the other tasks once.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}

@@ -218,7 +218,9 @@ pub fn update_high_watermark(shard: &Shard, key: &PartitionKey, log: &Log) {
         return;
     };
     let me = shard.node_id();
-    let mut hw = log.published_end();
+    // (Its own end as far as it is synced where it had to be: followers may have fetched
+    // a group the leader is still syncing.)
+    let mut hw = log.settled_end();
     let pending = l.pending.iter().flatten();
     for r in l.isr.iter().chain(pending).filter(|r| **r != me) {
         hw = hw.min(l.followers.get(r).map_or(-1, |f| f.leo));
