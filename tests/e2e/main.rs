@@ -5,6 +5,7 @@ mod bench_tool;
 mod clients;
 mod cluster;
 mod common;
+mod configs;
 mod durability;
 mod groups;
 mod idempotence;

@@ -970,15 +970,7 @@ fn a_reassignment_moves_a_replica_under_its_throttle_and_can_be_cancelled() {
     with_timeout(300, || {
         const RATE: u64 = 2_000_000;
         let rate = RATE.to_string();
-        let mut c = Cluster::start(
-            4,
-            &[
-                "--broker-session-timeout-ms",
-                "3000",
-                "--leader-replication-throttled-rate",
-                &rate,
-            ],
-        );
+        let mut c = Cluster::start(4, &["--broker-session-timeout-ms", "3000"]);
         let first = c.brokers[0].addr.clone();
         let topic = "moving";
         assert_eq!(
@@ -1003,6 +995,14 @@ fn a_reassignment_moves_a_replica_under_its_throttle_and_can_be_cancelled() {
         let stop = Arc::new(AtomicBool::new(false));
         let producer = produce_continuously_from(c.bootstrap(), topic, 1, stop.clone(), n);
 
+        // The throttle as kafka-reassign-partitions --throttle sets it: a dynamic broker
+        // config, cluster-wide.
+        let throttle = "leader.replication.throttled.rate";
+        use crate::configs::{incremental, BROKER};
+        assert_eq!(
+            incremental(&first, 1, BROKER, "", &[(throttle, 0, Some(&rate))]),
+            0
+        );
         let t = Instant::now();
         assert_eq!(reassign(&first, topic, Some(&[4, 2, 3])), 0);
         let listed = reassignments(&first);
@@ -1068,6 +1068,11 @@ fn a_reassignment_moves_a_replica_under_its_throttle_and_can_be_cancelled() {
             || !c.node(1).partition_dir(topic, 0).exists(),
         );
 
+        // As --verify does once the moves are done: the throttle goes.
+        assert_eq!(
+            incremental(&first, 0, BROKER, "", &[(throttle, 1, None)]),
+            0
+        );
         stop.store(true, Ordering::Relaxed);
         let acked = producer.join().unwrap();
         assert!(

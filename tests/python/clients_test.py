@@ -29,8 +29,8 @@ def confluent(bootstrap):
     except ck.KafkaException as e:
         assert e.args[0].code() == ck.KafkaError.TOPIC_ALREADY_EXISTS, e
     try:
-        admin.create_topics([NewTopic("py-bad", 1, 1, config={"cleanup.policy": "compact"})])["py-bad"].result(10)
-        raise AssertionError("compaction accepted")
+        admin.create_topics([NewTopic("py-bad", 1, 1, config={"cleanup.policy": "shred"})])["py-bad"].result(10)
+        raise AssertionError("a bad cleanup.policy accepted")
     except ck.KafkaException as e:
         assert e.args[0].code() == ck.KafkaError.INVALID_CONFIG, e
     try:

@@ -1244,8 +1244,13 @@ fn publish(log: &Log, settle: bool) {
     if settle && inner.settled.get() != inner.next_offset.get() {
         inner.settled.set(inner.next_offset.get());
         if inner.published.get() == inner.next_offset.get() {
-            // Published before its sync: the leader's high watermark may move now.
-            log.wake_waiters();
+            // Published before its sync. (The partition's leader moves a replicated log's
+            // high watermark once the append returns; a log that stopped being replicated
+            // meanwhile moves its own.)
+            if !inner.replicated.get() {
+                advance_high_watermark(log, inner.next_offset.get());
+            }
+            return;
         }
     }
     if inner.published.get() == inner.next_offset.get() {

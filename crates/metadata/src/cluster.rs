@@ -109,6 +109,13 @@ pub enum Command {
         from: Vec<i32>,
         to: Vec<i32>,
     },
+    /// AlterConfigs / IncrementalAlterConfigs of one resource: each key set (Some) or
+    /// deleted (None); `replace` (AlterConfigs) first drops every key not named.
+    AlterConfigs {
+        resource: ConfigResource,
+        replace: bool,
+        changes: BTreeMap<String, Option<String>>,
+    },
     /// Kafka's AlterPartitionReassignments for one partition: move it to `target` replicas
     /// (None: cancel the reassignment in progress).
     Reassign {
@@ -116,6 +123,14 @@ pub enum Command {
         partition: i32,
         target: Option<Vec<i32>>,
     },
+}
+
+/// What an AlterConfigs command changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigResource {
+    Topic(String),
+    /// A broker's own dynamic configs, or with -1 every broker's (cluster-wide).
+    Broker(i32),
 }
 
 /// What a command did, for its proposer.
@@ -279,6 +294,24 @@ fn encode_command(out: &mut String, c: &Command) {
             ids(from),
             ids(to)
         ),
+        Command::AlterConfigs {
+            resource,
+            replace,
+            changes,
+        } => {
+            let _ = match resource {
+                ConfigResource::Topic(t) => write!(out, "alter-configs topic {t}"),
+                ConfigResource::Broker(b) => write!(out, "alter-configs broker {b}"),
+            };
+            let _ = write!(out, " {}", if *replace { "replace" } else { "merge" });
+            for (k, v) in changes {
+                let _ = match v {
+                    Some(v) => write!(out, " {k}={v}"),
+                    None => write!(out, " !{k}"),
+                };
+            }
+            Ok(())
+        }
         Command::Reassign {
             topic,
             partition,
@@ -395,6 +428,33 @@ fn decode_command(line: &str) -> Result<Command, String> {
                 from: list(w.next())?,
                 to: list(w.next())?,
             },
+            "alter-configs" => {
+                let resource = match w.next() {
+                    Some("topic") => ConfigResource::Topic(word(w.next())?),
+                    Some("broker") => ConfigResource::Broker(num(w.next())?),
+                    _ => return Err("bad config resource".into()),
+                };
+                let replace = match w.next() {
+                    Some("replace") => true,
+                    Some("merge") => false,
+                    _ => return Err("replace or merge expected".into()),
+                };
+                let mut changes = BTreeMap::new();
+                for kv in w.by_ref() {
+                    match kv.strip_prefix('!') {
+                        Some(k) => changes.insert(k.to_string(), None),
+                        None => {
+                            let (k, v) = kv.split_once('=').ok_or("bad config")?;
+                            changes.insert(k.to_string(), Some(v.to_string()))
+                        }
+                    };
+                }
+                Command::AlterConfigs {
+                    resource,
+                    replace,
+                    changes,
+                }
+            }
             "reassign" => Command::Reassign {
                 topic: word(w.next())?,
                 partition: num(w.next())?,
@@ -517,6 +577,11 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
             partition,
             target,
         } => reassign(s, topic, *partition, target.as_deref()),
+        Command::AlterConfigs {
+            resource,
+            replace,
+            changes,
+        } => alter_configs(s, resource, *replace, changes),
         Command::AllocateProducerIds { count } => {
             if *count < 1 {
                 return Err((code::INVALID_REQUEST, "count must be positive".into()));
@@ -755,13 +820,99 @@ fn alter_isr(
             return false;
         }
         pm.isr = isr.clone();
-        // The last replica a reassignment adds has caught up: the reassignment completes.
-        if !pm.adding.is_empty() && pm.adding.iter().all(|r| pm.isr.contains(r)) {
+        // The last replica a reassignment adds has caught up (or, for a move that only
+        // removes, a target replica is back in the ISR): the reassignment completes.
+        if pm.reassigning() && pm.adding.iter().all(|r| pm.isr.contains(r)) {
             complete_reassignment(pm, &live);
         }
         true
     });
     Ok(Outcome::Done)
+}
+
+/// Changes a topic's config overrides or a broker's dynamic configs. Every value is checked
+/// first (INVALID_CONFIG names the first bad one); nothing changes unless all pass.
+fn alter_configs(
+    s: &mut Snapshot,
+    resource: &ConfigResource,
+    replace: bool,
+    changes: &BTreeMap<String, Option<String>>,
+) -> CommandResult {
+    let topic = matches!(resource, ConfigResource::Topic(_));
+    let check = |k: &str, v: &str| {
+        if topic {
+            crate::topic_config::normalize_topic_config(k, v)
+        } else {
+            crate::normalize_broker_config(k, v)
+        }
+    };
+    let known = |k: &str| {
+        if topic {
+            crate::topic_config::topic_config_def(k).is_some()
+        } else {
+            crate::DYNAMIC_BROKER_CONFIGS.contains(&k)
+        }
+    };
+    for (k, v) in changes {
+        let checked = match v {
+            // (Only the normalized form fits in a command: the proposer normalizes.)
+            Some(v) => check(k, v).and_then(|n| {
+                if n == *v {
+                    Ok(())
+                } else {
+                    Err(format!("{k}={v:?} is not in its normal form {n:?}"))
+                }
+            }),
+            None if known(k) => Ok(()),
+            None => Err(format!("unknown config {k:?}")),
+        };
+        checked.map_err(|e| (code::INVALID_CONFIG, e))?;
+    }
+    let apply = |current: &BTreeMap<String, String>| {
+        let mut next = if replace {
+            BTreeMap::new()
+        } else {
+            current.clone()
+        };
+        for (k, v) in changes {
+            match v {
+                Some(v) => next.insert(k.clone(), v.clone()),
+                None => next.remove(k),
+            };
+        }
+        next
+    };
+    match resource {
+        ConfigResource::Topic(name) => {
+            let Some(t) = s.topics.get(name.as_str()).cloned() else {
+                return Err((
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic {name} does not exist"),
+                ));
+            };
+            let meta = Arc::new(TopicMeta {
+                overrides: apply(&t.overrides),
+                ..(*t).clone()
+            });
+            s.topics.insert(meta.name.clone(), meta.clone());
+            Ok(Outcome::Topic(meta))
+        }
+        ConfigResource::Broker(id) => {
+            if *id != -1 && !s.brokers.contains_key(id) {
+                return Err((
+                    code::INVALID_REQUEST,
+                    format!("broker {id} is not registered"),
+                ));
+            }
+            let next = apply(&s.broker_configs.get(id).cloned().unwrap_or_default());
+            if next.is_empty() {
+                s.broker_configs.remove(id);
+            } else {
+                s.broker_configs.insert(*id, next);
+            }
+            Ok(Outcome::Done)
+        }
+    }
 }
 
 /// Starts (or replaces, or with `target` None cancels) a partition's reassignment, as
@@ -819,22 +970,23 @@ fn reassign(
             if target == original.as_slice() && !pm.reassigning() {
                 return Ok(Outcome::Done);
             }
+            // From every current replica, as Kafka's controller does: one that a replaced
+            // reassignment added and this target drops stays (removing) until this one
+            // completes, so the leader and the ISR never leave the replica set early.
+            let current = pm.replicas.clone();
             let mut replicas = target.to_vec();
-            replicas.extend(original.iter().copied().filter(|r| !target.contains(r)));
+            replicas.extend(current.iter().copied().filter(|r| !target.contains(r)));
             next.adding = target
                 .iter()
                 .copied()
-                .filter(|r| !original.contains(r))
+                .filter(|r| !current.contains(r))
                 .collect();
-            next.removing = original
+            next.removing = current
                 .iter()
                 .copied()
                 .filter(|r| !target.contains(r))
                 .collect();
             next.replicas = replicas;
-            // (A replica the replaced reassignment added and this one does not keep leaves
-            // the ISR with it.)
-            next.isr.retain(|r| next.replicas.contains(r));
             if next.adding.iter().all(|r| next.isr.contains(r)) {
                 complete_reassignment(&mut next, &live);
             }
@@ -1025,7 +1177,7 @@ fn create_partitions(
         ));
     }
     let added = count - t.partitions;
-    let rf = t.assignment.first().map_or(1, |p| p.replicas.len()) as i16;
+    let rf = t.assignment.first().map_or(1, |p| p.target().len()) as i16;
     let replicas = match assignment {
         Some(a) => {
             if a.len() != added as usize {
@@ -1149,6 +1301,7 @@ const STATE_HEADER: &str = "# runnel metadata state v1";
 /// cluster <id>
 /// next-producer-id <n>
 /// broker <id> <host> <port> <rack|-> <directory id> <incarnation> <active|fenced|shutdown>
+/// broker-config <id, -1: every broker> [config=value ...]
 /// topic <name> <topic id> <partitions> [config=value ...]
 /// partition <leader> <leader epoch> <replicas,...> <isr,...> [<adding,...> <removing,...>]
 ///                                                               (one per partition, in order)
@@ -1170,6 +1323,13 @@ pub fn encode_state(s: &Snapshot) -> String {
             BrokerState::ShutDown => "shutdown",
         };
         let _ = writeln!(out, "broker {} {state}", broker_words(b));
+    }
+    for (b, configs) in &s.broker_configs {
+        let _ = write!(out, "broker-config {b}");
+        for (k, v) in configs {
+            let _ = write!(out, " {k}={v}");
+        }
+        out.push('\n');
     }
     for t in s.topics.values() {
         let _ = write!(out, "topic {} {} {}", t.name, hex(&t.id), t.partitions);
@@ -1234,6 +1394,14 @@ pub fn decode_state(text: &str) -> Result<Snapshot, String> {
                         _ => return Err("bad broker state".into()),
                     };
                     s.brokers.insert(b.id, b);
+                }
+                "broker-config" => {
+                    let b: i32 = num(w.next())?;
+                    let configs = s.broker_configs.entry(b).or_default();
+                    for kv in w.by_ref() {
+                        let (k, v) = kv.split_once('=').ok_or("bad config")?;
+                        configs.insert(k.to_string(), v.to_string());
+                    }
                 }
                 "topic" => {
                     finish(&mut s, current.take())?;

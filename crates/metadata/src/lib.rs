@@ -6,5 +6,6 @@
 pub mod cluster;
 pub mod placement;
 mod registry;
+pub mod topic_config;
 
 pub use registry::*;

@@ -126,6 +126,40 @@ pub struct Snapshot {
     pub controller_id: i32,
     /// The next producer id the quorum hands out (in blocks).
     pub next_producer_id: i64,
+    /// Dynamic broker configs (IncrementalAlterConfigs on a BROKER resource): per broker
+    /// id, and for every broker under -1 (Kafka's cluster-wide default, resource name "").
+    pub broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
+}
+
+/// The broker configs Runnel changes at runtime (Kafka's dynamic broker configs of these
+/// names); every other broker setting is a flag.
+pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
+    "follower.replication.throttled.rate",
+    "leader.replication.throttled.rate",
+];
+
+/// Checks a dynamic broker config value; returns it as stored.
+pub fn normalize_broker_config(key: &str, value: &str) -> Result<String, String> {
+    if !DYNAMIC_BROKER_CONFIGS.contains(&key) {
+        return Err(format!(
+            "{key} cannot be changed at runtime on this broker (only {}; the rest are flags)",
+            DYNAMIC_BROKER_CONFIGS.join(", ")
+        ));
+    }
+    match value.trim().parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(n.to_string()),
+        _ => Err(format!("{key} must be an integer >= 0, got {value:?}")),
+    }
+}
+
+impl Snapshot {
+    /// A dynamic broker config in effect on `broker`: its own, else the cluster-wide one.
+    pub fn broker_config(&self, broker: i32, key: &str) -> Option<&str> {
+        [broker, -1]
+            .iter()
+            .find_map(|b| self.broker_configs.get(b).and_then(|c| c.get(key)))
+            .map(String::as_str)
+    }
 }
 
 impl Snapshot {
@@ -215,50 +249,14 @@ pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 
 /// Checks one topic config value; the error is the message for INVALID_CONFIG.
 pub fn validate_topic_config(key: &str, value: &str) -> Result<(), String> {
-    let int = |min: i64| -> Result<(), String> {
-        match value.parse::<i64>() {
-            Ok(v) if v >= min => Ok(()),
-            _ => Err(format!("{key} must be an integer >= {min}, got {value:?}")),
-        }
-    };
-    match key {
-        "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => Err(format!(
-            "cleanup.policy={value} is not supported: Runnel only deletes (no compaction)"
-        )),
-        "flush.messages" | "flush.ms" | "segment.ms" => int(1),
-        "max.message.bytes" => int(0).and_then(|_| {
-            if value.parse::<i64>().unwrap_or(0) > i32::MAX as i64 {
-                Err(format!("{key} must fit in 32 bits"))
-            } else {
-                Ok(())
-            }
-        }),
-        "retention.ms" | "retention.bytes" => int(-1),
-        "min.insync.replicas" => int(1).and_then(|_| {
-            if value.parse::<i64>().unwrap_or(0) > i16::MAX as i64 {
-                Err(format!("{key} must fit in 16 bits"))
-            } else {
-                Ok(())
-            }
-        }),
-        "unclean.leader.election.enable" if value == "true" || value == "false" => Ok(()),
-        "unclean.leader.election.enable" => Err(format!(
-            "unclean.leader.election.enable must be true or false, got {value:?}"
-        )),
-        "segment.bytes" => int(MIN_SEGMENT_BYTES as i64).and_then(|_| {
-            if value.parse::<u64>().unwrap_or(u64::MAX) > MAX_SEGMENT_BYTES {
-                Err(format!("segment.bytes must be at most {MAX_SEGMENT_BYTES}"))
-            } else {
-                Ok(())
-            }
-        }),
-        "message.timestamp.type" if value == "CreateTime" || value == "LogAppendTime" => Ok(()),
-        "message.timestamp.type" => Err(format!(
-            "message.timestamp.type must be CreateTime or LogAppendTime, got {value:?}"
-        )),
-        _ => Err(format!("unknown topic config {key:?}")),
+    let normal = crate::topic_config::normalize_topic_config(key, value)?;
+    // Stored as words of a metadata log command: only the normalized form goes in.
+    if normal != value {
+        return Err(format!(
+            "{key}={value:?} is not in its normal form {normal:?}"
+        ));
     }
+    Ok(())
 }
 
 /// A topic's min.insync.replicas: its override, or the broker's default.
@@ -492,9 +490,12 @@ mod tests {
         assert!(validate_topic_config("retention.ms", "-1").is_ok());
         assert!(validate_topic_config("retention.ms", "-2").is_err());
         assert!(validate_topic_config("segment.bytes", "10").is_err());
-        assert!(validate_topic_config("cleanup.policy", "compact").is_err());
-        assert!(validate_topic_config("compression.type", "lz4").is_err());
+        assert!(validate_topic_config("cleanup.policy", "compact").is_ok());
+        assert!(validate_topic_config("compression.type", "lz4").is_ok());
         assert!(validate_topic_config("segment.bytes", "1048576").is_ok());
+        // Only the normal form goes into a metadata log command.
+        assert!(validate_topic_config("cleanup.policy", "compact, delete").is_err());
+        assert!(validate_topic_config("cleanup.policy", "compact,delete").is_ok());
     }
 
     #[test]

@@ -547,18 +547,236 @@ fn a_reassignment_grows_the_replicas_then_shrinks_them_once_the_added_ones_are_i
         (vec![4, 2], vec![4, 2])
     );
     assert_eq!((p.leader, p.leader_epoch), (4, 2));
-    // Started, replaced by another target, then cancelled: back to the original replicas.
+    // Started, then replaced by another target: as in Kafka, the new one starts from every
+    // current replica, so what the first added and the second drops stays until the end.
     apply(&mut s, &reassign(Some(vec![4, 3]))).unwrap();
     apply(&mut s, &reassign(Some(vec![4, 1]))).unwrap();
     let p = s.partition("t", 0).unwrap().clone();
-    assert_eq!(p.replicas, vec![4, 1, 2]);
-    assert_eq!((p.adding.clone(), p.removing.clone()), (vec![1], vec![2]));
+    assert_eq!(p.replicas, vec![4, 1, 3, 2]);
+    assert_eq!(
+        (p.adding.clone(), p.removing.clone()),
+        (vec![1], vec![3, 2])
+    );
+    // Cancelled: back to the replicas before the last reassignment.
     apply(&mut s, &reassign(None)).unwrap();
     let p = s.partition("t", 0).unwrap().clone();
     assert_eq!(
         (p.replicas.clone(), p.isr.clone()),
-        (vec![4, 2], vec![4, 2])
+        (vec![4, 3, 2], vec![4, 2])
     );
     assert!(!p.reassigning());
     assert_eq!(p.leader, 4);
+}
+
+#[test]
+fn a_replaced_reassignment_keeps_its_leader_and_a_removal_waits_for_a_target_in_sync() {
+    let mut s = cluster(&[None, None, None, None, None, None]);
+    apply(
+        &mut s,
+        &Command::CreateTopic {
+            name: "t".into(),
+            id: [6; 16],
+            partitions: 1,
+            replication_factor: 3,
+            assignment: Some(vec![vec![1, 2, 3]]),
+            configs: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    let reassign = |target: Vec<i32>| Command::Reassign {
+        topic: "t".into(),
+        partition: 0,
+        target: Some(target),
+    };
+    let alter_isr = |s: &Snapshot, to: Vec<i32>| {
+        let p = s.partition("t", 0).unwrap();
+        Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            from: p.isr.clone(),
+            to,
+        }
+    };
+    // [1,2,3] -> [4,5,3]: 4 catches up; then 1 dies and 4 leads.
+    apply(&mut s, &reassign(vec![4, 5, 3])).unwrap();
+    let c = alter_isr(&s, vec![1, 2, 3, 4]);
+    apply(&mut s, &c).unwrap();
+    apply(
+        &mut s,
+        &Command::FenceBroker {
+            id: 1,
+            incarnation: 101,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.partition("t", 0).unwrap().leader, 4);
+    // Replaced by [6,5,3]: 4 leads on (it stays a replica, removing) until 6 is in sync.
+    apply(&mut s, &reassign(vec![6, 5, 3])).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!(p.leader, 4);
+    assert!(p.replicas.contains(&4) && p.removing.contains(&4));
+    assert_eq!(
+        (p.adding.clone(), p.removing.clone()),
+        (vec![6], vec![4, 1, 2])
+    );
+    let c = alter_isr(&s, vec![2, 3, 4, 6, 5]);
+    apply(&mut s, &c).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!((p.replicas.clone(), p.leader), (vec![6, 5, 3], 6));
+    assert!(!p.reassigning());
+
+    // A move that only removes, while its target replica is out of the ISR, completes once
+    // that replica is back in it.
+    let shrink = alter_isr(&s, vec![6, 5]);
+    apply(&mut s, &shrink).unwrap();
+    apply(&mut s, &reassign(vec![3])).unwrap();
+    assert!(s.partition("t", 0).unwrap().reassigning());
+    let c = alter_isr(&s, vec![6, 5, 3]);
+    apply(&mut s, &c).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert!(!p.reassigning());
+    assert_eq!(
+        (p.replicas.clone(), p.isr.clone(), p.leader),
+        (vec![3], vec![3], 3)
+    );
+}
+
+#[test]
+fn config_changes_check_every_value_and_round_trip_through_the_log_and_the_state() {
+    use runnel_metadata::cluster::{decode_state, encode_state, ConfigResource};
+    let mut s = cluster(&[None, None]);
+    create(&mut s, "t", 1, 2).unwrap();
+    let alter = |resource: ConfigResource, replace: bool, kv: &[(&str, Option<&str>)]| {
+        Command::AlterConfigs {
+            resource,
+            replace,
+            changes: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
+        }
+    };
+    let topic = || ConfigResource::Topic("t".into());
+    let c = alter(
+        topic(),
+        false,
+        &[
+            ("cleanup.policy", Some("compact,delete")),
+            ("retention.ms", Some("5")),
+        ],
+    );
+    for c in [
+        c.clone(),
+        alter(
+            ConfigResource::Broker(-1),
+            true,
+            &[("leader.replication.throttled.rate", None)],
+        ),
+    ] {
+        let p = Proposal {
+            request_id: 1,
+            from: 1,
+            commands: vec![c],
+        };
+        assert_eq!(Proposal::decode(&p.encode()).unwrap(), p);
+    }
+    apply(&mut s, &c).unwrap();
+    let o = &s.topic("t").unwrap().overrides;
+    assert_eq!(
+        o.get("cleanup.policy").map(String::as_str),
+        Some("compact,delete")
+    );
+    // One bad value: nothing of the change applies.
+    let bad = alter(
+        topic(),
+        false,
+        &[
+            ("retention.ms", Some("7")),
+            ("segment.index.bytes", Some("2")),
+        ],
+    );
+    assert_eq!(apply(&mut s, &bad).unwrap_err().0, code::INVALID_CONFIG);
+    assert_eq!(
+        s.topic("t")
+            .unwrap()
+            .overrides
+            .get("retention.ms")
+            .map(String::as_str),
+        Some("5")
+    );
+    // Not in normal form (the proposer normalizes), unknown names, unknown topics.
+    for c in [
+        alter(
+            topic(),
+            false,
+            &[("cleanup.policy", Some("compact, delete"))],
+        ),
+        alter(topic(), false, &[("no.such", None)]),
+        alter(
+            ConfigResource::Broker(1),
+            false,
+            &[("num.partitions", Some("3"))],
+        ),
+    ] {
+        assert_eq!(
+            apply(&mut s, &c).unwrap_err().0,
+            code::INVALID_CONFIG,
+            "{c:?}"
+        );
+    }
+    assert_eq!(
+        apply(
+            &mut s,
+            &alter(ConfigResource::Topic("nope".into()), false, &[])
+        )
+        .unwrap_err()
+        .0,
+        code::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    // Delete one key; replace drops the others.
+    apply(&mut s, &alter(topic(), false, &[("retention.ms", None)])).unwrap();
+    assert!(!s.topic("t").unwrap().overrides.contains_key("retention.ms"));
+    apply(
+        &mut s,
+        &alter(topic(), true, &[("preallocate", Some("true"))]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.topic("t").unwrap().overrides.keys().collect::<Vec<_>>(),
+        vec!["preallocate"]
+    );
+    // Broker configs: cluster-wide and per broker; the broker's own wins.
+    let rate = "leader.replication.throttled.rate";
+    apply(
+        &mut s,
+        &alter(ConfigResource::Broker(-1), false, &[(rate, Some("1000"))]),
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        &alter(ConfigResource::Broker(2), false, &[(rate, Some("2000"))]),
+    )
+    .unwrap();
+    assert_eq!(s.broker_config(1, rate), Some("1000"));
+    assert_eq!(s.broker_config(2, rate), Some("2000"));
+    assert_eq!(
+        apply(
+            &mut s,
+            &alter(ConfigResource::Broker(9), false, &[(rate, Some("1"))])
+        )
+        .unwrap_err()
+        .0,
+        code::INVALID_REQUEST
+    );
+    let back = decode_state(&encode_state(&s)).unwrap();
+    assert_eq!(back.broker_configs, s.broker_configs);
+    assert_eq!(back.topics, s.topics);
+    apply(
+        &mut s,
+        &alter(ConfigResource::Broker(2), false, &[(rate, None)]),
+    )
+    .unwrap();
+    assert_eq!(s.broker_config(2, rate), Some("1000"));
 }

@@ -90,7 +90,14 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
                 .values()
                 .map(|t| i64::from(t.partitions))
                 .sum();
-            for t in topics {
+            for mut t in topics {
+                match normalize_configs(&t.configs) {
+                    Ok(c) => t.configs = c,
+                    Err(e) => {
+                        early.push(Some(e));
+                        continue;
+                    }
+                }
                 if let Err(e) = precheck(&t.name, &t.configs, t.assignment.as_deref()) {
                     early.push(Some(e));
                     continue;
@@ -218,6 +225,21 @@ pub async fn submit(shard: &Rc<Shard>, op: AdminOp) -> AdminResult {
         .collect()
 }
 
+/// Topic configs as Kafka checks them, in the form they are stored (INVALID_CONFIG naming
+/// the first bad one).
+pub fn normalize_configs(
+    configs: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, PartitionError> {
+    configs
+        .iter()
+        .map(|(k, v)| {
+            metadata::topic_config::normalize_topic_config(k, v)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| (code::INVALID_CONFIG, e))
+        })
+        .collect()
+}
+
 /// What must hold before a request's names, configs and assignments go into a metadata
 /// log command (its text has no room for spaces or line breaks in them): the same checks
 /// the log's apply makes, done first.
@@ -250,10 +272,19 @@ pub async fn apply_updates(
     use futures_lite::StreamExt;
     while let Some(Applied { snapshot, replies }) = applied.next().await {
         let before = shard.snapshot();
+        // (Or moved off this broker by a reassignment.)
+        let me = shard.node_id();
         let deleted = before
             .topics
             .iter()
-            .any(|(name, t)| snapshot.topic(name).is_none_or(|n| n.id != t.id));
+            .any(|(name, t)| match snapshot.topic(name) {
+                Some(n) if n.id == t.id => t
+                    .assignment
+                    .iter()
+                    .zip(&n.assignment)
+                    .any(|(a, b)| a.replicas.contains(&me) && !b.replicas.contains(&me)),
+                _ => true,
+            });
         let published = publish(&shard, snapshot).await;
         if let Err(e) = &published {
             tracing::error!("applying a metadata snapshot failed: {e}");

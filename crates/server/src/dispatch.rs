@@ -3,7 +3,7 @@
 //! request is handled in a task of its own, and the connection writes the answers in request
 //! order.
 
-use crate::handlers::{admin, fetch, groups, log_dirs, metadata, produce, reassign};
+use crate::handlers::{admin, configs, fetch, groups, log_dirs, metadata, produce, reassign};
 use crate::shard::Shard;
 use bytes::Bytes;
 use glommio::task::JoinHandle;
@@ -61,6 +61,8 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::DeleteRecords => admin::delete_records(shard, &req).await,
         ApiKey::OffsetForLeaderEpoch => admin::offset_for_leader_epoch(shard, &req).await,
         ApiKey::DescribeConfigs => admin::describe_configs(shard, &req).await,
+        ApiKey::AlterConfigs => configs::alter_configs(shard, &req).await,
+        ApiKey::IncrementalAlterConfigs => configs::incremental_alter_configs(shard, &req).await,
         ApiKey::DescribeCluster => admin::describe_cluster(shard, &req).await,
         ApiKey::ElectLeaders => admin::elect_leaders(shard, &req).await,
         ApiKey::DescribeLogDirs => log_dirs::describe_log_dirs(shard, &req).await,

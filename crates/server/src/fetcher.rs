@@ -258,14 +258,14 @@ async fn fetch(
     let config = shard.config();
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
     let mut asked: Vec<(PartitionKey, Following, Log, i64)> = Vec::new();
-    // Partitions a reassignment is adding to this broker copy under the follower throttle:
-    // left out of this fetch while it is overdrawn.
+    // Partitions a reassignment is adding to this broker copy under the follower throttle
+    // until they are in sync: left out of this fetch while it is overdrawn.
     let snapshot = shard.snapshot();
     let me = shard.node_id();
     let throttled = |key: &PartitionKey| {
         snapshot
             .partition(&key.0, key.1)
-            .is_some_and(|pm| pm.adding.contains(&me))
+            .is_some_and(|pm| pm.adding.contains(&me) && !pm.isr.contains(&me))
     };
     let exhausted = shard.follower_throttle.exhausted();
     for (key, f) in parts {

@@ -115,6 +115,9 @@ pub async fn load(shard: &Rc<Shard>, p: i32) -> Result<(), String> {
 /// `__consumer_offsets` compaction (every minute).
 pub async fn timers(shard: Rc<Shard>) {
     let mut last_slow = std::time::Instant::now();
+    // Compaction waits for the ISR to have its dump: it runs apart, so the session and
+    // rebalance deadlines above never wait for it; one pass at a time.
+    let compacting = Rc::new(std::cell::Cell::new(false));
     loop {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         let slow = last_slow.elapsed() >= Duration::from_secs(60);
@@ -130,48 +133,54 @@ pub async fn timers(shard: Rc<Shard>) {
                 tracing::info!(%group, offsets = n, "expired committed offsets");
             }
         }
-        let partitions = shard.snapshot().topic(TOPIC).map_or(0, |t| t.partitions);
-        let logs: Vec<(i32, runnel_log::Log)> = shard
-            .partitions
-            .borrow()
-            .iter()
-            .filter(|((t, _), _)| &**t == TOPIC)
-            .map(|((_, p), l)| (*p, l.clone()))
-            .collect();
-        for (p, log) in logs {
-            // The dump must hold every applied commit and nothing older than what the log
-            // already has after it: only when no append awaits its state change. Nothing
-            // yields between this check and the dump being queued behind earlier appends.
-            if !shard.coordinator.quiescent() {
-                continue;
-            }
-            // Only a partition this broker leads has its groups loaded: compacting another
-            // against an empty set of live offsets would empty it.
-            if shard.check_leader(TOPIC, p, -1).is_err() {
-                continue;
-            }
-            let live = shard.coordinator.live_offsets(p, partitions);
-            let key = (Arc::from(TOPIC), p);
-            let replicated = async |last: i64| {
-                crate::replication::update_high_watermark(&shard, &key, &log);
-                crate::replication::await_isr(&shard, &key, &log, last, COMMIT_TIMEOUT_MS)
-                    .await
-                    .is_ok()
-            };
-            match offsets_store::maybe_compact(
-                &log,
-                live,
-                offsets_store::COMPACT_MIN_BYTES,
-                replicated,
-            )
+        if compacting.replace(true) {
+            continue;
+        }
+        let (shard, compacting) = (shard.clone(), compacting.clone());
+        glommio::spawn_local(async move {
+            compact(&shard).await;
+            compacting.set(false);
+        })
+        .detach();
+    }
+}
+
+/// One compaction pass over the `__consumer_offsets` partitions this shard leads.
+async fn compact(shard: &Rc<Shard>) {
+    let partitions = shard.snapshot().topic(TOPIC).map_or(0, |t| t.partitions);
+    let logs: Vec<(i32, runnel_log::Log)> = shard
+        .partitions
+        .borrow()
+        .iter()
+        .filter(|((t, _), _)| &**t == TOPIC)
+        .map(|((_, p), l)| (*p, l.clone()))
+        .collect();
+    for (p, log) in logs {
+        // The dump must hold every applied commit and nothing older than what the log
+        // already has after it: only when no append awaits its state change. Nothing
+        // yields between this check and the dump being queued behind earlier appends.
+        if !shard.coordinator.quiescent() {
+            continue;
+        }
+        // Only a partition this broker leads has its groups loaded: compacting another
+        // against an empty set of live offsets would empty it.
+        if shard.check_leader(TOPIC, p, -1).is_err() {
+            continue;
+        }
+        let live = shard.coordinator.live_offsets(p, partitions);
+        let key = (Arc::from(TOPIC), p);
+        let replicated = async |last: i64| {
+            crate::replication::update_high_watermark(shard, &key, &log);
+            crate::replication::await_isr(shard, &key, &log, last, COMMIT_TIMEOUT_MS)
+                .await
+                .is_ok()
+        };
+        match offsets_store::maybe_compact(&log, live, offsets_store::COMPACT_MIN_BYTES, replicated)
             .await
-            {
-                Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(partition = p, "__consumer_offsets compaction failed: {e}")
-                }
-            }
+        {
+            Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(partition = p, "__consumer_offsets compaction failed: {e}"),
         }
     }
 }

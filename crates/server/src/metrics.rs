@@ -109,7 +109,7 @@ pub fn render_cluster(snapshot: &runnel_metadata::Snapshot, node: i32) -> String
         .topics
         .values()
         .flat_map(|t| t.assignment.iter())
-        .filter(|p| p.leader == node && p.isr.len() < p.replicas.len())
+        .filter(|p| p.leader == node && p.isr.len() < p.original().len())
         .count() as u64;
     for (name, help, value) in [
         (

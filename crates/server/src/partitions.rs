@@ -79,6 +79,28 @@ pub async fn apply_metadata(
         })
         .cloned()
         .collect();
+    // Dynamic broker configs: the replication throttles.
+    let rate = |key: &str, flag: u64| {
+        snapshot
+            .broker_config(shard.node_id(), key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(flag)
+    };
+    let c = shard.config();
+    shard.leader_throttle.set_rate(
+        rate(
+            "leader.replication.throttled.rate",
+            c.leader_replication_throttled_rate,
+        ),
+        nr,
+    );
+    shard.follower_throttle.set_rate(
+        rate(
+            "follower.replication.throttled.rate",
+            c.follower_replication_throttled_rate,
+        ),
+        nr,
+    );
     *shard.snapshot.borrow_mut() = snapshot;
     for key in doomed {
         close_and_delete(shard, &key).await;
@@ -268,8 +290,19 @@ pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) ->
             "flush.messages" => c.flush_messages = n.map(|n| n as u64),
             "flush.ms" => c.flush_ms = n.map(|n| n as u64),
             "message.timestamp.type" => c.log_append_time = v == "LogAppendTime",
+            "preallocate" => c.preallocate = v == "true",
+            "index.interval.bytes" => {
+                // (0, Kafka's "index every batch", is 1 here: the same effect.)
+                c.index_interval_bytes = n.and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1)
+            }
             _ => {}
         }
+    }
+    // A topic whose cleanup.policy lacks `delete` keeps its records (Kafka compacts it
+    // instead; until Runnel compacts, it keeps every record).
+    if !metadata::topic_config::deletes(overrides) {
+        c.retention_ms = None;
+        c.retention_bytes = None;
     }
     c
 }

@@ -95,7 +95,9 @@ pub async fn assign(
     let replicated = pm.replicas.len() > 1;
     if pm.leader == me {
         shard.following.borrow_mut().remove(key);
-        let min_isr = min_insync(shard, overrides, pm.replicas.len());
+        // (During a reassignment the replica set is the union of two: the target's size
+        // is the replication factor.)
+        let min_isr = min_insync(shard, overrides, pm.target().len());
         let same_epoch = shard
             .leading
             .borrow()

@@ -99,7 +99,7 @@ pub fn run(config: Config) -> Result<(), String> {
             props.write(&data_dir)?;
         }
     }
-    remove_stray_partitions(&data_dir, &snapshot);
+    remove_stray_partitions(&data_dir, &snapshot, config.node_id);
     let marker = data_dir.join(checkpoint::CLEAN_SHUTDOWN_MARKER);
     let clean_shutdown = take_clean_shutdown_marker(&data_dir, &marker)?;
     let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
@@ -140,6 +140,7 @@ pub fn run(config: Config) -> Result<(), String> {
         stop: AtomicBool::new(false),
         phase: Default::default(),
         ready: AtomicUsize::new(0),
+        listening: AtomicUsize::new(0),
     });
 
     let mesh = MeshBuilder::<ShardMsg, _>::full(nr_shards, 1024);
@@ -152,14 +153,14 @@ pub fn run(config: Config) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the shard executors: {e}"))?;
 
-    while shared.ready.load(Ordering::Acquire) < nr_shards
+    while shared.listening.load(Ordering::Acquire) < nr_shards
         && !shared.stop.load(Ordering::Acquire)
         && !shared.signalled.load(Ordering::Acquire)
     {
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(reserve);
-    if shared.ready.load(Ordering::Acquire) == nr_shards {
+    if shared.listening.load(Ordering::Acquire) == nr_shards {
         tracing::info!(listen = %listen, "runnel is ready");
     }
 
@@ -388,14 +389,8 @@ async fn wait_until_all_ready(shared: &Shared) {
 /// the returned task ends when the shard stops. None (and a stop) if the port cannot be had.
 fn start_listeners(shard: &Rc<Shard>) -> Option<glommio::task::JoinHandle<()>> {
     let shared = &shard.shared;
-    let listener = match TcpListener::bind(shared.listen) {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::error!(shard = shard.id, "cannot listen on {}: {e}", shared.listen);
-            shared.stop.store(true, Ordering::Release);
-            None
-        }
-    };
+    // The metrics listener first: once every client listener is bound, the broker says it
+    // is ready, and both answer.
     if shard.id == 0 {
         if let Some(addr) = shared.config.metrics_listen {
             match TcpListener::bind(addr) {
@@ -407,6 +402,17 @@ fn start_listeners(shard: &Rc<Shard>) -> Option<glommio::task::JoinHandle<()>> {
             }
         }
     }
+    let listener = match TcpListener::bind(shared.listen) {
+        Ok(l) => {
+            shared.listening.fetch_add(1, Ordering::AcqRel);
+            Some(l)
+        }
+        Err(e) => {
+            tracing::error!(shard = shard.id, "cannot listen on {}: {e}", shared.listen);
+            shared.stop.store(true, Ordering::Release);
+            None
+        }
+    };
     let listener = listener?;
     let shard = shard.clone();
     Some(
@@ -502,7 +508,7 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
 
 /// Deletes partition directories of topics deleted while this broker was down (their
 /// `partition.metadata` names a topic id the cluster no longer has).
-fn remove_stray_partitions(data_dir: &Path, snapshot: &metadata::Snapshot) {
+fn remove_stray_partitions(data_dir: &Path, snapshot: &metadata::Snapshot, me: i32) {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return;
     };
@@ -511,10 +517,26 @@ fn remove_stray_partitions(data_dir: &Path, snapshot: &metadata::Snapshot) {
         let Some(id) = crate::partitions::dir_topic_id(&path) else {
             continue;
         };
-        if snapshot.topic_by_id(&id).is_none() {
+        // A partition reassigned away from this broker while it was down is stray too.
+        let why = match snapshot.topic_by_id(&id) {
+            None => "deleting a partition of a deleted topic",
+            Some(t) => {
+                let p = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.rsplit_once('-'))
+                    .and_then(|(_, p)| p.parse::<i32>().ok());
+                match p.and_then(|p| t.partition(p)) {
+                    Some(pm) if pm.replicas.contains(&me) => continue,
+                    Some(_) => "deleting a partition reassigned to other brokers",
+                    None => "deleting a partition the topic no longer has",
+                }
+            }
+        };
+        {
             let mut doomed = path.clone().into_os_string();
             doomed.push(format!(".{}-delete", metadata::hex(&metadata::random_id())));
-            tracing::info!(dir = %path.display(), "deleting a partition of a deleted topic");
+            tracing::info!(dir = %path.display(), "{why}");
             if let Err(e) = std::fs::rename(&path, &doomed) {
                 tracing::warn!("cannot rename {}: {e}", path.display());
             }

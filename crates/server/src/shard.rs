@@ -128,6 +128,9 @@ pub struct Shared {
     /// Shards that finished a shutdown phase; see [`crate::server`].
     pub phase: [std::sync::atomic::AtomicUsize; 3],
     pub ready: std::sync::atomic::AtomicUsize,
+    /// Shards whose client listener is bound: "runnel is ready" waits for every one, so
+    /// whoever reads that line can connect.
+    pub listening: std::sync::atomic::AtomicUsize,
 }
 
 /// How the logs are opened at start: from the checkpoints of the last run.

@@ -689,6 +689,8 @@ pub async fn init_producer_id(shard: &Rc<Shard>, req: &Request) -> Outcome {
 /// Kafka's ConfigSource values.
 mod source {
     pub const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+    pub const DYNAMIC_BROKER_CONFIG: i8 = 2;
+    pub const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
     pub const STATIC_BROKER_CONFIG: i8 = 4;
     pub const DEFAULT_CONFIG: i8 = 5;
 }
@@ -698,7 +700,6 @@ mod ctype {
     pub const STRING: i8 = 2;
     pub const INT: i8 = 3;
     pub const LONG: i8 = 5;
-    pub const LIST: i8 = 7;
 }
 
 struct ConfigEntry {
@@ -709,102 +710,84 @@ struct ConfigEntry {
     doc: &'static str,
 }
 
-/// Every topic config with its value in effect and where it came from.
+/// Every topic config Kafka defines, with its value in effect and where it came from: the
+/// topic's override, this broker's flag, or Kafka's default.
 fn topic_configs(shard: &Shard, overrides: &BTreeMap<String, String>) -> Vec<ConfigEntry> {
     let c = shard.config();
-    let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
-    let from_flag = |set: bool| {
-        if set {
-            source::STATIC_BROKER_CONFIG
-        } else {
-            source::DEFAULT_CONFIG
-        }
-    };
-    let defaults: Vec<(&'static str, String, i8, i8, &'static str)> = vec![
-        (
-            "cleanup.policy",
-            "delete".into(),
-            source::DEFAULT_CONFIG,
-            ctype::LIST,
-            "What happens to old segments: only delete is supported.",
-        ),
+    let opt = |v: Option<u64>| v.map_or(i64::MAX.to_string(), |v| v.to_string());
+    // Topic configs whose default is a broker flag: (value, set by the operator).
+    let from_flags: BTreeMap<&str, (String, bool)> = [
         (
             "flush.messages",
-            opt(c.flush_interval_messages),
-            from_flag(c.flush_interval_messages.is_some()),
-            ctype::LONG,
-            "fdatasync after this many records; -1 leaves flushing to the OS.",
+            (
+                opt(c.flush_interval_messages),
+                c.flush_interval_messages.is_some(),
+            ),
         ),
         (
             "flush.ms",
-            opt(c.flush_interval_ms),
-            from_flag(c.flush_interval_ms.is_some()),
-            ctype::LONG,
-            "fdatasync data older than this; -1 leaves flushing to the OS.",
+            (opt(c.flush_interval_ms), c.flush_interval_ms.is_some()),
         ),
         (
             "max.message.bytes",
-            c.max_message_bytes.to_string(),
-            from_flag(c.max_message_bytes != 1_048_588),
-            ctype::INT,
-            "The largest record batch accepted.",
+            (
+                c.max_message_bytes.to_string(),
+                c.max_message_bytes != 1_048_588,
+            ),
         ),
         (
-            "message.timestamp.type",
-            "CreateTime".into(),
-            source::DEFAULT_CONFIG,
-            ctype::STRING,
-            "CreateTime keeps the producer's timestamps; LogAppendTime stamps the broker's.",
+            "min.insync.replicas",
+            (
+                c.min_insync_replicas.unwrap_or(1).to_string(),
+                c.min_insync_replicas.is_some(),
+            ),
         ),
+        ("preallocate", (c.preallocate.to_string(), c.preallocate)),
         (
             "retention.bytes",
-            c.retention_bytes.to_string(),
-            from_flag(c.retention_bytes != -1),
-            ctype::LONG,
-            "Delete the oldest segments while a partition is larger; -1: no limit.",
+            (c.retention_bytes.to_string(), c.retention_bytes != -1),
         ),
         (
             "retention.ms",
-            c.retention_ms.to_string(),
-            from_flag(c.retention_ms != runnel_log::DEFAULT_RETENTION_MS as i64),
-            ctype::LONG,
-            "Delete segments whose newest record is older; -1 keeps forever.",
+            (
+                c.retention_ms.to_string(),
+                c.retention_ms != runnel_log::DEFAULT_RETENTION_MS as i64,
+            ),
         ),
         (
             "segment.bytes",
-            c.segment_bytes.to_string(),
-            from_flag(c.segment_bytes != runnel_log::DEFAULT_SEGMENT_BYTES),
-            ctype::INT,
-            "Roll the active segment before it grows past this.",
+            (
+                c.segment_bytes.to_string(),
+                c.segment_bytes != runnel_log::DEFAULT_SEGMENT_BYTES,
+            ),
         ),
         (
             "segment.ms",
-            c.segment_ms.to_string(),
-            from_flag(c.segment_ms != runnel_log::DEFAULT_SEGMENT_MS),
-            ctype::LONG,
-            "Roll the active segment once it is this old.",
+            (
+                c.segment_ms.to_string(),
+                c.segment_ms != runnel_log::DEFAULT_SEGMENT_MS,
+            ),
         ),
-    ];
-    defaults
-        .into_iter()
-        .map(
-            |(name, value, src, config_type, doc)| match overrides.get(name) {
-                Some(v) => ConfigEntry {
-                    name,
-                    value: v.clone(),
-                    source: source::DYNAMIC_TOPIC_CONFIG,
-                    config_type,
-                    doc,
-                },
-                None => ConfigEntry {
-                    name,
-                    value,
-                    source: src,
-                    config_type,
-                    doc,
-                },
-            },
-        )
+    ]
+    .into_iter()
+    .collect();
+    runnel_metadata::topic_config::TOPIC_CONFIGS
+        .iter()
+        .map(|d| {
+            let (value, source) = match (overrides.get(d.name), from_flags.get(d.name)) {
+                (Some(v), _) => (v.clone(), source::DYNAMIC_TOPIC_CONFIG),
+                (None, Some((v, true))) => (v.clone(), source::STATIC_BROKER_CONFIG),
+                (None, Some((v, false))) => (v.clone(), source::DEFAULT_CONFIG),
+                (None, None) => (d.default.to_string(), source::DEFAULT_CONFIG),
+            };
+            ConfigEntry {
+                name: d.name,
+                value,
+                source,
+                config_type: d.kind.config_type(),
+                doc: d.doc,
+            }
+        })
         .collect()
 }
 
@@ -880,6 +863,47 @@ fn broker_configs(shard: &Shard) -> Vec<ConfigEntry> {
             "The largest request accepted.",
         ),
     ]
+    .into_iter()
+    .chain(dynamic_broker_configs(shard))
+    .collect()
+}
+
+/// The broker configs that change at runtime (IncrementalAlterConfigs), as in effect here.
+fn dynamic_broker_configs(shard: &Shard) -> Vec<ConfigEntry> {
+    let snapshot = shard.snapshot();
+    let me = shard.node_id();
+    let c = shard.config();
+    [
+        (
+            "leader.replication.throttled.rate",
+            c.leader_replication_throttled_rate,
+            "Bytes/s this broker as a leader sends to replicas a reassignment adds.",
+        ),
+        (
+            "follower.replication.throttled.rate",
+            c.follower_replication_throttled_rate,
+            "Bytes/s this broker fetches for replicas a reassignment adds to it.",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, flag, doc)| {
+        let own = snapshot.broker_configs.get(&me).and_then(|m| m.get(name));
+        let cluster = snapshot.broker_configs.get(&-1).and_then(|m| m.get(name));
+        let (value, source) = match (own, cluster) {
+            (Some(v), _) => (v.clone(), source::DYNAMIC_BROKER_CONFIG),
+            (None, Some(v)) => (v.clone(), source::DYNAMIC_DEFAULT_BROKER_CONFIG),
+            (None, None) if flag != u64::MAX => (flag.to_string(), source::STATIC_BROKER_CONFIG),
+            (None, None) => (i64::MAX.to_string(), source::DEFAULT_CONFIG),
+        };
+        ConfigEntry {
+            name,
+            value,
+            source,
+            config_type: ctype::LONG,
+            doc,
+        }
+    })
+    .collect()
 }
 
 pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
@@ -924,7 +948,8 @@ pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
             };
             match entries {
                 Ok(entries) => {
-                    let keys = r.configuration_keys.as_ref();
+                    // (As Kafka: no keys, or an empty list, asks for every config.)
+                    let keys = r.configuration_keys.as_ref().filter(|k| !k.is_empty());
                     out.configs = entries
                         .into_iter()
                         .filter(|e| keys.is_none_or(|k| k.iter().any(|k| &**k == e.name)))

@@ -28,8 +28,8 @@ struct Wanted {
     redirect: Option<i32>,
     /// Answered without asking the owner (unknown topic, bad epoch).
     error: Option<i16>,
-    /// A replica a reassignment is adding fetches it: its bytes count against the leader's
-    /// replication throttle.
+    /// A replica a reassignment is adding, not yet in sync, fetches it: its bytes count
+    /// against the leader's replication throttle.
     throttled: bool,
     /// Throttled and the throttle is overdrawn: read for its offsets only (the follower's
     /// progress still counts), no records.
@@ -113,7 +113,8 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             };
             let throttled = replica.is_some_and(|r| {
                 meta.and_then(|m| m.partition(p.partition))
-                    .is_some_and(|pm| pm.adding.contains(&r))
+                    // (As Kafka's: a replica already in sync is never throttled.)
+                    .is_some_and(|pm| pm.adding.contains(&r) && !pm.isr.contains(&r))
             });
             let held = throttled && shard.leader_throttle.exhausted();
             wanted.push(Wanted {

@@ -4,6 +4,7 @@
 //! calls back up into a handler or the dispatcher.
 
 pub mod admin;
+pub mod configs;
 pub mod fetch;
 pub mod groups;
 pub mod log_dirs;

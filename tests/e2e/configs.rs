@@ -1,0 +1,318 @@
+//! Topic and broker configs: every Kafka 4.x topic config accepted and described,
+//! AlterConfigs and IncrementalAlterConfigs at their lowest and highest versions, applied to
+//! an open partition and kept across a restart.
+
+use crate::common::*;
+use crate::protocol::{batch, call, connect, produce_to};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use std::collections::BTreeMap;
+
+const TOPIC: i8 = 2;
+pub(crate) const BROKER: i8 = 4;
+const INVALID_CONFIG: i16 = 40;
+
+/// Apache Kafka 4.x's topic configs (its `LogConfig`), in name order.
+const KAFKA_TOPIC_CONFIGS: &[&str] = &[
+    "cleanup.policy",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.type",
+    "compression.zstd.level",
+    "delete.retention.ms",
+    "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "follower.replication.throttled.replicas",
+    "index.interval.bytes",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "min.insync.replicas",
+    "preallocate",
+    "remote.copy.lag.bytes",
+    "remote.copy.lag.ms",
+    "remote.log.copy.disable",
+    "remote.log.delete.on.disable",
+    "remote.storage.enable",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "segment.ms",
+    "unclean.leader.election.enable",
+];
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+/// DescribeConfigs v4 of one resource: name -> (value, source).
+fn describe(addr: &str, resource_type: i8, name: &str) -> (i16, BTreeMap<String, (String, i8)>) {
+    let mut c = connect(addr);
+    let r: DescribeConfigsResponse = call(
+        &mut c,
+        ApiKey::DescribeConfigs,
+        4,
+        &DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(s(name))]),
+    );
+    let r = &r.results[0];
+    (
+        r.error_code,
+        r.configs
+            .iter()
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    (
+                        c.value.as_ref().map_or(String::new(), |v| v.to_string()),
+                        c.config_source,
+                    ),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// IncrementalAlterConfigs of one resource: (name, operation, value) each; its error code.
+pub(crate) fn incremental(
+    addr: &str,
+    version: i16,
+    resource_type: i8,
+    name: &str,
+    ops: &[(&str, i8, Option<&str>)],
+) -> i16 {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    let mut c = connect(addr);
+    let r: IncrementalAlterConfigsResponse = call(
+        &mut c,
+        ApiKey::IncrementalAlterConfigs,
+        version,
+        &IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(resource_type)
+                .with_resource_name(s(name))
+                .with_configs(
+                    ops.iter()
+                        .map(|(k, op, v)| {
+                            AlterableConfig::default()
+                                .with_name(s(k))
+                                .with_config_operation(*op)
+                                .with_value(v.map(s))
+                        })
+                        .collect(),
+                ),
+        ]),
+    );
+    r.responses[0].error_code
+}
+
+/// AlterConfigs (replaces the topic's whole set of overrides); its error code.
+fn alter(addr: &str, version: i16, topic: &str, kv: &[(&str, &str)], validate_only: bool) -> i16 {
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let mut c = connect(addr);
+    let r: AlterConfigsResponse = call(
+        &mut c,
+        ApiKey::AlterConfigs,
+        version,
+        &AlterConfigsRequest::default()
+            .with_validate_only(validate_only)
+            .with_resources(vec![AlterConfigsResource::default()
+                .with_resource_type(TOPIC)
+                .with_resource_name(s(topic))
+                .with_configs(
+                    kv.iter()
+                        .map(|(k, v)| {
+                            AlterableConfig::default()
+                                .with_name(s(k))
+                                .with_value(Some(s(v)))
+                        })
+                        .collect(),
+                )]),
+    );
+    r.responses[0].error_code
+}
+
+#[test]
+fn every_kafka_topic_config_is_accepted_and_configs_change_at_runtime_and_persist() {
+    with_timeout(180, || {
+        let mut b = Broker::start(&[]);
+        let addr = b.addr.clone();
+        // librdkafka's 0081 asks for these; Kafka Streams' changelogs for compact.
+        let mut c = connect(&addr);
+        let configs = [
+            ("cleanup.policy", "compact"),
+            ("compression.type", "lz4"),
+            ("delete.retention.ms", "900"),
+            ("min.cleanable.dirty.ratio", "0.2"),
+        ];
+        let r: CreateTopicsResponse = call(
+            &mut c,
+            ApiKey::CreateTopics,
+            7,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(10_000)
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(TopicName(s("cfg")))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1)
+                    .with_configs(
+                        configs
+                            .iter()
+                            .map(|(k, v)| {
+                                CreatableTopicConfig::default()
+                                    .with_name(s(k))
+                                    .with_value(Some(s(v)))
+                            })
+                            .collect(),
+                    )]),
+        );
+        assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+
+        // Every topic config Kafka 4.x defines is listed; the overrides as DYNAMIC_TOPIC_CONFIG.
+        let (e, all) = describe(&addr, TOPIC, "cfg");
+        assert_eq!(e, 0);
+        let names: Vec<&str> = all.keys().map(String::as_str).collect();
+        assert_eq!(names, KAFKA_TOPIC_CONFIGS);
+        for (k, v) in configs {
+            assert_eq!(all[k], (v.to_string(), 1), "{k}");
+        }
+        assert_eq!(all["segment.jitter.ms"], ("0".to_string(), 5));
+        assert_eq!(all["remote.storage.enable"], ("false".to_string(), 5));
+
+        // IncrementalAlterConfigs v0 and v1: SET, APPEND, SUBTRACT, DELETE.
+        assert_eq!(
+            incremental(
+                &addr,
+                0,
+                TOPIC,
+                "cfg",
+                &[
+                    ("retention.ms", 0, Some("1000")),
+                    ("cleanup.policy", 2, Some("delete")),
+                    ("compression.type", 1, None),
+                ]
+            ),
+            0
+        );
+        let (_, now) = describe(&addr, TOPIC, "cfg");
+        assert_eq!(now["retention.ms"], ("1000".to_string(), 1));
+        assert_eq!(now["cleanup.policy"], ("compact,delete".to_string(), 1));
+        assert_eq!(now["compression.type"], ("producer".to_string(), 5));
+        assert_eq!(
+            incremental(
+                &addr,
+                1,
+                TOPIC,
+                "cfg",
+                &[("cleanup.policy", 3, Some("compact"))]
+            ),
+            0
+        );
+        assert_eq!(
+            describe(&addr, TOPIC, "cfg").1["cleanup.policy"].0,
+            "delete"
+        );
+        // Refused, and nothing of a refused resource applies.
+        for ops in [
+            vec![("segment.index.bytes", 0, Some("2"))],
+            vec![("retention.ms", 2, Some("5"))],
+            vec![("no.such.config", 0, Some("1"))],
+            vec![
+                ("retention.ms", 0, Some("7")),
+                ("max.message.bytes", 0, Some("-5")),
+            ],
+        ] {
+            assert_eq!(
+                incremental(&addr, 1, TOPIC, "cfg", &ops),
+                INVALID_CONFIG,
+                "{ops:?}"
+            );
+        }
+        assert_eq!(describe(&addr, TOPIC, "cfg").1["retention.ms"].0, "1000");
+        assert_eq!(
+            incremental(&addr, 0, TOPIC, "nope", &[("retention.ms", 0, Some("1"))]),
+            3
+        );
+
+        // AlterConfigs v0 (validate only: nothing changes) and v2 (replaces every override).
+        assert_eq!(
+            alter(&addr, 0, "cfg", &[("max.message.bytes", "2000")], true),
+            0
+        );
+        assert_eq!(describe(&addr, TOPIC, "cfg").1["retention.ms"].0, "1000");
+        assert_eq!(
+            alter(&addr, 2, "cfg", &[("max.message.bytes", "x")], false),
+            INVALID_CONFIG
+        );
+        assert_eq!(
+            alter(&addr, 2, "cfg", &[("max.message.bytes", "2000")], false),
+            0
+        );
+        let (_, now) = describe(&addr, TOPIC, "cfg");
+        assert_eq!(now["max.message.bytes"], ("2000".to_string(), 1));
+        assert_eq!(now["retention.ms"].1, 5, "replaced: back to the default");
+        assert_eq!(now["cleanup.policy"], ("delete".to_string(), 5));
+
+        // The open partition took the new limit: a 5000-byte batch is too large now.
+        let big = vec![b'x'; 5000];
+        let r = produce_to(&mut connect(&addr), 9, vec![("cfg", 0, batch(&[&big]))]);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 10);
+        let r = produce_to(&mut connect(&addr), 9, vec![("cfg", 0, batch(&[b"small"]))]);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+
+        // Broker configs: the throttles change at runtime, cluster-wide or per broker;
+        // the rest are flags.
+        let rate = "leader.replication.throttled.rate";
+        assert_eq!(
+            incremental(&addr, 1, BROKER, "", &[(rate, 0, Some("1000"))]),
+            0
+        );
+        let (e, broker) = describe(&addr, BROKER, "");
+        assert_eq!(e, 0);
+        assert_eq!(broker[rate], ("1000".to_string(), 3));
+        let me = broker["broker.id"].0.clone();
+        assert_eq!(
+            incremental(&addr, 0, BROKER, &me, &[(rate, 0, Some("2000"))]),
+            0
+        );
+        assert_eq!(
+            describe(&addr, BROKER, &me).1[rate],
+            ("2000".to_string(), 2)
+        );
+        assert_eq!(
+            incremental(&addr, 1, BROKER, "", &[("num.partitions", 0, Some("3"))]),
+            INVALID_CONFIG
+        );
+        assert_eq!(
+            incremental(&addr, 1, BROKER, "77", &[(rate, 0, Some("1"))]),
+            42
+        );
+
+        // All of it survives a restart (it is in the metadata log).
+        b.stop();
+        b.restart();
+        let (_, after) = describe(&b.addr, TOPIC, "cfg");
+        assert_eq!(after["max.message.bytes"], ("2000".to_string(), 1));
+        assert_eq!(
+            describe(&b.addr, BROKER, &me).1[rate],
+            ("2000".to_string(), 2)
+        );
+        let r = produce_to(&mut connect(&b.addr), 9, vec![("cfg", 0, batch(&[&big]))]);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 10);
+    });
+}
