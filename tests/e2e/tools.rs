@@ -131,3 +131,48 @@ fn franz_go_admin_produce_every_codec_consume_in_a_group_commit() {
 fn sarama_admin_sync_producer_consumer_group_commit() {
     with_timeout(700, || go_test("sarama"));
 }
+
+/// The Java client tests' classpath (tests/java, built by scripts/install-test-deps into
+/// target/java-clients: its classes and every jar it needs).
+fn java_classpath() -> String {
+    let root = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/java-clients"
+    ));
+    assert!(
+        root.join("built").exists() && have("java"),
+        "the Java client tests are not built: run scripts/install-test-deps"
+    );
+    format!(
+        "{}:{}/lib/*",
+        root.join("classes").display(),
+        root.display()
+    )
+}
+
+fn java_test(which: &str) {
+    client_test(
+        which,
+        Command::new("java").args(["-cp", &java_classpath(), "runnel.ClientsTest", which]),
+    );
+}
+
+#[test]
+fn java_producer_acks_idempotence_every_codec_headers_and_large_records() {
+    with_timeout(300, || java_test("producer"));
+}
+
+#[test]
+fn java_consumer_assignors_static_membership_commits_seek_times_pause() {
+    with_timeout(300, || java_test("consumer"));
+}
+
+#[test]
+fn java_admin_topics_configs_partitions_records_offsets_groups_log_dirs() {
+    with_timeout(300, || java_test("admin"));
+}
+
+#[test]
+fn kafka_streams_word_count_at_least_once_gets_exact_counts() {
+    with_timeout(300, || java_test("streams"));
+}
