@@ -9,6 +9,7 @@ mod configs;
 mod durability;
 mod groups;
 mod idempotence;
+mod kafka_tools;
 mod protocol;
 mod replication;
 mod tools;

@@ -134,7 +134,7 @@ fn sarama_admin_sync_producer_consumer_group_commit() {
 
 /// The Java client tests' classpath (tests/java, built by scripts/install-test-deps into
 /// target/java-clients: its classes and every jar it needs).
-fn java_classpath() -> String {
+pub(crate) fn java_classpath() -> String {
     let root = std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../target/java-clients"

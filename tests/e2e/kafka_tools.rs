@@ -1,0 +1,245 @@
+//! Kafka's own command-line tools (the classes behind kafka-topics.sh and the others, from
+//! the kafka-tools artifact built into target/java-clients) against a Runnel broker.
+
+use crate::common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs one of Kafka's tools (its main class) with `args`; stdin from `input` if given.
+/// Returns its stdout; panics with its output if it does not exit 0.
+fn tool(class: &str, args: &[&str], input: Option<&str>) -> String {
+    let cp = crate::tools::java_classpath();
+    let mut cmd = Command::new("sh");
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let java = format!("java -cp '{cp}' {class} {}", quoted.join(" "));
+    match input {
+        Some(text) => cmd.args(["-c", &format!("printf '{text}' | {java}")]),
+        None => cmd.args(["-c", &java]),
+    };
+    let (st, out, err) = run_cmd(&mut cmd, Duration::from_secs(120));
+    assert!(st.success(), "{class} {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+const TOPICS: &str = "org.apache.kafka.tools.TopicCommand";
+const PRODUCER: &str = "org.apache.kafka.tools.ConsoleProducer";
+const CONSUMER: &str = "org.apache.kafka.tools.consumer.ConsoleConsumer";
+const GROUPS: &str = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand";
+const CONFIGS: &str = "org.apache.kafka.tools.ConfigCommand";
+const OFFSETS: &str = "org.apache.kafka.tools.GetOffsetShell";
+const LOG_DIRS: &str = "org.apache.kafka.tools.LogDirsCommand";
+
+#[test]
+fn kafka_topics_console_clients_consumer_groups_configs_get_offsets_and_log_dirs() {
+    with_timeout(600, || {
+        let b = Broker::start(&[]);
+        let bs = b.addr.as_str();
+        let out = tool(
+            TOPICS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--create",
+                "--topic",
+                "kt",
+                "--partitions",
+                "3",
+                "--replication-factor",
+                "1",
+                "--config",
+                "retention.ms=3600000",
+            ],
+            None,
+        );
+        assert!(out.contains("Created topic kt."), "{out}");
+        let out = tool(TOPICS, &["--bootstrap-server", bs, "--list"], None);
+        assert!(out.lines().any(|l| l == "kt"), "{out}");
+        let out = tool(
+            TOPICS,
+            &["--bootstrap-server", bs, "--describe", "--topic", "kt"],
+            None,
+        );
+        assert!(out.contains("PartitionCount: 3"), "{out}");
+        assert!(out.contains("retention.ms=3600000"), "{out}");
+
+        // Console producer (keyed lines) and consumer in a group.
+        tool(
+            PRODUCER,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--topic",
+                "kt",
+                "--property",
+                "parse.key=true",
+                "--property",
+                "key.separator=:",
+            ],
+            Some("k1:one\\nk2:two\\nk3:three\\nk1:four\\n"),
+        );
+        let out = tool(
+            CONSUMER,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--topic",
+                "kt",
+                "--from-beginning",
+                "--max-messages",
+                "4",
+                "--group",
+                "kt-group",
+                "--property",
+                "print.key=true",
+            ],
+            None,
+        );
+        for l in ["k1\tone", "k2\ttwo", "k3\tthree", "k1\tfour"] {
+            assert!(out.lines().any(|x| x == l), "{l:?} in {out}");
+        }
+
+        // Consumer groups: list, describe (no lag), reset to earliest (lag 4 again).
+        let out = tool(GROUPS, &["--bootstrap-server", bs, "--list"], None);
+        assert!(out.lines().any(|l| l.trim() == "kt-group"), "{out}");
+        let lag = |out: &str| -> i64 {
+            out.lines()
+                .filter(|l| l.starts_with("kt-group"))
+                .filter_map(|l| l.split_whitespace().nth(5)?.parse::<i64>().ok())
+                .sum()
+        };
+        let out = tool(
+            GROUPS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--describe",
+                "--group",
+                "kt-group",
+            ],
+            None,
+        );
+        assert_eq!(lag(&out), 0, "{out}");
+        let out = tool(
+            GROUPS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--reset-offsets",
+                "--group",
+                "kt-group",
+                "--topic",
+                "kt",
+                "--to-earliest",
+                "--execute",
+            ],
+            None,
+        );
+        assert!(out.contains("kt-group"), "{out}");
+        let out = tool(
+            GROUPS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--describe",
+                "--group",
+                "kt-group",
+            ],
+            None,
+        );
+        assert_eq!(lag(&out), 4, "{out}");
+
+        // Configs: describe and alter a topic's; a dynamic broker default.
+        let out = tool(
+            CONFIGS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--describe",
+                "--entity-type",
+                "topics",
+                "--entity-name",
+                "kt",
+            ],
+            None,
+        );
+        assert!(out.contains("retention.ms=3600000"), "{out}");
+        tool(
+            CONFIGS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--alter",
+                "--entity-type",
+                "topics",
+                "--entity-name",
+                "kt",
+                "--add-config",
+                "retention.ms=7200000,cleanup.policy=[compact,delete]",
+            ],
+            None,
+        );
+        let out = tool(
+            CONFIGS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--describe",
+                "--entity-type",
+                "topics",
+                "--entity-name",
+                "kt",
+            ],
+            None,
+        );
+        assert!(out.contains("retention.ms=7200000"), "{out}");
+        assert!(out.contains("cleanup.policy=compact,delete"), "{out}");
+        tool(
+            CONFIGS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--alter",
+                "--entity-type",
+                "brokers",
+                "--entity-default",
+                "--add-config",
+                "leader.replication.throttled.rate=1000000",
+            ],
+            None,
+        );
+        let out = tool(
+            CONFIGS,
+            &[
+                "--bootstrap-server",
+                bs,
+                "--describe",
+                "--entity-type",
+                "brokers",
+                "--entity-default",
+            ],
+            None,
+        );
+        assert!(
+            out.contains("leader.replication.throttled.rate=1000000"),
+            "{out}"
+        );
+
+        // Offsets and log dirs.
+        let out = tool(OFFSETS, &["--bootstrap-server", bs, "--topic", "kt"], None);
+        let total: i64 = out
+            .lines()
+            .filter_map(|l| l.rsplit(':').next()?.trim().parse::<i64>().ok())
+            .sum();
+        assert_eq!(total, 4, "{out}");
+        let out = tool(LOG_DIRS, &["--bootstrap-server", bs, "--describe"], None);
+        assert!(out.contains("\"partition\":\"kt-0\""), "{out}");
+
+        tool(
+            TOPICS,
+            &["--bootstrap-server", bs, "--delete", "--topic", "kt"],
+            None,
+        );
+        let out = tool(TOPICS, &["--bootstrap-server", bs, "--list"], None);
+        assert!(!out.lines().any(|l| l == "kt"), "{out}");
+    });
+}
