@@ -243,3 +243,85 @@ fn kafka_topics_console_clients_consumer_groups_configs_get_offsets_and_log_dirs
         assert!(!out.lines().any(|l| l == "kt"), "{out}");
     });
 }
+
+/// kafka-reassign-partitions moves a partition to another broker with a throttle, and
+/// --verify sees it done and removes the throttle, on a three-broker cluster.
+#[test]
+fn kafka_reassign_partitions_moves_a_replica_with_a_throttle_and_verifies_it() {
+    with_timeout(300, || {
+        let c = crate::cluster::Cluster::start(3, &[]);
+        let bs = c.brokers[0].addr.clone();
+        assert_eq!(crate::cluster::create_with_replicas(&bs, "rt", &[1, 2]), 0);
+        tool(
+            PRODUCER,
+            &["--bootstrap-server", &bs, "--topic", "rt"],
+            Some("a\\nb\\nc\\n"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let plan = dir.path().join("plan.json");
+        std::fs::write(
+            &plan,
+            r#"{"version":1,"partitions":[{"topic":"rt","partition":0,"replicas":[3,2]}]}"#,
+        )
+        .unwrap();
+        let plan = plan.to_str().unwrap();
+        const REASSIGN: &str = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand";
+        let out = tool(
+            REASSIGN,
+            &[
+                "--bootstrap-server",
+                &bs,
+                "--execute",
+                "--reassignment-json-file",
+                plan,
+                "--throttle",
+                "50000000",
+            ],
+            None,
+        );
+        assert!(
+            out.contains("Successfully started partition reassignment"),
+            "{out}"
+        );
+        let mut verified = String::new();
+        wait_until(
+            "kafka-reassign-partitions --verify",
+            Duration::from_secs(60),
+            || {
+                verified = tool(
+                    REASSIGN,
+                    &[
+                        "--bootstrap-server",
+                        &bs,
+                        "--verify",
+                        "--reassignment-json-file",
+                        plan,
+                    ],
+                    None,
+                );
+                verified.contains("Reassignment of partition rt-0 is completed")
+            },
+        );
+        assert!(
+            verified.contains("Clearing broker-level throttles on brokers 1,2,3")
+                && verified.contains("Clearing topic-level throttles on topic rt"),
+            "{verified}"
+        );
+        let v = crate::cluster::metadata(&bs, Some("rt"));
+        assert_eq!(v.partitions[&0].3, vec![3, 2], "{v:?}");
+        let out = tool(
+            CONSUMER,
+            &[
+                "--bootstrap-server",
+                &bs,
+                "--topic",
+                "rt",
+                "--from-beginning",
+                "--max-messages",
+                "3",
+            ],
+            None,
+        );
+        assert_eq!(out.lines().collect::<Vec<_>>(), ["a", "b", "c"], "{out}");
+    });
+}

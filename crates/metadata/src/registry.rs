@@ -136,6 +136,9 @@ pub struct Snapshot {
 pub const DYNAMIC_BROKER_CONFIGS: &[&str] = &[
     "follower.replication.throttled.rate",
     "leader.replication.throttled.rate",
+    // Stored, without effect: a broker has one data dir here, so nothing moves between
+    // log dirs (kafka-reassign-partitions sets and clears it with the others).
+    "replica.alter.log.dirs.io.max.bytes.per.second",
 ];
 
 /// Checks a dynamic broker config value; returns it as stored.
