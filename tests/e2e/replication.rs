@@ -910,6 +910,17 @@ fn prefill(bootstrap: &str, topic: &str, n: u64, size: usize) {
 /// AlterPartitionReassignments for partition 0 of `topic` (None: cancel): the partition's
 /// error code.
 fn reassign(addr: &str, topic: &str, target: Option<&[i32]>) -> i16 {
+    reassign_v(addr, 0, topic, target, true)
+}
+
+/// [`reassign`] at `version`; from v1, whether the replication factor may change.
+fn reassign_v(
+    addr: &str,
+    version: i16,
+    topic: &str,
+    target: Option<&[i32]>,
+    allow_replication_factor_change: bool,
+) -> i16 {
     use kafka_protocol::messages::alter_partition_reassignments_request::{
         ReassignablePartition, ReassignableTopic,
     };
@@ -917,8 +928,9 @@ fn reassign(addr: &str, topic: &str, target: Option<&[i32]>) -> i16 {
     let r: AlterPartitionReassignmentsResponse = call(
         &mut s,
         ApiKey::AlterPartitionReassignments,
-        0,
+        version,
         &AlterPartitionReassignmentsRequest::default()
+            .with_allow_replication_factor_change(allow_replication_factor_change)
             .with_timeout_ms(10_000)
             .with_topics(vec![ReassignableTopic::default()
                 .with_name(TopicName(StrBytes::from_string(topic.to_string())))
@@ -987,6 +999,8 @@ fn a_reassignment_moves_a_replica_under_its_throttle_and_can_be_cancelled() {
         assert_eq!(reassign(&first, topic, Some(&[1, 9])), 39);
         assert_eq!(reassign(&first, topic, Some(&[])), 39);
         assert_eq!(reassign(&first, topic, None), 85);
+        // v1: a change of replication factor only when the request allows it.
+        assert_eq!(reassign_v(&first, 1, topic, Some(&[1, 2]), false), 38);
 
         // About 8 MB already there: 4 s at the throttle.
         let (n, size) = (800u64, 10_000usize);
@@ -1004,7 +1018,7 @@ fn a_reassignment_moves_a_replica_under_its_throttle_and_can_be_cancelled() {
             0
         );
         let t = Instant::now();
-        assert_eq!(reassign(&first, topic, Some(&[4, 2, 3])), 0);
+        assert_eq!(reassign_v(&first, 1, topic, Some(&[4, 2, 3]), false), 0);
         let listed = reassignments(&first);
         assert_eq!(
             listed,
