@@ -275,6 +275,51 @@ fn every_kafka_topic_config_is_accepted_and_configs_change_at_runtime_and_persis
         let r = produce_to(&mut connect(&addr), 9, vec![("cfg", 0, batch(&[b"small"]))]);
         assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
 
+        // Timestamp bounds (CreateTime): Kafka 4's default refuses records an hour or more
+        // ahead; a topic's message.timestamp.before.max.ms refuses old ones.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let at = |ts: i64| {
+            let mut b = runnel_record::builder::BatchBuilder::new(ts);
+            b.append(ts, None, Some(b"t"), &[]);
+            bytes::Bytes::from(b.build())
+        };
+        let produce = |records| {
+            let r = produce_to(&mut connect(&addr), 9, vec![("cfg", 0, records)]);
+            r.responses[0].partition_responses[0].error_code
+        };
+        assert_eq!(produce(at(now + 2 * 3_600_000)), 32, "two hours ahead");
+        assert_eq!(produce(at(now + 60_000)), 0, "a minute ahead");
+        assert_eq!(
+            incremental(
+                &addr,
+                1,
+                TOPIC,
+                "cfg",
+                &[("message.timestamp.before.max.ms", 0, Some("86400000"))]
+            ),
+            0
+        );
+        assert_eq!(produce(at(1_700_000_000_000)), 32, "older than a day");
+        assert_eq!(produce(at(now - 1000)), 0);
+        assert_eq!(
+            incremental(
+                &addr,
+                1,
+                TOPIC,
+                "cfg",
+                &[("message.timestamp.type", 0, Some("LogAppendTime"))]
+            ),
+            0
+        );
+        assert_eq!(
+            produce(at(1_700_000_000_000)),
+            0,
+            "LogAppendTime stamps its own"
+        );
+
         // Broker configs: the throttles change at runtime, cluster-wide or per broker;
         // the rest are flags.
         let rate = "leader.replication.throttled.rate";

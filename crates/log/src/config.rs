@@ -23,6 +23,10 @@ pub struct LogConfig {
     /// Reserve a new segment's blocks (fallocate, keeping the file size) when it is created,
     /// so appends never wait on block allocation.
     pub preallocate: bool,
+    /// CreateTime records may be at most this much older / newer than the broker's clock
+    /// (message.timestamp.before.max.ms / after.max.ms; u64::MAX: no bound).
+    pub timestamp_before_max_ms: u64,
+    pub timestamp_after_max_ms: u64,
     /// producer.id.expiration.ms: forget an idempotent producer idle for this long.
     pub producer_id_expiration_ms: u64,
 }
@@ -31,6 +35,8 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
 pub const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Kafka 4's default message.timestamp.after.max.ms: an hour.
+pub const DEFAULT_TIMESTAMP_AFTER_MAX_MS: u64 = 3_600_000;
 pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: u64 = 24 * 3600 * 1000;
 /// The smallest segment.bytes Kafka accepts (LogConfig's atLeast(LegacyRecord.RECORD_OVERHEAD_V0)
 /// is 14; we require room for at least one batch header).
@@ -49,6 +55,8 @@ impl Default for LogConfig {
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             log_append_time: false,
             preallocate: true,
+            timestamp_before_max_ms: u64::MAX,
+            timestamp_after_max_ms: DEFAULT_TIMESTAMP_AFTER_MAX_MS,
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }

@@ -43,6 +43,7 @@ pub mod error_codes {
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const INVALID_RECORD: i16 = 87;
+    pub const INVALID_TIMESTAMP: i16 = 32;
 }
 
 #[derive(Debug, Error)]
@@ -102,6 +103,17 @@ pub enum LogError {
     Config(String),
     #[error("replicated batches must continue the log at offset {expected}, not {got}")]
     NotContiguous { expected: i64, got: i64 },
+    #[error(
+        "timestamp {timestamp} is out of range: records may be at most {before_ms} ms older and \
+         {after_ms} ms newer than the broker's clock ({now}) \
+         (message.timestamp.before.max.ms / after.max.ms)"
+    )]
+    InvalidTimestamp {
+        timestamp: i64,
+        now: i64,
+        before_ms: u64,
+        after_ms: u64,
+    },
 }
 
 impl LogError {
@@ -129,6 +141,7 @@ impl LogError {
                 error_codes::INVALID_RECORD
             }
             LogError::NotContiguous { .. } => error_codes::OFFSET_OUT_OF_RANGE,
+            LogError::InvalidTimestamp { .. } => error_codes::INVALID_TIMESTAMP,
             LogError::Io { .. }
             | LogError::Corrupt { .. }
             | LogError::CorruptBelowRecoveryPoint { .. }

@@ -486,6 +486,7 @@ impl Log {
     pub async fn append(&self, records: BytesMut, durable: bool) -> Result<AppendInfo, LogError> {
         self.check_open()?;
         let batches = split_validated(records)?;
+        check_timestamps(&self.inner.config.borrow(), &batches, now_ms())?;
         let claimed: i64 = batches.iter().map(|(h, _)| i64::from(h.record_count)).sum();
         if claimed > MAX_RELATIVE_OFFSET
             || self.inner.next_offset.get().checked_add(claimed).is_none()
@@ -934,6 +935,35 @@ impl Log {
 }
 
 /// Splits a produce request's records into batches and validates every one of them.
+/// Kafka's bounds on CreateTime timestamps, checked on a batch's first record (its base
+/// timestamp) and its newest (the max timestamp): the batch header has both, and a
+/// compressed batch stays compressed. (Kafka checks every record.)
+fn check_timestamps(
+    config: &LogConfig,
+    batches: &[(BatchHeader, BytesMut)],
+    now: i64,
+) -> Result<(), LogError> {
+    if config.log_append_time {
+        return Ok(());
+    }
+    let before = i64::try_from(config.timestamp_before_max_ms).unwrap_or(i64::MAX);
+    let after = i64::try_from(config.timestamp_after_max_ms).unwrap_or(i64::MAX);
+    for (h, _) in batches {
+        for ts in [h.base_timestamp, h.max_timestamp] {
+            // (-1: no timestamp, which Kafka lets through.)
+            if ts >= 0 && (ts < now.saturating_sub(before) || ts > now.saturating_add(after)) {
+                return Err(LogError::InvalidTimestamp {
+                    timestamp: ts,
+                    now,
+                    before_ms: config.timestamp_before_max_ms,
+                    after_ms: config.timestamp_after_max_ms,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn split_validated(mut records: BytesMut) -> Result<Vec<(BatchHeader, BytesMut)>, LogError> {
     let mut headers = Vec::new();
     for batch in Batches::new(&records) {

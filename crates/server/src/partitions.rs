@@ -291,6 +291,13 @@ pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) ->
             "flush.ms" => c.flush_ms = n.map(|n| n as u64),
             "message.timestamp.type" => c.log_append_time = v == "LogAppendTime",
             "preallocate" => c.preallocate = v == "true",
+            "message.timestamp.before.max.ms" => {
+                c.timestamp_before_max_ms =
+                    n.and_then(|n| u64::try_from(n).ok()).unwrap_or(u64::MAX)
+            }
+            "message.timestamp.after.max.ms" => {
+                c.timestamp_after_max_ms = n.and_then(|n| u64::try_from(n).ok()).unwrap_or(u64::MAX)
+            }
             "index.interval.bytes" => {
                 // (0, Kafka's "index every batch", is 1 here: the same effect.)
                 c.index_interval_bytes = n.and_then(|n| u32::try_from(n).ok()).unwrap_or(1).max(1)
