@@ -25,6 +25,27 @@ fn init_producer_id(s: &mut TcpStream, id: i64, epoch: i16) -> (i16, i64, i16) {
     (r.error_code, r.producer_id.0, r.producer_epoch)
 }
 
+/// DescribeProducers v0 of partition 0: its error and (producer id, epoch, last sequence).
+fn describe_producers(s: &mut TcpStream, topic: &str) -> (i16, Vec<(i64, i32, i32)>) {
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    let r: DescribeProducersResponse = call(
+        s,
+        ApiKey::DescribeProducers,
+        0,
+        &DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_indexes(vec![0])]),
+    );
+    let p = &r.topics[0].partitions[0];
+    (
+        p.error_code,
+        p.active_producers
+            .iter()
+            .map(|a| (a.producer_id.0, a.producer_epoch, a.last_sequence))
+            .collect(),
+    )
+}
+
 fn idempotent_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
     let mut b =
         runnel_record::builder::BatchBuilder::new(1_700_000_000_000).producer(pid, epoch, seq);
@@ -101,11 +122,15 @@ fn duplicates_gaps_and_fenced_epochs_over_raw_requests_and_across_restarts() {
             45
         );
         assert_eq!(log_end(&mut s, "idem"), 5);
+        // DescribeProducers (kafka-transactions describe-producers) sees it.
+        assert_eq!(describe_producers(&mut s, "idem"), (0, vec![(pid, 0, 4)]));
+        assert_eq!(describe_producers(&mut s, "nope").0, 3);
 
         // KIP-360: the same id with the next epoch; the old epoch is then fenced.
         assert_eq!(init_producer_id(&mut s, pid, 0), (0, pid, 1));
         let bumped = produce_frame("idem", idempotent_batch(pid, 1, 0, 1));
         assert_eq!(send_produce(&mut s, &bumped), (0, 5));
+        assert_eq!(describe_producers(&mut s, "idem"), (0, vec![(pid, 1, 0)]));
         assert_eq!(
             send_produce(
                 &mut s,

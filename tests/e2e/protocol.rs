@@ -817,3 +817,95 @@ fn a_recreated_topic_does_not_inherit_the_deleted_ones_checkpoints() {
         );
     });
 }
+
+/// DescribeTopicPartitions v0 (KIP-966): one page of (topic, partition) pairs and the
+/// cursor to the next.
+fn describe_topic_partitions(
+    s: &mut TcpStream,
+    topics: &[&str],
+    limit: i32,
+    cursor: Option<(&str, i32)>,
+) -> (Vec<(String, i16, i32)>, Option<(String, i32)>) {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    let r: DescribeTopicPartitionsResponse = call(
+        s,
+        ApiKey::DescribeTopicPartitions,
+        0,
+        &DescribeTopicPartitionsRequest::default()
+            .with_topics(
+                topics
+                    .iter()
+                    .map(|t| {
+                        TopicRequest::default()
+                            .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                    })
+                    .collect(),
+            )
+            .with_response_partition_limit(limit)
+            .with_cursor(cursor.map(|(t, p)| {
+                Cursor::default()
+                    .with_topic_name(TopicName(StrBytes::from_string(t.to_string())))
+                    .with_partition_index(p)
+            })),
+    );
+    let mut out = Vec::new();
+    for t in &r.topics {
+        let name = t.name.as_ref().map_or(String::new(), |n| n.0.to_string());
+        if t.partitions.is_empty() {
+            out.push((name.clone(), t.error_code, -1));
+        }
+        for p in &t.partitions {
+            assert_eq!(p.leader_id.0, p.replica_nodes[0].0);
+            out.push((name.clone(), t.error_code, p.partition_index));
+        }
+    }
+    (
+        out,
+        r.next_cursor
+            .map(|c| (c.topic_name.0.to_string(), c.partition_index)),
+    )
+}
+
+#[test]
+fn describe_topic_partitions_pages_through_topics_with_a_cursor() {
+    with_timeout(60, || {
+        let b = Broker::start(&["--default-partitions", "3"]);
+        let mut s = connect(&b.addr);
+        create_via_metadata(&mut s, "dtp-a");
+        create_via_metadata(&mut s, "dtp-b");
+        let all = describe_topic_partitions(&mut s, &["dtp-b", "dtp-a"], 0, None);
+        let pairs = |v: &[(&str, i32)]| {
+            v.iter()
+                .map(|(t, p)| (t.to_string(), 0i16, *p))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            all,
+            (
+                pairs(&[
+                    ("dtp-a", 0),
+                    ("dtp-a", 1),
+                    ("dtp-a", 2),
+                    ("dtp-b", 0),
+                    ("dtp-b", 1),
+                    ("dtp-b", 2)
+                ]),
+                None
+            )
+        );
+        // Pages of four: the cursor names where the next starts.
+        let first = describe_topic_partitions(&mut s, &["dtp-a", "dtp-b"], 4, None);
+        assert_eq!(
+            first,
+            (
+                pairs(&[("dtp-a", 0), ("dtp-a", 1), ("dtp-a", 2), ("dtp-b", 0)]),
+                Some(("dtp-b".to_string(), 1))
+            )
+        );
+        let next = describe_topic_partitions(&mut s, &["dtp-a", "dtp-b"], 4, Some(("dtp-b", 1)));
+        assert_eq!(next, (pairs(&[("dtp-b", 1), ("dtp-b", 2)]), None));
+        // An unknown topic is answered with its error.
+        let (missing, _) = describe_topic_partitions(&mut s, &["nope"], 0, None);
+        assert_eq!(missing, vec![("nope".to_string(), 3, -1)]);
+    });
+}

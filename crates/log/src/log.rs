@@ -469,6 +469,22 @@ impl Log {
         total
     }
 
+    /// The idempotent producers this log remembers: (producer id, epoch, last sequence,
+    /// broker time of its last append).
+    pub fn active_producers(&self) -> Vec<(i64, i16, i32, i64)> {
+        let producers = self.inner.producers.borrow();
+        let mut out: Vec<_> = producers
+            .entries
+            .iter()
+            .map(|(pid, e)| {
+                let last_seq = e.batches.back().map_or(-1, |b| b.last_seq);
+                (*pid, e.epoch, last_seq, e.last_append_ms)
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     pub fn segment_base_offsets(&self) -> Vec<i64> {
         self.inner
             .segments

@@ -3,7 +3,10 @@
 //! request is handled in a task of its own, and the connection writes the answers in request
 //! order.
 
-use crate::handlers::{admin, configs, fetch, groups, log_dirs, metadata, produce, reassign};
+use crate::handlers::{
+    admin, configs, fetch, groups, log_dirs, metadata, produce, producers, reassign,
+    topic_partitions,
+};
 use crate::shard::Shard;
 use bytes::Bytes;
 use glommio::task::JoinHandle;
@@ -67,6 +70,10 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::ElectLeaders => admin::elect_leaders(shard, &req).await,
         ApiKey::DescribeLogDirs => log_dirs::describe_log_dirs(shard, &req).await,
         ApiKey::AlterPartitionReassignments => reassign::alter(shard, &req).await,
+        ApiKey::DescribeProducers => producers::describe_producers(shard, &req).await,
+        ApiKey::DescribeTopicPartitions => {
+            topic_partitions::describe_topic_partitions(shard, &req).await
+        }
         ApiKey::ListPartitionReassignments => reassign::list(shard, &req).await,
         ApiKey::FindCoordinator => admin::find_coordinator(shard, &req).await,
         ApiKey::InitProducerId => admin::init_producer_id(shard, &req).await,

@@ -100,6 +100,24 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
                 .map(|log| (log.log_start_offset(), log.high_watermark()));
             let _ = reply.send(r);
         }
+        ShardMsg::Producers { key, reply } => {
+            let r = shard
+                .check_leader(&key.0, key.1, -1)
+                .map_err(|c| {
+                    (
+                        c,
+                        format!(
+                            "broker {} does not lead {}-{}",
+                            shard.node_id(),
+                            key.0,
+                            key.1
+                        ),
+                    )
+                })
+                .and_then(|()| shard.log(&key))
+                .map(|log| log.active_producers());
+            let _ = reply.send(r);
+        }
         ShardMsg::LogDirs { reply } => {
             let parts = shard
                 .partitions

@@ -78,6 +78,12 @@ pub enum ShardMsg {
     LogDirs {
         reply: oneshot::Sender<Vec<(PartitionKey, u64, i64)>>,
     },
+    /// DescribeProducers: a partition this broker leads, its idempotent producers (id,
+    /// epoch, last sequence, last append time).
+    Producers {
+        key: PartitionKey,
+        reply: oneshot::Sender<Result<Vec<(i64, i16, i32, i64)>, PartitionError>>,
+    },
     /// This shard's partitions' (recovery point, log start offset, high watermark), for
     /// the checkpoints.
     Checkpoint {

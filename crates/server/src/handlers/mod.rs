@@ -10,4 +10,6 @@ pub mod groups;
 pub mod log_dirs;
 pub mod metadata;
 pub mod produce;
+pub mod producers;
 pub mod reassign;
+pub mod topic_partitions;
