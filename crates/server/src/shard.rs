@@ -26,6 +26,9 @@ pub type PartitionKey = (Arc<str>, i32);
 pub type PartitionError = (i16, String);
 
 /// Work for the owner shard of a partition, or for shard 0 (metadata, admin).
+/// (producer id, epoch, last sequence, last append time) of an idempotent producer.
+pub type ActiveProducer = (i64, i16, i32, i64);
+
 pub enum ShardMsg {
     Produce {
         key: PartitionKey,
@@ -82,7 +85,7 @@ pub enum ShardMsg {
     /// epoch, last sequence, last append time).
     Producers {
         key: PartitionKey,
-        reply: oneshot::Sender<Result<Vec<(i64, i16, i32, i64)>, PartitionError>>,
+        reply: oneshot::Sender<Result<Vec<ActiveProducer>, PartitionError>>,
     },
     /// This shard's partitions' (recovery point, log start offset, high watermark), for
     /// the checkpoints.
