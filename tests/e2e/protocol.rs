@@ -818,6 +818,9 @@ fn a_recreated_topic_does_not_inherit_the_deleted_ones_checkpoints() {
     });
 }
 
+/// One page: (topic, error, partition) each, and the cursor (topic, partition) to the next.
+type TopicPartitionsPage = (Vec<(String, i16, i32)>, Option<(String, i32)>);
+
 /// DescribeTopicPartitions v0 (KIP-966): one page of (topic, partition) pairs and the
 /// cursor to the next.
 fn describe_topic_partitions(
@@ -825,7 +828,7 @@ fn describe_topic_partitions(
     topics: &[&str],
     limit: i32,
     cursor: Option<(&str, i32)>,
-) -> (Vec<(String, i16, i32)>, Option<(String, i32)>) {
+) -> TopicPartitionsPage {
     use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
     let r: DescribeTopicPartitionsResponse = call(
         s,
