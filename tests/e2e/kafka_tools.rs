@@ -5,11 +5,16 @@ use crate::common::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs one of Kafka's tools (its main class) with `args`; stdin from `input` if given.
-/// Returns its stdout; panics with its output if it does not exit 0.
-fn tool(class: &str, args: &[&str], input: Option<&str>) -> String {
+/// Runs one of Kafka's tools (its main class) against `bootstrap` with `args` (split at
+/// spaces); stdin from `input` if given. Returns its stdout; panics with its output if it
+/// does not exit 0.
+fn tool(class: &str, bootstrap: &str, args: &str, input: Option<&str>) -> String {
     let cp = crate::tools::java_classpath();
     let mut cmd = Command::new("sh");
+    let args: Vec<&str> = ["--bootstrap-server", bootstrap]
+        .into_iter()
+        .chain(args.split_whitespace())
+        .collect();
     let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
     let java = format!("java -cp '{cp}' {class} {}", quoted.join(" "));
     match input {
@@ -34,72 +39,28 @@ fn kafka_topics_console_clients_consumer_groups_configs_get_offsets_and_log_dirs
     with_timeout(600, || {
         let b = Broker::start(&[]);
         let bs = b.addr.as_str();
-        let out = tool(
-            TOPICS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--create",
-                "--topic",
-                "kt",
-                "--partitions",
-                "3",
-                "--replication-factor",
-                "1",
-                "--config",
-                "retention.ms=3600000",
-            ],
-            None,
-        );
+        let out = tool(TOPICS, bs, "--create --topic kt --partitions 3 --replication-factor 1 --config retention.ms=3600000", None);
         assert!(out.contains("Created topic kt."), "{out}");
-        let out = tool(TOPICS, &["--bootstrap-server", bs, "--list"], None);
+        let out = tool(TOPICS, bs, "--list", None);
         assert!(out.lines().any(|l| l == "kt"), "{out}");
-        let out = tool(
-            TOPICS,
-            &["--bootstrap-server", bs, "--describe", "--topic", "kt"],
-            None,
-        );
+        let out = tool(TOPICS, bs, "--describe --topic kt", None);
         assert!(out.contains("PartitionCount: 3"), "{out}");
         assert!(out.contains("retention.ms=3600000"), "{out}");
 
         // Console producer (keyed lines) and consumer in a group.
         tool(
             PRODUCER,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--topic",
-                "kt",
-                "--property",
-                "parse.key=true",
-                "--property",
-                "key.separator=:",
-            ],
+            bs,
+            "--topic kt --property parse.key=true --property key.separator=:",
             Some("k1:one\\nk2:two\\nk3:three\\nk1:four\\n"),
         );
-        let out = tool(
-            CONSUMER,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--topic",
-                "kt",
-                "--from-beginning",
-                "--max-messages",
-                "4",
-                "--group",
-                "kt-group",
-                "--property",
-                "print.key=true",
-            ],
-            None,
-        );
+        let out = tool(CONSUMER, bs, "--topic kt --from-beginning --max-messages 4 --group kt-group --property print.key=true", None);
         for l in ["k1\tone", "k2\ttwo", "k3\tthree", "k1\tfour"] {
             assert!(out.lines().any(|x| x == l), "{l:?} in {out}");
         }
 
         // Consumer groups: list, describe (no lag), reset to earliest (lag 4 again).
-        let out = tool(GROUPS, &["--bootstrap-server", bs, "--list"], None);
+        let out = tool(GROUPS, bs, "--list", None);
         assert!(out.lines().any(|l| l.trim() == "kt-group"), "{out}");
         let lag = |out: &str| -> i64 {
             out.lines()
@@ -107,116 +68,40 @@ fn kafka_topics_console_clients_consumer_groups_configs_get_offsets_and_log_dirs
                 .filter_map(|l| l.split_whitespace().nth(5)?.parse::<i64>().ok())
                 .sum()
         };
-        let out = tool(
-            GROUPS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--describe",
-                "--group",
-                "kt-group",
-            ],
-            None,
-        );
+        let out = tool(GROUPS, bs, "--describe --group kt-group", None);
         assert_eq!(lag(&out), 0, "{out}");
         let out = tool(
             GROUPS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--reset-offsets",
-                "--group",
-                "kt-group",
-                "--topic",
-                "kt",
-                "--to-earliest",
-                "--execute",
-            ],
+            bs,
+            "--reset-offsets --group kt-group --topic kt --to-earliest --execute",
             None,
         );
         assert!(out.contains("kt-group"), "{out}");
-        let out = tool(
-            GROUPS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--describe",
-                "--group",
-                "kt-group",
-            ],
-            None,
-        );
+        let out = tool(GROUPS, bs, "--describe --group kt-group", None);
         assert_eq!(lag(&out), 4, "{out}");
 
         // Configs: describe and alter a topic's; a dynamic broker default.
         let out = tool(
             CONFIGS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--describe",
-                "--entity-type",
-                "topics",
-                "--entity-name",
-                "kt",
-            ],
+            bs,
+            "--describe --entity-type topics --entity-name kt",
             None,
         );
         assert!(out.contains("retention.ms=3600000"), "{out}");
-        tool(
-            CONFIGS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--alter",
-                "--entity-type",
-                "topics",
-                "--entity-name",
-                "kt",
-                "--add-config",
-                "retention.ms=7200000,cleanup.policy=[compact,delete]",
-            ],
-            None,
-        );
+        tool(CONFIGS, bs, "--alter --entity-type topics --entity-name kt --add-config retention.ms=7200000,cleanup.policy=[compact,delete]", None);
         let out = tool(
             CONFIGS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--describe",
-                "--entity-type",
-                "topics",
-                "--entity-name",
-                "kt",
-            ],
+            bs,
+            "--describe --entity-type topics --entity-name kt",
             None,
         );
         assert!(out.contains("retention.ms=7200000"), "{out}");
         assert!(out.contains("cleanup.policy=compact,delete"), "{out}");
-        tool(
-            CONFIGS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--alter",
-                "--entity-type",
-                "brokers",
-                "--entity-default",
-                "--add-config",
-                "leader.replication.throttled.rate=1000000",
-            ],
-            None,
-        );
+        tool(CONFIGS, bs, "--alter --entity-type brokers --entity-default --add-config leader.replication.throttled.rate=1000000", None);
         let out = tool(
             CONFIGS,
-            &[
-                "--bootstrap-server",
-                bs,
-                "--describe",
-                "--entity-type",
-                "brokers",
-                "--entity-default",
-            ],
+            bs,
+            "--describe --entity-type brokers --entity-default",
             None,
         );
         assert!(
@@ -225,21 +110,17 @@ fn kafka_topics_console_clients_consumer_groups_configs_get_offsets_and_log_dirs
         );
 
         // Offsets and log dirs.
-        let out = tool(OFFSETS, &["--bootstrap-server", bs, "--topic", "kt"], None);
+        let out = tool(OFFSETS, bs, "--topic kt", None);
         let total: i64 = out
             .lines()
             .filter_map(|l| l.rsplit(':').next()?.trim().parse::<i64>().ok())
             .sum();
         assert_eq!(total, 4, "{out}");
-        let out = tool(LOG_DIRS, &["--bootstrap-server", bs, "--describe"], None);
+        let out = tool(LOG_DIRS, bs, "--describe", None);
         assert!(out.contains("\"partition\":\"kt-0\""), "{out}");
 
-        tool(
-            TOPICS,
-            &["--bootstrap-server", bs, "--delete", "--topic", "kt"],
-            None,
-        );
-        let out = tool(TOPICS, &["--bootstrap-server", bs, "--list"], None);
+        tool(TOPICS, bs, "--delete --topic kt", None);
+        let out = tool(TOPICS, bs, "--list", None);
         assert!(!out.lines().any(|l| l == "kt"), "{out}");
     });
 }
@@ -252,11 +133,7 @@ fn kafka_reassign_partitions_moves_a_replica_with_a_throttle_and_verifies_it() {
         let c = crate::cluster::Cluster::start(3, &[]);
         let bs = c.brokers[0].addr.clone();
         assert_eq!(crate::cluster::create_with_replicas(&bs, "rt", &[1, 2]), 0);
-        tool(
-            PRODUCER,
-            &["--bootstrap-server", &bs, "--topic", "rt"],
-            Some("a\\nb\\nc\\n"),
-        );
+        tool(PRODUCER, &bs, "--topic rt", Some("a\\nb\\nc\\n"));
         let dir = tempfile::tempdir().unwrap();
         let plan = dir.path().join("plan.json");
         std::fs::write(
@@ -268,15 +145,8 @@ fn kafka_reassign_partitions_moves_a_replica_with_a_throttle_and_verifies_it() {
         const REASSIGN: &str = "org.apache.kafka.tools.reassign.ReassignPartitionsCommand";
         let out = tool(
             REASSIGN,
-            &[
-                "--bootstrap-server",
-                &bs,
-                "--execute",
-                "--reassignment-json-file",
-                plan,
-                "--throttle",
-                "50000000",
-            ],
+            &bs,
+            &format!("--execute --reassignment-json-file {plan} --throttle 50000000"),
             None,
         );
         assert!(
@@ -290,13 +160,8 @@ fn kafka_reassign_partitions_moves_a_replica_with_a_throttle_and_verifies_it() {
             || {
                 verified = tool(
                     REASSIGN,
-                    &[
-                        "--bootstrap-server",
-                        &bs,
-                        "--verify",
-                        "--reassignment-json-file",
-                        plan,
-                    ],
+                    &bs,
+                    &format!("--verify --reassignment-json-file {plan}"),
                     None,
                 );
                 verified.contains("Reassignment of partition rt-0 is completed")
@@ -311,15 +176,8 @@ fn kafka_reassign_partitions_moves_a_replica_with_a_throttle_and_verifies_it() {
         assert_eq!(v.partitions[&0].3, vec![3, 2], "{v:?}");
         let out = tool(
             CONSUMER,
-            &[
-                "--bootstrap-server",
-                &bs,
-                "--topic",
-                "rt",
-                "--from-beginning",
-                "--max-messages",
-                "3",
-            ],
+            &bs,
+            "--topic rt --from-beginning --max-messages 3",
             None,
         );
         assert_eq!(out.lines().collect::<Vec<_>>(), ["a", "b", "c"], "{out}");

@@ -156,6 +156,16 @@ pub fn normalize_broker_config(key: &str, value: &str) -> Result<String, String>
 }
 
 impl Snapshot {
+    /// The replicas of a partition on brokers not live now (Metadata's and
+    /// DescribeTopicPartitions' offline replicas).
+    pub fn offline_replicas(&self, pm: &PartitionMeta) -> Vec<i32> {
+        pm.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.is_live(*r))
+            .collect()
+    }
+
     /// A dynamic broker config in effect on `broker`: its own, else the cluster-wide one.
     pub fn broker_config(&self, broker: i32, key: &str) -> Option<&str> {
         [broker, -1]

@@ -88,12 +88,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
                     .enumerate()
                     .map(|(p, pm)| {
                         let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
-                        let offline: Vec<i32> = pm
-                            .replicas
-                            .iter()
-                            .copied()
-                            .filter(|r| !snapshot.is_live(*r))
-                            .collect();
+                        let offline = snapshot.offline_replicas(pm);
                         let mut out = MetadataResponsePartition::default()
                             .with_partition_index(p as i32)
                             .with_leader_id(BrokerId(pm.leader))

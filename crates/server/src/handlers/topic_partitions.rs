@@ -75,12 +75,7 @@ pub async fn describe_topic_partitions(shard: &Rc<Shard>, req: &Request) -> Outc
                 break;
             }
             left -= 1;
-            let offline: Vec<i32> = pm
-                .replicas
-                .iter()
-                .copied()
-                .filter(|r| !snapshot.is_live(*r))
-                .collect();
+            let offline = snapshot.offline_replicas(pm);
             let mut out = DescribeTopicPartitionsResponsePartition::default()
                 .with_partition_index(p as i32)
                 .with_leader_id(BrokerId(pm.leader))
