@@ -43,6 +43,22 @@ fn create(
     )
 }
 
+/// A topic of one partition on exactly `replicas`.
+fn create_one_on(s: &mut Snapshot, name: &str, replicas: &[i32]) {
+    apply(
+        s,
+        &Command::CreateTopic {
+            name: name.into(),
+            id: runnel_metadata::random_id(),
+            partitions: 1,
+            replication_factor: replicas.len() as i16,
+            assignment: Some(vec![replicas.to_vec()]),
+            configs: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+}
+
 fn leaders(s: &Snapshot, topic: &str) -> Vec<i32> {
     s.topic(topic)
         .unwrap()
@@ -472,18 +488,7 @@ fn a_broker_restarted_before_it_was_fenced_gives_up_its_leaderships_and_isr_plac
 fn a_reassignment_grows_the_replicas_then_shrinks_them_once_the_added_ones_are_in_sync() {
     use runnel_metadata::cluster::{decode_state, encode_state};
     let mut s = cluster(&[None, None, None, None]);
-    apply(
-        &mut s,
-        &Command::CreateTopic {
-            name: "t".into(),
-            id: [5; 16],
-            partitions: 1,
-            replication_factor: 3,
-            assignment: Some(vec![vec![1, 2, 3]]),
-            configs: BTreeMap::new(),
-        },
-    )
-    .unwrap();
+    create_one_on(&mut s, "t", &[1, 2, 3]);
     let reassign = |target: Option<Vec<i32>>| Command::Reassign {
         topic: "t".into(),
         partition: 0,
@@ -571,18 +576,7 @@ fn a_reassignment_grows_the_replicas_then_shrinks_them_once_the_added_ones_are_i
 #[test]
 fn a_replaced_reassignment_keeps_its_leader_and_a_removal_waits_for_a_target_in_sync() {
     let mut s = cluster(&[None, None, None, None, None, None]);
-    apply(
-        &mut s,
-        &Command::CreateTopic {
-            name: "t".into(),
-            id: [6; 16],
-            partitions: 1,
-            replication_factor: 3,
-            assignment: Some(vec![vec![1, 2, 3]]),
-            configs: BTreeMap::new(),
-        },
-    )
-    .unwrap();
+    create_one_on(&mut s, "t", &[1, 2, 3]);
     let reassign = |target: Vec<i32>| Command::Reassign {
         topic: "t".into(),
         partition: 0,
