@@ -309,10 +309,19 @@ fn oversized_and_garbage_frames_close_only_their_connection() {
         let mut s = connect(&b.addr);
         s.write_all(&(-5i32).to_be_bytes()).unwrap();
         assert_closed(&mut s);
-        // An unknown API key.
+        // An unknown API key: the close is logged with the client id.
         let mut s = connect(&b.addr);
-        send_raw(&mut s, &[0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0xff, 0xff]);
+        send_raw(
+            &mut s,
+            &[
+                0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 0, 5, b'p', b'r', b'o', b'b', b'e',
+            ],
+        );
         assert_closed(&mut s);
+        wait_until("the unknown API logged", Duration::from_secs(5), || {
+            b.logs()
+                .contains("unknown API key 32639 (client id \"probe\")")
+        });
         // Random bytes as a Metadata body.
         let mut s = connect(&b.addr);
         let mut frame = vec![0, 3, 0, 9, 0, 0, 0, 1, 0, 0];

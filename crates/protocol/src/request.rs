@@ -73,6 +73,22 @@ impl Request {
     }
 }
 
+/// The client id of a request whose API or version is unknown here, for the log: every
+/// request header version (1 and 2) has it, as a classic nullable string, after the API
+/// key, version and correlation id.
+fn client_id_of(frame: &[u8]) -> String {
+    let Some(len) = frame.get(8..10).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+        return String::new();
+    };
+    let Ok(len) = usize::try_from(len) else {
+        return String::new();
+    };
+    frame
+        .get(10..10 + len)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
 /// Checks a frame's header (known API key, supported version) and decodes it. A refusal is
 /// the [`Outcome`] to give: a logged close, or ApiVersions' UNSUPPORTED_VERSION answer.
 pub fn parse_header(frame: Bytes, client_host: &Rc<str>) -> Result<Request, Outcome> {
@@ -83,7 +99,11 @@ pub fn parse_header(frame: Bytes, client_host: &Rc<str>) -> Result<Request, Outc
         )));
     };
     let Ok(api_key) = ApiKey::try_from(peek.api_key) else {
-        return Err(Outcome::Close(format!("unknown API key {}", peek.api_key)));
+        return Err(Outcome::Close(format!(
+            "unknown API key {} (client id {:?})",
+            peek.api_key,
+            client_id_of(&frame)
+        )));
     };
     let version = peek.api_version;
     let supported = wire::supported_range(api_key)
@@ -100,7 +120,8 @@ pub fn parse_header(frame: Bytes, client_host: &Rc<str>) -> Result<Request, Outc
     }
     if !supported || (api_key == ApiKey::Produce && version < wire::MIN_PRODUCE_VERSION) {
         return Err(Outcome::Close(format!(
-            "unsupported version {version} of {api_key:?} (see ApiVersions)"
+            "unsupported version {version} of {api_key:?} (see ApiVersions; client id {:?})",
+            client_id_of(&frame)
         )));
     }
     let header_version = api_key.request_header_version(version);
