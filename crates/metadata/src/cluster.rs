@@ -962,7 +962,7 @@ fn reassign(
             }
             next.replicas = original.clone();
             next.adding.clear();
-            next.removing = pm.adding.clone();
+            next.removing.clear();
             complete_reassignment(&mut next, &live);
         }
         Some(target) => {

@@ -134,10 +134,7 @@ async fn run(
     let mut commands = Vec::new();
     for a in asked {
         match command(shard, a, replace) {
-            Ok(c) if validate_only => {
-                let _ = c;
-                answers.push(Some(Ok(())));
-            }
+            Ok(_) if validate_only => answers.push(Some(Ok(()))),
             Ok(c) => {
                 commands.push(c);
                 answers.push(None);
