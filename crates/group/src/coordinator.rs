@@ -14,6 +14,9 @@
 //! or whose session times out, sends the group back to PreparingRebalance; the others learn
 //! it from their next Heartbeat (REBALANCE_IN_PROGRESS) and rejoin.
 
+use crate::consumer::{
+    ConsumerConfig, ConsumerGroup, DescribedConsumerGroup, HeartbeatArgs, HeartbeatResult,
+};
 use crate::offsets::{self, Committed, OffsetKey};
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -57,6 +60,8 @@ pub struct GroupConfig {
     pub initial_rebalance_delay_ms: u64,
     pub offsets_retention_ms: u64,
     pub durable_commits: bool,
+    /// KIP-848 consumer groups.
+    pub consumer: ConsumerConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +141,17 @@ pub type DeletedOffsets = Vec<(String, Vec<(i32, i16)>)>;
 /// (group, the offsets of it that expired).
 pub type ExpiredOffsets = Vec<(String, Vec<(Arc<str>, i32)>)>;
 
+/// One group in a ListGroups answer.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub group: String,
+    pub protocol_type: String,
+    /// Kafka's state name for the group's type.
+    pub state: &'static str,
+    /// "classic" or "consumer" (KIP-848).
+    pub group_type: &'static str,
+}
+
 /// Work for the coordinator shard, each with its reply channel.
 pub enum GroupOp {
     Join(JoinArgs, oneshot::Sender<JoinResult>),
@@ -155,6 +171,9 @@ pub enum GroupOp {
     },
     Commit {
         group: String,
+        /// The OffsetCommit version (KIP-848 members must use v9+).
+        version: i16,
+        /// The generation, or a KIP-848 member's epoch.
         generation: i32,
         member_id: String,
         instance_id: Option<String>,
@@ -165,16 +184,26 @@ pub enum GroupOp {
     Fetch {
         group: String,
         partitions: Option<Vec<(String, Vec<i32>)>>,
+        /// OffsetFetch v9+: the asking member and its epoch (checked in KIP-848 groups).
+        member: Option<(String, i32)>,
         reply: oneshot::Sender<Result<Vec<FetchedTopic>, i16>>,
+    },
+    /// KIP-848: ConsumerGroupHeartbeat.
+    ConsumerHeartbeat(Box<HeartbeatArgs>, oneshot::Sender<HeartbeatResult>),
+    /// KIP-848: ConsumerGroupDescribe.
+    ConsumerDescribe {
+        group: String,
+        reply: oneshot::Sender<DescribedConsumerGroup>,
     },
     Describe {
         group: String,
         reply: oneshot::Sender<Described>,
     },
-    /// (group, protocol type, state) of this shard's groups in `states` (all if empty).
+    /// This shard's groups in `states` and of `types` (all if empty).
     List {
         states: Vec<String>,
-        reply: oneshot::Sender<Vec<(String, String, State)>>,
+        types: Vec<String>,
+        reply: oneshot::Sender<Vec<Listed>>,
     },
     Delete {
         group: String,
@@ -193,7 +222,9 @@ impl GroupOp {
         match self {
             GroupOp::Join(a, _) => Some(&a.group),
             GroupOp::Sync(a, _) => Some(&a.group),
+            GroupOp::ConsumerHeartbeat(a, _) => Some(&a.group),
             GroupOp::Heartbeat { group, .. }
+            | GroupOp::ConsumerDescribe { group, .. }
             | GroupOp::Leave { group, .. }
             | GroupOp::Commit { group, .. }
             | GroupOp::Fetch { group, .. }
@@ -250,6 +281,9 @@ struct Group {
     offsets: BTreeMap<(Arc<str>, i32), Committed>,
     /// When the group last became empty (offsets retention counts from then).
     empty_since_ms: i64,
+    /// A KIP-848 consumer group (created by ConsumerGroupHeartbeat); then `members` (the
+    /// classic ones) stays empty.
+    consumer: Option<ConsumerGroup>,
 }
 
 impl Group {
@@ -267,6 +301,35 @@ impl Group {
             initial_until: None,
             offsets: BTreeMap::new(),
             empty_since_ms: now_ms,
+            consumer: None,
+        }
+    }
+
+    fn has_consumer_members(&self) -> bool {
+        self.consumer
+            .as_ref()
+            .is_some_and(ConsumerGroup::has_members)
+    }
+
+    /// No members of either kind.
+    fn is_empty(&self) -> bool {
+        self.state == State::Empty && !self.has_consumer_members()
+    }
+
+    fn listed(&self) -> Listed {
+        match &self.consumer {
+            Some(c) => Listed {
+                group: self.id.clone(),
+                protocol_type: "consumer".to_string(),
+                state: c.state(),
+                group_type: "consumer",
+            },
+            None => Listed {
+                group: self.id.clone(),
+                protocol_type: self.protocol_type.clone().unwrap_or_default(),
+                state: self.state.name(),
+                group_type: "classic",
+            },
         }
     }
 
@@ -488,6 +551,17 @@ impl Group {
     }
 
     fn describe(&self) -> Described {
+        if self.consumer.is_some() {
+            // Not a classic group: Kafka's answer to DescribeGroups below v6 (v6+ would
+            // say GROUP_ID_NOT_FOUND); clients describe it with ConsumerGroupDescribe.
+            return Described {
+                error: code::NONE,
+                state: State::Dead,
+                protocol_type: String::new(),
+                protocol: String::new(),
+                members: Vec::new(),
+            };
+        }
         let protocol = self.protocol.clone().unwrap_or_default();
         let in_sync = matches!(self.state, State::Stable);
         Described {
@@ -714,20 +788,47 @@ impl Coordinator {
             }
             GroupOp::Commit {
                 group,
+                version,
                 generation,
                 member_id,
                 instance_id,
                 offsets,
                 reply,
             } => {
-                return self.commit(&group, generation, &member_id, instance_id, offsets, reply);
+                let who = (version, generation, member_id.as_str(), instance_id);
+                return self.commit(&group, who, offsets, reply);
             }
             GroupOp::Fetch {
                 group,
                 partitions,
+                member,
                 reply,
             } => {
-                let _ = reply.send(Ok(self.fetch(&group, partitions)));
+                let checked = match &member {
+                    Some((id, epoch)) => self.check_consumer_member(&group, id, *epoch),
+                    None => Ok(()),
+                };
+                let _ = reply.send(checked.map(|()| self.fetch(&group, partitions)));
+            }
+            GroupOp::ConsumerHeartbeat(args, reply) => {
+                let _ = reply.send(self.consumer_heartbeat(&args));
+            }
+            GroupOp::ConsumerDescribe { group, reply } => {
+                let groups = self.groups.borrow();
+                let d = match groups.get(&group) {
+                    Some(Group {
+                        consumer: Some(c), ..
+                    }) => c.describe(),
+                    Some(_) => consumer_describe_error(
+                        code::GROUP_ID_NOT_FOUND,
+                        format!("Group {group} is not a consumer group."),
+                    ),
+                    None => consumer_describe_error(
+                        code::GROUP_ID_NOT_FOUND,
+                        format!("Group {group} not found."),
+                    ),
+                };
+                let _ = reply.send(d);
             }
             GroupOp::Describe { group, reply } => {
                 let d = self.groups.borrow().get(&group).map(Group::describe);
@@ -739,19 +840,21 @@ impl Coordinator {
                     members: Vec::new(),
                 }));
             }
-            GroupOp::List { states, reply } => {
+            GroupOp::List {
+                states,
+                types,
+                reply,
+            } => {
+                // Kafka compares states and types case-insensitively.
+                let wanted = |filter: &[String], v: &str| {
+                    filter.is_empty() || filter.iter().any(|f| f.eq_ignore_ascii_case(v))
+                };
                 let list = self
                     .groups
                     .borrow()
                     .values()
-                    .filter(|g| states.is_empty() || states.iter().any(|s| s == g.state.name()))
-                    .map(|g| {
-                        (
-                            g.id.clone(),
-                            g.protocol_type.clone().unwrap_or_default(),
-                            g.state,
-                        )
-                    })
+                    .map(Group::listed)
+                    .filter(|l| wanted(&states, l.state) && wanted(&types, l.group_type))
                     .collect();
                 let _ = reply.send(list);
             }
@@ -801,7 +904,7 @@ impl Coordinator {
                 // A member may have joined during the append: then the offsets are gone but
                 // the group lives on.
                 match groups.get_mut(group) {
-                    Some(g) if g.members.is_empty() => {
+                    Some(g) if g.is_empty() => {
                         groups.remove(group);
                     }
                     Some(g) => g.offsets.clear(),
@@ -864,6 +967,14 @@ impl Coordinator {
             let _ = reply.send(join_error(code::COORDINATOR_NOT_AVAILABLE, &a.member_id));
             return;
         }
+        if g.has_consumer_members() {
+            // A KIP-848 group: classic members cannot join it here (Kafka's online
+            // migration between the protocols is not built).
+            let _ = reply.send(join_error(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));
+            return;
+        }
+        // An empty consumer group becomes a classic one (its offsets stay).
+        g.consumer = None;
         let known = g.has_member(&a.member_id);
         if !known || a.member_id.is_empty() {
             if !a.member_id.is_empty() && !g.pending.contains_key(&a.member_id) {
@@ -1217,16 +1328,16 @@ impl Coordinator {
         (code::NONE, codes)
     }
 
+    /// `who`: (OffsetCommit version, generation or member epoch, member id, instance id).
     fn commit(
         &self,
         group: &str,
-        generation: i32,
-        member_id: &str,
-        instance_id: Option<String>,
+        who: (i16, i32, &str, Option<String>),
         offsets: Vec<CommitEntry>,
         reply: oneshot::Sender<Result<Vec<i16>, i16>>,
     ) -> Option<PendingWrite> {
-        if let Err(e) = self.check_commit(group, generation, member_id, instance_id) {
+        let (version, generation, member_id, instance_id) = who;
+        if let Err(e) = self.check_commit(group, version, generation, member_id, instance_id) {
             let _ = reply.send(Err(e));
             return None;
         }
@@ -1263,6 +1374,7 @@ impl Coordinator {
     fn check_commit(
         &self,
         group: &str,
+        version: i16,
         generation: i32,
         member_id: &str,
         instance_id: Option<String>,
@@ -1271,6 +1383,15 @@ impl Coordinator {
         let g = groups
             .entry(group.to_string())
             .or_insert_with(|| Group::new(group, self.wall_ms()));
+        if let Some(c) = &g.consumer {
+            // A KIP-848 group: the member's epoch stands for the generation, and its
+            // members commit with OffsetCommit v9+ (as Kafka requires).
+            c.check_member_epoch(member_id, generation)?;
+            if !member_id.is_empty() && version < 9 {
+                return Err(code::UNSUPPORTED_VERSION);
+            }
+            return Ok(());
+        }
         // A commit from outside the group protocol (generation -1, no member id) is allowed
         // only while the group has no members (standalone consumers).
         if generation < 0 && member_id.is_empty() {
@@ -1333,7 +1454,7 @@ impl Coordinator {
             let refusal = match groups.get(group) {
                 None => Some(code::GROUP_ID_NOT_FOUND),
                 Some(g) if g.state == State::Dead => Some(code::GROUP_ID_NOT_FOUND),
-                Some(g) if !g.members.is_empty() => Some(code::NON_EMPTY_GROUP),
+                Some(g) if !g.is_empty() => Some(code::NON_EMPTY_GROUP),
                 Some(_) => None,
             };
             if let Some(c) = refusal {
@@ -1366,7 +1487,9 @@ impl Coordinator {
                     return None;
                 }
             };
-            if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
+            if let Some(c) = g.consumer.as_ref().filter(|c| c.has_members()) {
+                c.subscribed_names(None).into_iter().collect()
+            } else if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
                 g.members
                     .iter()
                     .flat_map(|m| {
@@ -1427,7 +1550,16 @@ impl Coordinator {
                 g.remove_member(&id, now, &self.config, wall);
             }
             self.maybe_complete(g);
-            if retention_due && g.state == State::Empty {
+            if let Some(c) = &mut g.consumer {
+                let had = c.has_members();
+                for id in c.tick(now, &self.config.consumer) {
+                    tracing::info!(group = %g.id, member = %id, "consumer group member fenced (session or revocation timeout)");
+                }
+                if had && !c.has_members() {
+                    g.empty_since_ms = wall;
+                }
+            }
+            if retention_due && g.is_empty() {
                 let cutoff = wall - self.config.offsets_retention_ms as i64;
                 let old: Vec<(Arc<str>, i32)> = g
                     .offsets
@@ -1440,14 +1572,80 @@ impl Coordinator {
                 }
             }
         }
-        groups.retain(|_, g| {
-            !(g.state == State::Empty && g.offsets.is_empty() && g.pending.is_empty())
-        });
+        groups.retain(|_, g| !(g.is_empty() && g.offsets.is_empty() && g.pending.is_empty()));
         expired_offsets
+    }
+
+    /// KIP-848: a ConsumerGroupHeartbeat. A non-empty classic group is not a consumer
+    /// group (GROUP_ID_NOT_FOUND, as Kafka answers without migration); an empty one becomes
+    /// one, keeping its offsets.
+    fn consumer_heartbeat(&self, a: &HeartbeatArgs) -> HeartbeatResult {
+        let now = self.now();
+        let wall = self.wall_ms();
+        let mut groups = self.groups.borrow_mut();
+        let joining = a.member_epoch == crate::consumer::JOIN_EPOCH;
+        let g = match groups.get_mut(&a.group) {
+            Some(g) => g,
+            None if joining && !a.group.is_empty() => groups
+                .entry(a.group.clone())
+                .or_insert_with(|| Group::new(&a.group, wall)),
+            None if a.group.is_empty() => {
+                return HeartbeatResult::error(code::INVALID_REQUEST, "GroupId can't be empty.")
+            }
+            None => {
+                return HeartbeatResult::error(
+                    code::UNKNOWN_MEMBER_ID,
+                    format!("group {} has no member {}", a.group, a.member_id),
+                )
+            }
+        };
+        if g.consumer.is_none() {
+            if g.state != State::Empty || !g.pending.is_empty() {
+                return HeartbeatResult::error(
+                    code::GROUP_ID_NOT_FOUND,
+                    format!("Group {} is not a consumer group.", a.group),
+                );
+            }
+            g.consumer = Some(ConsumerGroup::default());
+            g.protocol_type = Some("consumer".to_string());
+        }
+        let c = g.consumer.as_mut().expect("consumer group");
+        let had = c.has_members();
+        let r = c.heartbeat(a, now, &self.config.consumer);
+        if had && !c.has_members() {
+            g.empty_since_ms = wall;
+        }
+        r
+    }
+
+    /// OffsetFetch v9+ from a member of a KIP-848 group: it must be a member at that epoch.
+    fn check_consumer_member(&self, group: &str, member_id: &str, epoch: i32) -> Result<(), i16> {
+        match self
+            .groups
+            .borrow()
+            .get(group)
+            .and_then(|g| g.consumer.as_ref())
+        {
+            Some(c) => c.check_member_epoch(member_id, epoch),
+            None => Ok(()),
+        }
     }
 
     pub fn group_count(&self) -> usize {
         self.groups.borrow().len()
+    }
+}
+
+/// A ConsumerGroupDescribe refusal.
+fn consumer_describe_error(error: i16, message: String) -> DescribedConsumerGroup {
+    DescribedConsumerGroup {
+        error,
+        message: (!message.is_empty()).then_some(message),
+        state: "Dead",
+        group_epoch: -1,
+        assignment_epoch: -1,
+        assignor: String::new(),
+        members: Vec::new(),
     }
 }
 
@@ -1489,6 +1687,12 @@ pub fn reply_error(op: GroupOp, error: i16) {
         }
         GroupOp::Fetch { reply, .. } => {
             let _ = reply.send(Err(error));
+        }
+        GroupOp::ConsumerHeartbeat(_, reply) => {
+            let _ = reply.send(HeartbeatResult::error(error, ""));
+        }
+        GroupOp::ConsumerDescribe { reply, .. } => {
+            let _ = reply.send(consumer_describe_error(error, String::new()));
         }
         GroupOp::Describe { reply, .. } => {
             let _ = reply.send(Described {

@@ -18,6 +18,7 @@ fn coordinator(initial_delay_ms: u64) -> Coordinator {
         initial_rebalance_delay_ms: initial_delay_ms,
         offsets_retention_ms: 7 * 24 * 3600 * 1000,
         durable_commits: false,
+        consumer: Default::default(),
     });
     c.load(HashMap::new());
     c
@@ -291,6 +292,7 @@ fn commit(
 ) {
     let (tx, rx) = oneshot::channel();
     let w = c.handle(GroupOp::Commit {
+        version: 8,
         group: "g".into(),
         generation,
         member_id: member.into(),
@@ -304,6 +306,7 @@ fn commit(
 fn committed(c: &Coordinator) -> i64 {
     let (tx, mut rx) = oneshot::channel();
     c.handle(GroupOp::Fetch {
+        member: None,
         group: "g".into(),
         partitions: Some(vec![("t".into(), vec![0])]),
         reply: tx,

@@ -126,6 +126,17 @@ pub struct Config {
     #[arg(long, default_value_t = 1_800_000, value_name = "MS", value_parser = clap::value_parser!(i32).range(1..))]
     pub group_max_session_timeout_ms: i32,
 
+    /// How often KIP-848 consumer group members heartbeat
+    /// (group.consumer.heartbeat.interval.ms): also how soon a member learns of a new
+    /// assignment.
+    #[arg(long, default_value_t = 5_000, value_name = "MS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub group_consumer_heartbeat_interval_ms: i32,
+
+    /// A KIP-848 consumer group member not heard from for this long is removed
+    /// (group.consumer.session.timeout.ms).
+    #[arg(long, default_value_t = 45_000, value_name = "MS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub group_consumer_session_timeout_ms: i32,
+
     /// How long the first rebalance of an empty group waits for more members
     /// (group.initial.rebalance.delay.ms).
     #[arg(long, default_value_t = 3_000, value_name = "MS")]

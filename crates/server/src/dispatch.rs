@@ -4,8 +4,8 @@
 //! order.
 
 use crate::handlers::{
-    admin, configs, fetch, groups, log_dirs, metadata, produce, producers, reassign,
-    topic_partitions,
+    admin, configs, consumer_groups, fetch, groups, log_dirs, metadata, produce, producers,
+    reassign, telemetry, topic_partitions,
 };
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -87,6 +87,10 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::ListGroups => groups::list_groups(shard, &req).await,
         ApiKey::DeleteGroups => groups::delete_groups(shard, &req).await,
         ApiKey::OffsetDelete => groups::offset_delete(shard, &req).await,
+        ApiKey::ConsumerGroupHeartbeat => consumer_groups::heartbeat(shard, &req).await,
+        ApiKey::ConsumerGroupDescribe => consumer_groups::describe(shard, &req).await,
+        ApiKey::GetTelemetrySubscriptions => telemetry::get_subscriptions(shard, &req).await,
+        ApiKey::PushTelemetry => telemetry::push(shard, &req).await,
         other => Outcome::Close(format!("{other:?} is not served")),
     }
 }

@@ -343,6 +343,10 @@ fn new_shard(
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
             offsets_retention_ms: config.offsets_retention_ms,
             durable_commits: config.sync_on_acks_all,
+            consumer: runnel_group::consumer::ConsumerConfig {
+                heartbeat_interval_ms: config.group_consumer_heartbeat_interval_ms,
+                session_timeout_ms: config.group_consumer_session_timeout_ms,
+            },
         }),
         leading: RefCell::new(HashMap::new()),
         following: RefCell::new(HashMap::new()),

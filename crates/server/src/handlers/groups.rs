@@ -41,7 +41,7 @@ macro_rules! decode {
 
 /// Sends `op` (built around its reply channel) to the group's coordinator shard and waits;
 /// NOT_COORDINATOR when another broker leads the group's `__consumer_offsets` partition.
-async fn ask<R>(
+pub(crate) async fn ask<R>(
     shard: &Rc<Shard>,
     group: &str,
     make: impl FnOnce(oneshot::Sender<R>) -> GroupOp,
@@ -58,11 +58,11 @@ async fn ask<R>(
     rx.await.map_err(|_| code::COORDINATOR_NOT_AVAILABLE)
 }
 
-fn s(x: &StrBytes) -> String {
+pub(crate) fn s(x: &StrBytes) -> String {
     x.to_string()
 }
 
-fn opt(x: &Option<StrBytes>) -> Option<String> {
+pub(crate) fn opt(x: &Option<StrBytes>) -> Option<String> {
     x.as_ref().map(|v| v.to_string())
 }
 
@@ -265,6 +265,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: &Request) -> Outcome {
     } else {
         ask(shard, &group, |reply| GroupOp::Commit {
             group: group.clone(),
+            version: v,
             generation: body.generation_id_or_member_epoch,
             member_id: s(&body.member_id),
             instance_id: opt(&body.group_instance_id),
@@ -310,10 +311,12 @@ async fn fetch_group(
     shard: &Rc<Shard>,
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
+    member: Option<(String, i32)>,
 ) -> Result<Vec<group::FetchedTopic>, i16> {
     ask(shard, group, |reply| GroupOp::Fetch {
         group: group.to_string(),
         partitions,
+        member,
         reply,
     })
     .await
@@ -331,7 +334,13 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                     .collect()
             });
-            let r = fetch_group(shard, &g.group_id, wanted).await;
+            // v9: a KIP-848 member names itself and its epoch (checked by the coordinator).
+            let member = g
+                .member_id
+                .as_ref()
+                .filter(|m| !m.is_empty())
+                .map(|m| (m.to_string(), g.member_epoch));
+            let r = fetch_group(shard, &g.group_id, wanted, member).await;
             let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
             match r {
                 Ok(topics) => {
@@ -370,7 +379,7 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: &Request) -> Outcome {
             .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let r = fetch_group(shard, &body.group_id, wanted).await;
+    let r = fetch_group(shard, &body.group_id, wanted, None).await;
     let mut resp = OffsetFetchResponse::default();
     match r {
         Ok(topics) => {
@@ -458,11 +467,17 @@ pub async fn list_groups(shard: &Rc<Shard>, req: &Request) -> Outcome {
     } else {
         Vec::new()
     };
+    let types: Vec<String> = if v >= 5 {
+        body.types_filter.iter().map(|s| s.to_string()).collect()
+    } else {
+        Vec::new()
+    };
     let mut groups = Vec::new();
     for i in 0..shard.shared.nr_shards {
         let (tx, rx) = oneshot::channel();
         let op = GroupOp::List {
             states: states.clone(),
+            types: types.clone(),
             reply: tx,
         };
         let _ = shard.call(i, |done| ShardMsg::Group { op, done }).await;
@@ -470,15 +485,18 @@ pub async fn list_groups(shard: &Rc<Shard>, req: &Request) -> Outcome {
             groups.extend(list);
         }
     }
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups.sort_by(|a, b| a.group.cmp(&b.group));
     let listed = groups
         .into_iter()
-        .map(|(id, ptype, state)| {
+        .map(|l| {
             let mut g = ListedGroup::default()
-                .with_group_id(GroupId(sb(&id)))
-                .with_protocol_type(sb(&ptype));
+                .with_group_id(GroupId(sb(&l.group)))
+                .with_protocol_type(sb(&l.protocol_type));
             if v >= 4 {
-                g = g.with_group_state(sb(state.name()));
+                g = g.with_group_state(sb(l.state));
+            }
+            if v >= 5 {
+                g = g.with_group_type(sb(l.group_type));
             }
             g
         })

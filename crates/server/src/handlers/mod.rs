@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod configs;
+pub mod consumer_groups;
 pub mod fetch;
 pub mod groups;
 pub mod log_dirs;
@@ -12,4 +13,5 @@ pub mod metadata;
 pub mod produce;
 pub mod producers;
 pub mod reassign;
+pub mod telemetry;
 pub mod topic_partitions;
