@@ -167,7 +167,16 @@ fn metadata_advertises_the_ipv4_listener_and_auto_creates() {
         assert_eq!(r.topics.len(), 1);
         assert_eq!(r.topics[0].error_code, 0);
         assert_eq!(r.topics[0].partitions.len(), 2);
-        assert!(!r.topics[0].topic_id.is_nil());
+        let id = r.topics[0].topic_id;
+        assert!(!id.is_nil());
+        // By id, with an empty name beside it as the Java client sends.
+        let req =
+            MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_topic_id(id)
+                .with_name(Some(TopicName(StrBytes::from_static_str(""))))]));
+        let r: MetadataResponse = call(&mut s, ApiKey::Metadata, 12, &req);
+        assert_eq!(r.topics[0].error_code, 0);
+        assert_eq!(r.topics[0].name.as_ref().map(|n| n.as_str()), Some("auto"));
         // Without permission to create: UNKNOWN_TOPIC_OR_PARTITION.
         let req = MetadataRequest::default()
             .with_topics(Some(vec![MetadataRequestTopic::default()

@@ -26,7 +26,12 @@ fn python_test(which: &str) {
 /// Runs a client program (its last argument the broker's address) against a fresh broker;
 /// it must exit 0 and print OK.
 fn client_test(which: &str, cmd: &mut Command) {
-    let b = Broker::start(&["--cores", "2"]);
+    client_test_with(which, cmd, &[]);
+}
+
+/// A client's test against a broker started with `flags` besides two cores.
+fn client_test_with(which: &str, cmd: &mut Command, flags: &[&str]) {
+    let b = Broker::start(&[&["--cores", "2"], flags].concat());
     let (status, out, err) = run_cmd(cmd.arg(&b.addr), Duration::from_secs(150));
     assert!(
         status.success(),
@@ -165,6 +170,23 @@ fn java_producer_acks_idempotence_every_codec_headers_and_large_records() {
 #[test]
 fn java_consumer_assignors_static_membership_commits_seek_times_pause() {
     with_timeout(300, || java_test("consumer"));
+}
+
+#[test]
+fn java_consumer_protocol_kip848_server_side_assignors_regex_and_admin() {
+    with_timeout(300, || {
+        client_test_with(
+            "consumer-protocol",
+            Command::new("java").args([
+                "-cp",
+                &java_classpath(),
+                "runnel.ClientsTest",
+                "consumer-protocol",
+            ]),
+            // Members learn of a new assignment at their next heartbeat.
+            &["--group-consumer-heartbeat-interval-ms", "500"],
+        )
+    });
 }
 
 #[test]

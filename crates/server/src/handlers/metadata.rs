@@ -34,7 +34,12 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
         Some(t) if t.is_empty() && version == 0 => None,
         Some(t) => Some(
             t.iter()
-                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+                // By id (v10+): the Java client sends an empty name with the id, not null.
+                .map(|t| {
+                    let name = t.name.as_ref().map(|n| n.0.to_string());
+                    let name = name.filter(|n| !(n.is_empty() && !t.topic_id.is_nil()));
+                    (name, t.topic_id)
+                })
                 .collect(),
         ),
     };

@@ -16,7 +16,7 @@ import org.apache.kafka.common.serialization.*;
 
 /**
  * The Java client (kafka-clients 4.x) against a Runnel broker: `ClientsTest <case> HOST:PORT`,
- * cases producer, consumer, admin, streams. Prints OK and exits 0 when every check held; otherwise
+ * cases producer, consumer, consumer-protocol (KIP-848), admin, streams. Prints OK and exits 0 when every check held; otherwise
  * prints what failed and exits 1. Run by tests/e2e/java.rs.
  */
 public final class ClientsTest {
@@ -24,7 +24,7 @@ public final class ClientsTest {
 
     public static void main(String[] args) throws Exception {
         if (args.length != 2) {
-            System.err.println("usage: ClientsTest <producer|consumer|admin|streams> HOST:PORT");
+            System.err.println("usage: ClientsTest <producer|consumer|consumer-protocol|admin|streams> HOST:PORT");
             System.exit(2);
         }
         bootstrap = args[1];
@@ -32,6 +32,7 @@ public final class ClientsTest {
             switch (args[0]) {
                 case "producer" -> producer();
                 case "consumer" -> consumer();
+                case "consumer-protocol" -> consumerProtocol();
                 case "admin" -> admin();
                 case "streams" -> streams();
                 default -> throw new IllegalArgumentException("unknown case " + args[0]);
@@ -324,6 +325,89 @@ public final class ClientsTest {
             check(got.stream().allMatch(r -> r.partition() == 1), "resumed partition read");
             c.commitSync(Map.of(p1, new OffsetAndMetadata(100, "done")));
             check("done".equals(c.committed(Set.of(p1)).get(p1).metadata()), "commit metadata");
+        }
+    }
+
+    // ------------------------------------------------------------- consumer protocol (KIP-848)
+
+    /**
+     * group.protocol=consumer: the broker assigns. Two members share four partitions without
+     * overlap (uniform), one leaves and the other takes all; together they read every record
+     * once. The Admin client describes the group as a consumer group; a regex subscription
+     * (SubscriptionPattern, matched by the broker) and the range assignor work too.
+     */
+    static void consumerProtocol() throws Exception {
+        String topic = "j-kip848";
+        try (Admin a = admin_()) {
+            createTopic(a, topic, 4, Map.of());
+        }
+        produceN(topic, 4, 400, 1_700_000_000_000L);
+        String group = "j-848";
+        Map<String, Object> conf = Map.of(
+                ConsumerConfig.GROUP_ID_CONFIG, group,
+                ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
+        Set<String> read = ConcurrentHashMap.newKeySet();
+        int[] dupes = {0};
+        KafkaConsumer<String, byte[]> one = consumer(conf);
+        KafkaConsumer<String, byte[]> two = consumer(conf);
+        one.subscribe(List.of(topic), commitOnRevoke(one));
+        two.subscribe(List.of(topic), commitOnRevoke(two));
+        long deadline = System.currentTimeMillis() + 90_000;
+        while (one.assignment().size() != 2 || two.assignment().size() != 2) {
+            check(System.currentTimeMillis() < deadline, "two members with two partitions each: "
+                    + one.assignment() + " " + two.assignment());
+            for (var r : one.poll(Duration.ofMillis(50))) if (!read.add(r.value().length + ":" + new String(r.value()))) dupes[0]++;
+            for (var r : two.poll(Duration.ofMillis(50))) if (!read.add(r.value().length + ":" + new String(r.value()))) dupes[0]++;
+        }
+        Set<TopicPartition> both = new HashSet<>(one.assignment());
+        both.addAll(two.assignment());
+        check(both.size() == 4, "no partition with two members: " + one.assignment() + " " + two.assignment());
+        one.commitSync();
+        two.commitSync();
+        try (Admin a = admin_()) {
+            ConsumerGroupDescription d = a.describeConsumerGroups(List.of(group))
+                    .describedGroups().get(group).get(30, TimeUnit.SECONDS);
+            check(d.type() == GroupType.CONSUMER, "a consumer group: " + d);
+            check(d.members().size() == 2, "two members: " + d);
+            check(d.members().stream().mapToInt(m -> m.assignment().topicPartitions().size()).sum() == 4,
+                    "their assignments: " + d);
+            check("uniform".equals(d.partitionAssignor()), "the default assignor: " + d.partitionAssignor());
+            Collection<GroupListing> listed = a.listGroups().all().get(30, TimeUnit.SECONDS);
+            check(listed.stream().anyMatch(g -> g.groupId().equals(group) && g.type().orElse(null) == GroupType.CONSUMER),
+                    "listed as a consumer group: " + listed);
+        }
+        two.close();
+        while (one.assignment().size() != 4 || read.size() < 400
+                || !one.assignment().stream().allMatch(tp -> one.position(tp) == 100)) {
+            check(System.currentTimeMillis() < deadline, "survivor read " + read.size() + " of 400, assignment "
+                    + one.assignment());
+            for (var r : one.poll(Duration.ofMillis(100))) if (!read.add(r.value().length + ":" + new String(r.value()))) dupes[0]++;
+        }
+        one.commitSync();
+        Map<TopicPartition, OffsetAndMetadata> committed = one.committed(new HashSet<>(one.assignment()));
+        long total = committed.values().stream().filter(Objects::nonNull).mapToLong(OffsetAndMetadata::offset).sum();
+        check(total == 400, "committed offsets add up to " + total + ": " + committed);
+        check(dupes[0] == 0, dupes[0] + " records read twice (a commit on revocation was lost)");
+        one.close();
+
+        // A regex subscription, matched by the broker, with the range assignor.
+        Map<String, Object> re = Map.of(
+                ConsumerConfig.GROUP_ID_CONFIG, "j-848-regex",
+                ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer",
+                ConsumerConfig.GROUP_REMOTE_ASSIGNOR_CONFIG, "range");
+        try (KafkaConsumer<String, byte[]> c = consumer(re)) {
+            c.subscribe(new SubscriptionPattern("j-kip8.*"));
+            List<ConsumerRecord<String, byte[]>> got = new ArrayList<>();
+            awaitAssignment(c, 4, got);
+            while (got.size() < 400) {
+                check(System.currentTimeMillis() < deadline, "regex member read " + got.size());
+                for (var r : c.poll(Duration.ofMillis(100))) got.add(r);
+            }
+        }
+        try (Admin a = admin_()) {
+            ConsumerGroupDescription d = a.describeConsumerGroups(List.of("j-848-regex"))
+                    .describedGroups().get("j-848-regex").get(30, TimeUnit.SECONDS);
+            check(d.members().isEmpty(), "the member left: " + d);
         }
     }
 
