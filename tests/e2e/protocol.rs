@@ -930,3 +930,135 @@ fn describe_topic_partitions_pages_through_topics_with_a_cursor() {
         assert_eq!(missing, vec![("nope".to_string(), 3, -1)]);
     });
 }
+
+fn cg_heartbeat(
+    s: &mut TcpStream,
+    version: i16,
+    member: &str,
+    epoch: i32,
+    topics: Option<&[&str]>,
+) -> ConsumerGroupHeartbeatResponse {
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("cg-raw")))
+        .with_member_id(StrBytes::from_string(member.to_string()))
+        .with_member_epoch(epoch)
+        .with_rebalance_timeout_ms(if epoch == 0 { 30_000 } else { -1 })
+        .with_subscribed_topic_names(topics.map(|ts| {
+            ts.iter()
+                .map(|t| TopicName(StrBytes::from_string(t.to_string())))
+                .collect()
+        }))
+        .with_topic_partitions((epoch == 0).then(Vec::new));
+    call(s, ApiKey::ConsumerGroupHeartbeat, version, &req)
+}
+
+fn assigned(r: &ConsumerGroupHeartbeatResponse) -> Option<Vec<i32>> {
+    r.assignment.as_ref().map(|a| {
+        let mut v: Vec<i32> = a
+            .topic_partitions
+            .iter()
+            .flat_map(|t| t.partitions.clone())
+            .collect();
+        v.sort();
+        v
+    })
+}
+
+/// KIP-848 and KIP-714 at each end of their version ranges: ConsumerGroupHeartbeat v0
+/// (the coordinator names the member) and v1 (the member names itself),
+/// ConsumerGroupDescribe v0-1, ListGroups v5's type filter, GetTelemetrySubscriptions and
+/// PushTelemetry v0.
+#[test]
+fn consumer_group_heartbeat_describe_list_and_telemetry_at_their_versions() {
+    with_timeout(60, || {
+        let b = Broker::start(&["--default-partitions", "2"]);
+        let mut s = connect(&b.addr);
+        create_via_metadata(&mut s, "cg-t");
+        let r = cg_heartbeat(&mut s, 0, "", 0, Some(&["cg-t"]));
+        assert_eq!(r.error_code, 0, "{r:?}");
+        let m0 = r
+            .member_id
+            .clone()
+            .expect("v0: the coordinator names the member");
+        assert!(!m0.is_empty());
+        assert!(r.member_epoch > 0);
+        assert_eq!(assigned(&r), Some(vec![0, 1]));
+        assert_eq!(r.heartbeat_interval_ms, 5_000, "Kafka's default");
+        // v1: the member names itself; without a name the request is refused.
+        let r = cg_heartbeat(&mut s, 1, "", 0, Some(&["cg-t"]));
+        assert_eq!(r.error_code, 42, "INVALID_REQUEST");
+        assert!(r.error_message.is_some());
+        let r = cg_heartbeat(&mut s, 1, "member-v1", 0, Some(&["cg-t"]));
+        assert_eq!(r.error_code, 0, "{r:?}");
+        assert_eq!(r.member_id.as_ref().map(|m| m.as_str()), Some("member-v1"));
+        assert_eq!(
+            assigned(&r),
+            Some(vec![]),
+            "its share is still the first member's"
+        );
+
+        for version in [0, 1] {
+            let req = ConsumerGroupDescribeRequest::default().with_group_ids(vec![
+                GroupId(StrBytes::from_static_str("cg-raw")),
+                GroupId(StrBytes::from_static_str("cg-none")),
+            ]);
+            let d: ConsumerGroupDescribeResponse =
+                call(&mut s, ApiKey::ConsumerGroupDescribe, version, &req);
+            let g = &d.groups[0];
+            assert_eq!(g.error_code, 0);
+            assert_eq!(g.group_state.as_str(), "Reconciling");
+            assert_eq!(g.assignor_name.as_str(), "uniform");
+            assert_eq!(g.members.len(), 2);
+            let first = g.members.iter().find(|m| m.member_id == m0).unwrap();
+            assert_eq!(
+                first.assignment.topic_partitions[0].topic_name.as_str(),
+                "cg-t"
+            );
+            assert_eq!(first.member_type, if version >= 1 { 1 } else { -1 });
+            assert_eq!(d.groups[1].error_code, 69, "GROUP_ID_NOT_FOUND");
+        }
+
+        // ListGroups v5: filtered by type; v4 has no types.
+        for (types, listed) in [(vec!["consumer"], true), (vec!["classic"], false)] {
+            let req = ListGroupsRequest::default().with_types_filter(
+                types
+                    .iter()
+                    .map(|t| StrBytes::from_string(t.to_string()))
+                    .collect(),
+            );
+            let r: ListGroupsResponse = call(&mut s, ApiKey::ListGroups, 5, &req);
+            let g = r.groups.iter().find(|g| g.group_id.as_str() == "cg-raw");
+            assert_eq!(g.is_some(), listed, "{types:?}: {r:?}");
+            if let Some(g) = g {
+                assert_eq!(g.group_type.as_str(), "consumer");
+                assert_eq!(g.protocol_type.as_str(), "consumer");
+            }
+        }
+
+        // Leaving (epoch -1) at v0.
+        let r = cg_heartbeat(&mut s, 0, &m0, -1, None);
+        assert_eq!((r.error_code, r.member_epoch), (0, -1));
+
+        // KIP-714: an empty subscription; a push with it is accepted, a wrong one is not.
+        let r: GetTelemetrySubscriptionsResponse = call(
+            &mut s,
+            ApiKey::GetTelemetrySubscriptions,
+            0,
+            &GetTelemetrySubscriptionsRequest::default(),
+        );
+        assert_eq!(r.error_code, 0);
+        assert!(
+            !r.client_instance_id.is_nil(),
+            "an instance id is handed out"
+        );
+        assert!(r.requested_metrics.is_empty());
+        assert_eq!(r.push_interval_ms, 300_000);
+        for (sub, code) in [(r.subscription_id, 0), (r.subscription_id ^ 1, 117)] {
+            let push = PushTelemetryRequest::default()
+                .with_client_instance_id(r.client_instance_id)
+                .with_subscription_id(sub);
+            let p: PushTelemetryResponse = call(&mut s, ApiKey::PushTelemetry, 0, &push);
+            assert_eq!(p.error_code, code);
+        }
+    });
+}
