@@ -598,6 +598,13 @@ pub struct Coordinator {
     pub config: GroupConfig,
     /// Groups are loaded from the logs before the shard serves; until then this is false.
     loaded: Cell<bool>,
+    /// The `__consumer_offsets` partitions whose groups this coordinator has (true) or is
+    /// loading (false), and their count; a group of another partition is not ours. The
+    /// broker's other shards may route a group here as soon as they see the new leader,
+    /// before this shard has replayed it: that must not answer from an empty group.
+    /// (Count 0: no partition bookkeeping, every group is ours, as in the unit tests.)
+    partitions: RefCell<HashMap<i32, bool>>,
+    partition_count: Cell<i32>,
     /// Writes handed out and not completed yet: a compaction must not rewrite the live
     /// offsets past one of them (see [`PendingWrite`]).
     writes_in_flight: Rc<Cell<usize>>,
@@ -685,6 +692,8 @@ impl Coordinator {
             groups: RefCell::new(HashMap::new()),
             config,
             loaded: Cell::new(false),
+            partitions: RefCell::new(HashMap::new()),
+            partition_count: Cell::new(0),
             writes_in_flight: Default::default(),
             clock_skew: Cell::new(Duration::ZERO),
         }
@@ -736,9 +745,43 @@ impl Coordinator {
         self.loaded.set(true);
     }
 
+    /// `partition` (of `partitions`) of `__consumer_offsets` is being replayed: its groups
+    /// get COORDINATOR_LOAD_IN_PROGRESS until [`Coordinator::load_partition`].
+    pub fn loading(&self, partition: i32, partitions: i32) {
+        self.partition_count.set(partitions);
+        self.partitions.borrow_mut().insert(partition, false);
+    }
+
+    /// The offsets replayed from `partition`: its groups are served from now on.
+    pub fn load_partition(&self, partition: i32, offsets: HashMap<OffsetKey, Committed>) {
+        let loaded = self.loaded.get();
+        self.load(offsets);
+        self.loaded.set(loaded);
+        self.partitions.borrow_mut().insert(partition, true);
+    }
+
+    /// Whether this coordinator serves `group` now: Err(NOT_COORDINATOR) for a group of a
+    /// partition it does not lead, COORDINATOR_LOAD_IN_PROGRESS while that is replayed.
+    fn serves(&self, group: &str) -> Result<(), i16> {
+        let count = self.partition_count.get();
+        if count <= 0 {
+            return Ok(());
+        }
+        match self
+            .partitions
+            .borrow()
+            .get(&offsets::partition_for(group, count))
+        {
+            Some(true) => Ok(()),
+            Some(false) => Err(code::COORDINATOR_LOAD_IN_PROGRESS),
+            None => Err(code::NOT_COORDINATOR),
+        }
+    }
+
     /// Forgets the groups stored in `partition` of `__consumer_offsets` (this broker no
     /// longer leads it); returns how many.
     pub fn unload(&self, partition: i32, partitions: i32) -> usize {
+        self.partitions.borrow_mut().remove(&partition);
         let mut groups = self.groups.borrow_mut();
         let before = groups.len();
         groups.retain(|id, _| offsets::partition_for(id, partitions) != partition);
@@ -765,6 +808,10 @@ impl Coordinator {
     pub fn handle(&self, op: GroupOp) -> Option<PendingWrite> {
         if !self.loaded.get() {
             reply_error(op, code::COORDINATOR_LOAD_IN_PROGRESS);
+            return None;
+        }
+        if let Some(Err(e)) = op.group_id().map(|g| self.serves(g)) {
+            reply_error(op, e);
             return None;
         }
         match op {

@@ -412,3 +412,38 @@ fn a_member_that_leaves_with_a_handed_out_id_no_longer_holds_the_rebalance() {
     );
     assert_eq!(answer(&mut third).unwrap().generation, generation + 1);
 }
+
+/// A group's `__consumer_offsets` partition being replayed: its groups get
+/// COORDINATOR_LOAD_IN_PROGRESS (never an empty answer that would send a consumer back to
+/// auto.offset.reset); a partition this coordinator does not lead: NOT_COORDINATOR.
+#[test]
+fn groups_of_a_partition_being_loaded_or_not_led_are_not_answered_from_an_empty_state() {
+    let c = coordinator(0);
+    let partitions = 50;
+    let p = runnel_group::offsets::partition_for("g", partitions);
+    let fetch = |c: &Coordinator| {
+        let (tx, mut rx) = oneshot::channel();
+        c.handle(GroupOp::Fetch {
+            member: None,
+            group: "g".into(),
+            partitions: Some(vec![("t".into(), vec![0])]),
+            reply: tx,
+        });
+        answer(&mut rx).unwrap()
+    };
+    c.loading(p, partitions);
+    assert_eq!(fetch(&c).err(), Some(code::COORDINATOR_LOAD_IN_PROGRESS));
+    let committed = runnel_group::offsets::Committed {
+        offset: 42,
+        leader_epoch: -1,
+        metadata: None,
+        commit_ms: 0,
+    };
+    c.load_partition(
+        p,
+        HashMap::from([(("g".to_string(), "t".into(), 0), committed)]),
+    );
+    assert_eq!(fetch(&c).unwrap()[0].1[0].1, 42);
+    c.unload(p, partitions);
+    assert_eq!(fetch(&c).err(), Some(code::NOT_COORDINATOR));
+}

@@ -29,6 +29,9 @@ pub struct LogConfig {
     pub timestamp_after_max_ms: u64,
     /// producer.id.expiration.ms: forget an idempotent producer idle for this long.
     pub producer_id_expiration_ms: u64,
+    /// compression.type other than `producer`: batches with another codec are rewritten
+    /// with this one ([`runnel_record::recompress`]).
+    pub compression: Option<runnel_record::recompress::Codec>,
 }
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
@@ -58,6 +61,7 @@ impl Default for LogConfig {
             timestamp_before_max_ms: u64::MAX,
             timestamp_after_max_ms: DEFAULT_TIMESTAMP_AFTER_MAX_MS,
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            compression: None,
         }
     }
 }

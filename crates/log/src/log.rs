@@ -501,8 +501,12 @@ impl Log {
     /// an fdatasync before the answer (acks=all with a flush-on-ack broker policy).
     pub async fn append(&self, records: BytesMut, durable: bool) -> Result<AppendInfo, LogError> {
         self.check_open()?;
-        let batches = split_validated(records)?;
+        let mut batches = split_validated(records)?;
         check_timestamps(&self.inner.config.borrow(), &batches, now_ms())?;
+        let codec = self.inner.config.borrow().compression;
+        if let Some(codec) = codec {
+            recompress_all(&mut batches, codec)?;
+        }
         let claimed: i64 = batches.iter().map(|(h, _)| i64::from(h.record_count)).sum();
         if claimed > MAX_RELATIVE_OFFSET
             || self.inner.next_offset.get().checked_add(claimed).is_none()
@@ -948,6 +952,28 @@ impl Log {
             w.wake();
         }
     }
+}
+
+/// The most a batch's records may inflate to when the broker recompresses it (64 times
+/// Kafka's default max.message.bytes): a small compressed batch cannot make the broker
+/// allocate gigabytes.
+pub const MAX_INFLATED_BYTES: usize = 64 << 20;
+
+/// A topic's compression.type: batches with another codec are rewritten with the topic's
+/// (Kafka's LogValidator does the same); the only rewrite of a producer's records besides
+/// LogAppendTime. It runs inline on the owner shard, costing that shard's CPU.
+fn recompress_all(
+    batches: &mut [(BatchHeader, BytesMut)],
+    codec: runnel_record::recompress::Codec,
+) -> Result<(), LogError> {
+    for (h, buf) in batches.iter_mut() {
+        if let Some(out) = runnel_record::recompress::recompress(buf, h, codec, MAX_INFLATED_BYTES)?
+        {
+            *h = runnel_record::validate(&out)?;
+            *buf = BytesMut::from(&out[..]);
+        }
+    }
+    Ok(())
 }
 
 /// Splits a produce request's records into batches and validates every one of them.

@@ -40,10 +40,16 @@ pub enum BatchError {
     BadRecord { reason: &'static str },
     #[error("timestamps are inconsistent: baseTimestamp {base}, maxTimestamp {max}")]
     BadTimestamps { base: i64, max: i64 },
+    #[error("compressed records cannot be read: {reason}")]
+    Inflate { reason: String },
+    #[error("the records inflate to more than {max} bytes")]
+    InflatedTooLarge { max: usize },
 }
 
 /// Kafka's CORRUPT_MESSAGE.
 pub const CORRUPT_MESSAGE: i16 = 2;
+/// Kafka's MESSAGE_TOO_LARGE.
+pub const MESSAGE_TOO_LARGE: i16 = 10;
 /// Kafka's INVALID_TIMESTAMP.
 pub const INVALID_TIMESTAMP: i16 = 32;
 /// Kafka's UNSUPPORTED_COMPRESSION_TYPE.
@@ -61,7 +67,9 @@ impl BatchError {
             | BatchError::Truncated { .. }
             | BatchError::BadBatchLength { .. }
             | BatchError::LengthMismatch { .. }
-            | BatchError::CrcMismatch { .. } => CORRUPT_MESSAGE,
+            | BatchError::CrcMismatch { .. }
+            | BatchError::Inflate { .. } => CORRUPT_MESSAGE,
+            BatchError::InflatedTooLarge { .. } => MESSAGE_TOO_LARGE,
             BatchError::UnsupportedCompression { .. } => UNSUPPORTED_COMPRESSION_TYPE,
             BatchError::BadTimestamps { .. } => INVALID_TIMESTAMP,
             BatchError::UnsupportedMagic { .. }

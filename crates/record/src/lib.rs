@@ -3,7 +3,8 @@
 //! Runnel keeps one binary format from producer to disk to consumer: a producer's batch is
 //! validated here, given its offsets in place ([`set_base_offset`], [`set_partition_leader_epoch`],
 //! neither of which is covered by the CRC), written as it came and later served as it is.
-//! Nothing in this crate allocates per record or decompresses anything.
+//! Nothing in this crate allocates per record or decompresses anything, except
+//! [`recompress`] (a topic's compression.type).
 //!
 //! Layout (all big-endian), 61 bytes of header then the records:
 //! baseOffset i64 @0, batchLength i32 @8, partitionLeaderEpoch i32 @12, magic i8 @16, crc u32 @17,
@@ -14,6 +15,7 @@
 pub mod builder;
 mod error;
 mod header;
+pub mod recompress;
 mod records;
 
 pub use error::BatchError;
@@ -86,32 +88,38 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
         });
     }
     if compression == Compression::None {
-        // recordCount and lastOffsetDelta already agree, so a walk that finds a different
-        // number of records is a framing error, not a header one: report it as such rather
-        // than as a RecordCountMismatch quoting the walked count as "recordCount".
-        let mut n = 0i32;
-        for record in Records::new(&batch[HEADER_LEN..]) {
-            let record = record?;
-            if n == header.record_count {
-                return Err(BatchError::BadRecord {
-                    reason: "more records than recordCount",
-                });
-            }
-            if record.offset_delta != n {
-                return Err(BatchError::BadOffsetDelta {
-                    index: n,
-                    offset_delta: record.offset_delta,
-                });
-            }
-            n += 1;
-        }
-        if n != header.record_count {
-            return Err(BatchError::BadRecord {
-                reason: "fewer records than recordCount",
-            });
-        }
+        check_records(&batch[HEADER_LEN..], header.record_count)?;
     }
     Ok(header)
+}
+
+/// The framing of `count` uncompressed records, with offset deltas 0, 1, ...
+/// recordCount and lastOffsetDelta already agree, so a walk that finds a different number
+/// of records is a framing error, not a header one: it is reported as such rather than as
+/// a RecordCountMismatch quoting the walked count as "recordCount".
+pub(crate) fn check_records(records: &[u8], count: i32) -> Result<(), BatchError> {
+    let mut n = 0i32;
+    for record in Records::new(records) {
+        let record = record?;
+        if n == count {
+            return Err(BatchError::BadRecord {
+                reason: "more records than recordCount",
+            });
+        }
+        if record.offset_delta != n {
+            return Err(BatchError::BadOffsetDelta {
+                index: n,
+                offset_delta: record.offset_delta,
+            });
+        }
+        n += 1;
+    }
+    if n != count {
+        return Err(BatchError::BadRecord {
+            reason: "fewer records than recordCount",
+        });
+    }
+    Ok(())
 }
 
 /// The most records `len` bytes of records compressed with `compression` can hold. The broker

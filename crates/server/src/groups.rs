@@ -75,9 +75,11 @@ async fn write(shard: &Shard, w: PendingWrite, durable: bool) -> Result<(), i16>
     result
 }
 
-/// Replays `__consumer_offsets` partition `p` (this broker now leads it) into this shard's
-/// group coordinator.
-pub async fn load(shard: &Rc<Shard>, p: i32) -> Result<(), String> {
+/// Replays `__consumer_offsets` partition `p` (of `partitions`; this broker now leads it)
+/// into this shard's group coordinator, which meanwhile answers its groups
+/// COORDINATOR_LOAD_IN_PROGRESS.
+pub async fn load(shard: &Rc<Shard>, p: i32, partitions: i32) -> Result<(), String> {
+    shard.coordinator.loading(p, partitions);
     let logs: Vec<runnel_log::Log> = shard
         .partitions
         .borrow()
@@ -97,7 +99,7 @@ pub async fn load(shard: &Rc<Shard>, p: i32) -> Result<(), String> {
         all.extend(live);
     }
     let n = all.len();
-    shard.coordinator.load(all);
+    shard.coordinator.load_partition(p, all);
     if n > 0 {
         tracing::info!(
             shard = shard.id,

@@ -143,7 +143,7 @@ async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result
             .is_some_and(|o| o.leader == me);
         let is = pm.leader == me;
         if is && !was {
-            crate::groups::load(shard, p).await?;
+            crate::groups::load(shard, p, t.partitions).await?;
         } else if was && !is {
             let n = shard.coordinator.unload(p, t.partitions);
             if n > 0 {
@@ -291,6 +291,27 @@ pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) ->
             "flush.ms" => c.flush_ms = n.map(|n| n as u64),
             "message.timestamp.type" => c.log_append_time = v == "LogAppendTime",
             "preallocate" => c.preallocate = v == "true",
+            "compression.type" => {
+                use runnel_record::Compression as C;
+                let compression = match v.as_str() {
+                    "uncompressed" => Some(C::None),
+                    "gzip" => Some(C::Gzip),
+                    "snappy" => Some(C::Snappy),
+                    "lz4" => Some(C::Lz4),
+                    "zstd" => Some(C::Zstd),
+                    _ => None, // producer: batches are kept as they came
+                };
+                let level = |key: &str| overrides.get(key).and_then(|l| l.parse::<i32>().ok());
+                c.compression = compression.map(|compression| runnel_record::recompress::Codec {
+                    compression,
+                    level: match compression {
+                        C::Gzip => level("compression.gzip.level"),
+                        C::Lz4 => level("compression.lz4.level"),
+                        C::Zstd => level("compression.zstd.level"),
+                        _ => None,
+                    },
+                });
+            }
             "message.timestamp.before.max.ms" => {
                 c.timestamp_before_max_ms =
                     n.and_then(|n| u64::try_from(n).ok()).unwrap_or(u64::MAX)
