@@ -37,7 +37,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
                 // By id (v10+): the Java client sends an empty name with the id, not null.
                 .map(|t| {
                     let name = t.name.as_ref().map(|n| n.0.to_string());
-                    let name = name.filter(|n| !(n.is_empty() && !t.topic_id.is_nil()));
+                    let name = name.filter(|n| !n.is_empty() || t.topic_id.is_nil());
                     (name, t.topic_id)
                 })
                 .collect(),
