@@ -361,3 +361,114 @@ fn every_kafka_topic_config_is_accepted_and_configs_change_at_runtime_and_persis
         assert_eq!(r.responses[0].partition_responses[0].error_code, 10);
     });
 }
+
+/// The batches at `offset` of partition 0 of `topic`: (codec bits, values).
+fn fetched_batches(addr: &str, topic: &'static str, offset: i64) -> Vec<(i16, Vec<Vec<u8>>)> {
+    let mut c = connect(addr);
+    let req = crate::protocol::fetch_request(topic, &[(0, offset, 1 << 20)], 100, 1, 1 << 20);
+    let r: FetchResponse = call(&mut c, ApiKey::Fetch, 12, &req);
+    let mut records = r.responses[0].partitions[0]
+        .records
+        .clone()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    while records.len() > 61 {
+        let attributes = i16::from_be_bytes([records[21], records[22]]);
+        let len =
+            12 + i32::from_be_bytes([records[8], records[9], records[10], records[11]]) as usize;
+        let mut one = records.split_to(len);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut one).expect("decodes");
+        out.push((
+            attributes & 7,
+            set.records
+                .iter()
+                .map(|r| r.value.clone().unwrap_or_default().to_vec())
+                .collect(),
+        ));
+    }
+    out
+}
+
+/// compression.type other than `producer`: the broker rewrites batches of another codec
+/// with the topic's (and its level), keeps those already in it, and stops once the topic
+/// is back to `producer`; changed at runtime on the open partition.
+#[test]
+fn a_topic_codec_recompresses_batches_of_another_codec() {
+    with_timeout(60, || {
+        let b = Broker::start(&["--default-partitions", "1"]);
+        let mut s = connect(&b.addr);
+        crate::protocol::create_via_metadata(&mut s, "recomp");
+        let set = [
+            ("compression.type", "zstd"),
+            ("compression.zstd.level", "5"),
+        ];
+        assert_eq!(alter(&b.addr, 1, "recomp", &set, false), 0);
+        let r = produce_to(&mut s, 9, vec![("recomp", 0, batch(&[b"alpha", b"beta"]))]);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        // A gzip batch from a producer: rewritten too.
+        let gz = kafka_batch(&[b"gamma"], kafka_protocol::records::Compression::Gzip);
+        let r = produce_to(&mut s, 9, vec![("recomp", 0, gz)]);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        let zs = kafka_batch(&[b"delta"], kafka_protocol::records::Compression::Zstd);
+        produce_to(&mut s, 9, vec![("recomp", 0, zs.clone())]);
+        let got = fetched_batches(&b.addr, "recomp", 0);
+        let values = |v: &[&[u8]]| v.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            vec![
+                (4, values(&[b"alpha", b"beta"])),
+                (4, values(&[b"gamma"])),
+                (4, values(&[b"delta"])),
+            ]
+        );
+        // Back to producer: batches are stored as they come.
+        assert_eq!(
+            alter(
+                &b.addr,
+                1,
+                "recomp",
+                &[("compression.type", "producer")],
+                false
+            ),
+            0
+        );
+        produce_to(&mut s, 9, vec![("recomp", 0, batch(&[b"epsilon"]))]);
+        let got = fetched_batches(&b.addr, "recomp", 4);
+        assert_eq!(got, vec![(0, values(&[b"epsilon"]))]);
+    });
+}
+
+/// One batch of `values` encoded by kafka-protocol with `codec`.
+fn kafka_batch(values: &[&[u8]], codec: kafka_protocol::records::Compression) -> bytes::Bytes {
+    use kafka_protocol::records::*;
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::copy_from_slice(v)),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: codec,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
