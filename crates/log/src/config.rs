@@ -8,6 +8,12 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// segment.ms: roll the active segment once it is this old, even if not full.
     pub segment_ms: Option<u64>,
+    /// segment.jitter.ms: each segment rolls up to this much before segment.ms (its own
+    /// amount, so partitions created together do not all roll at once).
+    pub segment_jitter_ms: u64,
+    /// segment.index.bytes: roll once the segment's offset index (8-byte entries) or time
+    /// index (12-byte entries) would outgrow this, as Kafka rolls on a full index.
+    pub segment_index_bytes: u64,
     /// retention.ms: delete closed segments whose newest record is older; None keeps forever.
     pub retention_ms: Option<u64>,
     /// retention.bytes: delete the oldest segments while the log is larger; None: no limit.
@@ -38,6 +44,8 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
 pub const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Kafka's segment.index.bytes default: 10 MiB.
+pub const DEFAULT_SEGMENT_INDEX_BYTES: u64 = 10 << 20;
 /// Kafka 4's default message.timestamp.after.max.ms: an hour.
 pub const DEFAULT_TIMESTAMP_AFTER_MAX_MS: u64 = 3_600_000;
 pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: u64 = 24 * 3600 * 1000;
@@ -51,6 +59,8 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             segment_ms: Some(DEFAULT_SEGMENT_MS),
+            segment_jitter_ms: 0,
+            segment_index_bytes: DEFAULT_SEGMENT_INDEX_BYTES,
             retention_ms: Some(DEFAULT_RETENTION_MS),
             retention_bytes: None,
             flush_messages: None,

@@ -1684,11 +1684,35 @@ fn needs_roll(
     let old = config
         .segment_ms
         .zip(active.rolling_base_ms.get())
-        .is_some_and(|(ms, base)| now - base >= ms as i64);
+        .is_some_and(|(ms, base)| {
+            now - base >= ms.saturating_sub(roll_jitter(active, config, ms)) as i64
+        });
+    // segment.index.bytes: an index would take one more entry than it may hold.
+    let index_full = active.index.borrow().len() as u64 + 1 > config.segment_index_bytes / 8
+        || active.time_index.borrow().len() as u64 + 1 > config.segment_index_bytes / 12;
     // Relative offsets in the indexes (see MAX_RELATIVE_OFFSET).
     let offsets_overflow =
         next_offset + incoming_records as i64 - active.base_offset > MAX_RELATIVE_OFFSET;
-    full || old || offsets_overflow
+    full || old || offsets_overflow || index_full
+}
+
+/// This segment's segment.jitter.ms share (below segment.ms, as in Kafka): taken from a hash
+/// of its file path, so each partition's segments differ and a segment keeps its amount
+/// across restarts. Kafka draws it at random when the segment is created.
+fn roll_jitter(segment: &Segment, config: &LogConfig, segment_ms: u64) -> u64 {
+    let jitter = config.segment_jitter_ms.min(segment_ms);
+    if jitter == 0 {
+        return 0;
+    }
+    let hash = segment
+        .log_path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        });
+    hash % jitter
 }
 
 /// Closes the active segment (syncs it, seals and writes its indexes) and starts a new one at

@@ -828,3 +828,31 @@ fn waits_for_data_that_are_dropped_leave_no_waker_behind() {
         assert_eq!(Arc::strong_count(&counter), 2);
     });
 }
+
+/// segment.index.bytes: a segment rolls once its offset index (8-byte entries) or time index
+/// (12-byte entries) would outgrow it, as Kafka rolls on a full index.
+#[test]
+fn a_full_index_rolls_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    run(move || async move {
+        // Room for 6 offset index entries (48 / 8); each batch of more than 512 bytes
+        // adds one (these batches share one timestamp, so the time index stays small).
+        let config = LogConfig {
+            segment_index_bytes: 48,
+            ..small_config(1 << 20)
+        };
+        let log = open(dir.path(), config, OpenOptions::default())
+            .await
+            .unwrap();
+        for i in 0..40 {
+            log.append(batch(1, 600, i, 1), false).await.unwrap();
+        }
+        let bases = log.segment_base_offsets();
+        assert!(bases.len() >= 5, "rolled on full indexes: {bases:?}");
+        assert!(
+            bases.windows(2).all(|w| w[1] - w[0] <= 7),
+            "no segment holds more than its index allows: {bases:?}"
+        );
+        assert_eq!(read_all(&log, 0, 1 << 20).await.len(), 40);
+    });
+}

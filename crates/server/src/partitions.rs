@@ -285,6 +285,11 @@ pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) ->
         match k.as_str() {
             "segment.bytes" => c.segment_bytes = n.unwrap_or(0) as u64,
             "segment.ms" => c.segment_ms = n.map(|n| n as u64),
+            "segment.jitter.ms" => c.segment_jitter_ms = n.map_or(0, |n| n.max(0) as u64),
+            "segment.index.bytes" => {
+                c.segment_index_bytes =
+                    n.map_or(runnel_log::DEFAULT_SEGMENT_INDEX_BYTES, |n| n.max(0) as u64)
+            }
             "retention.ms" => c.retention_ms = n.and_then(|n| u64::try_from(n).ok()),
             "retention.bytes" => c.retention_bytes = n.and_then(|n| u64::try_from(n).ok()),
             "flush.messages" => c.flush_messages = n.map(|n| n as u64),
