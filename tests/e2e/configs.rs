@@ -435,6 +435,20 @@ fn a_topic_codec_recompresses_batches_of_another_codec() {
         produce_to(&mut s, 9, vec![("recomp", 0, batch(&[b"epsilon"]))]);
         let got = fetched_batches(&b.addr, "recomp", 4);
         assert_eq!(got, vec![(0, values(&[b"epsilon"]))]);
+        // max.message.bytes holds after recompression too: a small zstd batch that inflates
+        // past it is refused (MESSAGE_TOO_LARGE) and nothing of it is stored.
+        let set = [
+            ("compression.type", "uncompressed"),
+            ("max.message.bytes", "2000"),
+        ];
+        assert_eq!(alter(&b.addr, 1, "recomp", &set, false), 0);
+        let big = [b"x".repeat(1000), b"y".repeat(1000), b"z".repeat(1000)];
+        let big: Vec<&[u8]> = big.iter().map(|v| v.as_slice()).collect();
+        let zs = kafka_batch(&big, kafka_protocol::records::Compression::Zstd);
+        assert!(zs.len() < 2000);
+        let r = produce_to(&mut s, 9, vec![("recomp", 0, zs)]);
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 10);
+        assert!(fetched_batches(&b.addr, "recomp", 5).is_empty());
     });
 }
 

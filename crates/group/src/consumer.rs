@@ -117,6 +117,8 @@ struct Member {
     rebalance_timeout: Duration,
     topic_names: Vec<String>,
     regex: Option<String>,
+    /// `regex` compiled (once, when the subscription changes).
+    compiled: Option<regex::Regex>,
     server_assignor: Option<String>,
     epoch: i32,
     previous_epoch: i32,
@@ -144,6 +146,8 @@ pub struct ConsumerGroup {
     owners: HashMap<(TopicId, i32), String>,
     /// The subscribed topics (id -> partitions) the target assignment was computed from.
     subscribed: BTreeMap<TopicId, i32>,
+    /// Their names (by name or by regex).
+    subscribed_topic_names: BTreeSet<String>,
 }
 
 /// Settings from the broker's flags (Kafka's group.consumer.* configs).
@@ -216,11 +220,7 @@ pub fn compile_regex(re: &str) -> Result<regex::Regex, String> {
         .map_err(|e| format!("invalid regular expression {re:?}: {e}"))
 }
 
-impl Member {
-    fn subscribes(&self, name: &str, regex: Option<&regex::Regex>) -> bool {
-        self.topic_names.iter().any(|n| n == name) || regex.is_some_and(|r| r.is_match(name))
-    }
-}
+impl Member {}
 
 impl ConsumerGroup {
     pub fn has_members(&self) -> bool {
@@ -248,20 +248,15 @@ impl ConsumerGroup {
         }
     }
 
-    /// Every topic name a member subscribes to by name (OffsetDelete refuses those).
-    pub fn subscribed_names(&self, snapshot: Option<&Snapshot>) -> BTreeSet<String> {
-        let mut out: BTreeSet<String> = self
-            .members
-            .values()
-            .flat_map(|m| m.topic_names.iter().cloned())
-            .collect();
-        if let Some(s) = snapshot {
-            out.extend(
-                self.subscribed
-                    .keys()
-                    .filter_map(|id| s.by_id.get(id).map(|n| n.to_string())),
-            );
-        }
+    /// Every topic a member subscribes to, by name or by regex (OffsetDelete refuses
+    /// those).
+    pub fn subscribed_names(&self) -> BTreeSet<String> {
+        let mut out = self.subscribed_topic_names.clone();
+        out.extend(
+            self.members
+                .values()
+                .flat_map(|m| m.topic_names.iter().cloned()),
+        );
         out
     }
 
@@ -303,7 +298,7 @@ impl ConsumerGroup {
             .filter(|r| !r.is_empty())
         {
             Some(r) => match compile_regex(r) {
-                Ok(_) => Some(r.to_string()),
+                Ok(compiled) => Some((r.to_string(), compiled)),
                 Err(msg) => {
                     let c = if a.version >= 1 {
                         code::INVALID_REGULAR_EXPRESSION
@@ -374,8 +369,10 @@ impl ConsumerGroup {
             m.topic_names = names;
         }
         if a.subscribed_topic_regex.is_some() {
-            changed |= regex != m.regex;
-            m.regex = regex;
+            let (text, compiled) = regex.unzip();
+            changed |= text != m.regex;
+            m.regex = text;
+            m.compiled = compiled;
         }
         if a.server_assignor.is_some() && a.server_assignor != m.server_assignor {
             m.server_assignor = a.server_assignor.clone();
@@ -461,6 +458,7 @@ impl ConsumerGroup {
                 rebalance_timeout: Duration::from_millis(a.rebalance_timeout_ms.max(0) as u64),
                 topic_names: Vec::new(),
                 regex: None,
+                compiled: None,
                 server_assignor: None,
                 epoch: 0,
                 previous_epoch: -1,
@@ -510,38 +508,45 @@ impl ConsumerGroup {
     /// partitions did, and computes a new target assignment when the group epoch is ahead
     /// of it.
     fn refresh(&mut self, snapshot: &Snapshot, changed: bool) {
-        let regexes: HashMap<&str, regex::Regex> = self
-            .members
-            .values()
-            .filter_map(|m| m.regex.as_deref())
-            .filter_map(|r| compile_regex(r).ok().map(|c| (r, c)))
-            .collect();
+        // Each distinct regex is matched against the topics once per heartbeat, however
+        // many members share it. Internal topics are left out, as in Kafka.
+        let mut by_regex: HashMap<&str, Vec<&runnel_metadata::TopicMeta>> = HashMap::new();
+        for m in self.members.values() {
+            if let (Some(text), Some(re)) = (m.regex.as_deref(), m.compiled.as_ref()) {
+                by_regex.entry(text).or_insert_with(|| {
+                    snapshot
+                        .topics
+                        .values()
+                        .filter(|t| !t.name.starts_with("__") && re.is_match(&t.name))
+                        .map(|t| &**t)
+                        .collect()
+                });
+            }
+        }
         let mut subscribed = BTreeMap::new();
+        let mut names = BTreeSet::new();
         let mut per_member: Vec<(String, BTreeSet<TopicId>)> = Vec::new();
         for m in self.members.values() {
-            let re = m.regex.as_deref().and_then(|r| regexes.get(r));
             let mut topics = BTreeSet::new();
-            for name in &m.topic_names {
-                if let Some(t) = snapshot.topic(name) {
-                    topics.insert(t.id);
-                    subscribed.insert(t.id, t.partitions);
-                }
-            }
-            if let Some(re) = re {
-                // Internal topics are left out of regex subscriptions, as in Kafka.
-                for t in snapshot
-                    .topics
-                    .values()
-                    .filter(|t| !t.name.starts_with("__"))
-                {
-                    if m.subscribes(&t.name, Some(re)) {
-                        topics.insert(t.id);
-                        subscribed.insert(t.id, t.partitions);
-                    }
-                }
+            let by_name = m
+                .topic_names
+                .iter()
+                .filter_map(|n| snapshot.topic(n).map(|t| &**t));
+            let by_re = m
+                .regex
+                .as_deref()
+                .and_then(|r| by_regex.get(r))
+                .into_iter()
+                .flatten()
+                .copied();
+            for t in by_name.chain(by_re) {
+                topics.insert(t.id);
+                subscribed.insert(t.id, t.partitions);
+                names.insert(t.name.to_string());
             }
             per_member.push((m.id.clone(), topics));
         }
+        self.subscribed_topic_names = names;
         if changed || subscribed != self.subscribed {
             self.subscribed = subscribed;
             self.epoch += 1;

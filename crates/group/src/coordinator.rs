@@ -924,6 +924,9 @@ impl Coordinator {
         match w.then {
             Then::Commit { codes, reply } => {
                 let r = match result {
+                    // Written: applied here unless this coordinator lost the group's
+                    // partition meanwhile (the new one loads the commit from the log).
+                    Ok(()) if self.serves(group).is_err() => Ok(codes),
                     Ok(()) => {
                         let g = groups
                             .entry(group.to_string())
@@ -1535,7 +1538,7 @@ impl Coordinator {
                 }
             };
             if let Some(c) = g.consumer.as_ref().filter(|c| c.has_members()) {
-                c.subscribed_names(None).into_iter().collect()
+                c.subscribed_names().into_iter().collect()
             } else if g.protocol_type.as_deref() == Some("consumer") && !g.members.is_empty() {
                 g.members
                     .iter()
@@ -1606,7 +1609,7 @@ impl Coordinator {
                     g.empty_since_ms = wall;
                 }
             }
-            if retention_due && g.is_empty() {
+            if retention_due && g.is_empty() && self.serves(&g.id).is_ok() {
                 let cutoff = wall - self.config.offsets_retention_ms as i64;
                 let old: Vec<(Arc<str>, i32)> = g
                     .offsets

@@ -328,6 +328,17 @@ fn a_regex_subscription_and_the_range_assignor() {
         parts(&beat_owning(&c, "b", eb, &[], &snap)),
         Some(vec![2, 3])
     );
+    // A topic subscribed by regex only is still subscribed: OffsetDelete refuses it.
+    beat(&c, args("b", -1, &snap));
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(GroupOp::OffsetDelete {
+        group: "g".into(),
+        partitions: vec![("t".into(), vec![0])],
+        reply: tx,
+    });
+    let (error, rows) = rx.try_recv().unwrap().unwrap();
+    assert_eq!(error, code::NONE);
+    assert_eq!(rows[0].1, vec![(0, code::GROUP_SUBSCRIBED_TO_TOPIC)]);
 }
 
 fn join(c: &Coordinator) -> JoinResult {

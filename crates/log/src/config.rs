@@ -38,12 +38,21 @@ pub struct LogConfig {
     /// compression.type other than `producer`: batches with another codec are rewritten
     /// with this one ([`runnel_record::recompress`]).
     pub compression: Option<runnel_record::recompress::Codec>,
+    /// max.message.bytes: the largest batch, checked again after a recompression (the
+    /// produce path checks the batch as it came).
+    pub max_message_bytes: u64,
+    /// file.delete.delay.ms: a segment that retention or DeleteRecords removes is renamed
+    /// `*.deleted` and unlinked this much later, as Kafka does (0: at once; leftovers are
+    /// removed by recovery at the next start).
+    pub file_delete_delay_ms: u64,
 }
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
 pub const DEFAULT_SEGMENT_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Kafka's file.delete.delay.ms default: a minute.
+pub const DEFAULT_FILE_DELETE_DELAY_MS: u64 = 60_000;
 /// Kafka's segment.index.bytes default: 10 MiB.
 pub const DEFAULT_SEGMENT_INDEX_BYTES: u64 = 10 << 20;
 /// Kafka 4's default message.timestamp.after.max.ms: an hour.
@@ -72,6 +81,8 @@ impl Default for LogConfig {
             timestamp_after_max_ms: DEFAULT_TIMESTAMP_AFTER_MAX_MS,
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
             compression: None,
+            max_message_bytes: u64::MAX,
+            file_delete_delay_ms: 0,
         }
     }
 }

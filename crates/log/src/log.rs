@@ -503,9 +503,12 @@ impl Log {
         self.check_open()?;
         let mut batches = split_validated(records)?;
         check_timestamps(&self.inner.config.borrow(), &batches, now_ms())?;
-        let codec = self.inner.config.borrow().compression;
+        let (codec, max_message_bytes) = {
+            let c = self.inner.config.borrow();
+            (c.compression, c.max_message_bytes)
+        };
         if let Some(codec) = codec {
-            recompress_all(&mut batches, codec)?;
+            recompress_all(&mut batches, codec, max_message_bytes)?;
         }
         let claimed: i64 = batches.iter().map(|(h, _)| i64::from(h.record_count)).sum();
         if claimed > MAX_RELATIVE_OFFSET
@@ -886,8 +889,13 @@ impl Log {
         // The directory first: a log whose directory went (topic deleted) keeps its list.
         let dir = self.inner.open_dir()?;
         let doomed: Vec<Rc<Segment>> = self.inner.segments.borrow_mut().drain(..count).collect();
+        let delay = self.inner.config.borrow().file_delete_delay_ms;
         for seg in &doomed {
-            delete_segment_files(&dir, seg).await?;
+            if delay == 0 {
+                delete_segment_files(&dir, seg).await?;
+            } else {
+                delete_segment_files_later(&dir, seg, delay)?;
+            }
             tracing::info!(
                 topic = %self.inner.topic, partition = self.inner.partition,
                 base_offset = seg.base_offset, "deleted segment below log start offset {lso}"
@@ -962,13 +970,23 @@ pub const MAX_INFLATED_BYTES: usize = 64 << 20;
 /// A topic's compression.type: batches with another codec are rewritten with the topic's
 /// (Kafka's LogValidator does the same); the only rewrite of a producer's records besides
 /// LogAppendTime. It runs inline on the owner shard, costing that shard's CPU.
+/// A rewritten batch over max.message.bytes is refused (MESSAGE_TOO_LARGE), as Kafka
+/// checks the size after recompressing.
 fn recompress_all(
     batches: &mut [(BatchHeader, BytesMut)],
     codec: runnel_record::recompress::Codec,
+    max_message_bytes: u64,
 ) -> Result<(), LogError> {
     for (h, buf) in batches.iter_mut() {
         if let Some(out) = runnel_record::recompress::recompress(buf, h, codec, MAX_INFLATED_BYTES)?
         {
+            if out.len() as u64 > max_message_bytes {
+                return Err(runnel_record::BatchError::Recompressed {
+                    size: out.len(),
+                    max: max_message_bytes,
+                }
+                .into());
+            }
             *h = runnel_record::validate(&out)?;
             *buf = BytesMut::from(&out[..]);
         }
@@ -1984,6 +2002,42 @@ async fn sync_all(log: &Log) -> Result<(), LogError> {
         inner.unflushed_records.set(0);
         inner.oldest_unflushed_ms.set(None);
     }
+    Ok(())
+}
+
+/// file.delete.delay.ms: renames a segment's files `*.deleted` now and unlinks them `delay_ms`
+/// later, off this call (a stop in between leaves them for recovery to remove). Readers
+/// holding the files' descriptors are unaffected either way.
+fn delete_segment_files_later(
+    dir: &Arc<OwnedFd>,
+    seg: &Segment,
+    delay_ms: u64,
+) -> Result<(), LogError> {
+    let mut renamed = Vec::new();
+    for name in seg.file_names() {
+        let to = format!("{name}.deleted");
+        match rustix::fs::renameat(&**dir, name.as_str(), &**dir, to.as_str()) {
+            Ok(()) => renamed.push(to),
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => {
+                return Err(LogError::io(
+                    "rename deleted segment",
+                    &seg.log_path.with_file_name(&name),
+                    e.into(),
+                ))
+            }
+        }
+    }
+    let dir = dir.clone();
+    glommio::spawn_local(async move {
+        glommio::timer::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        let ring = runnel_runtime::ring();
+        for name in renamed {
+            // Gone already (the topic was deleted): nothing to do.
+            let _ = ring.unlink_at(&dir, &name).await;
+        }
+    })
+    .detach();
     Ok(())
 }
 

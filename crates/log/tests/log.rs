@@ -856,3 +856,51 @@ fn a_full_index_rolls_the_segment() {
         assert_eq!(read_all(&log, 0, 1 << 20).await.len(), 40);
     });
 }
+
+/// file.delete.delay.ms: segments removed below the log start offset are renamed
+/// `*.deleted` at once (no longer part of the log) and unlinked after the delay.
+#[test]
+fn deleted_segments_wait_out_file_delete_delay_as_dot_deleted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            file_delete_delay_ms: 300,
+            ..small_config(2048)
+        };
+        let log = open(&path, config, OpenOptions::default()).await.unwrap();
+        for i in 0..20 {
+            log.append(batch(2, 300, i, 1), false).await.unwrap();
+        }
+        let before = log.segment_base_offsets();
+        assert!(before.len() > 3);
+        log.delete_records(before[2]).await.unwrap();
+        let names = |suffix: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&path)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(suffix))
+                .collect();
+            v.sort();
+            v
+        };
+        let deleted = names(".log.deleted");
+        assert_eq!(deleted.len(), 2, "{deleted:?}");
+        assert_eq!(log.segment_base_offsets()[0], before[2]);
+        assert_eq!(names(".log").len(), before.len() - 2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !names(".deleted").is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still there: {:?}",
+                names(".deleted")
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            read_all(&log, before[2], 1 << 20).await.len() as i64,
+            40 - before[2]
+        );
+    });
+}

@@ -99,7 +99,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def("delete.retention.ms", Kind::Long { min: 0, max: L }, "86400000",
         "How long a tombstone stays once its segment is compacted.", COMPACTION),
     def("file.delete.delay.ms", Kind::Long { min: 0, max: L }, "60000",
-        "How long a deleted segment's files wait before they go.", Effect::NotYet("delayed file deletion (segments go at once)")),
+        "How long a deleted segment's files wait (renamed *.deleted) before they go.", Effect::Applied),
     def("flush.messages", Kind::Long { min: 1, max: L }, "9223372036854775807",
         "fdatasync after this many records.", Effect::Applied),
     def("flush.ms", Kind::Long { min: 0, max: L }, "9223372036854775807",

@@ -44,6 +44,8 @@ pub enum BatchError {
     Inflate { reason: String },
     #[error("the records inflate to more than {max} bytes")]
     InflatedTooLarge { max: usize },
+    #[error("recompressed with the topic's codec the batch is {size} bytes, over max.message.bytes={max}")]
+    Recompressed { size: usize, max: u64 },
 }
 
 /// Kafka's CORRUPT_MESSAGE.
@@ -69,7 +71,9 @@ impl BatchError {
             | BatchError::LengthMismatch { .. }
             | BatchError::CrcMismatch { .. }
             | BatchError::Inflate { .. } => CORRUPT_MESSAGE,
-            BatchError::InflatedTooLarge { .. } => MESSAGE_TOO_LARGE,
+            BatchError::InflatedTooLarge { .. } | BatchError::Recompressed { .. } => {
+                MESSAGE_TOO_LARGE
+            }
             BatchError::UnsupportedCompression { .. } => UNSUPPORTED_COMPRESSION_TYPE,
             BatchError::BadTimestamps { .. } => INVALID_TIMESTAMP,
             BatchError::UnsupportedMagic { .. }

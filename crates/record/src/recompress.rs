@@ -83,7 +83,10 @@ fn inflate(from: Compression, data: &[u8], max: usize) -> Result<Vec<u8>, BatchE
             read_bounded(d, max, "lz4")
         }
         Compression::Zstd => {
-            let d = zstd::stream::read::Decoder::new(data).map_err(|e| bad("zstd", e))?;
+            let mut d = zstd::stream::read::Decoder::new(data).map_err(|e| bad("zstd", e))?;
+            // A frame may ask for a window of up to 128 MiB (zstd's default limit), which the
+            // decoder allocates before producing a byte: no more than the inflation bound.
+            d.window_log_max(26).map_err(|e| bad("zstd", e))?;
             read_bounded(d, max, "zstd")
         }
         Compression::Snappy => {

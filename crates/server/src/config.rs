@@ -26,6 +26,12 @@ pub struct Config {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cores: Option<u16>,
 
+    /// How long a segment removed by retention or DeleteRecords stays on disk, renamed
+    /// `*.deleted`, before it is unlinked (log.segment.delete.delay.ms, the default of the
+    /// topic config file.delete.delay.ms).
+    #[arg(long, default_value_t = runnel_log::DEFAULT_FILE_DELETE_DELAY_MS, value_name = "MS")]
+    pub log_segment_delete_delay_ms: u64,
+
     /// Roll a partition's active segment before it grows past this many bytes (segment.bytes).
     #[arg(long, default_value_t = runnel_log::DEFAULT_SEGMENT_BYTES, value_name = "BYTES",
           value_parser = clap::value_parser!(u64).range(runnel_log::MIN_SEGMENT_BYTES..=runnel_log::MAX_SEGMENT_BYTES))]
@@ -292,6 +298,8 @@ impl Config {
             flush_ms: self.flush_interval_ms,
             preallocate: self.preallocate,
             producer_id_expiration_ms: self.producer_id_expiration_ms,
+            max_message_bytes: u64::from(self.max_message_bytes),
+            file_delete_delay_ms: self.log_segment_delete_delay_ms,
             ..LogConfig::default()
         }
     }

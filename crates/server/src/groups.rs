@@ -37,7 +37,12 @@ fn offsets_log(shard: &Shard, group: &str) -> Option<Log> {
 const COMMIT_TIMEOUT_MS: i32 = 5000;
 
 /// Runs a group operation on this (its coordinator's) shard, with the write it may need.
-pub async fn run(shard: &Shard, op: GroupOp) {
+pub async fn run(shard: &Shard, mut op: GroupOp) {
+    // A KIP-848 group's assignment follows the metadata this shard has, whichever shard
+    // the heartbeat came through (two shards a snapshot apart would otherwise flip it).
+    if let GroupOp::ConsumerHeartbeat(args, _) = &mut op {
+        args.snapshot = shard.snapshot();
+    }
     if let Some(w) = shard.coordinator.handle(op) {
         let _ = write(shard, w, shard.coordinator.config.durable_commits).await;
     }
@@ -51,6 +56,14 @@ async fn write(shard: &Shard, w: PendingWrite, durable: bool) -> Result<(), i16>
     } else {
         match offsets_log(shard, &w.group) {
             None => Err(code::COORDINATOR_NOT_AVAILABLE),
+            // A replica this broker no longer leads takes no coordinator writes.
+            Some(_)
+                if shard
+                    .check_leader(TOPIC, coordinator_of(shard, &w.group).1, -1)
+                    .is_err() =>
+            {
+                Err(code::NOT_COORDINATOR)
+            }
             Some(log) => match offsets_store::append(&log, &w.records, durable).await {
                 Err(e) => {
                     tracing::warn!(group = %w.group, "__consumer_offsets write failed: {e}");
@@ -91,6 +104,8 @@ pub async fn load(shard: &Rc<Shard>, p: i32, partitions: i32) -> Result<(), Stri
     let mut all = HashMap::new();
     for log in &logs {
         let live = offsets_store::replay(log).await.map_err(|e| {
+            // Not loading any more: its groups are answered NOT_COORDINATOR.
+            shard.coordinator.unload(p, partitions);
             format!(
                 "cannot load committed offsets from {}: {e}",
                 log.dir().display()

@@ -296,6 +296,8 @@ pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) ->
             "flush.ms" => c.flush_ms = n.map(|n| n as u64),
             "message.timestamp.type" => c.log_append_time = v == "LogAppendTime",
             "preallocate" => c.preallocate = v == "true",
+            "file.delete.delay.ms" => c.file_delete_delay_ms = n.map_or(0, |n| n.max(0) as u64),
+            "max.message.bytes" => c.max_message_bytes = n.map_or(u64::MAX, |n| n.max(0) as u64),
             "compression.type" => {
                 use runnel_record::Compression as C;
                 let compression = match v.as_str() {
