@@ -466,7 +466,8 @@ fn kafka_batch(values: &[&[u8]], codec: kafka_protocol::records::Compression) ->
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // (kafka-protocol keeps records in one batch while offset - sequence holds.)
+            sequence: i as i32,
             timestamp: 1_700_000_000_000,
             key: None,
             value: Some(bytes::Bytes::copy_from_slice(v)),

@@ -739,6 +739,17 @@ fn a_leader_cut_off_by_the_network_acknowledges_nothing_and_truncates_its_tail_a
         });
         let leader = v.partitions[&0].1 as u8;
         let other = (1..=3u8).find(|i| *i != leader).unwrap();
+        // The leader itself may apply the topic's metadata a moment after broker 1 shows it.
+        await_view(
+            &addr(leader),
+            "cut",
+            "the leader's own view of the topic",
+            |v| {
+                v.partitions
+                    .get(&0)
+                    .is_some_and(|p| p.1 == leader as i32 && p.4.len() == 3)
+            },
+        );
         // Acknowledged before the cut: on every replica.
         for i in 0..5 {
             let r = format!("acked-{i}");

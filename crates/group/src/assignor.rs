@@ -69,8 +69,9 @@ fn range(members: &[Spec], partitions: &BTreeMap<TopicId, i32>) -> BTreeMap<Stri
 /// subscribers, as evenly as the subscriptions allow, moving as few partitions as it can:
 /// each member keeps what it had that is still valid, the rest go to the least loaded
 /// subscriber, then partitions move from the most loaded to the least loaded subscriber
-/// until no move narrows the gap (with identical subscriptions: counts differ by at most
-/// one).
+/// until no move narrows the gap (with identical subscriptions, computed directly: counts
+/// differ by at most one). The general case is quadratic in the partitions a member holds
+/// at worst; groups with identical subscriptions never take it.
 fn uniform(members: &[Spec], partitions: &BTreeMap<TopicId, i32>) -> BTreeMap<String, Assignment> {
     let n = members.len();
     // Per member: its partitions, as (topic, partition).
@@ -90,6 +91,10 @@ fn uniform(members: &[Spec], partitions: &BTreeMap<TopicId, i32>) -> BTreeMap<St
                 }
             }
         }
+    }
+    if n > 0 && members.iter().all(|m| m.topics == members[0].topics) {
+        balance_identical(&mut owned, &taken, &members[0].topics, partitions);
+        return collect(members, owned);
     }
     let subscribers =
         |t: &TopicId| -> Vec<usize> { (0..n).filter(|&i| members[i].topics.contains(t)).collect() };
@@ -134,6 +139,59 @@ fn uniform(members: &[Spec], partitions: &BTreeMap<TopicId, i32>) -> BTreeMap<St
             break;
         }
     }
+    collect(members, owned)
+}
+
+/// Identical subscriptions (the common case), in O(partitions log partitions): the members
+/// keeping the most get the `total % n` places for one partition more, members over their
+/// quota give up their last partitions, and the members under it take the free ones.
+fn balance_identical(
+    owned: &mut [BTreeSet<(TopicId, i32)>],
+    taken: &BTreeSet<(TopicId, i32)>,
+    topics: &BTreeSet<TopicId>,
+    partitions: &BTreeMap<TopicId, i32>,
+) {
+    let n = owned.len();
+    let total: usize = topics
+        .iter()
+        .filter_map(|t| partitions.get(t))
+        .map(|c| *c as usize)
+        .sum();
+    let (base, extra) = (total / n, total % n);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(owned[i].len()), i));
+    let mut quota = vec![base; n];
+    for &i in order.iter().take(extra) {
+        quota[i] += 1;
+    }
+    let mut free: Vec<(TopicId, i32)> = Vec::new();
+    for (i, set) in owned.iter_mut().enumerate() {
+        while set.len() > quota[i] {
+            let last = *set.iter().next_back().expect("over quota");
+            set.remove(&last);
+            free.push(last);
+        }
+    }
+    for t in topics {
+        let Some(&count) = partitions.get(t) else {
+            continue;
+        };
+        free.extend((0..count).map(|p| (*t, p)).filter(|tp| !taken.contains(tp)));
+    }
+    let mut free = free.into_iter();
+    for (i, set) in owned.iter_mut().enumerate() {
+        while set.len() < quota[i] {
+            match free.next() {
+                Some(tp) => {
+                    set.insert(tp);
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+fn collect(members: &[Spec], owned: Vec<BTreeSet<(TopicId, i32)>>) -> BTreeMap<String, Assignment> {
     members
         .iter()
         .zip(owned)
@@ -218,6 +276,40 @@ mod tests {
             &partitions,
         );
         assert_eq!(third, second);
+    }
+
+    #[test]
+    fn uniform_with_identical_subscriptions_scales_to_many_partitions() {
+        let partitions = BTreeMap::from([(id(1), 10_000), (id(2), 1)]);
+        let first = uniform(
+            &[
+                spec("a", &[1, 2], None),
+                spec("b", &[1, 2], None),
+                spec("c", &[1, 2], None),
+            ],
+            &partitions,
+        );
+        every_partition_once(&first, &partitions);
+        let mut counts: Vec<usize> = first.values().map(count).collect();
+        counts.sort();
+        assert_eq!(counts, vec![3333, 3334, 3334]);
+        // A fourth member takes a quarter, each of the others gives up only what it must.
+        let second = uniform(
+            &[
+                spec("a", &[1, 2], Some(&first["a"])),
+                spec("b", &[1, 2], Some(&first["b"])),
+                spec("c", &[1, 2], Some(&first["c"])),
+                spec("d", &[1, 2], None),
+            ],
+            &partitions,
+        );
+        every_partition_once(&second, &partitions);
+        assert!(second.values().all(|a| (2500..=2501).contains(&count(a))));
+        for m in ["a", "b", "c"] {
+            for (t, ps) in &second[m] {
+                assert!(ps.is_subset(&first[m][t]), "{m} kept only its own");
+            }
+        }
     }
 
     #[test]
