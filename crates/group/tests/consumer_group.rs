@@ -341,23 +341,25 @@ fn a_regex_subscription_and_the_range_assignor() {
     assert_eq!(rows[0].1, vec![(0, code::GROUP_SUBSCRIBED_TO_TOPIC)]);
 }
 
+/// A classic consumer's JoinGroup.
+fn join_args(member_id: &str) -> JoinArgs {
+    JoinArgs {
+        group: "g".into(),
+        member_id: member_id.into(),
+        instance_id: None,
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 10_000,
+        protocol_type: "consumer".into(),
+        protocols: vec![("range".into(), Default::default())],
+        client_id: "c".into(),
+        client_host: "h".into(),
+        require_known_member_id: true,
+    }
+}
+
 fn join(c: &Coordinator) -> JoinResult {
     let (tx, mut rx) = oneshot::channel();
-    c.handle(GroupOp::Join(
-        JoinArgs {
-            group: "g".into(),
-            member_id: String::new(),
-            instance_id: None,
-            session_timeout_ms: 10_000,
-            rebalance_timeout_ms: 10_000,
-            protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), Default::default())],
-            client_id: "c".into(),
-            client_host: "h".into(),
-            require_known_member_id: true,
-        },
-        tx,
-    ));
+    c.handle(GroupOp::Join(join_args(""), tx));
     rx.try_recv().unwrap().expect("answered")
 }
 
@@ -426,21 +428,8 @@ fn classic_and_consumer_groups_keep_apart_and_commits_check_the_member_epoch() {
     assert_eq!(commit(&c, 9, "", -1), Ok(vec![code::NONE]));
     assert_eq!(join(&c).error, code::MEMBER_ID_REQUIRED);
     let r = join(&c);
-    let mut a = JoinArgs {
-        group: "g".into(),
-        member_id: r.member_id.clone(),
-        instance_id: None,
-        session_timeout_ms: 10_000,
-        rebalance_timeout_ms: 10_000,
-        protocol_type: "consumer".into(),
-        protocols: vec![("range".into(), Default::default())],
-        client_id: "c".into(),
-        client_host: "h".into(),
-        require_known_member_id: true,
-    };
-    a.member_id = r.member_id;
     let (tx, _rx) = oneshot::channel();
-    c.handle(GroupOp::Join(a, tx));
+    c.handle(GroupOp::Join(join_args(&r.member_id), tx));
     assert_eq!(
         beat(&c, args("m2", 0, &snap)).error,
         code::GROUP_ID_NOT_FOUND

@@ -303,7 +303,8 @@ fn commit(
     (w, rx)
 }
 
-fn committed(c: &Coordinator) -> i64 {
+/// OffsetFetch of g's partition t-0.
+fn fetch(c: &Coordinator) -> Result<Vec<runnel_group::FetchedTopic>, i16> {
     let (tx, mut rx) = oneshot::channel();
     c.handle(GroupOp::Fetch {
         member: None,
@@ -311,7 +312,11 @@ fn committed(c: &Coordinator) -> i64 {
         partitions: Some(vec![("t".into(), vec![0])]),
         reply: tx,
     });
-    answer(&mut rx).unwrap().unwrap()[0].1[0].1
+    answer(&mut rx).unwrap()
+}
+
+fn committed(c: &Coordinator) -> i64 {
+    fetch(c).unwrap()[0].1[0].1
 }
 
 #[test]
@@ -421,16 +426,6 @@ fn groups_of_a_partition_being_loaded_or_not_led_are_not_answered_from_an_empty_
     let c = coordinator(0);
     let partitions = 50;
     let p = runnel_group::offsets::partition_for("g", partitions);
-    let fetch = |c: &Coordinator| {
-        let (tx, mut rx) = oneshot::channel();
-        c.handle(GroupOp::Fetch {
-            member: None,
-            group: "g".into(),
-            partitions: Some(vec![("t".into(), vec![0])]),
-            reply: tx,
-        });
-        answer(&mut rx).unwrap()
-    };
     c.loading(p, partitions);
     assert_eq!(fetch(&c).err(), Some(code::COORDINATOR_LOAD_IN_PROGRESS));
     let committed = runnel_group::offsets::Committed {
