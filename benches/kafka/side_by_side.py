@@ -89,7 +89,7 @@ def main():
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "runnel.log"), "w"))
     kdir = os.path.join(work, "kafka")
     out = subprocess.run([KAFKA, "start", "--port", str(kport), "--dir", kdir, "--cpus", a.broker_cpus],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
     kpid = int(out.split("pid=")[1].split()[0])
     brokers = {"runnel": (f"127.0.0.1:{rport}", runnel.pid), "kafka": (f"127.0.0.1:{kport}", kpid)}
     try:
@@ -99,7 +99,7 @@ def main():
             addr, pid = brokers[name]
             r = subprocess.run(["taskset", "-c", a.bench_cpus, a.bench, "--brokers", addr, "--json",
                                 "--quiet", "--broker-pid", str(pid), *args],
-                               check=True, capture_output=True, text=True)
+                               check=True, stdout=subprocess.PIPE, text=True)
             return json.loads(r.stdout)
 
         def producer_performance(name, records):

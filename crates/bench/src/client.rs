@@ -214,15 +214,22 @@ pub fn watermarks(layout: &TopicLayout, topic: &str) -> Result<HashMap<i32, (i64
                     .with_partitions(vec![ListOffsetsPartition::default()
                         .with_partition_index(p)
                         .with_timestamp(ts)])]);
-            let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 4, &req)?;
-            let part = &r.topics[0].partitions[0];
-            if part.error_code != 0 {
-                return Err(format!(
-                    "ListOffsets {topic}-{p}: error {}",
-                    part.error_code
-                ));
-            }
-            pair[i] = part.offset;
+            // A partition just created may not have its leader ready yet (Kafka elects it
+            // after CreateTopics answers): retriable errors are retried for a while.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let offset = loop {
+                let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 4, &req)?;
+                let part = &r.topics[0].partitions[0];
+                match part.error_code {
+                    0 => break part.offset,
+                    // UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER
+                    3 | 5 | 6 if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(100))
+                    }
+                    e => return Err(format!("ListOffsets {topic}-{p}: error {e}")),
+                }
+            };
+            pair[i] = offset;
         }
         out.insert(p, (pair[0], pair[1]));
     }
