@@ -4,7 +4,8 @@
 Both brokers run at once, each pinned to the same CPU (--broker-cpus, default 0) with
 runnel-bench pinned to the others (--bench-cpus, default 1), so each figure is what one
 core of broker gets done, and the rounds interleave the brokers (alternating which goes
-first) so drifts of a shared machine hit both. Runnel runs with --cores 1 and its
+first) so drifts of a shared machine hit both, after a 5-second unmeasured produce to
+each (Kafka's JIT warms up). Runnel runs with --cores 1 and its
 defaults; Kafka as benches/kafka/kafka starts it (production defaults, 1 GiB heap).
 
 Workloads (runnel-bench, 1 KiB records, 64 KiB batches, 8 partitions): produce acks=1,
@@ -14,6 +15,7 @@ client) producing 400,000 1 KiB records to each. Reported: medians over the roun
 Runnel/Kafka ratios, broker CPU-s per GB moved, and each broker's RSS after the run.
 
 Usage: benches/kafka/side_by_side.py [--rounds 3] [--seconds 8] [--e2e-rate 20000]
+                                     [--runnel-arg=--flag=value ...] [--only WORKLOAD ...]
 """
 
 import argparse
@@ -77,6 +79,10 @@ def main():
     ap.add_argument("--bench-cpus", default="1")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "runnel"))
     ap.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "runnel-bench"))
+    ap.add_argument("--runnel-arg", action="append", default=[],
+                    help="an extra Runnel flag (repeatable), e.g. --runnel-arg=--sync-on-acks-all=false")
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only the workloads whose name starts with this (repeatable)")
     a = ap.parse_args()
 
     work = os.path.join(ROOT, "target", "side-by-side")
@@ -85,7 +91,7 @@ def main():
     rport, kport = free_port(2)
     runnel = subprocess.Popen(
         ["taskset", "-c", a.broker_cpus, a.bin, "--cores", "1", "--listen", f"127.0.0.1:{rport}",
-         "--data-dir", os.path.join(work, "runnel")],
+         "--data-dir", os.path.join(work, "runnel"), *a.runnel_arg],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "runnel.log"), "w"))
     kdir = os.path.join(work, "kafka")
     out = subprocess.run([KAFKA, "start", "--port", str(kport), "--dir", kdir, "--cpus", a.broker_cpus],
@@ -131,9 +137,14 @@ def main():
             (f"e2e {a.e2e_rate}/s", lambda n: bench(n, "e2e", "--topic", "sbs-e2e", "--create", "--partitions", "8",
                                                    "--rate", str(a.e2e_rate), "--duration", s)),
         ]
+        if a.only:
+            workloads = [w for w in workloads if any(w[0].startswith(o) for o in a.only)]
         for n in brokers:
             # ProducerPerformance's topic, with 8 partitions like the others.
             bench(n, "produce", "--topic", "sbs-pp", "--create", "--partitions", "8", "--total-bytes", "65536")
+            # Warm-up (Kafka's JIT), not measured.
+            bench(n, "produce", "--topic", "sbs-warm", "--create", "--partitions", "8", "--producers", "2",
+                  "--duration", "5")
         results = {(w, n): [] for w, _ in workloads for n in brokers}
         for r in range(a.rounds):
             order = ["runnel", "kafka"] if r % 2 == 0 else ["kafka", "runnel"]
