@@ -88,17 +88,19 @@ def main():
     work = os.path.join(ROOT, "target", "side-by-side")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    rport, kport = free_port(2)
+    rport, kport, cport = free_port(3)
     runnel = subprocess.Popen(
         ["taskset", "-c", a.broker_cpus, a.bin, "--cores", "1", "--listen", f"127.0.0.1:{rport}",
          "--data-dir", os.path.join(work, "runnel"), *a.runnel_arg],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "runnel.log"), "w"))
     kdir = os.path.join(work, "kafka")
-    out = subprocess.run([KAFKA, "start", "--port", str(kport), "--dir", kdir, "--cpus", a.broker_cpus],
-                         check=True, stdout=subprocess.PIPE, text=True).stdout
-    kpid = int(out.split("pid=")[1].split()[0])
-    brokers = {"runnel": (f"127.0.0.1:{rport}", runnel.pid), "kafka": (f"127.0.0.1:{kport}", kpid)}
+    # Both brokers go at the end whatever fails, Kafka's start included.
     try:
+        out = subprocess.run([KAFKA, "start", "--port", str(kport), "--controller-port", str(cport),
+                              "--dir", kdir, "--cpus", a.broker_cpus],
+                             check=True, stdout=subprocess.PIPE, text=True).stdout
+        kpid = int(out.split("pid=")[1].split()[0])
+        brokers = {"runnel": (f"127.0.0.1:{rport}", runnel.pid), "kafka": (f"127.0.0.1:{kport}", kpid)}
         wait_port(rport)
 
         def bench(name, *args):
