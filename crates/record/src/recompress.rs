@@ -9,6 +9,7 @@
 
 use crate::{set_crc, BatchError, BatchHeader, Compression, HEADER_LEN, LOG_OVERHEAD};
 use crate::{OFF_ATTRIBUTES, OFF_BATCH_LENGTH};
+use std::borrow::Cow;
 use std::io::{Read, Write};
 
 /// The codec a topic asks for, with its level (Kafka's compression.<codec>.level; None:
@@ -33,10 +34,8 @@ pub fn recompress(
     }
     let records = inflate(from, &batch[HEADER_LEN..], max_inflated)?;
     crate::check_records(&records, header.record_count)?;
-    let body = deflate(to, &records)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&batch[..HEADER_LEN]);
-    out.extend_from_slice(&body);
+    // The codec writes after a copy of the header, into the batch it returns.
+    let mut out = deflate(to, &records, batch[..HEADER_LEN].to_vec())?;
     let batch_length =
         i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| BatchError::Inflate {
             reason: "recompressed batch is too large".into(),
@@ -74,9 +73,18 @@ fn read_bounded(r: impl Read, max: usize, what: &str) -> Result<Vec<u8>, BatchEr
     Ok(out)
 }
 
-fn inflate(from: Compression, data: &[u8], max: usize) -> Result<Vec<u8>, BatchError> {
-    match from {
-        Compression::None => Ok(data.to_vec()),
+fn inflate(from: Compression, data: &[u8], max: usize) -> Result<Cow<'_, [u8]>, BatchError> {
+    inflate_owned(from, data, max).map(|v| v.map_or(Cow::Borrowed(data), Cow::Owned))
+}
+
+/// The inflated records; None for uncompressed ones (the caller uses them in place).
+fn inflate_owned(
+    from: Compression,
+    data: &[u8],
+    max: usize,
+) -> Result<Option<Vec<u8>>, BatchError> {
+    let inflated = match from {
+        Compression::None => return Ok(None),
         Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(data), max, "gzip"),
         Compression::Lz4 => {
             let d = lz4::Decoder::new(data).map_err(|e| bad("lz4", e))?;
@@ -123,17 +131,22 @@ fn inflate(from: Compression, data: &[u8], max: usize) -> Result<Vec<u8>, BatchE
             }
             Ok(out)
         }
-    }
+    };
+    inflated.map(Some)
 }
 
-fn deflate(to: Codec, records: &[u8]) -> Result<Vec<u8>, BatchError> {
+/// Appends `records` compressed with `to` to `out` (which holds the batch header).
+fn deflate(to: Codec, records: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, BatchError> {
     let fail = |e: std::io::Error| bad("compress", e);
     match to.compression {
-        Compression::None => Ok(records.to_vec()),
+        Compression::None => {
+            out.extend_from_slice(records);
+            Ok(out)
+        }
         Compression::Gzip => {
             // Kafka's default gzip level (-1) is deflate's default, 6.
             let level = to.level.filter(|l| (1..=9).contains(l)).unwrap_or(6) as u32;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+            let mut e = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
             e.write_all(records).map_err(fail)?;
             e.finish().map_err(fail)
         }
@@ -143,16 +156,19 @@ fn deflate(to: Codec, records: &[u8]) -> Result<Vec<u8>, BatchError> {
             let mut e = lz4::EncoderBuilder::new()
                 .level(level)
                 .block_mode(lz4::BlockMode::Independent)
-                .build(Vec::new())
+                .build(out)
                 .map_err(fail)?;
             e.write_all(records).map_err(fail)?;
             let (out, r) = e.finish();
             r.map_err(fail)?;
             Ok(out)
         }
-        Compression::Zstd => zstd::stream::encode_all(records, to.level.unwrap_or(3)).map_err(fail),
+        Compression::Zstd => {
+            zstd::stream::copy_encode(records, &mut out, to.level.unwrap_or(3)).map_err(fail)?;
+            Ok(out)
+        }
         Compression::Snappy => {
-            let mut out = XERIAL_HEADER.to_vec();
+            out.extend_from_slice(XERIAL_HEADER);
             let mut enc = snap::raw::Encoder::new();
             for block in records.chunks(SNAPPY_BLOCK) {
                 let c = enc.compress_vec(block).map_err(|e| bad("snappy", e))?;
