@@ -733,6 +733,11 @@ impl Coordinator {
 
     /// Restores committed offsets replayed from this shard's `__consumer_offsets` partitions.
     pub fn load(&self, offsets: HashMap<OffsetKey, Committed>) {
+        self.insert_offsets(offsets);
+        self.loaded.set(true);
+    }
+
+    fn insert_offsets(&self, offsets: HashMap<OffsetKey, Committed>) {
         let now = self.wall_ms();
         let mut groups = self.groups.borrow_mut();
         for ((group, topic, partition), c) in offsets {
@@ -742,7 +747,6 @@ impl Coordinator {
                 .offsets
                 .insert((topic, partition), c);
         }
-        self.loaded.set(true);
     }
 
     /// `partition` (of `partitions`) of `__consumer_offsets` is being replayed: its groups
@@ -754,9 +758,7 @@ impl Coordinator {
 
     /// The offsets replayed from `partition`: its groups are served from now on.
     pub fn load_partition(&self, partition: i32, offsets: HashMap<OffsetKey, Committed>) {
-        let loaded = self.loaded.get();
-        self.load(offsets);
-        self.loaded.set(loaded);
+        self.insert_offsets(offsets);
         self.partitions.borrow_mut().insert(partition, true);
     }
 
