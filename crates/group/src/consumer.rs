@@ -313,6 +313,7 @@ impl ConsumerGroup {
         if a.member_epoch == LEAVE_EPOCH || a.member_epoch == STATIC_LEAVE_EPOCH {
             return self.leave(a, now);
         }
+        let owned = a.owned.as_deref().map(from_wire);
         // One heartbeat moves the group epoch at most once, whatever it changed.
         let mut changed = false;
         let member_id = if a.member_epoch == JOIN_EPOCH {
@@ -336,7 +337,6 @@ impl ConsumerGroup {
                     "the member left the group",
                 );
             }
-            let owned = a.owned.as_deref().map(from_wire);
             let lost_answer = a.member_epoch == m.previous_epoch
                 && owned.as_ref().is_some_and(|o| is_subset(o, &m.assigned));
             if a.member_epoch > m.epoch || (a.member_epoch < m.epoch && !lost_answer) {
@@ -380,7 +380,6 @@ impl ConsumerGroup {
         }
         self.refresh(&a.snapshot, changed);
         let was = self.members[&member_id].assigned.clone();
-        let owned = a.owned.as_deref().map(from_wire);
         self.reconcile(&member_id, owned.as_ref(), now);
         let m = &self.members[&member_id];
         let give = a.member_epoch == JOIN_EPOCH
@@ -416,7 +415,11 @@ impl ConsumerGroup {
             match holder {
                 Some((old, true)) => {
                     // KIP-345 under KIP-848: the static member comes back to its slot and
-                    // its assignment, with no rebalance.
+                    // its assignment, with no rebalance. (A different member already under
+                    // the new id is an earlier incarnation of this one: it goes.)
+                    if old != member_id && self.members.contains_key(&member_id) {
+                        self.remove(&member_id);
+                    }
                     let mut m = self.members.remove(&old).expect("member");
                     if let Some(t) = self.target.remove(&old) {
                         self.target.insert(member_id.clone(), t);

@@ -225,6 +225,27 @@ fn a_static_member_comes_back_to_its_partitions_without_a_new_epoch() {
         beat(&c, args("old", e, &snap)).error,
         code::UNKNOWN_MEMBER_ID
     );
+    // Coming back under the id of another member that is still there: that member goes
+    // (it is not silently overwritten), so the group has one member and a new epoch.
+    let e_dup = beat(&c, args("dup", 0, &snap)).member_epoch;
+    let mut leave = args("new", -2, &snap);
+    leave.instance_id = Some("i1".into());
+    beat(&c, leave);
+    let mut back = args("dup", 0, &snap);
+    back.instance_id = Some("i1".into());
+    assert_eq!(beat(&c, back).error, code::NONE);
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(GroupOp::ConsumerDescribe {
+        group: "g".into(),
+        reply: tx,
+    });
+    let d = rx.try_recv().unwrap().unwrap();
+    assert_eq!(d.members.len(), 1);
+    assert_eq!(d.members[0].instance_id.as_deref(), Some("i1"));
+    assert!(
+        d.group_epoch > e_dup,
+        "the member it replaced left the group"
+    );
 }
 
 #[test]
