@@ -2144,3 +2144,48 @@ impl Drop for WaitForData {
         }
     }
 }
+
+#[cfg(test)]
+mod roll_tests {
+    use super::*;
+
+    fn segment(dir: &str) -> Segment {
+        let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let s = Segment::new(std::path::Path::new(dir), 0, file, 100, 0);
+        s.rolling_base_ms.set(Some(1_000_000));
+        s
+    }
+
+    /// segment.jitter.ms: each segment rolls its own share earlier than segment.ms, never
+    /// more than segment.ms, and not at all without jitter.
+    #[test]
+    fn segments_roll_early_by_their_own_jitter() {
+        let ms = 10_000u64;
+        let config = LogConfig {
+            segment_ms: Some(ms),
+            segment_jitter_ms: ms,
+            ..LogConfig::default()
+        };
+        let jitters: Vec<u64> = (0..20)
+            .map(|i| roll_jitter(&segment(&format!("/data/t-{i}")), &config, ms))
+            .collect();
+        assert!(jitters.iter().all(|j| *j < ms), "{jitters:?}");
+        assert!(
+            jitters.windows(2).any(|w| w[0] != w[1]),
+            "partitions differ: {jitters:?}"
+        );
+        for (i, j) in jitters.iter().enumerate() {
+            let s = segment(&format!("/data/t-{i}"));
+            let due = 1_000_000 + (ms - j) as i64;
+            assert!(!needs_roll(&s, &config, 0, 0, 0, due - 1));
+            assert!(needs_roll(&s, &config, 0, 0, 0, due));
+        }
+        let none = LogConfig {
+            segment_jitter_ms: 0,
+            ..config
+        };
+        let s = segment("/data/t-0");
+        assert_eq!(roll_jitter(&s, &none, ms), 0);
+        assert!(!needs_roll(&s, &none, 0, 0, 0, 1_000_000 + ms as i64 - 1));
+    }
+}
