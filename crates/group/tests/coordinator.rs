@@ -442,3 +442,27 @@ fn groups_of_a_partition_being_loaded_or_not_led_are_not_answered_from_an_empty_
     c.unload(p, partitions);
     assert_eq!(fetch(&c).err(), Some(code::NOT_COORDINATOR));
 }
+
+/// A commit whose write completes after the coordinator lost the group's partition is
+/// answered (it is in the log, where the new coordinator loads it) but leaves no stray
+/// group behind here.
+#[test]
+fn a_commit_completed_after_the_partition_moved_away_leaves_no_group_behind() {
+    let c = coordinator(0);
+    let partitions = 50;
+    let p = runnel_group::offsets::partition_for("g", partitions);
+    c.loading(p, partitions);
+    c.load_partition(p, HashMap::new());
+    let (w, mut rx) = commit(&c, -1, "", 7);
+    let w = w.expect("a write to do");
+    c.unload(p, partitions);
+    c.complete(w, Ok(()));
+    assert_eq!(answer(&mut rx).unwrap(), Ok(vec![code::NONE]));
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(GroupOp::List {
+        states: vec![],
+        types: vec![],
+        reply: tx,
+    });
+    assert!(answer(&mut rx).unwrap().is_empty(), "no group re-created");
+}
