@@ -6,6 +6,7 @@ mod clients;
 mod cluster;
 mod common;
 mod configs;
+mod differential;
 mod durability;
 mod groups;
 mod idempotence;

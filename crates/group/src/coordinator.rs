@@ -562,8 +562,14 @@ impl Group {
                 members: Vec::new(),
             };
         }
-        let protocol = self.protocol.clone().unwrap_or_default();
+        // As Kafka: the protocol and each member's metadata and assignment only once the
+        // group is stable (a rebalance in progress shows who is in it, nothing more).
         let in_sync = matches!(self.state, State::Stable);
+        let protocol = if in_sync {
+            self.protocol.clone().unwrap_or_default()
+        } else {
+            String::new()
+        };
         Described {
             error: code::NONE,
             state: self.state,
@@ -577,7 +583,11 @@ impl Group {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: m.metadata(&protocol),
+                    metadata: if in_sync {
+                        m.metadata(&protocol)
+                    } else {
+                        Bytes::new()
+                    },
                     assignment: if in_sync {
                         m.assignment.clone()
                     } else {
@@ -1578,6 +1588,29 @@ impl Coordinator {
         Some(self.write(group, tombstones, Then::OffsetDelete { results, reply }))
     }
 
+    /// The committed offsets of deleted topics, in the groups this coordinator serves: Kafka
+    /// forgets them when a topic goes, so a topic created again under the same name starts
+    /// with no committed offsets. (Tombstoned through [`Coordinator::expire`].)
+    pub fn offsets_of_deleted(
+        &self,
+        deleted: &std::collections::HashSet<Arc<str>>,
+    ) -> ExpiredOffsets {
+        self.groups
+            .borrow()
+            .values()
+            .filter(|g| self.serves(&g.id).is_ok())
+            .filter_map(|g| {
+                let keys: Vec<(Arc<str>, i32)> = g
+                    .offsets
+                    .keys()
+                    .filter(|(t, _)| deleted.contains(t))
+                    .cloned()
+                    .collect();
+                (!keys.is_empty()).then(|| (g.id.clone(), keys))
+            })
+            .collect()
+    }
+
     /// Session expiry, rebalance deadlines, pending member ids, and (on `retention_due`)
     /// offsets retention: (group, expired offsets) to tombstone.
     pub fn tick(&self, retention_due: bool) -> ExpiredOffsets {
@@ -1624,7 +1657,11 @@ impl Coordinator {
                 }
             }
         }
-        groups.retain(|_, g| !(g.is_empty() && g.offsets.is_empty() && g.pending.is_empty()));
+        // An empty group without offsets is forgotten at the retention pass, as Kafka does at
+        // its offsets cleanup: until then it is listed (Empty) and keeps its generation.
+        if retention_due {
+            groups.retain(|_, g| !(g.is_empty() && g.offsets.is_empty() && g.pending.is_empty()));
+        }
         expired_offsets
     }
 

@@ -37,6 +37,10 @@ pub struct PartitionOut {
     pub current_leader: Option<(i32, i32)>,
     /// The replica the consumer should fetch from instead (KIP-392, v11+), or -1.
     pub preferred_read_replica: i32,
+    /// A read_committed fetch answered without error: its aborted transactions (none, as
+    /// Runnel has no transactions yet) are sent as an empty list, as Kafka does; otherwise
+    /// null, as Kafka sends for read_uncommitted and for errors.
+    pub read_committed: bool,
 }
 
 /// A broker a client is pointed to (v16's NodeEndpoints, KIP-951).
@@ -97,11 +101,12 @@ pub fn encode(
             if version >= 5 {
                 b.put_i64(p.log_start_offset);
             }
-            // AbortedTransactions: null, as Kafka sends for read_uncommitted.
-            if flexible {
-                put_uvarint(b, 0);
-            } else {
-                b.put_i32(-1);
+            // AbortedTransactions: empty for read_committed, else null (as Kafka).
+            match (p.read_committed, flexible) {
+                (true, true) => put_uvarint(b, 1),
+                (true, false) => b.put_i32(0),
+                (false, true) => put_uvarint(b, 0),
+                (false, false) => b.put_i32(-1),
             }
             if version >= 11 {
                 b.put_i32(p.preferred_read_replica);
@@ -288,6 +293,8 @@ mod tests {
                         }),
                         current_leader: None,
                         preferred_read_replica: -1,
+                        read_committed: false,
+                        read_committed: false,
                     },
                     PartitionOut {
                         index: 2,
@@ -298,6 +305,7 @@ mod tests {
                         records: None,
                         current_leader: Some((3, 5)),
                         preferred_read_replica: 2,
+                        read_committed: true,
                     },
                 ],
             },
@@ -362,7 +370,7 @@ mod tests {
                                         .with_high_watermark(p.high_watermark)
                                         .with_last_stable_offset(p.last_stable_offset)
                                         .with_log_start_offset(p.log_start_offset)
-                                        .with_aborted_transactions(None)
+                                        .with_aborted_transactions(p.read_committed.then(Vec::new))
                                         .with_records(Some(records))
                                 })
                                 .collect(),

@@ -135,8 +135,30 @@ pub async fn timers(shard: Rc<Shard>) {
     // Compaction waits for the ISR to have its dump: it runs apart, so the session and
     // rebalance deadlines above never wait for it; one pass at a time.
     let compacting = Rc::new(std::cell::Cell::new(false));
+    // The topics (name -> id) as last seen: a name gone, or back with another id, is a
+    // deleted topic whose committed offsets go too.
+    let mut seen = shard.snapshot();
     loop {
         glommio::timer::sleep(Duration::from_millis(100)).await;
+        let now = shard.snapshot();
+        if now.version != seen.version {
+            let deleted: std::collections::HashSet<Arc<str>> = seen
+                .topics
+                .iter()
+                .filter(|(name, t)| now.topics.get(*name).is_none_or(|n| n.id != t.id))
+                .map(|(name, _)| name.clone())
+                .collect();
+            seen = now;
+            if !deleted.is_empty() {
+                for (group, keys) in shard.coordinator.offsets_of_deleted(&deleted) {
+                    let n = keys.len();
+                    let w = shard.coordinator.expire(&group, keys);
+                    if write(&shard, w, false).await.is_ok() {
+                        tracing::info!(%group, offsets = n, "removed the committed offsets of deleted topics");
+                    }
+                }
+            }
+        }
         let slow = last_slow.elapsed() >= Duration::from_secs(60);
         let expired = shard.coordinator.tick(slow);
         if !slow {

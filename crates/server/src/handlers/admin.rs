@@ -303,7 +303,9 @@ pub async fn create_topics(shard: &Rc<Shard>, req: &Request) -> Outcome {
             Some(r) => r,
             None => {
                 let t = new_iter.next().expect("one new topic per pending result");
-                let mut r = CreatableTopicResult::default().with_name(topic_name(&t.name));
+                let mut r = CreatableTopicResult::default()
+                    .with_name(topic_name(&t.name))
+                    .with_error_message(None);
                 match answers.next().expect("one answer per new topic") {
                     Ok(meta) => {
                         if !body.validate_only {
@@ -538,7 +540,8 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 by_topic.entry(t).or_default().push(
                     PartitionResult::default()
                         .with_partition_id(p)
-                        .with_error_code(c),
+                        .with_error_code(c)
+                        .with_error_message(election_message(c).map(sb)),
                 );
             }
             resp.replica_election_results = by_topic
@@ -552,6 +555,17 @@ pub async fn elect_leaders(shard: &Rc<Shard>, req: &Request) -> Outcome {
         }
     }
     encode_or_close(req.correlation_id, req.version, &resp)
+}
+
+/// The message Kafka gives with a partition's election result (none on success).
+fn election_message(c: i16) -> Option<&'static str> {
+    match c {
+        0 => None,
+        code::UNKNOWN_TOPIC_OR_PARTITION => Some("The partition does not exist."),
+        84 => Some("Leader election not needed for topic partition."),
+        80 => Some("The preferred leader was not available."),
+        _ => Some("The election failed."),
+    }
 }
 
 pub async fn describe_cluster(shard: &Rc<Shard>, req: &Request) -> Outcome {
@@ -632,10 +646,12 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: &Request) -> Outcome {
     } else {
         match answer(body.key_type, &body.key) {
             Ok((node, host, port)) => {
+                // (Kafka answers v1-3 with the error's name as message: "NONE".)
                 resp = resp
                     .with_node_id(BrokerId(node))
                     .with_host(host)
                     .with_port(port)
+                    .with_error_message((version >= 1).then(|| sb("NONE")))
             }
             Err((e, msg)) => {
                 resp = resp
@@ -966,9 +982,9 @@ pub async fn describe_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
                             }
                             if version >= 3 {
                                 c = c.with_config_type(e.config_type);
-                                if body.include_documentation {
-                                    c = c.with_documentation(Some(sb(e.doc)));
-                                }
+                                c = c.with_documentation(
+                                    body.include_documentation.then(|| sb(e.doc)),
+                                );
                             }
                             c
                         })

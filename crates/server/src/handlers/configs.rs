@@ -64,6 +64,7 @@ pub async fn alter_configs(shard: &Rc<Shard>, req: &Request) -> Outcome {
         .zip(results)
         .map(|(a, r)| {
             let mut out = alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_message(None)
                 .with_resource_type(a.resource_type)
                 .with_resource_name(sb(&a.name));
             if let Err((c, msg)) = r {
@@ -107,6 +108,7 @@ pub async fn incremental_alter_configs(shard: &Rc<Shard>, req: &Request) -> Outc
         .map(|(a, r)| {
             let mut out =
                 incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                    .with_error_message(None)
                     .with_resource_type(a.resource_type)
                     .with_resource_name(sb(&a.name));
             if let Err((c, msg)) = r {

@@ -117,6 +117,12 @@ pub async fn describe(shard: &Rc<Shard>, req: &Request) -> Outcome {
             // Kafka answers -2147483648 (not asked for or not authorized).
             .with_authorized_operations(i32::MIN);
         match d {
+            // (An error leaves the other fields at their defaults, as Kafka does.)
+            Ok(d) if d.error != 0 => {
+                out = out
+                    .with_error_code(d.error)
+                    .with_error_message(d.message.as_deref().map(sb))
+            }
             Ok(d) => {
                 out = out
                     .with_error_code(d.error)
@@ -142,9 +148,11 @@ pub async fn describe(shard: &Rc<Shard>, req: &Request) -> Outcome {
                                             .map(|n| topic_name(n))
                                             .collect(),
                                     )
-                                    .with_subscribed_topic_regex(
-                                        m.subscribed_topic_regex.as_deref().map(sb),
-                                    )
+                                    // Kafka keeps "" for "no regex".
+                                    .with_subscribed_topic_regex(Some(sb(m
+                                        .subscribed_topic_regex
+                                        .as_deref()
+                                        .unwrap_or(""))))
                                     .with_assignment(named(&m.assignment, &snapshot))
                                     .with_target_assignment(named(&m.target_assignment, &snapshot));
                                 if req.version >= 1 {

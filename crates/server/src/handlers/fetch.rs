@@ -209,6 +209,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 }),
                 current_leader: None,
                 preferred_read_replica: w.redirect.unwrap_or(-1),
+                read_committed: body.isolation_level == 1,
             },
             Err((c, hw_lso)) => {
                 // KIP-951: with a leadership error, name the current leader.
@@ -235,6 +236,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     records: None,
                     current_leader,
                     preferred_read_replica: -1,
+                    read_committed: false,
                 }
             }
         };

@@ -135,6 +135,14 @@ pub async fn join_group(shard: &Rc<Shard>, req: &Request) -> Outcome {
 pub async fn sync_group(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let body: SyncGroupRequest = decode!(req);
     let v = req.version;
+    if v >= 5 && (body.protocol_type.is_none() || body.protocol_name.is_none()) {
+        // As Kafka: from v5 both must be given (KIP-559).
+        return encode_or_close(
+            req.correlation_id,
+            v,
+            &SyncGroupResponse::default().with_error_code(code::INCONSISTENT_GROUP_PROTOCOL),
+        );
+    }
     let args = SyncArgs {
         group: s(&body.group_id),
         generation: body.generation_id,

@@ -32,16 +32,22 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
     let wanted: Option<Vec<(Option<String>, uuid::Uuid)>> = match &body.topics {
         None => None,
         Some(t) if t.is_empty() && version == 0 => None,
-        Some(t) => Some(
-            t.iter()
-                // By id (v10+): the Java client sends an empty name with the id, not null.
-                .map(|t| {
-                    let name = t.name.as_ref().map(|n| n.0.to_string());
-                    let name = name.filter(|n| !n.is_empty() || t.topic_id.is_nil());
-                    (name, t.topic_id)
-                })
-                .collect(),
-        ),
+        Some(t) => {
+            let mut seen = std::collections::HashSet::new();
+            Some(
+                t.iter()
+                    // By id (v10+): the Java client sends an empty name with the id, not null.
+                    .map(|t| {
+                        let name = t.name.as_ref().map(|n| n.0.to_string());
+                        let name = name.filter(|n| !n.is_empty() || t.topic_id.is_nil());
+                        (name, t.topic_id)
+                    })
+                    // A topic asked for twice is answered once, as Kafka does (the Java
+                    // client repeats them).
+                    .filter(|w| seen.insert(w.clone()))
+                    .collect(),
+            )
+        }
     };
     let auto_create = config.auto_create_topics && (version < 4 || body.allow_auto_topic_creation);
     if let (Some(wanted), true) = (&wanted, auto_create) {

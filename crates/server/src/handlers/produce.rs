@@ -107,6 +107,12 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                                 code::INVALID_RECORD,
                                 "the request has no records for this partition".into(),
                             ),
+                            // Kafka refuses zstd below v7 (KIP-110: older clients could not
+                            // read it back).
+                            Some(r) if version < 7 && has_zstd_batch(r) => err(
+                                code::UNSUPPORTED_COMPRESSION_TYPE,
+                                "zstd needs Produce v7 or later".into(),
+                            ),
                             Some(r) => {
                                 plans.push(Plan {
                                     topic: ti,
@@ -190,6 +196,12 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
     }
 
     glommio::spawn_local(gather(shard.clone(), topics, acks, version, correlation_id)).detach()
+}
+
+fn has_zstd_batch(records: &[u8]) -> bool {
+    runnel_record::Batches::new(records)
+        .map_while(Result::ok)
+        .any(|(_, h)| matches!(h.compression(), Ok(runnel_record::Compression::Zstd)))
 }
 
 /// The size of the first batch larger than `max`, if any (Kafka checks each batch).

@@ -106,7 +106,10 @@ pub async fn alter(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 .next()
                 .unwrap_or_else(|| Err((code::REQUEST_TIMED_OUT, "no answer".into()))),
         };
-        let mut out = ReassignablePartitionResponse::default().with_partition_index(partition);
+        // (kafka-protocol's default message is "", Kafka's is null when there is no error.)
+        let mut out = ReassignablePartitionResponse::default()
+            .with_partition_index(partition)
+            .with_error_message(None);
         match answer {
             Ok(()) => tracing::info!(topic = %name, partition, "reassignment accepted"),
             Err((c, msg)) => {
@@ -179,6 +182,8 @@ pub async fn list(shard: &Rc<Shard>, req: &Request) -> Outcome {
     encode_or_close(
         req.correlation_id,
         req.version,
-        &ListPartitionReassignmentsResponse::default().with_topics(topics),
+        &ListPartitionReassignmentsResponse::default()
+            .with_error_message(None)
+            .with_topics(topics),
     )
 }

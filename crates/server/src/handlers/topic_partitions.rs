@@ -96,7 +96,7 @@ pub async fn describe_topic_partitions(shard: &Rc<Shard>, req: &Request) -> Outc
                 .with_topic_id(uuid::Uuid::from_bytes(meta.id))
                 .with_is_internal(&*meta.name == runnel_group::offsets::TOPIC)
                 .with_partitions(partitions)
-                .with_topic_authorized_operations(i32::MIN),
+                .with_topic_authorized_operations(TOPIC_OPERATIONS),
         );
         if next_cursor.is_some() {
             break;
@@ -110,3 +110,9 @@ pub async fn describe_topic_partitions(shard: &Rc<Shard>, req: &Request) -> Outc
             .with_next_cursor(next_cursor),
     )
 }
+
+/// Every operation on a topic, as Kafka answers without an authorizer (KIP-430's bit per
+/// AclOperation: READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS,
+/// ALTER_CONFIGS).
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);

@@ -565,6 +565,11 @@ public final class Differential {
                     JsonNode rn = normalize(rr, runnel);
                     List<Difference> found = new ArrayList<>();
                     diff(api.name, v, "", kn, rn, found);
+                    if (!found.isEmpty() && System.getenv("DIFFERENTIAL_DEBUG") != null) {
+                        System.err.println("== " + file.getFileName() + " " + pass + " " + api.name + " v" + v
+                                + "\nrequest " + brief(substitute(req, runnel, capturedIdToName))
+                                + "\nkafka  " + kn + "\nrunnel " + rn);
+                    }
                     diffs.addAll(found);
                 }
                 System.out.printf("%s, %s versions: %d ms%n", file.getFileName(), pass,
