@@ -294,7 +294,6 @@ mod tests {
                         current_leader: None,
                         preferred_read_replica: -1,
                         read_committed: false,
-                        read_committed: false,
                     },
                     PartitionOut {
                         index: 2,
@@ -305,7 +304,7 @@ mod tests {
                         records: None,
                         current_leader: Some((3, 5)),
                         preferred_read_replica: 2,
-                        read_committed: true,
+                        read_committed: false,
                     },
                 ],
             },
@@ -325,6 +324,7 @@ mod tests {
                     }),
                     current_leader: None,
                     preferred_read_replica: -1,
+                    read_committed: true,
                 }],
             },
         ];
