@@ -10,9 +10,13 @@ defaults; Kafka as benches/kafka/kafka starts it (production defaults, 1 GiB hea
 
 Workloads (runnel-bench, 1 KiB records, 64 KiB batches, 8 partitions): produce acks=1,
 produce acks=all, consume (one consumer from the earliest offset), fan-out (four
-consumers), end-to-end latency at a fixed rate; and Kafka's own ProducerPerformance (the Java
-client) producing 400,000 1 KiB records to each. Reported: medians over the rounds,
+consumers), end-to-end latency at a fixed rate; and Kafka's own ProducerPerformance and
+ConsumerPerformance (the Java client) producing, then consuming (a new group each time),
+400,000 1 KiB records on each. Reported: medians over the rounds,
 Runnel/Kafka ratios, broker CPU-s per GB moved, and each broker's RSS after the run.
+
+A second Runnel without fdatasync on acks=all (Kafka's durability) runs the acks=all
+workload too, reported in its own row.
 
 Usage: benches/kafka/side_by_side.py [--rounds 3] [--seconds 8] [--e2e-rate 20000]
                                      [--runnel-arg=--flag=value ...] [--only WORKLOAD ...]
@@ -88,11 +92,18 @@ def main():
     work = os.path.join(ROOT, "target", "side-by-side")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    rport, kport, cport = free_port(3)
-    runnel = subprocess.Popen(
-        ["taskset", "-c", a.broker_cpus, a.bin, "--cores", "1", "--listen", f"127.0.0.1:{rport}",
-         "--data-dir", os.path.join(work, "runnel"), *a.runnel_arg],
-        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "runnel.log"), "w"))
+    rport, nport, kport, cport = free_port(4)
+
+    def start_runnel(name, port, *extra):
+        return subprocess.Popen(
+            ["taskset", "-c", a.broker_cpus, a.bin, "--cores", "1", "--listen", f"127.0.0.1:{port}",
+             "--data-dir", os.path.join(work, name), *a.runnel_arg, *extra],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, name + ".log"), "w"))
+
+    runnel = start_runnel("runnel", rport)
+    # A second Runnel with Kafka's durability for acks=all (the page cache, no fdatasync),
+    # used only by that workload: idle otherwise.
+    nosync = start_runnel("runnel-nosync", nport, "--sync-on-acks-all=false")
     kdir = os.path.join(work, "kafka")
     # Both brokers go at the end whatever fails, Kafka's start included.
     try:
@@ -100,8 +111,12 @@ def main():
                               "--dir", kdir, "--cpus", a.broker_cpus],
                              check=True, stdout=subprocess.PIPE, text=True).stdout
         kpid = int(out.split("pid=")[1].split()[0])
-        brokers = {"runnel": (f"127.0.0.1:{rport}", runnel.pid), "kafka": (f"127.0.0.1:{kport}", kpid)}
+        brokers = {"runnel": (f"127.0.0.1:{rport}", runnel.pid), "kafka": (f"127.0.0.1:{kport}", kpid),
+                   "runnel-nosync": (f"127.0.0.1:{nport}", nosync.pid)}
         wait_port(rport)
+        wait_port(nport)
+        # Workloads that also run on the Runnel without fdatasync.
+        also_nosync = {"produce acks=all"}
 
         def bench(name, *args):
             addr, pid = brokers[name]
@@ -127,6 +142,26 @@ def main():
             mbs = float(last.split("(")[1].split(" MB/sec")[0])
             return {"mb_per_s": mbs, "broker_cpu_s": cpu, "bytes": records * 1024}
 
+        def consumer_performance(name, records):
+            """Kafka's own ConsumerPerformance (the Java consumer in a new group, from the
+            earliest offset of ProducerPerformance's topic), in runnel-bench's JSON shape:
+            its fetch MB/s, which leaves out the group join."""
+            addr, pid = brokers[name]
+            lib = os.path.join(ROOT, "target", "kafka", "lib", "*")
+            before = cpu_s(pid)
+            r = subprocess.run(
+                ["taskset", "-c", a.bench_cpus, "java", "-Xmx512M", "-cp", lib,
+                 "org.apache.kafka.tools.ConsumerPerformance", "--bootstrap-server", addr,
+                 "--topic", "sbs-pp", "--num-records", str(records), "--timeout", "60000",
+                 "--group", f"sbs-cp-{time.monotonic_ns()}"],
+                check=True, capture_output=True, text=True)
+            cpu = cpu_s(pid) - before
+            lines = [l for l in r.stdout.splitlines() if l and l[0].isdigit()]
+            cols = [c.strip() for c in lines[-1].split(",")]
+            # start, end, MB, MB/s, records, records/s, rebalance ms, fetch ms, fetch MB/s, ...
+            return {"mb_per_s": float(cols[8]), "broker_cpu_s": cpu,
+                    "bytes": int(float(cols[4])) * 1024}
+
         s = str(a.seconds)
         workloads = [
             ("produce acks=1", lambda n: bench(n, "produce", "--topic", "sbs", "--create", "--partitions", "8",
@@ -136,6 +171,7 @@ def main():
             ("consume", lambda n: bench(n, "consume", "--topic", "sbs", "--duration", s)),
             ("fan-out x4", lambda n: bench(n, "fanout", "--topic", "sbs", "--consumers", "4", "--duration", s)),
             ("ProducerPerformance (Java client)", lambda n: producer_performance(n, 400_000)),
+            ("ConsumerPerformance (Java client)", lambda n: consumer_performance(n, 400_000)),
             (f"e2e {a.e2e_rate}/s", lambda n: bench(n, "e2e", "--topic", "sbs-e2e", "--create", "--partitions", "8",
                                                    "--rate", str(a.e2e_rate), "--duration", s)),
         ]
@@ -151,7 +187,7 @@ def main():
         for r in range(a.rounds):
             order = ["runnel", "kafka"] if r % 2 == 0 else ["kafka", "runnel"]
             for w, run in workloads:
-                for n in order:
+                for n in order + (["runnel-nosync"] if w in also_nosync else []):
                     j = run(n)
                     results[(w, n)].append(j)
                     print(f"round {r} {w} {n}: {j.get('mb_per_s')} MB/s, cpu {j.get('broker_cpu_s')} s, "
@@ -164,7 +200,8 @@ def main():
         print("| workload | Runnel | Kafka | Runnel/Kafka | Runnel CPU-s/GB | Kafka CPU-s/GB |")
         print("|---|---|---|---|---|---|")
         for w, _ in workloads:
-            cpu = {n: med(w, n, lambda j: j["broker_cpu_s"] / max(j["bytes"], 1) * 1e9) for n in brokers}
+            cpu = {n: med(w, n, lambda j: j["broker_cpu_s"] / max(j["bytes"], 1) * 1e9)
+                   for n in brokers if results[(w, n)]}
             if w.startswith("e2e"):
                 p = {n: med(w, n, lambda j: j["latency"]["p99_us"] / 1000) for n in brokers}
                 p999 = {n: med(w, n, lambda j: j["latency"]["p999_us"] / 1000) for n in brokers}
@@ -172,14 +209,19 @@ def main():
                       f"{p['kafka']:.2f} ms ({p999['kafka']:.2f}) | {p['runnel'] / p['kafka']:.2f} | "
                       f"{cpu['runnel']:.2f} | {cpu['kafka']:.2f} |")
             else:
-                m = {n: med(w, n, lambda j: j["mb_per_s"]) for n in brokers}
+                m = {n: med(w, n, lambda j: j["mb_per_s"]) for n in brokers if results[(w, n)]}
                 print(f"| {w} | {m['runnel']:.0f} MB/s | {m['kafka']:.0f} MB/s | {m['runnel'] / m['kafka']:.2f} | "
                       f"{cpu['runnel']:.2f} | {cpu['kafka']:.2f} |")
+                if "runnel-nosync" in m:
+                    print(f"| {w}, Runnel without fdatasync (Kafka's durability) | {m['runnel-nosync']:.0f} MB/s | "
+                          f"{m['kafka']:.0f} MB/s | {m['runnel-nosync'] / m['kafka']:.2f} | "
+                          f"{cpu['runnel-nosync']:.2f} | {cpu['kafka']:.2f} |")
         print(f"| RSS after the run | {rss['runnel']:.0f} MiB | {rss['kafka']:.0f} MiB | "
               f"{rss['runnel'] / rss['kafka']:.2f} | | |")
     finally:
-        runnel.send_signal(signal.SIGTERM)
-        runnel.wait(30)
+        for p in (runnel, nosync):
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
         subprocess.run([KAFKA, "stop", "--dir", kdir])
 
 
