@@ -1075,6 +1075,12 @@ public final class Differential {
                 switch (f) {
                     case "throttleTimeMs", "clusterId", "port" -> drop.add(f);
                     case "clientInstanceId", "subscriptionId" -> e.setValue(new TextNode("<id>"));
+                    // A file system's size and free space (DescribeLogDirs v4): moving figures.
+                    case "totalBytes", "usableBytes" -> {
+                        if (v.isNumber() && v.asLong() > 0) {
+                            e.setValue(new TextNode("<bytes>"));
+                        }
+                    }
                     case "logDir", "path" -> {
                         if (v.isTextual()) {
                             e.setValue(new TextNode("<data-dir>"));
