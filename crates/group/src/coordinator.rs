@@ -648,7 +648,11 @@ enum Then {
         reply: oneshot::Sender<(i16, DeletedOffsets)>,
     },
     /// Offsets retention: forget the expired offsets once their tombstones are written.
-    Expire,
+    /// Forget the offsets written as tombstones, unless committed again after `before_ms`
+    /// (a topic created again and committed to while the tombstones were being written).
+    Expire {
+        before_ms: i64,
+    },
 }
 
 struct InFlight(Rc<Cell<usize>>);
@@ -713,7 +717,8 @@ impl Coordinator {
         Instant::now() + self.clock_skew.get()
     }
 
-    fn wall_ms(&self) -> i64 {
+    /// The coordinator's wall clock (ms since the epoch; moved by hand in tests).
+    pub fn wall_ms(&self) -> i64 {
         now_ms() + self.clock_skew.get().as_millis() as i64
     }
 
@@ -986,11 +991,17 @@ impl Coordinator {
                 }
                 let _ = reply.send((code::NONE, results));
             }
-            Then::Expire => {
+            Then::Expire { before_ms } => {
                 if result.is_ok() {
                     if let Some(g) = groups.get_mut(group) {
                         for ((_, t, p), _) in &w.records {
-                            g.offsets.remove(&(t.clone(), *p));
+                            let key = (t.clone(), *p);
+                            if g.offsets
+                                .get(&key)
+                                .is_some_and(|c| c.commit_ms <= before_ms)
+                            {
+                                g.offsets.remove(&key);
+                            }
                         }
                     }
                 }
@@ -1005,7 +1016,8 @@ impl Coordinator {
             .into_iter()
             .map(|(t, p)| ((group.to_string(), t, p), None))
             .collect();
-        self.write(group, records, Then::Expire)
+        let before_ms = self.wall_ms();
+        self.write(group, records, Then::Expire { before_ms })
     }
 
     fn join(&self, a: JoinArgs, reply: oneshot::Sender<JoinResult>) {
@@ -1588,13 +1600,12 @@ impl Coordinator {
         Some(self.write(group, tombstones, Then::OffsetDelete { results, reply }))
     }
 
-    /// The committed offsets of deleted topics, in the groups this coordinator serves: Kafka
-    /// forgets them when a topic goes, so a topic created again under the same name starts
-    /// with no committed offsets. (Tombstoned through [`Coordinator::expire`].)
-    pub fn offsets_of_deleted(
-        &self,
-        deleted: &std::collections::HashSet<Arc<str>>,
-    ) -> ExpiredOffsets {
+    /// The committed offsets of deleted topics (name -> when the deletion was seen), in the
+    /// groups this coordinator serves: Kafka forgets them when a topic goes, so a topic
+    /// created again under the same name starts with no committed offsets. Offsets committed
+    /// after the deletion was seen (to the topic created again) are left alone. (Tombstoned
+    /// through [`Coordinator::expire`].)
+    pub fn offsets_of_deleted(&self, deleted: &HashMap<Arc<str>, i64>) -> ExpiredOffsets {
         self.groups
             .borrow()
             .values()
@@ -1602,9 +1613,9 @@ impl Coordinator {
             .filter_map(|g| {
                 let keys: Vec<(Arc<str>, i32)> = g
                     .offsets
-                    .keys()
-                    .filter(|(t, _)| deleted.contains(t))
-                    .cloned()
+                    .iter()
+                    .filter(|((t, _), c)| deleted.get(t).is_some_and(|at| c.commit_ms <= *at))
+                    .map(|(k, _)| k.clone())
                     .collect();
                 (!keys.is_empty()).then(|| (g.id.clone(), keys))
             })

@@ -466,3 +466,66 @@ fn a_commit_completed_after_the_partition_moved_away_leaves_no_group_behind() {
     });
     assert!(answer(&mut rx).unwrap().is_empty(), "no group re-created");
 }
+
+#[test]
+fn the_offsets_of_a_deleted_topic_are_tombstoned_and_forgotten_and_others_kept() {
+    let c = coordinator(0);
+    let (id, generation) = one_synced_member(&c);
+    let (w, _r) = commit(&c, generation, &id, 7);
+    c.complete(w.unwrap(), Ok(()));
+    assert_eq!(committed(&c), 7);
+    let now = c.wall_ms();
+    let other: HashMap<std::sync::Arc<str>, i64> = [("u".into(), now)].into();
+    assert!(c.offsets_of_deleted(&other).is_empty(), "no offsets of u");
+    // Deleted before the commit: that commit is to a topic created again, and stays.
+    let earlier: HashMap<std::sync::Arc<str>, i64> = [("t".into(), now - 60_000)].into();
+    assert!(c.offsets_of_deleted(&earlier).is_empty());
+    let deleted: HashMap<std::sync::Arc<str>, i64> = [("t".into(), now)].into();
+    let found = c.offsets_of_deleted(&deleted);
+    assert_eq!(found, vec![("g".to_string(), vec![("t".into(), 0)])]);
+    let (group, keys) = found.into_iter().next().unwrap();
+    let w = c.expire(&group, keys);
+    // Tombstones: a key with no value.
+    assert!(w.records.iter().all(|(k, v)| &*k.1 == "t" && v.is_none()));
+    assert_eq!(committed(&c), 7, "kept until the tombstones are written");
+    c.complete(w, Ok(()));
+    assert_eq!(committed(&c), -1);
+
+    // A commit made while the tombstones are being written (to the topic created again)
+    // stays.
+    let (w, _r) = commit(&c, generation, &id, 8);
+    c.complete(w.unwrap(), Ok(()));
+    let deleted: HashMap<std::sync::Arc<str>, i64> = [("t".into(), c.wall_ms())].into();
+    let (group, keys) = c.offsets_of_deleted(&deleted).into_iter().next().unwrap();
+    let w = c.expire(&group, keys);
+    c.advance_clock(Duration::from_secs(1));
+    let (w2, _r2) = commit(&c, generation, &id, 9);
+    c.complete(w2.unwrap(), Ok(()));
+    c.complete(w, Ok(()));
+    assert_eq!(committed(&c), 9);
+}
+
+#[test]
+fn an_empty_group_without_offsets_stays_listed_until_the_retention_pass() {
+    let c = coordinator(0);
+    let leave = |id: String| {
+        let (tx, _rx) = oneshot::channel();
+        c.handle(GroupOp::Leave {
+            group: "g".into(),
+            members: vec![(id, None)],
+            reply: tx,
+        });
+    };
+    let (id, generation) = one_synced_member(&c);
+    leave(id);
+    c.tick(false);
+    assert_eq!(state(&c), (State::Empty, 0));
+    // Rejoining continues the generations, as in Kafka.
+    let (id, mut rx) = new_member(&c, None);
+    assert!(answer(&mut rx).unwrap().generation > generation);
+    leave(id);
+    c.tick(false);
+    assert_eq!(state(&c), (State::Empty, 0));
+    c.tick(true);
+    assert_eq!(state(&c), (State::Dead, 0));
+}

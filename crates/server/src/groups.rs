@@ -136,30 +136,40 @@ pub async fn timers(shard: Rc<Shard>) {
     // rebalance deadlines above never wait for it; one pass at a time.
     let compacting = Rc::new(std::cell::Cell::new(false));
     // The topics (name -> id) as last seen: a name gone, or back with another id, is a
-    // deleted topic whose committed offsets go too.
+    // deleted topic whose committed offsets go too. Deleted topics (-> when seen) stay in
+    // `gone` until their tombstones are written, retried at each slow tick.
     let mut seen = shard.snapshot();
+    let mut gone: HashMap<Arc<str>, i64> = HashMap::new();
     loop {
         glommio::timer::sleep(Duration::from_millis(100)).await;
+        let slow = last_slow.elapsed() >= Duration::from_secs(60);
         let now = shard.snapshot();
+        let mut retry = slow && !gone.is_empty();
         if now.version != seen.version {
-            let deleted: std::collections::HashSet<Arc<str>> = seen
-                .topics
-                .iter()
-                .filter(|(name, t)| now.topics.get(*name).is_none_or(|n| n.id != t.id))
-                .map(|(name, _)| name.clone())
-                .collect();
-            seen = now;
-            if !deleted.is_empty() {
-                for (group, keys) in shard.coordinator.offsets_of_deleted(&deleted) {
-                    let n = keys.len();
-                    let w = shard.coordinator.expire(&group, keys);
-                    if write(&shard, w, false).await.is_ok() {
-                        tracing::info!(%group, offsets = n, "removed the committed offsets of deleted topics");
-                    }
+            let at = shard.coordinator.wall_ms();
+            for (name, t) in &seen.topics {
+                if now.topics.get(name).is_none_or(|n| n.id != t.id) {
+                    gone.insert(name.clone(), at);
+                    retry = true;
                 }
             }
+            seen = now;
         }
-        let slow = last_slow.elapsed() >= Duration::from_secs(60);
+        if retry {
+            let mut all_written = true;
+            for (group, keys) in shard.coordinator.offsets_of_deleted(&gone) {
+                let n = keys.len();
+                let w = shard.coordinator.expire(&group, keys);
+                if write(&shard, w, false).await.is_ok() {
+                    tracing::info!(%group, offsets = n, "removed the committed offsets of deleted topics");
+                } else {
+                    all_written = false;
+                }
+            }
+            if all_written {
+                gone.clear();
+            }
+        }
         let expired = shard.coordinator.tick(slow);
         if !slow {
             continue;

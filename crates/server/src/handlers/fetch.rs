@@ -209,7 +209,8 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 }),
                 current_leader: None,
                 preferred_read_replica: w.redirect.unwrap_or(-1),
-                read_committed: body.isolation_level == 1,
+                // (Kafka skips the read, and sends null, when it redirects.)
+                read_committed: body.isolation_level == 1 && w.redirect.is_none(),
             },
             Err((c, hw_lso)) => {
                 // KIP-951: with a leadership error, name the current leader.

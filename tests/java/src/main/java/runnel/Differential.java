@@ -221,6 +221,9 @@ public final class Differential {
         new ResponseHeaderData(new ByteBufferAccessor(b), api.responseHeaderVersion(v));
         ApiMessage m = api.messageType.newResponse();
         m.read(new ByteBufferAccessor(b), v);
+        if (b.hasRemaining()) {
+            throw new IllegalStateException(b.remaining() + " bytes after the " + api.name + " v" + v + " answer");
+        }
         return toJson(m, v);
     }
 
@@ -425,11 +428,16 @@ public final class Differential {
                 conns.remove(c);
                 throw new EOFException("connection closed");
             }
+            int corr = ByteBuffer.wrap(resp).getInt(0);
+            if (corr != h.correlationId()) {
+                throw new IOException("an answer with correlation id " + corr + " to request " + h.correlationId());
+            }
             return parseResponse(api, v, resp);
         }
     }
 
-    record Known(Pattern api, Pattern version, Pattern path, String reason, int line) {}
+    /** A known difference: where (API, versions, path) and, optionally, which values. */
+    record Known(Pattern api, Pattern version, Pattern path, Pattern kafka, Pattern runnel, String reason, int line) {}
 
     static List<Known> readKnown(Path p) throws IOException {
         List<Known> out = new ArrayList<>();
@@ -443,18 +451,31 @@ public final class Differential {
             int hash = line.indexOf(" #");
             String reason = hash < 0 ? "" : line.substring(hash + 2).strip();
             String[] parts = (hash < 0 ? line : line.substring(0, hash)).strip().split("\\s+");
-            if (parts.length != 3 || reason.isEmpty()) {
-                throw new IllegalArgumentException(p + ":" + n + ": want `API VERSIONS PATH # reason`");
+            if (parts.length < 3 || parts.length > 5 || reason.isEmpty()) {
+                throw new IllegalArgumentException(p + ":" + n
+                        + ": want `API VERSIONS PATH [kafka=VALUE] [runnel=VALUE] # reason`");
             }
-            out.add(new Known(glob(parts[0]), glob(parts[1]), glob(parts[2]), reason, n));
+            Pattern kafka = glob("*");
+            Pattern runnel = glob("*");
+            for (int i = 3; i < parts.length; i++) {
+                if (parts[i].startsWith("kafka=")) {
+                    kafka = glob(parts[i].substring(6));
+                } else if (parts[i].startsWith("runnel=")) {
+                    runnel = glob(parts[i].substring(7));
+                } else {
+                    throw new IllegalArgumentException(p + ":" + n + ": `" + parts[i] + "`: want kafka=... or runnel=...");
+                }
+            }
+            out.add(new Known(glob(parts[0]), glob(parts[1]), glob(parts[2]), kafka, runnel, reason, n));
         }
         return out;
     }
 
+    /** A glob: `*` matches anything, `,` separates alternatives. */
     static Pattern glob(String g) {
         StringBuilder b = new StringBuilder();
         for (char ch : g.toCharArray()) {
-            b.append(ch == '*' ? ".*" : Pattern.quote(String.valueOf(ch)));
+            b.append(ch == '*' ? ".*" : ch == ',' ? "|" : Pattern.quote(String.valueOf(ch)));
         }
         return Pattern.compile(b.toString());
     }
@@ -529,6 +550,8 @@ public final class Differential {
                     } catch (RuntimeException ex) {
                         skipped.merge(api.name + " v" + v + ": " + ex.getMessage(), 1, Integer::sum);
                         if (v == captured) {
+                            // The corpus itself does not decode: a broken corpus, not a pass.
+                            diffs.add(new Difference(api.name, v, "(corpus entry does not convert)", "", ex.getMessage()));
                             continue;
                         }
                         v = captured;
@@ -557,6 +580,12 @@ public final class Differential {
                         if (rWait) {
                             rr = exchange(runnel, conn, api, v, clientId, rBody, true);
                         }
+                    }
+                    if (kr.has("(no answer)") || rr.has("(no answer)")) {
+                        // Neither a comparison nor coverage: both failing alike is still a failure.
+                        diffs.add(new Difference(api.name, v, "(no answer)", kr.path("(no answer)").asText("answered"),
+                                rr.path("(no answer)").asText("answered")));
+                        continue;
                     }
                     compared.computeIfAbsent(api, k -> new TreeSet<>()).add(v);
                     learn(kafka, capturedResp, kr);
@@ -665,7 +694,8 @@ public final class Differential {
     static Known match(List<Known> known, Difference d) {
         for (Known k : known) {
             if (k.api().matcher(d.api()).matches() && k.version().matcher("v" + d.version()).matches()
-                    && k.path().matcher(d.path()).matches()) {
+                    && k.path().matcher(d.path()).matches() && k.kafka().matcher(d.kafka()).matches()
+                    && k.runnel().matcher(d.runnel()).matches()) {
                 return k;
             }
         }
@@ -681,10 +711,11 @@ public final class Differential {
             ObjectNode o = NODES.objectNode();
             o.put("(no answer)", "timeout");
             return o;
-        } catch (IOException e) {
-            side.conns.remove(conn);
+        } catch (IOException | RuntimeException e) {
+            // Closed, or an answer Kafka's classes cannot decode, or not this request's.
+            side.reset();
             ObjectNode o = NODES.objectNode();
-            o.put("(no answer)", "connection closed");
+            o.put("(no answer)", firstLine(e));
             return o;
         }
     }
@@ -1075,6 +1106,26 @@ public final class Differential {
                 switch (f) {
                     case "throttleTimeMs", "clusterId", "port" -> drop.add(f);
                     case "clientInstanceId", "subscriptionId" -> e.setValue(new TextNode("<id>"));
+                    // KIP-848 epochs are opaque counters each broker advances its own way
+                    // (ARCHITECTURE.md): compared as fenced (-1), joining (0) or current.
+                    case "memberEpoch", "groupEpoch", "assignmentEpoch" -> {
+                        if (v.isNumber() && v.asInt() > 0) {
+                            e.setValue(new TextNode("<epoch>"));
+                        }
+                    }
+                    // A config's synonyms: its own override (DYNAMIC_TOPIC_CONFIG) compares;
+                    // the defaults it falls back to are each broker's own settings
+                    // (Kafka's log.* configs, Runnel's flags; ARCHITECTURE.md).
+                    case "synonyms" -> {
+                        if (v.isArray()) {
+                            ArrayNode a = (ArrayNode) v;
+                            for (int i = a.size() - 1; i >= 0; i--) {
+                                if (a.get(i).path("source").asInt() != 1) {
+                                    a.remove(i);
+                                }
+                            }
+                        }
+                    }
                     // A file system's size and free space (DescribeLogDirs v4): moving figures.
                     case "totalBytes", "usableBytes" -> {
                         if (v.isNumber() && v.asLong() > 0) {
