@@ -154,15 +154,32 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(),
     }
 }
 
-/// Metadata for `topic`; with `create`, asks the broker to auto-create it.
-pub fn topic_layout(bootstrap: &str, topic: &str, create: bool) -> Result<TopicLayout, Error> {
+/// Metadata for `topic`. With `just_created`, waits (10 s at most) for the topic to be known
+/// with its leaders: Kafka's brokers learn of a new topic a little after CreateTopics answers.
+pub fn topic_layout(
+    bootstrap: &str,
+    topic: &str,
+    just_created: bool,
+) -> Result<TopicLayout, Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match topic_layout_once(bootstrap, topic) {
+            Err(_) if just_created && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn topic_layout_once(bootstrap: &str, topic: &str) -> Result<TopicLayout, Error> {
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
     let mut c = Conn::connect(bootstrap)?;
     let req = MetadataRequest::default()
         .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
             TopicName(StrBytes::from_string(topic.to_string())),
         ))]))
-        .with_allow_auto_topic_creation(create);
+        .with_allow_auto_topic_creation(false);
     let r: MetadataResponse = c.call(ApiKey::Metadata, 9, &req)?;
     let brokers: HashMap<i32, String> = r
         .brokers

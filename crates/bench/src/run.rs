@@ -45,7 +45,7 @@ pub fn produce(bootstrap: &str, a: &ProduceArgs, quiet: bool) -> Result<Report, 
     if a.create {
         crate::client::create_topic(bootstrap, &a.topic, a.partitions)?;
     }
-    let layout = topic_layout(bootstrap, &a.topic, false)?;
+    let layout = topic_layout(bootstrap, &a.topic, a.create)?;
     // Each partition's record sequence continues from its high watermark, so runs append
     // to one verifiable sequence (one writer per partition at a time).
     let marks = watermarks(&layout, &a.topic)?;
@@ -489,7 +489,7 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
     if a.create {
         crate::client::create_topic(bootstrap, &a.topic, a.partitions)?;
     }
-    let layout = topic_layout(bootstrap, &a.topic, false)?;
+    let layout = topic_layout(bootstrap, &a.topic, a.create)?;
     let marks = watermarks(&layout, &a.topic)?;
     let produce = ProduceArgs {
         topic: a.topic.clone(),
