@@ -167,8 +167,8 @@ def main():
             """(The Runnel without fdatasync only produces: its topic goes after each run, or
             three brokers writing at full speed for three rounds fill the disk.)"""
             from confluent_kafka.admin import AdminClient
-            fs = AdminClient({"bootstrap.servers": brokers[broker][0]}).delete_topics([name])
-            for f in fs.values():
+            admin = AdminClient({"bootstrap.servers": brokers[broker][0]})
+            for f in admin.delete_topics([name]).values():
                 f.result(30)
 
         workloads = [
