@@ -36,6 +36,7 @@ pub mod code {
     pub const INCONSISTENT_CLUSTER_ID: i16 = 104;
     pub const DUPLICATE_BROKER_REGISTRATION: i16 = 101;
     pub const ELECTION_NOT_NEEDED: i16 = 84;
+    pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
     pub const INVALID_UPDATE_VERSION: i16 = 108;
@@ -1058,8 +1059,7 @@ fn elect_preferred(s: &mut Snapshot, only: Option<&[(String, i32)]>) -> Vec<((St
             return false;
         }
         if !(live.contains(&preferred) && pm.isr.contains(&preferred)) {
-            // Kafka's PREFERRED_LEADER_NOT_AVAILABLE.
-            out.push(((t.to_string(), p), 80));
+            out.push(((t.to_string(), p), code::PREFERRED_LEADER_NOT_AVAILABLE));
             return false;
         }
         pm.leader = preferred;

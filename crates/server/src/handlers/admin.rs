@@ -562,8 +562,12 @@ fn election_message(c: i16) -> Option<&'static str> {
     match c {
         0 => None,
         code::UNKNOWN_TOPIC_OR_PARTITION => Some("The partition does not exist."),
-        84 => Some("Leader election not needed for topic partition."),
-        80 => Some("The preferred leader was not available."),
+        runnel_metadata::cluster::code::ELECTION_NOT_NEEDED => {
+            Some("Leader election not needed for topic partition.")
+        }
+        runnel_metadata::cluster::code::PREFERRED_LEADER_NOT_AVAILABLE => {
+            Some("The preferred leader was not available.")
+        }
         _ => Some("The election failed."),
     }
 }

@@ -14,7 +14,6 @@ import java.net.ServerSocket;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.ByteBuffer;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.*;
 import java.util.*;
 import java.util.concurrent.ConcurrentHashMap;
@@ -912,10 +911,10 @@ public final class Differential {
                 if (ok && isMissing) {
                     // A mandatory field the captured version did not have: derived where it
                     // can be (a topic id from the name, a name from the id), else its default.
-                    ok = fill(j, f, side, capturedIdToName) || (defaults.containsKey(f) && fillDefault(j, f, defaults.get(f)));
+                    ok = fill(j, f, side, capturedIdToName) || (defaults.containsKey(f) && setEverywhere(j, f, defaults.get(f), false));
                 } else if (ok) {
                     // A value the version cannot carry: its default instead.
-                    ok = defaults.containsKey(f) && setDefault(j, f, defaults.get(f));
+                    ok = defaults.containsKey(f) && setEverywhere(j, f, defaults.get(f), true);
                 }
                 if (!ok) {
                     if (System.getenv("DIFFERENTIAL_DEBUG") != null) {
@@ -1018,29 +1017,20 @@ public final class Differential {
         return out;
     }
 
-    static boolean fillDefault(JsonNode n, String field, JsonNode value) {
+    /**
+     * Sets `field` to `value` in every object of the tree that has it (`present`) or lacks it
+     * (not `present`); whether any was set. (Objects of other structures that get a field
+     * they do not have are harmless: Kafka's JSON readers ignore unknown fields.)
+     */
+    static boolean setEverywhere(JsonNode n, String field, JsonNode value, boolean present) {
         boolean any = false;
-        if (n.isObject() && !n.has(field)) {
+        if (n.isObject() && n.has(field) == present) {
             ((ObjectNode) n).set(field, value);
             any = true;
         }
         for (JsonNode c : n) {
             if (c.isContainerNode()) {
-                any |= fillDefault(c, field, value);
-            }
-        }
-        return any;
-    }
-
-    static boolean setDefault(JsonNode n, String field, JsonNode value) {
-        boolean any = false;
-        if (n.isObject() && n.has(field)) {
-            ((ObjectNode) n).set(field, value);
-            any = true;
-        }
-        for (JsonNode c : n) {
-            if (c.isContainerNode()) {
-                any |= setDefault(c, field, value);
+                any |= setEverywhere(c, field, value, present);
             }
         }
         return any;
