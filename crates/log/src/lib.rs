@@ -27,7 +27,7 @@ pub use log::{
     AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset, Upto, LEADER_EPOCH,
     MAX_RELATIVE_OFFSET, SHORTFALL_DIVISOR,
 };
-pub use segment::{file_name, parse_file_name};
+pub use segment::{file_name, parse_file_name, AbortedTxn};
 
 use runnel_record::BatchError;
 use std::io;
@@ -42,6 +42,7 @@ pub mod error_codes {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_TXN_STATE: i16 = 48;
     pub const INVALID_RECORD: i16 = 87;
     pub const INVALID_TIMESTAMP: i16 = 32;
 }
@@ -136,6 +137,9 @@ impl LogError {
             }
             LogError::Sequence(producer_state::SequenceError::OutOfOrder { .. }) => {
                 error_codes::OUT_OF_ORDER_SEQUENCE_NUMBER
+            }
+            LogError::Sequence(producer_state::SequenceError::TxnState { .. }) => {
+                error_codes::INVALID_TXN_STATE
             }
             LogError::Unsupported(_) | LogError::TooManyRecords { .. } => {
                 error_codes::INVALID_RECORD

@@ -3,9 +3,9 @@
 
 use crate::config::LogConfig;
 use crate::producer_state::{
-    BatchMeta, ProducerEntry, ProducerState, SequenceError, Verdict, SNAPSHOT_SUFFIX,
+    BatchMeta, CompletedTxn, ProducerEntry, ProducerState, SequenceError, Verdict, SNAPSHOT_SUFFIX,
 };
-use crate::segment::{file_name, Segment, LOG_SUFFIX};
+use crate::segment::{file_name, AbortedTxn, Segment, LOG_SUFFIX};
 use crate::{now_ms, LogError};
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
@@ -37,6 +37,8 @@ pub const LEADER_EPOCH: i32 = 0;
 pub enum Upto {
     HighWatermark,
     LogEnd,
+    /// read_committed consumers: below the last stable offset.
+    Stable,
 }
 
 /// The largest offset relative to a segment's base the writer puts in it (Kafka's limit: its
@@ -67,6 +69,8 @@ pub struct ReadPlan {
     pub len: u64,
     pub high_watermark: i64,
     pub log_start_offset: i64,
+    /// The first offset a read_committed consumer may not read yet (Kafka's LSO).
+    pub last_stable_offset: i64,
 }
 
 /// A ListOffsets-by-timestamp answer.
@@ -107,6 +111,12 @@ struct PendingAppend {
     batches: Vec<(BatchHeader, BytesMut)>,
     bytes: u64,
     durable: bool,
+    /// Transactional batches of a producer whose coordinator confirmed the partition is
+    /// in its open transaction.
+    txn_verified: bool,
+    /// A transaction marker the broker wrote (Some(commit)); clients' control batches are
+    /// refused.
+    marker: Option<bool>,
     reply: oneshot::Sender<Result<AppendInfo, LogError>>,
 }
 
@@ -188,9 +198,30 @@ pub(crate) struct Inner {
     pub stats: LogStats,
     /// Idempotent producers' sequences; see [`crate::producer_state`].
     pub producers: RefCell<ProducerState>,
+    /// (first offset, marker offset) of transactions ended by a marker the high watermark
+    /// may not have passed yet, in marker order: they still hold the last stable offset.
+    unreplicated: RefCell<VecDeque<(i64, i64)>>,
 }
 
 impl Inner {
+    fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark.get();
+        let mut lso = hw;
+        {
+            let mut un = self.unreplicated.borrow_mut();
+            while un.front().is_some_and(|&(_, marker)| marker < hw) {
+                un.pop_front();
+            }
+            if let Some(first) = un.iter().map(|&(f, _)| f).min() {
+                lso = lso.min(first);
+            }
+        }
+        if let Some(first) = self.producers.borrow().first_unstable_offset() {
+            lso = lso.min(first);
+        }
+        lso
+    }
+
     /// The partition directory, opened now and checked to be the one the log was opened in
     /// (same device and inode): files are created and removed relative to it. A log whose
     /// directory is gone or replaced gets `Closed`.
@@ -270,6 +301,7 @@ impl Log {
                 closed: Cell::new(false),
                 stats: LogStats::default(),
                 producers: RefCell::new(ProducerState::default()),
+                unreplicated: RefCell::new(VecDeque::new()),
             }),
         }
     }
@@ -313,6 +345,58 @@ impl Log {
 
     /// The log end offset as far as it is published (written, and synced where it had to
     /// be): what a follower may fetch, and this replica's log end offset to its leader.
+    /// The last stable offset: below it, every transaction is decided (committed or
+    /// aborted, its marker below the high watermark); read_committed consumers stop there.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.inner.last_stable_offset()
+    }
+
+    /// The aborted transactions a read_committed fetch of `[from, upto)` must list, as
+    /// (producer id, first offset): those whose abort marker is at or after `from` and
+    /// whose first offset is below `upto`.
+    pub fn aborted_txns(&self, from: i64, upto: i64) -> Vec<(i64, i64)> {
+        let segments = self.inner.segments.borrow();
+        let i = segments
+            .partition_point(|s| s.base_offset <= from)
+            .saturating_sub(1);
+        let mut out = Vec::new();
+        for seg in &segments[i..] {
+            for t in seg.aborted.borrow().iter() {
+                if t.last_offset >= from && t.first_offset < upto {
+                    out.push((t.producer_id, t.first_offset));
+                }
+            }
+        }
+        out
+    }
+
+    /// Open transactions on this partition: (producer id, epoch, first offset).
+    pub fn open_transactions(&self) -> Vec<(i64, i16, i64)> {
+        let producers = self.inner.producers.borrow();
+        producers
+            .ongoing
+            .iter()
+            .map(|&(first, pid)| {
+                (
+                    pid,
+                    producers.entries.get(&pid).map_or(-1, |e| e.epoch),
+                    first,
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `producer_id` has an open transaction here (its first transactional batch
+    /// needs no coordinator check).
+    pub fn in_transaction(&self, producer_id: i64) -> bool {
+        self.inner
+            .producers
+            .borrow()
+            .entries
+            .get(&producer_id)
+            .is_some_and(|e| e.txn_first_offset.is_some())
+    }
+
     pub fn published_end(&self) -> i64 {
         self.inner.published.get()
     }
@@ -500,6 +584,17 @@ impl Log {
     /// flight are merged into the next single vectored write (group commit). `durable` asks for
     /// an fdatasync before the answer (acks=all with a flush-on-ack broker policy).
     pub async fn append(&self, records: BytesMut, durable: bool) -> Result<AppendInfo, LogError> {
+        self.append_checked(records, durable, false).await
+    }
+
+    /// [`Log::append`] of a producer whose transaction coordinator confirmed (`txn_verified`)
+    /// that this partition is in its open transaction.
+    pub async fn append_checked(
+        &self,
+        records: BytesMut,
+        durable: bool,
+        txn_verified: bool,
+    ) -> Result<AppendInfo, LogError> {
         self.check_open()?;
         let mut batches = split_validated(records)?;
         check_timestamps(&self.inner.config.borrow(), &batches, now_ms())?;
@@ -532,6 +627,42 @@ impl Log {
             batches,
             bytes,
             durable,
+            txn_verified,
+            marker: None,
+            reply,
+        }));
+        rx.await
+            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
+    }
+
+    /// Writes a transaction marker (WriteTxnMarkers): ends the producer's open transaction
+    /// here, committed or aborted. Refused (INVALID_PRODUCER_EPOCH) if the producer has a
+    /// newer epoch. `durable` as for appends.
+    pub async fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        durable: bool,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_open()?;
+        let bytes = runnel_record::control::marker(
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            now_ms(),
+        );
+        let h = BatchHeader::parse(&bytes)?;
+        let len = bytes.len() as u64;
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Work::Append(PendingAppend {
+            batches: vec![(h, BytesMut::from(&bytes[..]))],
+            bytes: len,
+            durable,
+            txn_verified: false,
+            marker: Some(commit),
             reply,
         }));
         rx.await
@@ -623,10 +754,25 @@ impl Log {
     ) -> Result<ReadPlan, LogError> {
         self.check_online()?;
         let hw = self.high_watermark();
+        let stable = self.last_stable_offset();
         let (end_offset, size_of): (i64, fn(&Segment) -> u64) = match upto {
             Upto::HighWatermark => (hw, |s| s.visible_size.get()),
+            Upto::Stable => (stable, |s| s.visible_size.get()),
             Upto::LogEnd => (self.published_end(), |s| s.published_size.get()),
         };
+        // A read below the last stable offset stops at the batch holding it (the first
+        // batch of the oldest open transaction), inside its segment.
+        let mut cut: Option<(i64, u64)> = None;
+        if upto == Upto::Stable && stable < hw && fetch_offset < stable {
+            let seg = {
+                let all = self.inner.segments.borrow();
+                let i = all
+                    .partition_point(|s| s.base_offset <= stable)
+                    .saturating_sub(1);
+                all[i].clone()
+            };
+            cut = Some((seg.base_offset, position_of(&seg, stable).await?));
+        }
         let lso = self.log_start_offset();
         // Out of range is judged against the log end, as Kafka does: an offset between the
         // high watermark and the log end (a consumer that read up to a previous leader's
@@ -651,7 +797,10 @@ impl Log {
         };
         for seg in &segments {
             // Capture the visible end once: appends during our reads must not extend it.
-            let end = size_of(seg);
+            let end = match cut {
+                Some((base, position)) if base == seg.base_offset => position,
+                _ => size_of(seg),
+            };
             if fetch_offset >= seg.next_offset.get() || end == 0 {
                 continue; // past this segment's data (or empty): the next one has it
             }
@@ -688,6 +837,7 @@ impl Log {
                 len,
                 high_watermark: hw,
                 log_start_offset: lso,
+                last_stable_offset: stable,
             });
         }
         // fetch_offset == the end: nothing to send yet.
@@ -699,6 +849,7 @@ impl Log {
             len: 0,
             high_watermark: hw,
             log_start_offset: lso,
+            last_stable_offset: stable,
         })
     }
 
@@ -1227,12 +1378,16 @@ async fn write_run(
     // Idempotent producers: checked here, by the log's single writer, in append order. What
     // this write changes stays in `pending` until the write has succeeded.
     let mut pending: HashMap<i64, ProducerEntry> = HashMap::new();
+    let mut completed: Vec<CompletedTxn> = Vec::new();
     {
         let producers = inner.producers.borrow();
         for a in run.iter_mut() {
-            if a.batches.iter().any(|(h, _)| h.has_producer_id()) {
+            if a.batches
+                .iter()
+                .any(|(h, _)| h.has_producer_id() || h.is_control())
+            {
                 let lso = inner.log_start_offset.get();
-                match check_producers(&producers, &mut pending, a, next, now, lso) {
+                match check_producers(&producers, &mut pending, &mut completed, a, next, now, lso) {
                     Ok(None) => {}
                     Ok(Some(duplicate)) => {
                         results.push(Some(Ok(duplicate)));
@@ -1310,6 +1465,7 @@ async fn write_run(
     // Idempotence state moves with the write, not with the high watermark: a retry of a
     // batch written but not yet visible is a duplicate of it, not a second copy.
     inner.producers.borrow_mut().commit(pending);
+    end_transactions(inner, active, &completed);
     let stats = &inner.stats;
     stats
         .appended_batches
@@ -1526,17 +1682,23 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
         }
         let mut pos = position;
         let mut records = 0u64;
+        let mut completed = Vec::new();
         {
             let mut points = inner.commit_points.borrow_mut();
             let mut producers = inner.producers.borrow_mut();
-            for (h, _) in &run {
+            for (h, b) in &run {
                 active.on_batch(h, pos, config.index_interval_bytes);
                 pos += h.total_len() as u64;
                 points.push_back((h.next_offset(), active.clone(), pos));
-                producers.replay(h, now);
+                let marker = h
+                    .is_control()
+                    .then(|| runnel_record::control::marker_kind(b))
+                    .flatten();
+                completed.extend(producers.replay(h, marker, now));
                 records += h.record_count.max(0) as u64;
             }
         }
+        end_transactions(inner, &active, &completed);
         if active.rolling_base_ms.get().is_none() {
             active.rolling_base_ms.set(Some(now));
         }
@@ -1570,9 +1732,11 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
 /// Checks the idempotent batches of one append against the producer state. Ok(None): write
 /// it (its batches are recorded in `pending` at the offsets they will get from `next`).
 /// Ok(Some(info)): a retry of batches already written, answered with their offsets.
+#[allow(clippy::too_many_arguments)]
 fn check_producers(
     state: &ProducerState,
     pending: &mut HashMap<i64, ProducerEntry>,
+    completed: &mut Vec<CompletedTxn>,
     a: &PendingAppend,
     mut next: i64,
     now: i64,
@@ -1580,23 +1744,27 @@ fn check_producers(
 ) -> Result<Option<AppendInfo>, LogError> {
     let mut scratch = pending.clone();
     let mut duplicates: Vec<BatchMeta> = Vec::new();
+    let mut ended = Vec::new();
     let mut fresh = 0;
     for (h, _) in &a.batches {
         // Offsets advance by the claimed record count (validated: lastOffsetDelta + 1); the
         // producer's baseOffset may be anything and is never used in arithmetic here.
-        if h.is_transactional() {
+        if h.is_control() && a.marker.is_none() {
+            return Err(LogError::Unsupported("control batches from clients".into()));
+        }
+        if h.is_transactional() && !h.has_producer_id() {
             return Err(LogError::Unsupported(
-                "transactional batches (transactions are not supported)".into(),
+                "transactional batches without a producer id".into(),
             ));
         }
         if h.has_producer_id() {
-            if let Verdict::Duplicate(d) = state.check(&scratch, h)? {
+            if let Verdict::Duplicate(d) = state.check(&scratch, h, a.txn_verified)? {
                 duplicates.push(d);
                 continue;
             }
             let mut placed = *h;
             placed.base_offset = next;
-            state.record(&mut scratch, &placed, now);
+            ended.extend(state.record(&mut scratch, &placed, a.marker, now));
         }
         fresh += 1;
         next += i64::from(h.record_count);
@@ -1618,9 +1786,58 @@ fn check_producers(
         .into()),
         _ => {
             *pending = scratch;
+            completed.extend(ended);
             Ok(None)
         }
     }
+}
+
+/// Transactions ended by markers just written into `seg`: they hold the last stable offset
+/// until the high watermark passes their markers, and an aborted one goes into the
+/// segment's aborted-transaction index.
+fn end_transactions(inner: &Inner, seg: &Segment, done: &[CompletedTxn]) {
+    for t in done {
+        inner
+            .unreplicated
+            .borrow_mut()
+            .push_back((t.first_offset, t.last_offset));
+        if !t.commit {
+            let lso = inner
+                .producers
+                .borrow()
+                .first_unstable_offset()
+                .unwrap_or(i64::MAX)
+                .min(t.last_offset + 1);
+            seg.aborted.borrow_mut().push(AbortedTxn {
+                producer_id: t.producer_id,
+                first_offset: t.first_offset,
+                last_offset: t.last_offset,
+                last_stable_offset: lso,
+            });
+        }
+    }
+}
+
+/// The position of the batch starting at `offset` in `seg` (the end of the data if none
+/// does): where a read below a last stable offset stops.
+async fn position_of(seg: &Segment, offset: i64) -> Result<u64, LogError> {
+    let from = seg
+        .index
+        .borrow()
+        .lookup(seg.relative(offset))
+        .map_or(0, |e| u64::from(e.position));
+    let end = seg.visible_size.get();
+    let mut found = end;
+    seg.for_each_header(from, end, |pos, h| {
+        if h.last_offset() >= offset {
+            found = pos;
+            false
+        } else {
+            true
+        }
+    })
+    .await?;
+    Ok(found)
 }
 
 /// [`Log::offset_for_timestamp`] within one segment: the first record at or after
@@ -1878,8 +2095,13 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
         // Written before leader epochs were kept: every batch carries epoch 0.
         epochs.assign(LEADER_EPOCH, lso);
     }
+    let segments: Vec<Rc<Segment>> = inner.segments.borrow().clone();
+    // The aborted transactions of markers at or past the snapshot are found again below.
+    for seg in &segments {
+        seg.aborted.borrow_mut().retain(|t| t.last_offset < from);
+    }
+    let mut ended: Vec<(Rc<Segment>, CompletedTxn)> = Vec::new();
     if from < leo {
-        let segments: Vec<Rc<Segment>> = inner.segments.borrow().clone();
         for seg in segments
             .iter()
             .filter(|s| s.next_offset.get() > from && s.size.get() > 0)
@@ -1893,9 +2115,12 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
                 0
             };
             let append_ms = seg.last_modified_ms.get();
-            seg.for_each_header(start, seg.size.get(), |_, h| {
+            seg.for_each_batch(start, seg.size.get(), |_, h, control| {
                 if h.base_offset >= from {
-                    state.replay(h, append_ms);
+                    let marker = control.and_then(runnel_record::control::marker_kind);
+                    if let Some(t) = state.replay(h, marker, append_ms) {
+                        ended.push((seg.clone(), t));
+                    }
                     epochs.assign(h.partition_leader_epoch, h.base_offset);
                 }
                 true
@@ -1905,6 +2130,9 @@ pub(crate) async fn restore_producers(log: &Log) -> Result<(), LogError> {
     }
     state.remove_below(lso);
     *inner.producers.borrow_mut() = state;
+    for (seg, t) in ended {
+        end_transactions(inner, &seg, &[t]);
+    }
     if let Some(latest) = epochs.latest_epoch() {
         inner.leader_epoch.set(latest);
     }
@@ -2113,6 +2341,7 @@ impl Future for WaitForData {
         let inner = &this.inner;
         let end = match this.upto {
             Upto::HighWatermark => inner.high_watermark.get(),
+            Upto::Stable => inner.last_stable_offset(),
             Upto::LogEnd => inner.published.get(),
         };
         if end > this.offset || inner.closed.get() || inner.offline.borrow().is_some() {

@@ -1,29 +1,32 @@
-//! Idempotent producers: per partition, each producer id's epoch and its last batches'
-//! sequence numbers and offsets, so a retried batch is answered with its original offsets
-//! instead of being written twice, and a gap in the sequence is refused (Kafka's
-//! ProducerStateManager, without transactions).
+//! Idempotent and transactional producers: per partition, each producer id's epoch and its
+//! last batches' sequence numbers and offsets, so a retried batch is answered with its
+//! original offsets instead of being written twice, and a gap in the sequence is refused;
+//! and each producer's open transaction on the partition (the offset of its first batch),
+//! which holds the last stable offset back until the transaction's marker is written
+//! (Kafka's ProducerStateManager).
 //!
 //! The state lives with the log on its owner shard and is checked by the log's single writer
 //! in append order. It is saved in `<offset>.snapshot` files (at segment roll and clean
 //! close; the name is the log end offset it covers, as in Kafka's layout) and rebuilt after
 //! a crash from the latest snapshot plus the batch headers appended since.
 //!
-//! Snapshot format (ours; Kafka's also carries transaction fields we do not have):
+//! Snapshot format (ours; version 1 had no transaction fields):
 //! ```text
-//! magic "RNPS" | version u16 = 1 | crc32c u32 of the rest | count u32 |
-//!   count x { producer id i64 | epoch i16 | last append ms i64 | n u8 |
+//! magic "RNPS" | version u16 = 2 | crc32c u32 of the rest | count u32 |
+//!   count x { producer id i64 | epoch i16 | last append ms i64 |
+//!             open transaction's first offset i64 (-1: none) | coordinator epoch i32 | n u8 |
 //!             n x { first seq i32 | last seq i32 | first offset i64 | last offset i64 } }
 //! ```
 
 use runnel_record::BatchHeader;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// Batches remembered per producer for duplicate detection (Kafka's, and the clients'
 /// max.in.flight.requests.per.connection limit with idempotence).
 pub const CACHED_BATCHES: usize = 5;
 pub const SNAPSHOT_SUFFIX: &str = "snapshot";
 const MAGIC: &[u8; 4] = b"RNPS";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 
 /// One remembered batch: its sequence range and the offsets it was written at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,10 @@ pub struct ProducerEntry {
     pub batches: VecDeque<BatchMeta>,
     /// Broker time of the last append, for producer id expiration.
     pub last_append_ms: i64,
+    /// The offset of the first batch of the producer's open transaction on this partition.
+    pub txn_first_offset: Option<i64>,
+    /// The epoch of the transaction coordinator that wrote the producer's last marker.
+    pub coordinator_epoch: i32,
 }
 
 impl ProducerEntry {
@@ -72,6 +79,23 @@ pub enum SequenceError {
         expected: Option<i32>,
         got: i32,
     },
+    /// A transactional batch for a partition its producer's transaction does not hold, or a
+    /// plain batch from a producer with an open transaction: INVALID_TXN_STATE.
+    #[error("producer {producer_id}: {reason}")]
+    TxnState {
+        producer_id: i64,
+        reason: &'static str,
+    },
+}
+
+/// A transaction ended on this partition by its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    /// The marker's offset.
+    pub last_offset: i64,
+    pub commit: bool,
 }
 
 /// What to do with one idempotent batch.
@@ -99,18 +123,50 @@ fn increment(seq: i32, by: i32) -> i32 {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerState {
     pub entries: HashMap<i64, ProducerEntry>,
+    /// (first offset, producer id) of every open transaction: the smallest is where the
+    /// partition's last stable offset stops.
+    pub ongoing: BTreeSet<(i64, i64)>,
 }
 
 impl ProducerState {
     /// Checks a batch against the state, `pending` (changes of batches accepted earlier in the
-    /// same write, not yet committed) taking precedence.
+    /// same write, not yet committed) taking precedence. `verified`: the producer's
+    /// transaction coordinator said this partition is in its open transaction (needed for
+    /// the first transactional batch of a transaction here).
     pub fn check(
         &self,
         pending: &HashMap<i64, ProducerEntry>,
         h: &BatchHeader,
+        verified: bool,
     ) -> Result<Verdict, SequenceError> {
         let pid = h.producer_id;
         let entry = pending.get(&pid).or_else(|| self.entries.get(&pid));
+        if h.is_control() {
+            // A transaction marker, written by the broker for the coordinator: only its
+            // epoch is checked (it may be newer: a coordinator aborting a timed-out
+            // transaction bumps the epoch).
+            return match entry {
+                Some(e) if h.producer_epoch < e.epoch => Err(SequenceError::StaleEpoch {
+                    producer_id: pid,
+                    epoch: h.producer_epoch,
+                    current: e.epoch,
+                }),
+                _ => Ok(Verdict::Append),
+            };
+        }
+        let in_txn = entry.is_some_and(|e| e.txn_first_offset.is_some());
+        if h.is_transactional() && !in_txn && !verified {
+            return Err(SequenceError::TxnState {
+                producer_id: pid,
+                reason: "transactional batch for a partition not added to its transaction",
+            });
+        }
+        if !h.is_transactional() && in_txn {
+            return Err(SequenceError::TxnState {
+                producer_id: pid,
+                reason: "non-transactional batch while its transaction is open",
+            });
+        }
         let Some(entry) = entry else {
             // Unknown producer (new, or its state expired or was deleted with its
             // batches): any sequence starts it, as in Kafka since KIP-360.
@@ -157,53 +213,89 @@ impl ProducerState {
     }
 
     /// Records an accepted batch written at `h.base_offset..=h.last_offset()` into `pending`.
-    pub fn record(&self, pending: &mut HashMap<i64, ProducerEntry>, h: &BatchHeader, now_ms: i64) {
+    /// `marker`: the batch is a transaction marker (Some(commit)); the transaction it ends
+    /// is returned.
+    pub fn record(
+        &self,
+        pending: &mut HashMap<i64, ProducerEntry>,
+        h: &BatchHeader,
+        marker: Option<bool>,
+        now_ms: i64,
+    ) -> Option<CompletedTxn> {
         let pid = h.producer_id;
         let entry = pending.entry(pid).or_insert_with(|| {
-            self.entries.get(&pid).cloned().unwrap_or(ProducerEntry {
-                epoch: h.producer_epoch,
-                batches: VecDeque::new(),
-                last_append_ms: now_ms,
-            })
+            self.entries
+                .get(&pid)
+                .cloned()
+                .unwrap_or_else(|| ProducerEntry::new(h.producer_epoch, now_ms))
         });
-        apply(entry, h, now_ms);
+        apply(entry, h, marker, now_ms)
     }
 
     /// Makes the changes of a completed write permanent.
     pub fn commit(&mut self, pending: HashMap<i64, ProducerEntry>) {
-        self.entries.extend(pending);
+        for (pid, new) in pending {
+            self.set(pid, new);
+        }
     }
 
-    /// Replays a stored batch (recovery): the log is trusted, nothing is refused.
-    pub fn replay(&mut self, h: &BatchHeader, append_ms: i64) {
-        if !h.has_producer_id() {
-            return;
+    fn set(&mut self, pid: i64, new: ProducerEntry) {
+        let old = self.entries.get(&pid).and_then(|e| e.txn_first_offset);
+        if old != new.txn_first_offset {
+            if let Some(o) = old {
+                self.ongoing.remove(&(o, pid));
+            }
+            if let Some(o) = new.txn_first_offset {
+                self.ongoing.insert((o, pid));
+            }
         }
-        let entry = self
+        self.entries.insert(pid, new);
+    }
+
+    /// Replays a stored batch (recovery, or a follower appending its leader's batches): the
+    /// log is trusted, nothing is refused. `marker` as in [`ProducerState::record`].
+    pub fn replay(
+        &mut self,
+        h: &BatchHeader,
+        marker: Option<bool>,
+        append_ms: i64,
+    ) -> Option<CompletedTxn> {
+        if !h.has_producer_id() {
+            return None;
+        }
+        let mut entry = self
             .entries
-            .entry(h.producer_id)
-            .or_insert_with(|| ProducerEntry {
-                epoch: h.producer_epoch,
-                batches: VecDeque::new(),
-                last_append_ms: append_ms,
-            });
-        apply(entry, h, append_ms);
+            .get(&h.producer_id)
+            .cloned()
+            .unwrap_or_else(|| ProducerEntry::new(h.producer_epoch, append_ms));
+        let done = apply(&mut entry, h, marker, append_ms);
+        self.set(h.producer_id, entry);
+        done
+    }
+
+    /// The first offset of the oldest open transaction.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.first().map(|(o, _)| *o)
     }
 
     /// Drops producers whose every remembered batch lies below the log start offset
-    /// (retention or DeleteRecords removed them), as Kafka does.
+    /// (retention or DeleteRecords removed them), as Kafka does; not one with an open
+    /// transaction.
     pub fn remove_below(&mut self, log_start_offset: i64) -> usize {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, e| e.last_offset().is_some_and(|o| o >= log_start_offset));
+        self.entries.retain(|_, e| {
+            e.txn_first_offset.is_some() || e.last_offset().is_some_and(|o| o >= log_start_offset)
+        });
         before - self.entries.len()
     }
 
-    /// Drops producers idle for longer than `expiration_ms` (producer.id.expiration.ms).
+    /// Drops producers idle for longer than `expiration_ms` (producer.id.expiration.ms);
+    /// not one with an open transaction (its coordinator ends it).
     pub fn expire(&mut self, now_ms: i64, expiration_ms: u64) -> usize {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, e| now_ms - e.last_append_ms <= expiration_ms as i64);
+        self.entries.retain(|_, e| {
+            e.txn_first_offset.is_some() || now_ms - e.last_append_ms <= expiration_ms as i64
+        });
         before - self.entries.len()
     }
 
@@ -217,6 +309,8 @@ impl ProducerState {
             body.extend_from_slice(&pid.to_be_bytes());
             body.extend_from_slice(&e.epoch.to_be_bytes());
             body.extend_from_slice(&e.last_append_ms.to_be_bytes());
+            body.extend_from_slice(&e.txn_first_offset.unwrap_or(-1).to_be_bytes());
+            body.extend_from_slice(&e.coordinator_epoch.to_be_bytes());
             body.push(e.batches.len() as u8);
             for b in &e.batches {
                 body.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -238,7 +332,7 @@ impl ProducerState {
             return Err("not a producer state snapshot".into());
         }
         let version = u16::from_be_bytes([bytes[4], bytes[5]]);
-        if version != VERSION {
+        if version != VERSION && version != 1 {
             return Err(format!("unknown snapshot version {version}"));
         }
         let crc = u32::from_be_bytes(bytes[6..10].try_into().expect("4 bytes"));
@@ -253,6 +347,11 @@ impl ProducerState {
             let pid = r.i64()?;
             let epoch = r.i16()?;
             let last_append_ms = r.i64()?;
+            let (txn_first_offset, coordinator_epoch) = if version >= 2 {
+                (Some(r.i64()?).filter(|&o| o >= 0), r.i32()?)
+            } else {
+                (None, -1)
+            };
             let n = r.u8()?;
             let mut batches = VecDeque::with_capacity(n as usize);
             for _ in 0..n {
@@ -269,20 +368,61 @@ impl ProducerState {
                     epoch,
                     batches,
                     last_append_ms,
+                    txn_first_offset,
+                    coordinator_epoch,
                 },
             );
         }
         if r.pos != body.len() {
             return Err("trailing bytes in snapshot".into());
         }
-        Ok(ProducerState { entries })
+        let mut state = ProducerState::default();
+        for (pid, e) in entries {
+            state.set(pid, e);
+        }
+        Ok(state)
     }
 }
 
-fn apply(entry: &mut ProducerEntry, h: &BatchHeader, now_ms: i64) {
+impl ProducerEntry {
+    fn new(epoch: i16, now_ms: i64) -> Self {
+        ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            last_append_ms: now_ms,
+            txn_first_offset: None,
+            coordinator_epoch: -1,
+        }
+    }
+}
+
+fn apply(
+    entry: &mut ProducerEntry,
+    h: &BatchHeader,
+    marker: Option<bool>,
+    now_ms: i64,
+) -> Option<CompletedTxn> {
     if h.producer_epoch != entry.epoch {
+        // A newer epoch starts its sequence over (a marker may bump it: the coordinator
+        // fenced the producer; a replayed log is trusted even with an older one).
         entry.epoch = h.producer_epoch;
         entry.batches.clear();
+    }
+    entry.last_append_ms = entry.last_append_ms.max(now_ms);
+    if h.is_control() {
+        let first = entry.txn_first_offset.take();
+        return match (marker, first) {
+            (Some(commit), Some(first_offset)) => Some(CompletedTxn {
+                producer_id: h.producer_id,
+                first_offset,
+                last_offset: h.base_offset,
+                commit,
+            }),
+            _ => None,
+        };
+    }
+    if h.is_transactional() && entry.txn_first_offset.is_none() {
+        entry.txn_first_offset = Some(h.base_offset);
     }
     entry.batches.push_back(BatchMeta {
         first_seq: h.base_sequence,
@@ -293,7 +433,7 @@ fn apply(entry: &mut ProducerEntry, h: &BatchHeader, now_ms: i64) {
     while entry.batches.len() > CACHED_BATCHES {
         entry.batches.pop_front();
     }
-    entry.last_append_ms = entry.last_append_ms.max(now_ms);
+    None
 }
 
 struct Reader<'a> {
@@ -352,10 +492,20 @@ mod tests {
         }
     }
 
+    impl ProducerState {
+        fn check_plain(
+            &self,
+            p: &HashMap<i64, ProducerEntry>,
+            h: &BatchHeader,
+        ) -> Result<Verdict, SequenceError> {
+            self.check(p, h, false)
+        }
+    }
+
     fn accept(s: &mut ProducerState, h: &BatchHeader) {
         let mut p = HashMap::new();
-        assert_eq!(s.check(&p, h), Ok(Verdict::Append));
-        s.record(&mut p, h, 1);
+        assert_eq!(s.check(&p, h, false), Ok(Verdict::Append));
+        s.record(&mut p, h, None, 1);
         s.commit(p);
     }
 
@@ -367,7 +517,7 @@ mod tests {
         accept(&mut s, &batch(7, 0, 10, 5, 10));
         // A retry of either remembered batch is a duplicate with its original offsets.
         assert_eq!(
-            s.check(&none, &batch(7, 0, 0, 10, -1)),
+            s.check_plain(&none, &batch(7, 0, 0, 10, -1)),
             Ok(Verdict::Duplicate(BatchMeta {
                 first_seq: 0,
                 last_seq: 9,
@@ -376,11 +526,11 @@ mod tests {
             }))
         );
         assert!(
-            matches!(s.check(&none, &batch(7, 0, 10, 5, -1)), Ok(Verdict::Duplicate(b)) if b.first_offset == 10)
+            matches!(s.check_plain(&none, &batch(7, 0, 10, 5, -1)), Ok(Verdict::Duplicate(b)) if b.first_offset == 10)
         );
         // A gap, or a sequence from the past that is not a remembered batch.
         assert!(matches!(
-            s.check(&none, &batch(7, 0, 16, 1, -1)),
+            s.check_plain(&none, &batch(7, 0, 16, 1, -1)),
             Err(SequenceError::OutOfOrder {
                 expected: Some(15),
                 got: 16,
@@ -388,17 +538,17 @@ mod tests {
             })
         ));
         assert!(matches!(
-            s.check(&none, &batch(7, 0, 3, 1, -1)),
+            s.check_plain(&none, &batch(7, 0, 3, 1, -1)),
             Err(SequenceError::OutOfOrder { .. })
         ));
         // An older epoch is fenced; a newer one must start at 0.
         accept(&mut s, &batch(7, 1, 0, 1, 15));
         assert!(matches!(
-            s.check(&none, &batch(7, 0, 15, 1, -1)),
+            s.check_plain(&none, &batch(7, 0, 15, 1, -1)),
             Err(SequenceError::StaleEpoch { current: 1, .. })
         ));
         assert!(matches!(
-            s.check(&none, &batch(7, 2, 5, 1, -1)),
+            s.check_plain(&none, &batch(7, 2, 5, 1, -1)),
             Err(SequenceError::OutOfOrder {
                 expected: Some(0),
                 ..
@@ -410,12 +560,12 @@ mod tests {
         }
         assert_eq!(s.entries[&7].batches.len(), CACHED_BATCHES);
         assert!(matches!(
-            s.check(&none, &batch(7, 1, 1, 1, -1)),
+            s.check_plain(&none, &batch(7, 1, 1, 1, -1)),
             Err(SequenceError::OutOfOrder { .. })
         ));
         // An unknown producer starts anywhere.
         assert_eq!(
-            s.check(&none, &batch(9, 3, 1234, 1, -1)),
+            s.check_plain(&none, &batch(9, 3, 1234, 1, -1)),
             Ok(Verdict::Append)
         );
     }
@@ -434,12 +584,15 @@ mod tests {
     fn pending_changes_are_seen_before_commit() {
         let s = ProducerState::default();
         let mut p = HashMap::new();
-        s.record(&mut p, &batch(3, 0, 0, 2, 0), 1);
+        s.record(&mut p, &batch(3, 0, 0, 2, 0), None, 1);
         assert!(matches!(
-            s.check(&p, &batch(3, 0, 0, 2, -1)),
+            s.check_plain(&p, &batch(3, 0, 0, 2, -1)),
             Ok(Verdict::Duplicate(_))
         ));
-        assert_eq!(s.check(&p, &batch(3, 0, 2, 1, -1)), Ok(Verdict::Append));
+        assert_eq!(
+            s.check_plain(&p, &batch(3, 0, 2, 1, -1)),
+            Ok(Verdict::Append)
+        );
         assert!(s.entries.is_empty(), "nothing committed");
     }
 
@@ -468,8 +621,8 @@ mod tests {
     fn removal_below_log_start_and_expiry() {
         let mut s = ProducerState::default();
         let mut p = HashMap::new();
-        s.record(&mut p, &batch(1, 0, 0, 10, 0), 1_000);
-        s.record(&mut p, &batch(2, 0, 0, 10, 10), 5_000);
+        s.record(&mut p, &batch(1, 0, 0, 10, 0), None, 1_000);
+        s.record(&mut p, &batch(2, 0, 0, 10, 10), None, 5_000);
         s.commit(p);
         assert_eq!(s.remove_below(10), 1);
         assert!(s.entries.contains_key(&2));

@@ -14,7 +14,10 @@ use crate::checkpoint::{parent_dir, sync_dir};
 use crate::config::LogConfig;
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::log::{create_segment, flush_now, Log, OpenOptions};
-use crate::segment::{parse_file_name, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::segment::{
+    decode_txn_index, parse_file_name, Segment, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX,
+    TXN_INDEX_SUFFIX,
+};
 use crate::{now_ms, LogError};
 use runnel_record::{verify_stored, BatchError, BatchHeader};
 use std::os::fd::OwnedFd;
@@ -127,6 +130,11 @@ impl Log {
                         ),
                     });
                 }
+            }
+            // Aborted transactions as of the segment's roll; restore_producers replaces the
+            // entries of markers it replays.
+            if let Some(bytes) = read_whole(&seg.txn_index_path()).await? {
+                *seg.aborted.borrow_mut() = decode_txn_index(&bytes);
             }
             let size = seg.size.get();
             let needs_scan = base >= scan_from_base || !load_indexes(&seg).await?;
@@ -242,9 +250,11 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
     }
     logs.sort_unstable();
     for name in others {
-        let orphan_index = [INDEX_SUFFIX, TIME_INDEX_SUFFIX].iter().any(|sfx| {
-            parse_file_name(&name, sfx).is_some_and(|b| logs.binary_search(&b).is_err())
-        });
+        let orphan_index = [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX]
+            .iter()
+            .any(|sfx| {
+                parse_file_name(&name, sfx).is_some_and(|b| logs.binary_search(&b).is_err())
+            });
         let leftover = [".tmp", ".deleted", ".cleaned", ".swap"]
             .iter()
             .any(|sfx| name.ends_with(sfx));

@@ -11,6 +11,53 @@ use std::sync::Arc;
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// Kafka's aborted-transaction index: the transactions aborted by a marker in the segment.
+pub const TXN_INDEX_SUFFIX: &str = "txnindex";
+/// Bytes of one `.txnindex` entry: version i16 (0) | producer id i64 | first offset i64 |
+/// last offset i64 | last stable offset i64.
+const TXN_ENTRY_LEN: usize = 34;
+
+/// One aborted transaction (Kafka's AbortedTxn): its producer, its first offset, its abort
+/// marker's offset and the partition's last stable offset once the marker was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub last_stable_offset: i64,
+}
+
+/// A `.txnindex` file's entries (a torn last entry is dropped).
+pub(crate) fn decode_txn_index(bytes: &[u8]) -> Vec<AbortedTxn> {
+    bytes
+        .chunks_exact(TXN_ENTRY_LEN)
+        .map(|e| {
+            let i = |at: usize| i64::from_be_bytes(e[at..at + 8].try_into().expect("8 bytes"));
+            AbortedTxn {
+                producer_id: i(2),
+                first_offset: i(10),
+                last_offset: i(18),
+                last_stable_offset: i(26),
+            }
+        })
+        .collect()
+}
+
+fn encode_txn_index(entries: &[AbortedTxn]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * TXN_ENTRY_LEN);
+    for e in entries {
+        out.extend_from_slice(&0i16.to_be_bytes());
+        for v in [
+            e.producer_id,
+            e.first_offset,
+            e.last_offset,
+            e.last_stable_offset,
+        ] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+    out
+}
 
 /// Kafka's file name: the base offset in 20 digits.
 pub fn file_name(base_offset: i64, suffix: &str) -> String {
@@ -73,6 +120,9 @@ pub(crate) struct Segment {
     pub last_modified_ms: Cell<i64>,
     /// Bytes known to be on stable storage (fdatasync'ed).
     pub synced_size: Cell<u64>,
+    /// Transactions aborted by a marker in this segment, in marker order (written to the
+    /// `.txnindex` file with the other indexes).
+    pub aborted: RefCell<Vec<AbortedTxn>>,
 }
 
 impl Segment {
@@ -94,6 +144,7 @@ impl Segment {
             rolling_base_ms: Cell::new(None),
             last_modified_ms: Cell::new(mtime_ms),
             synced_size: Cell::new(size),
+            aborted: RefCell::new(Vec::new()),
         }
     }
 
@@ -125,9 +176,19 @@ impl Segment {
         u32::try_from(offset.saturating_sub(self.base_offset).max(0)).unwrap_or(u32::MAX)
     }
 
-    /// The names of this segment's three files in its directory.
-    pub fn file_names(&self) -> [String; 3] {
-        [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX].map(|sfx| file_name(self.base_offset, sfx))
+    pub fn txn_index_path(&self) -> PathBuf {
+        self.log_path.with_extension(TXN_INDEX_SUFFIX)
+    }
+
+    /// The names of this segment's files in its directory (the `.txnindex` may not exist).
+    pub fn file_names(&self) -> [String; 4] {
+        [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ]
+        .map(|sfx| file_name(self.base_offset, sfx))
     }
 
     /// Index bookkeeping for a batch that now lies whole in the file at `position`, as Kafka's
@@ -181,10 +242,17 @@ impl Segment {
         // Serialise before any await: a borrow held across it would collide with an append.
         let index = self.index.borrow().to_bytes();
         let time_index = self.time_index.borrow().to_bytes();
-        for (path, bytes) in [
+        let mut files = vec![
             (self.index_path(), index),
             (self.time_index_path(), time_index),
-        ] {
+        ];
+        if !self.aborted.borrow().is_empty() {
+            files.push((
+                self.txn_index_path(),
+                encode_txn_index(&self.aborted.borrow()),
+            ));
+        }
+        for (path, bytes) in files {
             let io = |e| LogError::io("write index", &path, e);
             let name = path.file_name().unwrap_or_default();
             let file: Arc<OwnedFd> = Arc::new(create_at(dir, name).map_err(io)?);
@@ -202,9 +270,20 @@ impl Segment {
     /// parse is corruption and reported as such.
     pub async fn for_each_header(
         &self,
-        mut pos: u64,
+        pos: u64,
         end: u64,
         mut f: impl FnMut(u64, &BatchHeader) -> bool,
+    ) -> Result<(), LogError> {
+        self.for_each_batch(pos, end, |p, h, _| f(p, h)).await
+    }
+
+    /// [`Segment::for_each_header`] that also hands over the whole bytes of each control
+    /// batch (a transaction marker: small), None for other batches.
+    pub async fn for_each_batch(
+        &self,
+        mut pos: u64,
+        end: u64,
+        mut f: impl FnMut(u64, &BatchHeader, Option<&[u8]>) -> bool,
     ) -> Result<(), LogError> {
         // One chunk covers an index interval (4 KiB) plus a batch header in the usual case;
         // with larger batches each hop to the next header is one more small read.
@@ -223,7 +302,18 @@ impl Segment {
                     position: pos + at as u64,
                     reason: e.to_string(),
                 })?;
-                if !f(pos + at as u64, &header) {
+                let control = if header.is_control() {
+                    match buf.get(at..at + header.total_len()) {
+                        Some(b) => Some(b),
+                        // Cut by the chunk: read again from this batch on (a marker is far
+                        // smaller than a chunk, so it is whole at the start of one).
+                        None if at > 0 => break,
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                if !f(pos + at as u64, &header, control) {
                     return Ok(());
                 }
                 at += header.total_len();

@@ -13,6 +13,7 @@
 //! The CRC-32C covers attributes..end.
 
 pub mod builder;
+pub mod control;
 mod error;
 mod header;
 pub mod recompress;

@@ -1,0 +1,77 @@
+//! Transaction markers: the control batches a transaction coordinator has written to every
+//! partition of a transaction when it commits or aborts (Kafka's EndTransactionMarker).
+//!
+//! A marker is a batch of one record with attributes transactional | control, the
+//! producer's id and epoch, base sequence -1, whose key is `version i16 (0) | type i16`
+//! (0 abort, 1 commit) and whose value is `version i16 (0) | coordinator epoch i32`.
+//! Consumers skip control batches; read_committed consumers use them to end the aborted
+//! transactions a fetch lists.
+
+use crate::builder::BatchBuilder;
+use crate::{header::ATTR_CONTROL, header::ATTR_TRANSACTIONAL, Records, HEADER_LEN};
+
+/// Control record type of a transaction's end.
+pub const ABORT: i16 = 0;
+pub const COMMIT: i16 = 1;
+
+/// The bytes of a marker batch (base offset 0, to be assigned by the log), CRC set.
+pub fn marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&(if commit { COMMIT } else { ABORT }).to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let mut b = BatchBuilder::new(timestamp).producer(producer_id, producer_epoch, -1);
+    b.append(timestamp, Some(&key), Some(&value), &[]);
+    let mut bytes = b.build();
+    let attributes = ATTR_TRANSACTIONAL | ATTR_CONTROL;
+    bytes[crate::OFF_ATTRIBUTES..crate::OFF_ATTRIBUTES + 2]
+        .copy_from_slice(&attributes.to_be_bytes());
+    crate::set_crc(&mut bytes);
+    bytes
+}
+
+/// The control record type of a control batch (`batch` starts at its header and holds at
+/// least its first record): Some(true) for a commit marker, Some(false) for an abort, None
+/// for anything else (another control type, or bytes that do not parse).
+pub fn marker_kind(batch: &[u8]) -> Option<bool> {
+    let records = batch.get(HEADER_LEN..)?;
+    let record = Records::new(records).next()?.ok()?;
+    let key = record.key?;
+    if key.len() < 4 {
+        return None;
+    }
+    match i16::from_be_bytes([key[2], key[3]]) {
+        COMMIT => Some(true),
+        ABORT => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_validate_and_read_back() {
+        for commit in [true, false] {
+            let b = marker(42, 3, commit, 7, 1000);
+            let h = crate::validate(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (42, 3, -1)
+            );
+            assert_eq!(h.record_count, 1);
+            assert_eq!(marker_kind(&b), Some(commit));
+        }
+        assert_eq!(marker_kind(&[0; 10]), None);
+    }
+}
