@@ -9,5 +9,6 @@ pub mod assignor;
 pub mod consumer;
 pub mod coordinator;
 pub mod offsets;
+pub mod txn;
 
 pub use coordinator::*;
