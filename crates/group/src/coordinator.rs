@@ -180,10 +180,26 @@ pub enum GroupOp {
         offsets: Vec<CommitEntry>,
         reply: oneshot::Sender<Result<Vec<i16>, i16>>,
     },
+    /// TxnOffsetCommit (KIP-98, KIP-447): offsets held pending until the transaction's
+    /// marker reaches the group's partition ([`Coordinator::complete_txn`]).
+    TxnCommit {
+        group: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        /// -1 and "" : no membership check (a producer outside the group).
+        generation: i32,
+        member_id: String,
+        instance_id: Option<String>,
+        offsets: Vec<CommitEntry>,
+        reply: oneshot::Sender<Result<Vec<i16>, i16>>,
+    },
     /// None: every committed partition of the group.
     Fetch {
         group: String,
         partitions: Option<Vec<(String, Vec<i32>)>>,
+        /// KIP-447: a partition with transactional offsets pending gets
+        /// UNSTABLE_OFFSET_COMMIT instead of its committed offset.
+        require_stable: bool,
         /// OffsetFetch v9+: the asking member and its epoch (checked in KIP-848 groups).
         member: Option<(String, i32)>,
         reply: oneshot::Sender<Result<Vec<FetchedTopic>, i16>>,
@@ -227,6 +243,7 @@ impl GroupOp {
             | GroupOp::ConsumerDescribe { group, .. }
             | GroupOp::Leave { group, .. }
             | GroupOp::Commit { group, .. }
+            | GroupOp::TxnCommit { group, .. }
             | GroupOp::Fetch { group, .. }
             | GroupOp::Describe { group, .. }
             | GroupOp::Delete { group, .. }
@@ -620,6 +637,9 @@ pub struct Coordinator {
     writes_in_flight: Rc<Cell<usize>>,
     /// Added to the clocks (for tests, which cannot wait out session timeouts).
     clock_skew: Cell<Duration>,
+    /// Offsets committed in open transactions, by producer id: applied when a commit
+    /// marker reaches the group's partition, dropped at an abort.
+    txn_offsets: RefCell<HashMap<i64, Vec<(OffsetKey, Committed)>>>,
 }
 
 /// Records an operation needs in `__consumer_offsets` before it can be answered. The caller
@@ -630,6 +650,9 @@ pub struct Coordinator {
 pub struct PendingWrite {
     pub group: String,
     pub records: Vec<(OffsetKey, Option<Committed>)>,
+    /// The records belong to this producer's (id, epoch) transaction: written as a
+    /// transactional batch of that producer.
+    pub txn: Option<(i64, i16)>,
     then: Then,
     _in_flight: InFlight,
 }
@@ -638,6 +661,11 @@ pub struct PendingWrite {
 enum Then {
     Commit {
         codes: Vec<i16>,
+        reply: oneshot::Sender<Result<Vec<i16>, i16>>,
+    },
+    TxnCommit {
+        codes: Vec<i16>,
+        producer_id: i64,
         reply: oneshot::Sender<Result<Vec<i16>, i16>>,
     },
     Delete {
@@ -710,6 +738,7 @@ impl Coordinator {
             partition_count: Cell::new(0),
             writes_in_flight: Default::default(),
             clock_skew: Cell::new(Duration::ZERO),
+            txn_offsets: RefCell::new(HashMap::new()),
         }
     }
 
@@ -729,7 +758,42 @@ impl Coordinator {
 
     /// No write is waiting for its state change: the applied state is the log's.
     pub fn quiescent(&self) -> bool {
-        self.writes_in_flight.get() == 0
+        self.writes_in_flight.get() == 0 && self.txn_offsets.borrow().is_empty()
+    }
+
+    /// A transaction marker was written to `__consumer_offsets` partition `partition`:
+    /// the producer's pending offsets for the groups of that partition are applied (commit)
+    /// or dropped (abort).
+    pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+        let n = self.partition_count.get();
+        let mut pending = self.txn_offsets.borrow_mut();
+        let Some(entries) = pending.get_mut(&producer_id) else {
+            return;
+        };
+        let ours = |group: &str| n == 0 || offsets::partition_for(group, n) == partition;
+        let (done, keep): (Vec<_>, Vec<_>) = entries.drain(..).partition(|((g, _, _), _)| ours(g));
+        *entries = keep;
+        if entries.is_empty() {
+            pending.remove(&producer_id);
+        }
+        if commit {
+            let mut groups = self.groups.borrow_mut();
+            for ((g, t, p), c) in done {
+                groups
+                    .entry(g.clone())
+                    .or_insert_with(|| Group::new(&g, self.wall_ms()))
+                    .offsets
+                    .insert((t, p), c);
+            }
+        }
+    }
+
+    /// Transactional offsets replayed from a partition with no marker yet.
+    pub fn load_txn_offsets(&self, pending: HashMap<i64, Vec<(OffsetKey, Committed)>>) {
+        let mut all = self.txn_offsets.borrow_mut();
+        for (pid, entries) in pending {
+            all.entry(pid).or_default().extend(entries);
+        }
     }
 
     fn write(
@@ -741,6 +805,7 @@ impl Coordinator {
         PendingWrite {
             group: group.to_string(),
             records,
+            txn: None,
             then,
             _in_flight: InFlight::new(&self.writes_in_flight),
         }
@@ -862,9 +927,46 @@ impl Coordinator {
                 let who = (version, generation, member_id.as_str(), instance_id);
                 return self.commit(&group, who, offsets, reply);
             }
+            GroupOp::TxnCommit {
+                group,
+                producer_id,
+                producer_epoch,
+                generation,
+                member_id,
+                instance_id,
+                offsets,
+                reply,
+            } => {
+                if generation >= 0 || !member_id.is_empty() {
+                    // KIP-447: a member of the group commits with its generation.
+                    if let Err(e) =
+                        self.check_commit(&group, 9, generation, &member_id, instance_id)
+                    {
+                        let _ = reply.send(Err(e));
+                        return None;
+                    }
+                }
+                let (codes, records) = self.offset_records(&group, offsets);
+                if records.is_empty() {
+                    let _ = reply.send(Ok(codes));
+                    return None;
+                }
+                let mut w = self.write(
+                    &group,
+                    records,
+                    Then::TxnCommit {
+                        codes,
+                        producer_id,
+                        reply,
+                    },
+                );
+                w.txn = Some((producer_id, producer_epoch));
+                return Some(w);
+            }
             GroupOp::Fetch {
                 group,
                 partitions,
+                require_stable,
                 member,
                 reply,
             } => {
@@ -872,7 +974,8 @@ impl Coordinator {
                     Some((id, epoch)) => self.check_consumer_member(&group, id, *epoch),
                     None => Ok(()),
                 };
-                let _ = reply.send(checked.map(|()| self.fetch(&group, partitions)));
+                let _ =
+                    reply.send(checked.map(|()| self.fetch(&group, partitions, require_stable)));
             }
             GroupOp::ConsumerHeartbeat(args, reply) => {
                 let _ = reply.send(self.consumer_heartbeat(&args));
@@ -951,6 +1054,30 @@ impl Coordinator {
                         for ((_, topic, partition), c) in w.records {
                             if let Some(c) = c {
                                 g.offsets.insert((topic, partition), c);
+                            }
+                        }
+                        Ok(codes)
+                    }
+                    Err(c) if c == code::COORDINATOR_NOT_AVAILABLE => Err(c),
+                    Err(c) => Ok(codes
+                        .into_iter()
+                        .map(|x| if x == code::NONE { c } else { x })
+                        .collect()),
+                };
+                let _ = reply.send(r);
+            }
+            Then::TxnCommit {
+                codes,
+                producer_id,
+                reply,
+            } => {
+                let r = match result {
+                    Ok(()) => {
+                        let mut pending = self.txn_offsets.borrow_mut();
+                        let entries = pending.entry(producer_id).or_default();
+                        for (k, c) in w.records {
+                            if let Some(c) = c {
+                                entries.push((k, c));
                             }
                         }
                         Ok(codes)
@@ -1415,6 +1542,21 @@ impl Coordinator {
             let _ = reply.send(Err(e));
             return None;
         }
+        let (codes, records) = self.offset_records(group, offsets);
+        if records.is_empty() {
+            let _ = reply.send(Ok(codes));
+            return None;
+        }
+        Some(self.write(group, records, Then::Commit { codes, reply }))
+    }
+
+    /// The records of a commit, and a code per offset (metadata too large).
+    #[allow(clippy::type_complexity)]
+    fn offset_records(
+        &self,
+        group: &str,
+        offsets: Vec<CommitEntry>,
+    ) -> (Vec<i16>, Vec<(OffsetKey, Option<Committed>)>) {
         let now = self.wall_ms();
         let mut codes = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
@@ -1437,11 +1579,7 @@ impl Coordinator {
                 }),
             ));
         }
-        if records.is_empty() {
-            let _ = reply.send(Ok(codes));
-            return None;
-        }
-        Some(self.write(group, records, Then::Commit { codes, reply }))
+        (codes, records)
     }
 
     /// Whether `member_id` of `generation` may commit now.
@@ -1491,10 +1629,24 @@ impl Coordinator {
         Ok(())
     }
 
-    fn fetch(&self, group: &str, partitions: Option<Vec<(String, Vec<i32>)>>) -> Vec<FetchedTopic> {
+    fn fetch(
+        &self,
+        group: &str,
+        partitions: Option<Vec<(String, Vec<i32>)>>,
+        require_stable: bool,
+    ) -> Vec<FetchedTopic> {
         let groups = self.groups.borrow();
         let offsets = groups.get(group).map(|g| &g.offsets);
+        let pending = self.txn_offsets.borrow();
+        let unstable = |t: &str, p: i32| {
+            require_stable
+                && pending
+                    .values()
+                    .flatten()
+                    .any(|((g, pt, pp), _)| g == group && &**pt == t && *pp == p)
+        };
         let row = |t: &str, p: i32| match offsets.and_then(|o| o.get(&(Arc::from(t), p))) {
+            _ if unstable(t, p) => (p, -1, -1, None, code::UNSTABLE_OFFSET_COMMIT),
             Some(c) => (p, c.offset, c.leader_epoch, c.metadata.clone(), code::NONE),
             None => (p, -1, -1, Some(String::new()), code::NONE),
         };
@@ -1782,7 +1934,7 @@ pub fn reply_error(op: GroupOp, error: i16) {
         GroupOp::Leave { reply, .. } => {
             let _ = reply.send((error, Vec::new()));
         }
-        GroupOp::Commit { reply, .. } => {
+        GroupOp::Commit { reply, .. } | GroupOp::TxnCommit { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         GroupOp::Fetch { reply, .. } => {

@@ -31,19 +31,16 @@ use std::time::Duration;
 
 pub use runnel_protocol::code;
 
-pub const TOPIC: &str = "__transaction_state";
+pub const TOPIC: &str = runnel_metadata::cluster::TRANSACTION_STATE_TOPIC;
 /// Kafka's transaction.state.log.num.partitions.
 pub const DEFAULT_PARTITIONS: i32 = 50;
 /// Kafka's transaction.max.timeout.ms.
 pub const DEFAULT_MAX_TIMEOUT_MS: i32 = 900_000;
 
-pub const CONCURRENT_TRANSACTIONS: i16 = 51;
-pub const INVALID_PRODUCER_EPOCH: i16 = 47;
-pub const INVALID_TXN_STATE: i16 = 48;
-pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
-pub const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
-pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
-pub const PRODUCER_FENCED: i16 = 90;
+pub use code::{
+    CONCURRENT_TRANSACTIONS, INVALID_PRODUCER_EPOCH, INVALID_PRODUCER_ID_MAPPING,
+    INVALID_TRANSACTION_TIMEOUT, INVALID_TXN_STATE, PRODUCER_FENCED, TRANSACTIONAL_ID_NOT_FOUND,
+};
 
 /// The `__transaction_state` partition of a transactional id.
 pub fn partition_for(transactional_id: &str, partitions: i32) -> i32 {

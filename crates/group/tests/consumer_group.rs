@@ -426,6 +426,7 @@ fn classic_and_consumer_groups_keep_apart_and_commits_check_the_member_epoch() {
     c.handle(GroupOp::Fetch {
         group: "g".into(),
         partitions: None,
+        require_stable: false,
         member: Some(("m".into(), e + 1)),
         reply: tx,
     });

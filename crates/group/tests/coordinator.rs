@@ -310,6 +310,7 @@ fn fetch(c: &Coordinator) -> Result<Vec<runnel_group::FetchedTopic>, i16> {
         member: None,
         group: "g".into(),
         partitions: Some(vec![("t".into(), vec![0])]),
+        require_stable: false,
         reply: tx,
     });
     answer(&mut rx).unwrap()

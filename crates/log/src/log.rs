@@ -71,6 +71,9 @@ pub struct ReadPlan {
     pub log_start_offset: i64,
     /// The first offset a read_committed consumer may not read yet (Kafka's LSO).
     pub last_stable_offset: i64,
+    /// For read_committed: the aborted transactions (producer id, first offset) the
+    /// range overlaps (filled in by the caller from [`Log::aborted_txns`]).
+    pub aborted: Vec<(i64, i64)>,
 }
 
 /// A ListOffsets-by-timestamp answer.
@@ -838,6 +841,7 @@ impl Log {
                 high_watermark: hw,
                 log_start_offset: lso,
                 last_stable_offset: stable,
+                aborted: Vec::new(),
             });
         }
         // fetch_offset == the end: nothing to send yet.
@@ -850,6 +854,7 @@ impl Log {
             high_watermark: hw,
             log_start_offset: lso,
             last_stable_offset: stable,
+            aborted: Vec::new(),
         })
     }
 

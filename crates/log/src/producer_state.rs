@@ -172,6 +172,11 @@ impl ProducerState {
             // batches): any sequence starts it, as in Kafka since KIP-360.
             return Ok(Verdict::Append);
         };
+        if verified && h.is_transactional() && h.base_sequence < 0 {
+            // Written by a coordinator for the producer (TxnOffsetCommit's offsets): no
+            // sequence, as Kafka's coordinator writes them.
+            return Ok(Verdict::Append);
+        }
         let first = h.base_sequence;
         let last = last_sequence(h);
         if h.producer_epoch < entry.epoch {

@@ -46,6 +46,14 @@ pub mod code {
 
 /// The internal topic that cannot be deleted nor grown.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// The transaction coordinators' log (Kafka's internal topic of that name).
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// Kafka's internal topics: written by the brokers only, never deleted, their partition
+/// counts fixed.
+pub fn is_internal(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC || topic == TRANSACTION_STATE_TOPIC
+}
 
 /// The most partitions one topic may have; each is a directory and open files.
 pub const MAX_PARTITIONS: i32 = 100_000;
@@ -540,10 +548,10 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
             configs,
         ),
         Command::DeleteTopic { name } => {
-            if name == OFFSETS_TOPIC {
+            if is_internal(name) {
                 return Err((
                     code::INVALID_TOPIC_EXCEPTION,
-                    format!("{OFFSETS_TOPIC} is internal and cannot be deleted"),
+                    format!("{name} is internal and cannot be deleted"),
                 ));
             }
             match s.topics.remove(name.as_str()) {
@@ -1155,10 +1163,10 @@ fn create_partitions(
             format!("topic {name} does not exist"),
         ));
     };
-    if name == OFFSETS_TOPIC {
+    if is_internal(name) {
         return Err((
             code::INVALID_TOPIC_EXCEPTION,
-            format!("{OFFSETS_TOPIC} is internal: its partition count is fixed"),
+            format!("{name} is internal: its partition count is fixed"),
         ));
     }
     if count <= t.partitions {

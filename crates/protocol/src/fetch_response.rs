@@ -37,10 +37,10 @@ pub struct PartitionOut {
     pub current_leader: Option<(i32, i32)>,
     /// The replica the consumer should fetch from instead (KIP-392, v11+), or -1.
     pub preferred_read_replica: i32,
-    /// A read_committed fetch answered without error: its aborted transactions (none, as
-    /// Runnel has no transactions yet) are sent as an empty list, as Kafka does; otherwise
-    /// null, as Kafka sends for read_uncommitted and for errors.
-    pub read_committed: bool,
+    /// A read_committed fetch answered without error: its aborted transactions (producer
+    /// id, first offset), a list even when empty, as Kafka sends; None is sent as null, as
+    /// Kafka does for read_uncommitted and for errors.
+    pub aborted: Option<Vec<(i64, i64)>>,
 }
 
 /// A broker a client is pointed to (v16's NodeEndpoints, KIP-951).
@@ -101,12 +101,19 @@ pub fn encode(
             if version >= 5 {
                 b.put_i64(p.log_start_offset);
             }
-            // AbortedTransactions: empty for read_committed, else null (as Kafka).
-            match (p.read_committed, flexible) {
-                (true, true) => put_uvarint(b, 1),
-                (true, false) => b.put_i32(0),
-                (false, true) => put_uvarint(b, 0),
-                (false, false) => b.put_i32(-1),
+            // AbortedTransactions: a list for read_committed, else null (as Kafka).
+            match (&p.aborted, flexible) {
+                (Some(list), true) => put_uvarint(b, list.len() as u64 + 1),
+                (Some(list), false) => b.put_i32(list.len() as i32),
+                (None, true) => put_uvarint(b, 0),
+                (None, false) => b.put_i32(-1),
+            }
+            for &(producer_id, first_offset) in p.aborted.iter().flatten() {
+                b.put_i64(producer_id);
+                b.put_i64(first_offset);
+                if flexible {
+                    put_uvarint(b, 0); // no tagged fields
+                }
             }
             if version >= 11 {
                 b.put_i32(p.preferred_read_replica);
@@ -237,10 +244,10 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use kafka_protocol::messages::fetch_response::{
-        FetchResponse, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint as FetchNodeEndpoint,
-        PartitionData,
+        AbortedTransaction, FetchResponse, FetchableTopicResponse, LeaderIdAndEpoch,
+        NodeEndpoint as FetchNodeEndpoint, PartitionData,
     };
-    use kafka_protocol::messages::{BrokerId, ResponseHeader, TopicName};
+    use kafka_protocol::messages::{BrokerId, ProducerId, ResponseHeader, TopicName};
     use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
     use std::io::Write;
     use std::os::fd::AsRawFd;
@@ -293,7 +300,7 @@ mod tests {
                         }),
                         current_leader: None,
                         preferred_read_replica: -1,
-                        read_committed: false,
+                        aborted: None,
                     },
                     PartitionOut {
                         index: 2,
@@ -304,7 +311,7 @@ mod tests {
                         records: None,
                         current_leader: Some((3, 5)),
                         preferred_read_replica: 2,
-                        read_committed: false,
+                        aborted: None,
                     },
                 ],
             },
@@ -324,7 +331,7 @@ mod tests {
                     }),
                     current_leader: None,
                     preferred_read_replica: -1,
-                    read_committed: true,
+                    aborted: Some(vec![(7, 12), (9, 40)]),
                 }],
             },
         ];
@@ -370,7 +377,15 @@ mod tests {
                                         .with_high_watermark(p.high_watermark)
                                         .with_last_stable_offset(p.last_stable_offset)
                                         .with_log_start_offset(p.log_start_offset)
-                                        .with_aborted_transactions(p.read_committed.then(Vec::new))
+                                        .with_aborted_transactions(p.aborted.as_ref().map(|l| {
+                                            l.iter()
+                                                .map(|&(pid, first)| {
+                                                    AbortedTransaction::default()
+                                                        .with_producer_id(ProducerId(pid))
+                                                        .with_first_offset(first)
+                                                })
+                                                .collect()
+                                        }))
                                         .with_records(Some(records))
                                 })
                                 .collect(),

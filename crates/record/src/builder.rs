@@ -1,5 +1,6 @@
 //! Builds RecordBatch v2 bytes the way a producer does (uncompressed). Used by the load
-//! generator and by tests; the broker itself never builds batches.
+//! generator and by tests, and by the broker for what it writes itself (committed offsets,
+//! transaction state and markers); it never rebuilds a producer's batches.
 
 use crate::{HEADER_LEN, LOG_OVERHEAD, MAGIC_V2, NO_PRODUCER_ID};
 
@@ -13,6 +14,7 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    attributes: i16,
 }
 
 /// A record header for [`BatchBuilder::append`].
@@ -29,7 +31,20 @@ impl BatchBuilder {
             producer_id: NO_PRODUCER_ID,
             producer_epoch: -1,
             base_sequence: -1,
+            attributes: 0,
         }
+    }
+
+    /// Marks the batch as part of its producer's transaction.
+    pub fn transactional(mut self) -> Self {
+        self.attributes |= crate::header::ATTR_TRANSACTIONAL;
+        self
+    }
+
+    /// Marks the batch as a control batch (a transaction marker).
+    pub fn control(mut self) -> Self {
+        self.attributes |= crate::header::ATTR_CONTROL;
+        self
     }
 
     /// Marks the batch as an idempotent producer's.
@@ -86,7 +101,7 @@ impl BatchBuilder {
         b.extend_from_slice(&(-1i32).to_be_bytes());
         b.push(MAGIC_V2 as u8);
         b.extend_from_slice(&[0; 4]); // crc, filled below
-        b.extend_from_slice(&0i16.to_be_bytes()); // attributes: uncompressed, CreateTime
+        b.extend_from_slice(&self.attributes.to_be_bytes()); // uncompressed, CreateTime
         b.extend_from_slice(&(self.count - 1).max(0).to_be_bytes());
         b.extend_from_slice(&self.base_timestamp.to_be_bytes());
         b.extend_from_slice(&self.max_timestamp.to_be_bytes());

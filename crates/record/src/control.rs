@@ -8,7 +8,7 @@
 //! transactions a fetch lists.
 
 use crate::builder::BatchBuilder;
-use crate::{header::ATTR_CONTROL, header::ATTR_TRANSACTIONAL, Records, HEADER_LEN};
+use crate::{Records, HEADER_LEN};
 
 /// Control record type of a transaction's end.
 pub const ABORT: i16 = 0;
@@ -28,14 +28,12 @@ pub fn marker(
     let mut value = Vec::with_capacity(6);
     value.extend_from_slice(&0i16.to_be_bytes());
     value.extend_from_slice(&coordinator_epoch.to_be_bytes());
-    let mut b = BatchBuilder::new(timestamp).producer(producer_id, producer_epoch, -1);
+    let mut b = BatchBuilder::new(timestamp)
+        .producer(producer_id, producer_epoch, -1)
+        .transactional()
+        .control();
     b.append(timestamp, Some(&key), Some(&value), &[]);
-    let mut bytes = b.build();
-    let attributes = ATTR_TRANSACTIONAL | ATTR_CONTROL;
-    bytes[crate::OFF_ATTRIBUTES..crate::OFF_ATTRIBUTES + 2]
-        .copy_from_slice(&attributes.to_be_bytes());
-    crate::set_crc(&mut bytes);
-    bytes
+    b.build()
 }
 
 /// The control record type of a control batch (`batch` starts at its header and holds at

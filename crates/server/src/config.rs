@@ -237,6 +237,27 @@ pub struct Config {
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(i16).range(1..=100))]
     pub offsets_topic_replication_factor: i16,
 
+    /// Partitions of the internal __transaction_state topic, created at the first
+    /// transactional request (transaction.state.log.num.partitions).
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub transaction_state_log_num_partitions: i32,
+
+    /// Replication factor of __transaction_state, capped by the live brokers when it is
+    /// created (transaction.state.log.replication.factor).
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(i16).range(1..=100))]
+    pub transaction_state_log_replication_factor: i16,
+
+    /// The longest transaction.timeout.ms a transactional producer may ask for
+    /// (transaction.max.timeout.ms); InitProducerId with a longer one gets
+    /// INVALID_TRANSACTION_TIMEOUT.
+    #[arg(long, default_value_t = 900_000, value_name = "MS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub transaction_max_timeout_ms: i32,
+
+    /// How often the transaction coordinator looks for transactions open past their
+    /// timeout, and aborts them (transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    #[arg(long, default_value_t = 10_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub transaction_abort_timed_out_transaction_cleanup_interval_ms: u64,
+
     /// Serve Prometheus metrics over HTTP on this address (GET /metrics). Default: off.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,

@@ -5,7 +5,7 @@
 
 use crate::handlers::{
     admin, configs, consumer_groups, fetch, groups, log_dirs, metadata, produce, producers,
-    reassign, telemetry, topic_partitions,
+    reassign, telemetry, topic_partitions, txn,
 };
 use crate::shard::Shard;
 use bytes::Bytes;
@@ -77,6 +77,13 @@ async fn handle(shard: &Rc<Shard>, req: Request) -> Outcome {
         ApiKey::ListPartitionReassignments => reassign::list(shard, &req).await,
         ApiKey::FindCoordinator => admin::find_coordinator(shard, &req).await,
         ApiKey::InitProducerId => admin::init_producer_id(shard, &req).await,
+        ApiKey::AddPartitionsToTxn => txn::add_partitions_to_txn(shard, &req).await,
+        ApiKey::AddOffsetsToTxn => txn::add_offsets_to_txn(shard, &req).await,
+        ApiKey::EndTxn => txn::end_txn(shard, &req).await,
+        ApiKey::WriteTxnMarkers => txn::write_txn_markers(shard, &req).await,
+        ApiKey::TxnOffsetCommit => txn::txn_offset_commit(shard, &req).await,
+        ApiKey::DescribeTransactions => txn::describe_transactions(shard, &req).await,
+        ApiKey::ListTransactions => txn::list_transactions(shard, &req).await,
         ApiKey::JoinGroup => groups::join_group(shard, &req).await,
         ApiKey::SyncGroup => groups::sync_group(shard, &req).await,
         ApiKey::Heartbeat => groups::heartbeat(shard, &req).await,

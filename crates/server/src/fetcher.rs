@@ -9,16 +9,16 @@
 //! to the socket); the follower reads each response into one buffer and writes the batches
 //! from slices of it.
 
+use crate::peer::Peer;
 use crate::replication::Following;
 use crate::shard::{PartitionKey, Shard};
-use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use runnel_log::Log;
 use runnel_protocol::code;
 use std::collections::BTreeMap;
@@ -32,7 +32,6 @@ const EPOCH_VERSION: i16 = 4;
 /// Pause after a failed connection or a round without progress (not a test wait: the
 /// leader is down or busy and will be asked again).
 const BACKOFF: Duration = Duration::from_millis(200);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Starts the fetcher for `leader` on this shard unless it runs already. It stops by itself
 /// once this shard follows nothing on that leader.
@@ -393,112 +392,4 @@ async fn out_of_range(
         f.truncated = false;
     }
     Ok(())
-}
-
-/// A connection to another broker's client listener.
-struct Peer {
-    stream: glommio::net::TcpStream,
-    correlation: i32,
-    /// The largest answer accepted (a bad peer must not make us allocate 2 GiB).
-    max_response: usize,
-    /// How long one request may take, answer included.
-    deadline: Duration,
-}
-
-impl Peer {
-    async fn connect(addr: &str, max_response: usize, deadline: Duration) -> Result<Peer, String> {
-        let connect = async {
-            glommio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let timeout = async {
-            glommio::timer::sleep(CONNECT_TIMEOUT).await;
-            Err("timed out".to_string())
-        };
-        let stream = futures_lite::future::or(connect, timeout).await?;
-        let _ = stream.set_nodelay(true);
-        Ok(Peer {
-            stream,
-            correlation: 0,
-            max_response,
-            deadline,
-        })
-    }
-
-    /// Sends one request and reads its answer, within the peer's deadline (a leader cut
-    /// off mid-request must not hold the fetcher forever). An error leaves the connection
-    /// unusable: the caller drops it.
-    async fn call<Req, Resp>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Result<Resp, String>
-    where
-        Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
-    {
-        let deadline = self.deadline;
-        let timeout = async {
-            glommio::timer::sleep(deadline).await;
-            Err(format!("no answer to {key:?} within {deadline:?}"))
-        };
-        futures_lite::future::or(self.exchange(key, version, body), timeout).await
-    }
-
-    async fn exchange<Req, Resp>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Result<Resp, String>
-    where
-        Req: Encodable + HeaderVersion,
-        Resp: Decodable + HeaderVersion,
-    {
-        self.correlation = self.correlation.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("runnel-replica-fetcher")));
-        let mut buf = BytesMut::with_capacity(256);
-        buf.extend_from_slice(&[0; 4]);
-        header
-            .encode(&mut buf, key.request_header_version(version))
-            .and_then(|_| body.encode(&mut buf, version))
-            .map_err(|e| format!("cannot encode {key:?}: {e}"))?;
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream
-            .write_all(&buf)
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut size = [0u8; 4];
-        self.stream
-            .read_exact(&mut size)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
-        let n = i32::from_be_bytes(size);
-        let n = usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= self.max_response)
-            .ok_or_else(|| format!("bad response size {n}"))?;
-        let mut frame = BytesMut::zeroed(n);
-        self.stream
-            .read_exact(&mut frame)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
-        let mut frame = frame.freeze();
-        let header = ResponseHeader::decode(&mut frame, Resp::header_version(version))
-            .map_err(|e| format!("cannot decode the {key:?} response header: {e}"))?;
-        if header.correlation_id != self.correlation {
-            return Err(format!(
-                "correlation id {} in answer to {}",
-                header.correlation_id, self.correlation
-            ));
-        }
-        Resp::decode(&mut frame, version).map_err(|e| format!("cannot decode {key:?}: {e}"))
-    }
 }

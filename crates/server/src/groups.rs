@@ -64,7 +64,7 @@ async fn write(shard: &Shard, w: PendingWrite, durable: bool) -> Result<(), i16>
             {
                 Err(code::NOT_COORDINATOR)
             }
-            Some(log) => match offsets_store::append(&log, &w.records, durable).await {
+            Some(log) => match offsets_store::append(&log, &w.records, w.txn, durable).await {
                 Err(e) => {
                     tracing::warn!(group = %w.group, "__consumer_offsets write failed: {e}");
                     Err(code::KAFKA_STORAGE_ERROR)
@@ -102,8 +102,9 @@ pub async fn load(shard: &Rc<Shard>, p: i32, partitions: i32) -> Result<(), Stri
         .collect();
     let started = std::time::Instant::now();
     let mut all = HashMap::new();
+    let mut pending = HashMap::new();
     for log in &logs {
-        let live = offsets_store::replay(log).await.map_err(|e| {
+        let replayed = offsets_store::replay(log).await.map_err(|e| {
             // Not loading any more: its groups are answered NOT_COORDINATOR.
             shard.coordinator.unload(p, partitions);
             format!(
@@ -111,9 +112,11 @@ pub async fn load(shard: &Rc<Shard>, p: i32, partitions: i32) -> Result<(), Stri
                 log.dir().display()
             )
         })?;
-        all.extend(live);
+        all.extend(replayed.live);
+        pending.extend(replayed.pending);
     }
     let n = all.len();
+    shard.coordinator.load_txn_offsets(pending);
     shard.coordinator.load_partition(p, all);
     if n > 0 {
         tracing::info!(

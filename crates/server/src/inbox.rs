@@ -15,9 +15,10 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             records,
             acks,
             timeout_ms,
+            txn,
             reply,
         } => {
-            let r = crate::replication::produce(&shard, &key, records, acks, timeout_ms).await;
+            let r = crate::replication::produce(&shard, &key, records, acks, timeout_ms, txn).await;
             let _ = reply.send(r);
         }
         ShardMsg::Read {
@@ -26,10 +27,23 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             max_bytes,
             min_one_batch,
             replica,
+            committed,
             reply,
         } => {
             let r = match shard.log(&key) {
                 Ok(log) => match replica {
+                    None if committed => {
+                        let plan = log
+                            .read_upto(offset, max_bytes, min_one_batch, Upto::Stable)
+                            .await
+                            .map_err(log_error);
+                        plan.map(|mut p| {
+                            if p.len > 0 {
+                                p.aborted = log.aborted_txns(offset, p.last_stable_offset);
+                            }
+                            p
+                        })
+                    }
                     None => log
                         .read(offset, max_bytes, min_one_batch)
                         .await
@@ -79,10 +93,11 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
         ShardMsg::ListOffset {
             key,
             timestamp,
+            committed,
             reply,
         } => {
             let r = match shard.log(&key) {
-                Ok(log) => list_offset(&log, timestamp).await,
+                Ok(log) => list_offset(&log, timestamp, committed).await,
                 Err(e) => Err(e),
             };
             let _ = reply.send(r);
@@ -175,10 +190,42 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             crate::groups::run(&shard, op).await;
             let _ = done.send(());
         }
+        // The coordinator checks it serves the id (its partition loaded and led here).
+        ShardMsg::Txn(op) => crate::txns::run(&shard, op).await,
+        ShardMsg::WriteMarker {
+            key,
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            reply,
+        } => {
+            let r = crate::txns::write_marker(
+                &shard,
+                &key,
+                producer_id,
+                producer_epoch,
+                commit,
+                coordinator_epoch,
+            )
+            .await;
+            let _ = reply.send(r);
+        }
+        ShardMsg::OpenTxns { key, reply } => {
+            let r = shard
+                .log(&key)
+                .map(|log| log.open_transactions())
+                .unwrap_or_default();
+            let _ = reply.send(r);
+        }
     }
 }
 
-async fn list_offset(log: &Log, timestamp: i64) -> Result<Option<TimestampOffset>, PartitionError> {
+async fn list_offset(
+    log: &Log,
+    timestamp: i64,
+    committed: bool,
+) -> Result<Option<TimestampOffset>, PartitionError> {
     const LATEST: i64 = -1;
     const EARLIEST: i64 = -2;
     const MAX_TIMESTAMP: i64 = -3;
@@ -190,11 +237,20 @@ async fn list_offset(log: &Log, timestamp: i64) -> Result<Option<TimestampOffset
             offset,
         }))
     };
+    let fetchable = if committed {
+        log.last_stable_offset()
+    } else {
+        log.high_watermark()
+    };
     match timestamp {
-        LATEST | LATEST_TIERED => at(log.high_watermark()),
+        LATEST | LATEST_TIERED => at(fetchable),
         EARLIEST | EARLIEST_LOCAL => at(log.log_start_offset()),
         MAX_TIMESTAMP => log.max_timestamp_offset().map_err(log_error),
-        t if t >= 0 => log.offset_for_timestamp(t).await.map_err(log_error),
+        t if t >= 0 => log
+            .offset_for_timestamp(t)
+            .await
+            .map(|found| found.filter(|f| !committed || f.offset < fetchable))
+            .map_err(log_error),
         t => Err((
             code::INVALID_REQUEST,
             format!("timestamp {t} is not a ListOffsets target"),

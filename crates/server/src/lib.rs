@@ -23,11 +23,13 @@ pub mod inbox;
 pub mod metrics;
 pub mod offsets_store;
 pub mod partitions;
+pub mod peer;
 pub mod producer_ids;
 pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod throttle;
+pub mod txns;
 
 pub use config::Config;
 pub use server::run;

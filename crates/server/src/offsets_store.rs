@@ -21,6 +21,7 @@ const RECORDS_PER_BATCH: usize = 2000;
 pub async fn append(
     log: &Log,
     records: &[(OffsetKey, Option<Committed>)],
+    txn: Option<(i64, i16)>,
     durable: bool,
 ) -> Result<runnel_log::AppendInfo, LogError> {
     let mut buf = BytesMut::new();
@@ -31,6 +32,11 @@ pub async fn append(
             .max()
             .unwrap_or(0);
         let mut b = runnel_record::builder::BatchBuilder::new(now);
+        if let Some((pid, epoch)) = txn {
+            // TxnOffsetCommit: the producer's transactional batch, held pending until its
+            // marker (Kafka's coordinator writes them the same way).
+            b = b.producer(pid, epoch, -1).transactional();
+        }
         for (k, v) in chunk {
             let key = encode_key(k);
             let value = v.as_ref().map(encode_value);
@@ -38,12 +44,42 @@ pub async fn append(
         }
         buf.extend_from_slice(&b.build());
     }
-    log.append(buf, durable).await
+    log.append_checked(buf, durable, txn.is_some()).await
 }
 
-/// Replays a partition from its log start: the live offsets it holds.
-pub async fn replay(log: &Log) -> Result<HashMap<OffsetKey, Committed>, LogError> {
-    let mut live = HashMap::new();
+/// What a partition holds: the live committed offsets, and per producer id the offsets of
+/// transactions with no marker yet.
+#[derive(Default)]
+pub struct Replayed {
+    pub live: HashMap<OffsetKey, Committed>,
+    pub pending: HashMap<i64, Vec<(OffsetKey, Committed)>>,
+}
+
+/// Calls `f(header, key, value)` for every record of an internal topic's partition, and
+/// `f(header, None, None)` once for each control batch (a transaction marker: the header
+/// and the batch say which), from the log start to the log end: what a coordinator
+/// replays when it starts to lead the partition.
+pub async fn for_each_record(
+    log: &Log,
+    mut f: impl FnMut(&runnel_record::BatchHeader, Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), LogError> {
+    for_each_batch(log, |h, batch| {
+        if h.is_control() {
+            f(h, None, None);
+            return;
+        }
+        for r in Records::new(&batch[HEADER_LEN..]).flatten() {
+            f(h, r.key, r.value);
+        }
+    })
+    .await
+}
+
+/// Calls `f(header, batch bytes)` for every batch from the log start to the log end.
+async fn for_each_batch(
+    log: &Log,
+    mut f: impl FnMut(&runnel_record::BatchHeader, &[u8]),
+) -> Result<(), LogError> {
     let mut offset = log.log_start_offset();
     // To the log end, past the high watermark: a new leader's log is what its followers
     // will hold (they truncate to it), and its high watermark may trail what the previous
@@ -62,30 +98,60 @@ pub async fn replay(log: &Log) -> Result<HashMap<OffsetKey, Committed>, LogError
             .read_at(&plan.file, plan.position, plan.len as usize)
             .await
             .map_err(|e| LogError::Io {
-                op: "read __consumer_offsets",
+                op: "read an internal topic",
                 path: log.dir().to_path_buf(),
                 source: e,
             })?;
         for batch in Batches::new(&bytes) {
             let Ok((pos, h)) = batch else { break };
             offset = h.next_offset();
-            let records = &bytes[pos + HEADER_LEN..pos + h.total_len()];
-            for r in Records::new(records).flatten() {
-                let Some(key) = r.key.and_then(decode_key) else {
-                    continue;
-                };
-                match r.value.and_then(decode_value) {
-                    Some(c) => {
-                        live.insert(key, c);
-                    }
-                    None => {
-                        live.remove(&key);
-                    }
+            f(&h, &bytes[pos..pos + h.total_len()]);
+        }
+    }
+    Ok(())
+}
+
+/// Replays a partition from its log start: the live offsets it holds, and the offsets of
+/// open transactions (a transactional batch's records wait for their producer's marker).
+pub async fn replay(log: &Log) -> Result<Replayed, LogError> {
+    let mut live = HashMap::new();
+    let mut pending: HashMap<i64, Vec<(OffsetKey, Committed)>> = HashMap::new();
+    for_each_batch(log, |h, batch| {
+        if h.is_control() {
+            let entries = pending.remove(&h.producer_id).unwrap_or_default();
+            if runnel_record::control::marker_kind(batch) == Some(true) {
+                live.extend(entries);
+            }
+            return;
+        }
+        let records = Records::new(&batch[HEADER_LEN..]).flatten();
+        if h.is_transactional() {
+            let entries = pending.entry(h.producer_id).or_default();
+            for r in records {
+                if let (Some(k), Some(c)) =
+                    (r.key.and_then(decode_key), r.value.and_then(decode_value))
+                {
+                    entries.push((k, c));
+                }
+            }
+            return;
+        }
+        for r in records {
+            let Some(key) = r.key.and_then(decode_key) else {
+                continue;
+            };
+            match r.value.and_then(decode_value) {
+                Some(c) => {
+                    live.insert(key, c);
+                }
+                None => {
+                    live.remove(&key);
                 }
             }
         }
-    }
-    Ok(live)
+    })
+    .await?;
+    Ok(Replayed { live, pending })
 }
 
 /// Rewrites the live offsets at the log end and moves the log start offset to them when
@@ -120,7 +186,7 @@ pub async fn maybe_compact(
     let records: Vec<(OffsetKey, Option<Committed>)> =
         live.into_iter().map(|(k, c)| (k, Some(c))).collect();
     if !records.is_empty() {
-        let info = append(log, &records, true).await?;
+        let info = append(log, &records, None, true).await?;
         if !replicated(info.last_offset).await {
             return Ok(false);
         }
@@ -163,16 +229,17 @@ mod tests {
             for round in 0..200i64 {
                 let mut records: Vec<_> = (0..10).map(|p| commit("g1", p, round)).collect();
                 records.push(commit("gone", 0, round));
-                append(&log, &records, false).await.unwrap();
+                append(&log, &records, None, false).await.unwrap();
             }
             append(
                 &log,
                 &[(("gone".to_string(), Arc::from("t"), 0), None)],
+                None,
                 false,
             )
             .await
             .unwrap();
-            let before = replay(&log).await.unwrap();
+            let before = replay(&log).await.unwrap().live;
             assert_eq!(before.len(), 10);
             let size = log.size_bytes();
             // Below the size threshold nothing happens.
@@ -191,16 +258,31 @@ mod tests {
                 log.size_bytes()
             );
             assert_eq!(
-                replay(&log).await.unwrap(),
+                replay(&log).await.unwrap().live,
                 before,
                 "replay after compaction"
             );
             // Commits after the compaction still win.
-            append(&log, &[commit("g1", 3, 999)], false).await.unwrap();
-            assert_eq!(
-                replay(&log).await.unwrap()[&("g1".to_string(), Arc::from("t"), 3)].offset,
-                999
-            );
+            append(&log, &[commit("g1", 3, 999)], None, false)
+                .await
+                .unwrap();
+            let key = ("g1".to_string(), Arc::from("t"), 3);
+            assert_eq!(replay(&log).await.unwrap().live[&key].offset, 999);
+            // Transactional offsets wait for their marker: an abort drops them, a commit
+            // applies them.
+            append(&log, &[commit("g1", 3, 1000)], Some((77, 0)), false)
+                .await
+                .unwrap();
+            let r = replay(&log).await.unwrap();
+            assert_eq!((r.live[&key].offset, r.pending[&77].len()), (999, 1));
+            log.append_marker(77, 0, false, 0, false).await.unwrap();
+            let r = replay(&log).await.unwrap();
+            assert_eq!((r.live[&key].offset, r.pending.len()), (999, 0));
+            append(&log, &[commit("g1", 3, 1001)], Some((77, 0)), false)
+                .await
+                .unwrap();
+            log.append_marker(77, 0, true, 0, false).await.unwrap();
+            assert_eq!(replay(&log).await.unwrap().live[&key].offset, 1001);
         });
     }
 }

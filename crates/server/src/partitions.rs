@@ -126,6 +126,7 @@ async fn close_and_delete(shard: &Shard, key: &PartitionKey) {
 /// coordinator follows the partition's leadership. Runs before this shard sees the new
 /// snapshot, so it answers for a group only once its offsets are loaded.
 async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result<(), String> {
+    coordinate_txns(shard, old, new).await?;
     use runnel_group::offsets::TOPIC;
     let Some(t) = new.topic(TOPIC) else {
         return Ok(());
@@ -153,6 +154,40 @@ async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result
                     "no longer the coordinator of __consumer_offsets-{p}'s groups"
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// The transaction coordinator follows the leadership of `__transaction_state`'s
+/// partitions the same way (a new leader epoch of a partition led here before, after a
+/// restart of the quorum's view, reloads it: the coordinator epoch changed).
+async fn coordinate_txns(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result<(), String> {
+    use runnel_group::txn::TOPIC;
+    let Some(t) = new.topic(TOPIC) else {
+        return Ok(());
+    };
+    let me = shard.node_id();
+    for (p, pm) in t.assignment.iter().enumerate() {
+        let p = p as i32;
+        if runnel_metadata::placement::owner(TOPIC, p, shard.shared.nr_shards) != shard.id {
+            continue;
+        }
+        let was = old
+            .topic(TOPIC)
+            .filter(|o| o.id == t.id)
+            .and_then(|o| o.partition(p))
+            .filter(|o| o.leader == me)
+            .map(|o| o.leader_epoch);
+        let is = pm.leader == me;
+        if is && was != Some(pm.leader_epoch) {
+            crate::txns::load(shard, p, t.partitions, pm.leader_epoch).await?;
+        } else if was.is_some() && !is {
+            shard.txn.unload(p);
+            tracing::info!(
+                partition = p,
+                "no longer the transaction coordinator of {TOPIC}-{p}"
+            );
         }
     }
     Ok(())

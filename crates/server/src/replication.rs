@@ -16,7 +16,44 @@ use runnel_metadata::PartitionMeta;
 use runnel_protocol::code;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The first transactional batch of a transaction on this partition is checked with the
+/// producer's transaction coordinator (KIP-890 part 1); later ones, with the transaction
+/// open here already, are not. Ok(true): checked and in the transaction.
+async fn verify_transaction(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    log: &Log,
+    records: &bytes::BytesMut,
+    txn: Option<(Arc<str>, i16)>,
+) -> Result<bool, PartitionError> {
+    let Ok(h) = runnel_record::BatchHeader::parse(records) else {
+        return Ok(false); // the append refuses it
+    };
+    if !h.is_transactional() || h.is_control() || log.in_transaction(h.producer_id) {
+        return Ok(false);
+    }
+    let Some((id, version)) = txn else {
+        return Err((
+            code::INVALID_RECORD,
+            "transactional records in a produce request without a transactional id".into(),
+        ));
+    };
+    crate::txns::verify(shard, &id, h.producer_id, h.producer_epoch, key, version)
+        .await
+        .map(|()| true)
+        .map_err(|c| {
+            (
+                c,
+                format!(
+                    "{}-{} is not in the open transaction of {id} (producer {} epoch {})",
+                    key.0, key.1, h.producer_id, h.producer_epoch
+                ),
+            )
+        })
+}
 
 /// How long an ISR change may take to commit before the leader tries again.
 const ALTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -454,6 +491,7 @@ pub async fn produce(
     records: bytes::BytesMut,
     acks: i16,
     timeout_ms: i32,
+    txn: Option<(Arc<str>, i16)>,
 ) -> Result<AppendInfo, PartitionError> {
     let log = shard.log(key)?;
     let all = acks == -1;
@@ -489,7 +527,11 @@ pub async fn produce(
         }
     }
     let durable = all && shard.config().sync_on_acks_all;
-    let info = log.append(records, durable).await.map_err(log_error)?;
+    let verified = verify_transaction(shard, key, &log, &records, txn).await?;
+    let info = log
+        .append_checked(records, durable, verified)
+        .await
+        .map_err(log_error)?;
     update_high_watermark(shard, key, &log);
     if all {
         await_isr(shard, key, &log, info.last_offset, timeout_ms).await?;

@@ -281,6 +281,7 @@ async fn shard_main(
     let accept = start_listeners(&shard);
     let background = glommio::spawn_local(background(shard.clone())).detach();
     let groups = glommio::spawn_local(crate::groups::timers(shard.clone())).detach();
+    let txn_timers = glommio::spawn_local(crate::txns::timers(shard.clone())).detach();
     let checkpoints =
         (shard.id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
 
@@ -299,6 +300,7 @@ async fn shard_main(
     }
     background.cancel();
     groups.cancel();
+    txn_timers.cancel();
     if let Some(c) = checkpoints {
         c.cancel();
     }
@@ -348,6 +350,7 @@ fn new_shard(
                 session_timeout_ms: config.group_consumer_session_timeout_ms,
             },
         }),
+        txn: runnel_group::txn::TxnCoordinator::new(config.transaction_max_timeout_ms),
         leading: RefCell::new(HashMap::new()),
         following: RefCell::new(HashMap::new()),
         fetchers: RefCell::new(Default::default()),

@@ -35,6 +35,9 @@ pub enum ShardMsg {
         records: BytesMut,
         acks: i16,
         timeout_ms: i32,
+        /// The request's transactional id and the Produce version (for the check of a
+        /// transaction's first batch with its coordinator).
+        txn: Option<(Arc<str>, i16)>,
         reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
     },
     Read {
@@ -45,6 +48,9 @@ pub enum ShardMsg {
         /// A follower replica's fetch (its broker id and the leader epoch it fetches in):
         /// it reads up to the log end, and its fetch offset is its progress.
         replica: Option<(i32, i32)>,
+        /// A read_committed consumer: up to the last stable offset, with the aborted
+        /// transactions in what is read.
+        committed: bool,
         reply: oneshot::Sender<Result<ReadPlan, PartitionError>>,
     },
     /// Resolves when the partition's high watermark (a follower: its log end offset) passes
@@ -64,6 +70,9 @@ pub enum ShardMsg {
     ListOffset {
         key: PartitionKey,
         timestamp: i64,
+        /// isolation_level read_committed: the latest offset is the last stable offset,
+        /// and nothing at or past it is found by timestamp.
+        committed: bool,
         reply: oneshot::Sender<Result<Option<TimestampOffset>, PartitionError>>,
     },
     DeleteRecords {
@@ -109,6 +118,66 @@ pub enum ShardMsg {
     Group {
         op: runnel_group::GroupOp,
         done: oneshot::Sender<()>,
+    },
+    /// To a transactional id's coordinator shard.
+    Txn(TxnOp),
+    /// To a partition's owner: write a transaction marker (WriteTxnMarkers).
+    WriteMarker {
+        key: PartitionKey,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        reply: oneshot::Sender<Result<(), PartitionError>>,
+    },
+    /// A partition this broker leads: its open transactions (producer id, epoch, first
+    /// offset), for DescribeProducers.
+    OpenTxns {
+        key: PartitionKey,
+        reply: oneshot::Sender<Vec<(i64, i16, i64)>>,
+    },
+}
+
+/// Work for the transaction coordinator of a transactional id (see [`crate::txns`]).
+pub enum TxnOp {
+    InitProducerId {
+        id: String,
+        timeout_ms: i32,
+        /// KIP-360: the producer id and epoch the client had (-1, -1: none).
+        expected: (i64, i16),
+        reply: oneshot::Sender<runnel_group::txn::TxnReply>,
+    },
+    AddPartitions {
+        id: String,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<runnel_group::txn::TxnPartition>,
+        reply: oneshot::Sender<runnel_group::txn::TxnReply>,
+    },
+    EndTxn {
+        id: String,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        reply: oneshot::Sender<runnel_group::txn::TxnReply>,
+    },
+    /// A partition leader's check of a transactional produce: one code per partition.
+    Verify {
+        id: String,
+        producer_id: i64,
+        epoch: i16,
+        partitions: Vec<runnel_group::txn::TxnPartition>,
+        reply: oneshot::Sender<Vec<i16>>,
+    },
+    Describe {
+        ids: Vec<String>,
+        reply: oneshot::Sender<Vec<(String, Result<runnel_group::txn::TxnMeta, i16>)>>,
+    },
+    List {
+        states: Vec<String>,
+        producer_ids: Vec<i64>,
+        min_duration_ms: i64,
+        reply: oneshot::Sender<Vec<(String, i64, runnel_group::txn::TxnState)>>,
     },
 }
 
@@ -169,6 +238,8 @@ pub struct Shard {
     pub checkpoint_lock: glommio::sync::Semaphore,
     /// The consumer groups placed on this shard.
     pub coordinator: runnel_group::Coordinator,
+    /// The transactional ids placed on this shard.
+    pub txn: runnel_group::txn::TxnCoordinator,
     /// This shard's partitions this broker leads: the followers' progress.
     pub leading: RefCell<HashMap<PartitionKey, crate::replication::Leading>>,
     /// This shard's partitions this broker follows: whom, in which epoch.

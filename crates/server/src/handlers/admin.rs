@@ -79,6 +79,7 @@ pub async fn list_offsets(shard: &Rc<Shard>, req: &Request) -> Outcome {
                         .call(owner, |reply| ShardMsg::ListOffset {
                             key,
                             timestamp,
+                            committed: req.version >= 2 && body.isolation_level == 1,
                             reply,
                         })
                         .await
@@ -170,7 +171,7 @@ pub async fn delete_records(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 Err(c) => r = r.with_error_code(c),
                 // As Kafka: records of an internal topic are the broker's. Deleting committed
                 // offsets would lose every group's position at the next restart's replay.
-                Ok((name, _)) if &*name == runnel_group::offsets::TOPIC => {
+                Ok((name, _)) if runnel_metadata::cluster::is_internal(&name) => {
                     r = r.with_error_code(code::INVALID_TOPIC_EXCEPTION)
                 }
                 Ok((name, owner)) => {
@@ -600,30 +601,45 @@ pub async fn find_coordinator(shard: &Rc<Shard>, req: &Request) -> Outcome {
         Coordinator, FindCoordinatorResponse,
     };
     const GROUP: i8 = 0;
+    const TRANSACTION: i8 = 1;
     let body: FindCoordinatorRequest = decode!(req);
     let version = req.version;
-    // A group's coordinator is the leader of its __consumer_offsets partition.
+    // A group's coordinator is the leader of its __consumer_offsets partition, a
+    // transactional id's the leader of its __transaction_state partition.
     let snapshot = shard.snapshot();
+    if body.key_type == TRANSACTION {
+        crate::txns::ensure_topic(shard);
+    }
     let answer = |key_type: i8, key: &str| -> Result<(i32, StrBytes, i32), (i16, String)> {
-        if key_type != GROUP {
-            return Err((
-                code::COORDINATOR_NOT_AVAILABLE,
-                "transactions are not supported".into(),
-            ));
+        let (topic, partition_for): (&str, fn(&str, i32) -> i32) = match key_type {
+            GROUP => (
+                runnel_group::offsets::TOPIC,
+                runnel_group::offsets::partition_for,
+            ),
+            TRANSACTION => (runnel_group::txn::TOPIC, runnel_group::txn::partition_for),
+            _ => {
+                return Err((
+                    code::INVALID_REQUEST,
+                    format!("unknown coordinator key type {key_type}"),
+                ))
+            }
+        };
+        if key.is_empty() && key_type == TRANSACTION {
+            return Err((code::INVALID_REQUEST, "empty transactional id".into()));
         }
-        let Some(t) = snapshot.topic(runnel_group::offsets::TOPIC) else {
+        let Some(t) = snapshot.topic(topic) else {
             return Err((
                 code::COORDINATOR_NOT_AVAILABLE,
-                "__consumer_offsets is not created yet".into(),
+                format!("{topic} is not created yet"),
             ));
         };
-        let p = runnel_group::offsets::partition_for(key, t.partitions);
+        let p = partition_for(key, t.partitions);
         let leader = t.partition(p).map_or(-1, |pm| pm.leader);
         match snapshot.brokers.get(&leader) {
             Some(b) if snapshot.is_live(leader) => Ok((b.id, sb(&b.host), b.port)),
             _ => Err((
                 code::COORDINATOR_NOT_AVAILABLE,
-                format!("__consumer_offsets-{p} has no leader"),
+                format!("{topic}-{p} has no leader"),
             )),
         }
     };
@@ -675,9 +691,7 @@ pub async fn init_producer_id(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let body: InitProducerIdRequest = decode!(req);
     let mut resp = InitProducerIdResponse::default();
     if body.transactional_id.is_some() {
-        // Transactions need a transaction coordinator, which Runnel does not have.
-        resp = resp.with_error_code(code::COORDINATOR_NOT_AVAILABLE);
-        return encode_or_close(req.correlation_id, req.version, &resp);
+        return crate::handlers::txn::init_producer_id(shard, req, &body).await;
     }
     let (producer_id, epoch) = (body.producer_id.0, body.producer_epoch);
     match shard

@@ -152,8 +152,11 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let min_bytes = body.min_bytes.max(0) as u64;
     let deadline =
         Instant::now() + Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    // read_committed (isolation level 1): up to the last stable offset, with the aborted
+    // transactions of what is read. A follower replica always reads everything.
+    let committed = body.isolation_level == 1 && replica.is_none();
     let results = loop {
-        let results = read_all(shard, &wanted, max_bytes, replica).await;
+        let results = read_all(shard, &wanted, max_bytes, replica, committed).await;
         let total: u64 = results
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -167,8 +170,17 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
             break results;
         }
         // Wait for an append to any of the partitions, or the deadline.
-        if !wait_for_data(shard, &wanted, &results, deadline, replica.is_some()).await {
-            break read_all(shard, &wanted, max_bytes, replica).await;
+        if !wait_for_data(
+            shard,
+            &wanted,
+            &results,
+            deadline,
+            replica.is_some(),
+            committed,
+        )
+        .await
+        {
+            break read_all(shard, &wanted, max_bytes, replica, committed).await;
         }
     };
     if replica.is_some() {
@@ -200,7 +212,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 index: w.partition,
                 error_code: code::NONE,
                 high_watermark: plan.high_watermark,
-                last_stable_offset: plan.high_watermark,
+                last_stable_offset: plan.last_stable_offset,
                 log_start_offset: plan.log_start_offset,
                 records: (plan.len > 0 && w.redirect.is_none()).then(|| FileRange {
                     file: plan.file.clone(),
@@ -210,7 +222,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 current_leader: None,
                 preferred_read_replica: w.redirect.unwrap_or(-1),
                 // (Kafka skips the read, and sends null, when it redirects.)
-                read_committed: body.isolation_level == 1 && w.redirect.is_none(),
+                aborted: (committed && w.redirect.is_none()).then(|| plan.aborted.clone()),
             },
             Err((c, hw_lso)) => {
                 // KIP-951: with a leadership error, name the current leader.
@@ -237,7 +249,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     records: None,
                     current_leader,
                     preferred_read_replica: -1,
-                    read_committed: false,
+                    aborted: None,
                 }
             }
         };
@@ -296,6 +308,7 @@ async fn read_all(
     wanted: &[Wanted],
     max_bytes: u64,
     replica: Option<i32>,
+    committed: bool,
 ) -> Vec<ReadResult> {
     let first = runnel_runtime::join_all(wanted.iter().map(|w| {
         let shard = shard.clone();
@@ -323,6 +336,7 @@ async fn read_all(
                 limit,
                 min_one_batch,
                 replica,
+                committed,
             )
             .await
         }
@@ -341,7 +355,7 @@ async fn read_all(
             Ok(_) => {
                 let (name, p) = (w.name.clone(), w.partition);
                 let replica = replica.map(|r| (r, w.epoch));
-                read_one(shard, name, p, w.offset, left, false, replica).await
+                read_one(shard, name, p, w.offset, left, false, replica, committed).await
             }
             Err(e) => Err(e),
         };
@@ -361,6 +375,7 @@ async fn read_one(
     max_bytes: u64,
     min_one_batch: bool,
     replica: Option<(i32, i32)>,
+    committed: bool,
 ) -> ReadResult {
     let owner = shard.owner(&name, partition);
     let key = (name.clone(), partition);
@@ -371,6 +386,7 @@ async fn read_one(
             max_bytes,
             min_one_batch,
             replica,
+            committed,
             reply,
         })
         .await;
@@ -414,6 +430,7 @@ async fn wait_for_data(
     results: &[ReadResult],
     deadline: Instant,
     replica: bool,
+    committed: bool,
 ) -> bool {
     let mut receivers = Vec::new();
     // (A held partition has data, but not for this fetch.)
@@ -424,6 +441,12 @@ async fn wait_for_data(
         // waits for the log end to pass its fetch offset.
         let (offset, upto) = if replica {
             (w.offset, runnel_log::Upto::LogEnd)
+        } else if committed {
+            // Data below a moving last stable offset (a transaction ended).
+            (
+                plan.last_stable_offset.max(w.offset),
+                runnel_log::Upto::Stable,
+            )
         } else {
             (
                 plan.high_watermark.max(w.offset),

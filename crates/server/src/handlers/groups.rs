@@ -320,10 +320,12 @@ async fn fetch_group(
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
     member: Option<(String, i32)>,
+    require_stable: bool,
 ) -> Result<Vec<group::FetchedTopic>, i16> {
     ask(shard, group, |reply| GroupOp::Fetch {
         group: group.to_string(),
         partitions,
+        require_stable,
         member,
         reply,
     })
@@ -348,7 +350,7 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 .as_ref()
                 .filter(|m| !m.is_empty())
                 .map(|m| (m.to_string(), g.member_epoch));
-            let r = fetch_group(shard, &g.group_id, wanted, member).await;
+            let r = fetch_group(shard, &g.group_id, wanted, member, body.require_stable).await;
             let mut out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
             match r {
                 Ok(topics) => {
@@ -387,7 +389,14 @@ pub async fn offset_fetch(shard: &Rc<Shard>, req: &Request) -> Outcome {
             .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let r = fetch_group(shard, &body.group_id, wanted, None).await;
+    let r = fetch_group(
+        shard,
+        &body.group_id,
+        wanted,
+        None,
+        v >= 7 && body.require_stable,
+    )
+    .await;
     let mut resp = OffsetFetchResponse::default();
     match r {
         Ok(topics) => {

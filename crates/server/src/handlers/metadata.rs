@@ -119,7 +119,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request, body: MetadataRequest) -> 
         if version >= 10 {
             t = t.with_topic_id(uuid::Uuid::from_bytes(meta.id));
         }
-        if version >= 1 && &*meta.name == runnel_group::offsets::TOPIC {
+        if version >= 1 && runnel_metadata::cluster::is_internal(&meta.name) {
             t = t.with_is_internal(true);
         }
         t

@@ -15,3 +15,4 @@ pub mod producers;
 pub mod reassign;
 pub mod telemetry;
 pub mod topic_partitions;
+pub mod txn;

@@ -49,6 +49,11 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
     };
     let acks = body.acks;
     let timeout_ms = body.timeout_ms;
+    // Copied out: the request is dropped before the frame is cut into partitions.
+    let txn: Option<(Arc<str>, i16)> = body
+        .transactional_id
+        .as_ref()
+        .map(|t| (Arc::from(t.0.as_str()), version));
     let snapshot = shard.snapshot();
     let frame_start = req.frame.as_ptr() as usize;
 
@@ -81,10 +86,10 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                     code::INVALID_TOPIC_EXCEPTION,
                     "__consumer_offsets is written by the broker only".into(),
                 )
-            } else if body.transactional_id.is_some() {
+            } else if &*name == runnel_group::txn::TOPIC {
                 err(
-                    code::INVALID_REQUEST,
-                    "transactions are not supported".to_string(),
+                    code::INVALID_TOPIC_EXCEPTION,
+                    "__transaction_state is written by the broker only".into(),
                 )
             } else {
                 match meta {
@@ -189,6 +194,7 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                 records,
                 acks,
                 timeout_ms,
+                txn: txn.clone(),
                 reply,
             })
             .await;

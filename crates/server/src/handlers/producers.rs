@@ -1,6 +1,7 @@
 //! DescribeProducers (KIP-664, kafka-transactions.sh describe-producers): the idempotent
-//! producers a partition's leader remembers. There are no transactions yet, so no
-//! producer has an open one (current_txn_start_offset -1, coordinator_epoch -1).
+//! and transactional producers a partition's leader remembers, with the first offset of
+//! each one's open transaction there (-1: none), which is what holds the last stable
+//! offset back (kafka-transactions.sh find-hanging uses it).
 
 use crate::shard::{Shard, ShardMsg};
 use kafka_protocol::messages::describe_producers_response::{
@@ -40,6 +41,21 @@ pub async fn describe_producers(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     format!("{name}-{p} does not exist"),
                 ))
             };
+            let open: std::collections::HashMap<i64, i64> = if answer.is_ok() {
+                let key: (Arc<str>, i32) = (Arc::from(name.as_str()), p);
+                shard
+                    .call(shard.owner(&name, p), |reply| ShardMsg::OpenTxns {
+                        key,
+                        reply,
+                    })
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(pid, _, first)| (pid, first))
+                    .collect()
+            } else {
+                Default::default()
+            };
             match answer {
                 Ok(producers) => {
                     out.active_producers = producers
@@ -51,7 +67,9 @@ pub async fn describe_producers(shard: &Rc<Shard>, req: &Request) -> Outcome {
                                 .with_last_sequence(last_seq)
                                 .with_last_timestamp(last_ms)
                                 .with_coordinator_epoch(-1)
-                                .with_current_txn_start_offset(-1)
+                                .with_current_txn_start_offset(
+                                    open.get(&pid).copied().unwrap_or(-1),
+                                )
                         })
                         .collect();
                 }

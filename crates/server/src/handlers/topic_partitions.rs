@@ -94,7 +94,7 @@ pub async fn describe_topic_partitions(shard: &Rc<Shard>, req: &Request) -> Outc
             DescribeTopicPartitionsResponseTopic::default()
                 .with_name(Some(topic_name(name)))
                 .with_topic_id(uuid::Uuid::from_bytes(meta.id))
-                .with_is_internal(&*meta.name == runnel_group::offsets::TOPIC)
+                .with_is_internal(runnel_metadata::cluster::is_internal(&meta.name))
                 .with_partitions(partitions)
                 .with_topic_authorized_operations(TOPIC_OPERATIONS),
         );
