@@ -14,3 +14,4 @@ mod kafka_tools;
 mod protocol;
 mod replication;
 mod tools;
+mod transactions;
