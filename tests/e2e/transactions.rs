@@ -311,8 +311,7 @@ fn bad_transactional_requests_get_kafkas_errors() {
             &mut s,
             ApiKey::ListTransactions,
             1,
-            &ListTransactionsRequest::default()
-                .with_state_filters(vec![sb("Empty"), sb("Nope")]),
+            &ListTransactionsRequest::default().with_state_filters(vec![sb("Empty"), sb("Nope")]),
         );
         assert_eq!(r.unknown_state_filters, vec![sb("Nope")]);
         assert_eq!(r.transaction_states.len(), 1);

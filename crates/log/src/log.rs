@@ -117,9 +117,8 @@ struct PendingAppend {
     /// Transactional batches of a producer whose coordinator confirmed the partition is
     /// in its open transaction.
     txn_verified: bool,
-    /// A transaction marker the broker wrote (Some(commit)); clients' control batches are
-    /// refused.
-    marker: Option<bool>,
+    /// A transaction marker the broker wrote; clients' control batches are refused.
+    marker: Option<runnel_record::control::Marker>,
     reply: oneshot::Sender<Result<AppendInfo, LogError>>,
 }
 
@@ -557,15 +556,21 @@ impl Log {
     }
 
     /// The idempotent producers this log remembers: (producer id, epoch, last sequence,
-    /// broker time of its last append).
-    pub fn active_producers(&self) -> Vec<(i64, i16, i32, i64)> {
+    /// broker time of its last append, epoch of the coordinator of its last marker).
+    pub fn active_producers(&self) -> Vec<(i64, i16, i32, i64, i32)> {
         let producers = self.inner.producers.borrow();
         let mut out: Vec<_> = producers
             .entries
             .iter()
             .map(|(pid, e)| {
                 let last_seq = e.batches.back().map_or(-1, |b| b.last_seq);
-                (*pid, e.epoch, last_seq, e.last_append_ms)
+                (
+                    *pid,
+                    e.epoch,
+                    last_seq,
+                    e.last_append_ms,
+                    e.coordinator_epoch,
+                )
             })
             .collect();
         out.sort_unstable();
@@ -665,7 +670,10 @@ impl Log {
             bytes: len,
             durable,
             txn_verified: false,
-            marker: Some(commit),
+            marker: Some(runnel_record::control::Marker {
+                commit,
+                coordinator_epoch,
+            }),
             reply,
         }));
         rx.await

@@ -18,6 +18,7 @@
 //!             n x { first seq i32 | last seq i32 | first offset i64 | last offset i64 } }
 //! ```
 
+use runnel_record::control::Marker;
 use runnel_record::BatchHeader;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -218,13 +219,13 @@ impl ProducerState {
     }
 
     /// Records an accepted batch written at `h.base_offset..=h.last_offset()` into `pending`.
-    /// `marker`: the batch is a transaction marker (Some(commit)); the transaction it ends
+    /// `marker`: the batch is a transaction marker, saying this; the transaction it ends
     /// is returned.
     pub fn record(
         &self,
         pending: &mut HashMap<i64, ProducerEntry>,
         h: &BatchHeader,
-        marker: Option<bool>,
+        marker: Option<Marker>,
         now_ms: i64,
     ) -> Option<CompletedTxn> {
         let pid = h.producer_id;
@@ -262,7 +263,7 @@ impl ProducerState {
     pub fn replay(
         &mut self,
         h: &BatchHeader,
-        marker: Option<bool>,
+        marker: Option<Marker>,
         append_ms: i64,
     ) -> Option<CompletedTxn> {
         if !h.has_producer_id() {
@@ -404,7 +405,7 @@ impl ProducerEntry {
 fn apply(
     entry: &mut ProducerEntry,
     h: &BatchHeader,
-    marker: Option<bool>,
+    marker: Option<Marker>,
     now_ms: i64,
 ) -> Option<CompletedTxn> {
     if h.producer_epoch != entry.epoch {
@@ -416,12 +417,15 @@ fn apply(
     entry.last_append_ms = entry.last_append_ms.max(now_ms);
     if h.is_control() {
         let first = entry.txn_first_offset.take();
+        if let Some(m) = marker {
+            entry.coordinator_epoch = m.coordinator_epoch;
+        }
         return match (marker, first) {
-            (Some(commit), Some(first_offset)) => Some(CompletedTxn {
+            (Some(m), Some(first_offset)) => Some(CompletedTxn {
                 producer_id: h.producer_id,
                 first_offset,
                 last_offset: h.base_offset,
-                commit,
+                commit: m.commit,
             }),
             _ => None,
         };

@@ -36,21 +36,37 @@ pub fn marker(
     b.build()
 }
 
-/// The control record type of a control batch (`batch` starts at its header and holds at
-/// least its first record): Some(true) for a commit marker, Some(false) for an abort, None
-/// for anything else (another control type, or bytes that do not parse).
-pub fn marker_kind(batch: &[u8]) -> Option<bool> {
+/// What a transaction marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub commit: bool,
+    /// The epoch of the coordinator that wrote it (-1 if the value does not say).
+    pub coordinator_epoch: i32,
+}
+
+/// The marker a control batch holds (`batch` starts at its header and holds at least its
+/// first record); None for anything else (another control type, or bytes that do not
+/// parse).
+pub fn marker_kind(batch: &[u8]) -> Option<Marker> {
     let records = batch.get(HEADER_LEN..)?;
     let record = Records::new(records).next()?.ok()?;
     let key = record.key?;
     if key.len() < 4 {
         return None;
     }
-    match i16::from_be_bytes([key[2], key[3]]) {
-        COMMIT => Some(true),
-        ABORT => Some(false),
-        _ => None,
-    }
+    let commit = match i16::from_be_bytes([key[2], key[3]]) {
+        COMMIT => true,
+        ABORT => false,
+        _ => return None,
+    };
+    let coordinator_epoch = record
+        .value
+        .and_then(|v| v.get(2..6))
+        .map_or(-1, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    Some(Marker {
+        commit,
+        coordinator_epoch,
+    })
 }
 
 #[cfg(test)]
@@ -68,7 +84,13 @@ mod tests {
                 (42, 3, -1)
             );
             assert_eq!(h.record_count, 1);
-            assert_eq!(marker_kind(&b), Some(commit));
+            assert_eq!(
+                marker_kind(&b),
+                Some(Marker {
+                    commit,
+                    coordinator_epoch: 7
+                })
+            );
         }
         assert_eq!(marker_kind(&[0; 10]), None);
     }

@@ -119,7 +119,7 @@ pub async fn replay(log: &Log) -> Result<Replayed, LogError> {
     for_each_batch(log, |h, batch| {
         if h.is_control() {
             let entries = pending.remove(&h.producer_id).unwrap_or_default();
-            if runnel_record::control::marker_kind(batch) == Some(true) {
+            if runnel_record::control::marker_kind(batch).is_some_and(|m| m.commit) {
                 live.extend(entries);
             }
             return;

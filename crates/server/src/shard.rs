@@ -26,8 +26,9 @@ pub type PartitionKey = (Arc<str>, i32);
 pub type PartitionError = (i16, String);
 
 /// Work for the owner shard of a partition, or for shard 0 (metadata, admin).
-/// (producer id, epoch, last sequence, last append time) of an idempotent producer.
-pub type ActiveProducer = (i64, i16, i32, i64);
+/// (producer id, epoch, last sequence, last append time, coordinator epoch of its last
+/// transaction marker) of an idempotent or transactional producer.
+pub type ActiveProducer = (i64, i16, i32, i64, i32);
 
 pub enum ShardMsg {
     Produce {

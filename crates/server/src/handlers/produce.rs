@@ -267,7 +267,16 @@ async fn gather(
                         .with_error_code(c)
                         .with_base_offset(-1)
                         .with_log_append_time_ms(-1);
-                    if version >= 8 {
+                    // Kafka sends no message with the producer-state errors (fenced, not in
+                    // the transaction, unknown producer id): the code says it all.
+                    let silent = matches!(
+                        c,
+                        code::INVALID_PRODUCER_EPOCH
+                            | code::INVALID_TXN_STATE
+                            | code::INVALID_PRODUCER_ID_MAPPING
+                            | code::TRANSACTION_ABORTABLE
+                    );
+                    if version >= 8 && !silent {
                         r = r.with_error_message(Some(sb(&msg)));
                     }
                     // KIP-951: name the current leader, so the client need not ask.

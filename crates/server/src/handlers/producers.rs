@@ -60,13 +60,13 @@ pub async fn describe_producers(shard: &Rc<Shard>, req: &Request) -> Outcome {
                 Ok(producers) => {
                     out.active_producers = producers
                         .into_iter()
-                        .map(|(pid, epoch, last_seq, last_ms)| {
+                        .map(|(pid, epoch, last_seq, last_ms, coordinator_epoch)| {
                             ProducerState::default()
                                 .with_producer_id(ProducerId(pid))
                                 .with_producer_epoch(i32::from(epoch))
                                 .with_last_sequence(last_seq)
                                 .with_last_timestamp(last_ms)
-                                .with_coordinator_epoch(-1)
+                                .with_coordinator_epoch(coordinator_epoch)
                                 .with_current_txn_start_offset(
                                     open.get(&pid).copied().unwrap_or(-1),
                                 )

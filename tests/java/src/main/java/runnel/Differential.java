@@ -73,6 +73,10 @@ public final class Differential {
                 consumers(args[1]);
                 System.exit(0);
             }
+            case "transactions" -> {
+                transactions(args[1]);
+                System.exit(0);
+            }
             default -> usage();
         }
     }
@@ -669,7 +673,10 @@ public final class Differential {
      * broker knows the topic (a broker learns of a new topic a little after its creation). */
     static boolean notReady(JsonNode mine, JsonNode other) {
         Set<Integer> m = errorCodes(mine, new HashSet<>());
-        if (m.contains(5) || m.contains(14) || m.contains(15) || m.contains(16)) {
+        // (51 and 19: a transaction's markers still being written, which a coordinator
+        // answers CONCURRENT_TRANSACTIONS and a partition leader NOT_ENOUGH_REPLICAS.)
+        if (m.contains(5) || m.contains(14) || m.contains(15) || m.contains(16) || m.contains(51)
+                || m.contains(19)) {
             return true;
         }
         return m.contains(3) && !errorCodes(other, new HashSet<>()).contains(3);
@@ -677,9 +684,11 @@ public final class Differential {
 
     static Set<Integer> errorCodes(JsonNode n, Set<Integer> out) {
         if (n.isObject()) {
-            JsonNode e = n.get("errorCode");
-            if (e != null && e.isNumber()) {
-                out.add(e.asInt());
+            for (String f : List.of("errorCode", "partitionErrorCode")) {
+                JsonNode e = n.get(f);
+                if (e != null && e.isNumber()) {
+                    out.add(e.asInt());
+                }
             }
         }
         for (JsonNode c : n) {
@@ -837,7 +846,7 @@ public final class Differential {
                     if (mine != null) {
                         e.setValue(mine);
                     }
-                } else if (f.equals("producerId") && v.isNumber()) {
+                } else if ((f.equals("producerId") || f.equals("v3AndBelowProducerId")) && v.isNumber()) {
                     Long mine = side.pids.get(v.asLong());
                     if (mine != null) {
                         e.setValue(NODES.numberNode(mine));
@@ -1203,7 +1212,8 @@ public final class Differential {
 
     /** Fields that identify an element of an array, in order of preference. */
     static final List<String> KEYS = List.of("apiKey", "name", "topic", "topicName", "topicId", "partitionIndex",
-            "partition", "partitionId", "index", "groupId", "resourceName", "key", "brokerId", "nodeId", "logDir", "path");
+            "partition", "partitionId", "index", "groupId", "transactionalId", "resourceName", "key", "brokerId", "nodeId",
+            "logDir", "path");
 
     static void diff(String api, short v, String path, JsonNode k, JsonNode r, List<Difference> out) {
         if (k == null || r == null) {
@@ -1221,6 +1231,12 @@ public final class Differential {
         }
         if (k.isArray() && r.isArray()) {
             String key = arrayKey(k, r);
+            if (key == null && UNORDERED.stream().anyMatch(path::endsWith)) {
+                // Elements without a key the brokers agree on (producer ids differ), in an
+                // order each broker's hash maps give: compared as sorted lists.
+                k = sorted(k);
+                r = sorted(r);
+            }
             if (key == null) {
                 for (int i = 0; i < Math.max(k.size(), r.size()); i++) {
                     diff(api, v, path + "[" + i + "]", k.get(i), r.get(i), out);
@@ -1239,6 +1255,18 @@ public final class Differential {
         if (!k.equals(r)) {
             out.add(new Difference(api, v, path, brief(k), brief(r)));
         }
+    }
+
+    /** Arrays whose order means nothing and whose elements have no key both brokers share. */
+    static final List<String> UNORDERED = List.of("/activeProducers");
+
+    static JsonNode sorted(JsonNode a) {
+        List<JsonNode> l = new ArrayList<>();
+        a.forEach(l::add);
+        l.sort(Comparator.comparing(JsonNode::toString));
+        var out = NODES.arrayNode();
+        l.forEach(out::add);
+        return out;
     }
 
     static String arrayKey(JsonNode k, JsonNode r) {
@@ -1278,6 +1306,59 @@ public final class Differential {
     // A client workload for the corpus that ClientsTest's cases do not make on their own:
     // one member at a time (replay is sequential, so a group of several members waiting on
     // each other cannot be replayed), in both group protocols, with seeks and lookups by time.
+
+    /**
+     * The transaction workload: a transactional producer that commits one transaction with
+     * its consumer's offsets and aborts another, a read_committed consumer, a fenced
+     * producer, and the admin calls that describe transactions.
+     */
+    static void transactions(String bootstrap) throws Exception {
+        ClientsTest.bootstrap = bootstrap;
+        String topic = "d-txn";
+        try (var a = ClientsTest.admin_()) {
+            ClientsTest.createTopic(a, topic, 2, Map.of());
+        }
+        ClientsTest.produceN(topic, 2, 4, 1_700_000_000_000L);
+        var tp0 = new org.apache.kafka.common.TopicPartition(topic, 0);
+        try (var c = ClientsTest.consumer(Map.of(
+                        org.apache.kafka.clients.consumer.ConsumerConfig.GROUP_ID_CONFIG, "d-txn-group",
+                        org.apache.kafka.clients.consumer.ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed"));
+                var p = ClientsTest.producer(Map.of(
+                        org.apache.kafka.clients.producer.ProducerConfig.TRANSACTIONAL_ID_CONFIG, "d-txn-producer"))) {
+            c.assign(List.of(tp0));
+            c.seekToBeginning(List.of(tp0));
+            c.poll(java.time.Duration.ofMillis(500));
+            p.initTransactions();
+            p.beginTransaction();
+            for (int i = 0; i < 4; i++) {
+                p.send(new org.apache.kafka.clients.producer.ProducerRecord<>(topic, i % 2, "k" + i,
+                        ("committed " + i).getBytes())).get();
+            }
+            p.sendOffsetsToTransaction(Map.of(tp0, new org.apache.kafka.clients.consumer.OffsetAndMetadata(2)),
+                    c.groupMetadata());
+            p.commitTransaction();
+            p.beginTransaction();
+            p.send(new org.apache.kafka.clients.producer.ProducerRecord<>(topic, 1, "k", "aborted".getBytes())).get();
+            p.flush();
+            p.abortTransaction();
+            // The committed records and the consumer's offsets in it, read back committed.
+            c.seekToBeginning(List.of(tp0));
+            c.poll(java.time.Duration.ofMillis(500));
+            c.committed(Set.of(tp0));
+            c.endOffsets(List.of(tp0));
+        }
+        // A second instance fences the first.
+        try (var p = ClientsTest.producer(Map.of(
+                org.apache.kafka.clients.producer.ProducerConfig.TRANSACTIONAL_ID_CONFIG, "d-txn-producer"))) {
+            p.initTransactions();
+        }
+        try (var a = ClientsTest.admin_()) {
+            a.listTransactions().all().get();
+            a.describeTransactions(List.of("d-txn-producer")).all().get();
+            a.describeProducers(List.of(tp0)).all().get();
+            a.deleteTopics(List.of(topic)).all().get();
+        }
+    }
 
     static void consumers(String bootstrap) throws Exception {
         ClientsTest.bootstrap = bootstrap;
