@@ -198,3 +198,24 @@ fn java_admin_topics_configs_partitions_records_offsets_groups_log_dirs() {
 fn kafka_streams_word_count_at_least_once_gets_exact_counts() {
     with_timeout(300, || java_test("streams"));
 }
+
+#[test]
+fn kafka_streams_word_count_exactly_once_v2_survives_a_killed_instance() {
+    with_timeout(400, || {
+        client_test_with(
+            "streams-eos",
+            Command::new("java").args([
+                "-cp",
+                &java_classpath(),
+                "runnel.ClientsTest",
+                "streams-eos",
+            ]),
+            // The killed instance's transaction is aborted at its timeout (Streams: 10 s),
+            // found by the coordinator's next sweep.
+            &[
+                "--transaction-abort-timed-out-transaction-cleanup-interval-ms",
+                "500",
+            ],
+        )
+    });
+}

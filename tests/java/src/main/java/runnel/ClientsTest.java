@@ -24,7 +24,7 @@ public final class ClientsTest {
 
     public static void main(String[] args) throws Exception {
         if (args.length != 2) {
-            System.err.println("usage: ClientsTest <producer|consumer|consumer-protocol|admin|streams> HOST:PORT");
+            System.err.println("usage: ClientsTest <producer|consumer|consumer-protocol|admin|streams|streams-eos> HOST:PORT");
             System.exit(2);
         }
         bootstrap = args[1];
@@ -35,6 +35,11 @@ public final class ClientsTest {
                 case "consumer-protocol" -> consumerProtocol();
                 case "admin" -> admin();
                 case "streams" -> streams();
+                case "streams-eos" -> streamsEos();
+                case "streams-eos-app" -> {
+                    streamsEosApp();
+                    return;
+                }
                 default -> throw new IllegalArgumentException("unknown case " + args[0]);
             }
         } catch (Throwable t) {
@@ -512,6 +517,140 @@ public final class ClientsTest {
      * Kafka Streams word count (at_least_once): lines in, a count per word out. The
      * groupBy makes Streams create a repartition topic and the count a compacted changelog.
      */
+    static final String EOS_IN = "eos-words-in", EOS_OUT = "eos-words-out";
+    static final String[] EOS_LINES = {
+        "the quick brown fox", "jumps over the lazy dog", "the dog barks", "a fox is quick", "the end",
+    };
+    static final int EOS_ROUNDS = 300;
+
+    /**
+     * Kafka Streams word count with exactly_once_v2, killed (SIGKILL) in the middle of its
+     * run and started again: every word's committed counts on the output topic are exactly
+     * 1, 2, ..., its total, once each (no update lost, none applied twice).
+     */
+    static void streamsEos() throws Exception {
+        try (Admin a = admin_()) {
+            createTopic(a, EOS_IN, 2, Map.of());
+            createTopic(a, EOS_OUT, 2, Map.of());
+        }
+        Map<String, Long> expected = new TreeMap<>();
+        try (KafkaProducer<String, byte[]> p = producer(Map.of(ProducerConfig.ACKS_CONFIG, "all"))) {
+            for (int r = 0; r < EOS_ROUNDS; r++) {
+                for (int i = 0; i < EOS_LINES.length; i++) {
+                    p.send(new ProducerRecord<>(EOS_IN, "line" + i, EOS_LINES[i].getBytes(StandardCharsets.UTF_8)));
+                    for (String w : EOS_LINES[i].split(" ")) expected.merge(w, 1L, Long::sum);
+                }
+            }
+            p.flush();
+        }
+        long total = expected.values().stream().mapToLong(Long::longValue).sum();
+        String javaBin = java.nio.file.Path.of(System.getProperty("java.home"), "bin", "java").toString();
+        List<String> cmd = List.of(javaBin, "-cp", System.getProperty("java.class.path"), "runnel.ClientsTest",
+                "streams-eos-app", bootstrap);
+        Map<String, List<Long>> counts = new TreeMap<>();
+        Properties cp = base();
+        cp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+        try (KafkaConsumer<String, Long> c = new KafkaConsumer<>(cp, new StringDeserializer(), new LongDeserializer())) {
+            c.assign(List.of(new TopicPartition(EOS_OUT, 0), new TopicPartition(EOS_OUT, 1)));
+            c.seekToBeginning(c.assignment());
+            // The first instance: killed once part of the input is counted (committed).
+            Process first = new ProcessBuilder(cmd).redirectErrorStream(true)
+                    .redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
+            long seen = 0;
+            long deadline = System.currentTimeMillis() + 120_000;
+            while (seen < total / 4) {
+                check(System.currentTimeMillis() < deadline, "the first instance committed " + seen + " updates");
+                check(first.isAlive(), "the first instance exited with " + (first.isAlive() ? 0 : first.exitValue()));
+                for (var r : c.poll(Duration.ofMillis(100))) {
+                    counts.computeIfAbsent(r.key(), k -> new ArrayList<>()).add(r.value());
+                    seen++;
+                }
+            }
+            check(seen < total, "the first instance finished before it could be killed");
+            first.destroyForcibly().waitFor();
+            System.out.println("killed the first instance after " + seen + " of " + total + " updates");
+            // The second instance takes over the same application id and finishes.
+            Process second = new ProcessBuilder(cmd).redirectErrorStream(true)
+                    .redirectOutput(ProcessBuilder.Redirect.INHERIT).start();
+            try {
+                deadline = System.currentTimeMillis() + 180_000;
+                while (!done(counts, expected)) {
+                    check(System.currentTimeMillis() < deadline, "counts so far: " + last(counts) + ", expected " + expected);
+                    check(second.isAlive(), "the second instance exited");
+                    for (var r : c.poll(Duration.ofMillis(200))) {
+                        counts.computeIfAbsent(r.key(), k -> new ArrayList<>()).add(r.value());
+                    }
+                }
+                // Anything more would be an update applied twice.
+                for (var r : c.poll(Duration.ofMillis(1500))) {
+                    counts.computeIfAbsent(r.key(), k -> new ArrayList<>()).add(r.value());
+                }
+            } finally {
+                second.destroyForcibly().waitFor();
+            }
+        }
+        for (var e : expected.entrySet()) {
+            List<Long> got = counts.get(e.getKey());
+            List<Long> want = new ArrayList<>();
+            for (long i = 1; i <= e.getValue(); i++) want.add(i);
+            check(want.equals(got), "committed counts of '" + e.getKey() + "': " + got);
+        }
+        System.out.println("exactly once: " + last(counts));
+    }
+
+    static boolean done(Map<String, List<Long>> counts, Map<String, Long> expected) {
+        return expected.entrySet().stream().allMatch(e -> {
+            List<Long> l = counts.get(e.getKey());
+            return l != null && !l.isEmpty() && l.get(l.size() - 1) >= e.getValue();
+        });
+    }
+
+    static Map<String, Long> last(Map<String, List<Long>> counts) {
+        Map<String, Long> out = new TreeMap<>();
+        counts.forEach((k, v) -> out.put(k, v.get(v.size() - 1)));
+        return out;
+    }
+
+    /** The word count application of {@link #streamsEos}, run until killed. */
+    static void streamsEosApp() throws Exception {
+        Properties props = base();
+        props.put(org.apache.kafka.streams.StreamsConfig.APPLICATION_ID_CONFIG, "runnel-eos-wordcount");
+        props.put(org.apache.kafka.streams.StreamsConfig.PROCESSING_GUARANTEE_CONFIG, "exactly_once_v2");
+        props.put(org.apache.kafka.streams.StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        props.put(org.apache.kafka.streams.StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.String().getClass());
+        // A fresh state dir: the restart restores its store from the changelog.
+        props.put(org.apache.kafka.streams.StreamsConfig.STATE_DIR_CONFIG,
+                java.nio.file.Files.createTempDirectory("runnel-streams-eos").toString());
+        props.put(org.apache.kafka.streams.StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+        props.put(org.apache.kafka.streams.StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0);
+        props.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        // Small fetches and a pause per line, so a kill lands in the middle of the run.
+        props.put(ConsumerConfig.MAX_POLL_RECORDS_CONFIG, 20);
+        props.put(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG, 6000);
+        var builder = new org.apache.kafka.streams.StreamsBuilder();
+        builder.<String, String>stream(EOS_IN)
+                .peek((k, v) -> {
+                    try {
+                        Thread.sleep(3);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                    }
+                })
+                .flatMapValues(v -> Arrays.asList(v.toLowerCase(Locale.ROOT).split("\\W+")))
+                .groupBy((k, w) -> w)
+                .count()
+                .toStream()
+                .to(EOS_OUT, org.apache.kafka.streams.kstream.Produced.with(Serdes.String(), Serdes.Long()));
+        var app = new org.apache.kafka.streams.KafkaStreams(builder.build(), props);
+        app.setUncaughtExceptionHandler(e -> {
+            e.printStackTrace(System.out);
+            return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler
+                    .StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
+        });
+        app.start();
+        Thread.sleep(Long.MAX_VALUE);
+    }
+
     static void streams() throws Exception {
         String in = "words-in", out = "words-out";
         try (Admin a = admin_()) {
