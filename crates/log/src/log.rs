@@ -603,6 +603,20 @@ impl Log {
         durable: bool,
         txn_verified: bool,
     ) -> Result<AppendInfo, LogError> {
+        self.submit(records, durable, txn_verified)?
+            .await
+            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
+    }
+
+    /// Queues an append at once (its place in the partition's order is taken now) and gives
+    /// the channel its outcome comes on: for a caller that must not let a later append
+    /// overtake this one while it awaits something else.
+    pub fn submit(
+        &self,
+        records: BytesMut,
+        durable: bool,
+        txn_verified: bool,
+    ) -> Result<oneshot::Receiver<Result<AppendInfo, LogError>>, LogError> {
         self.check_open()?;
         let mut batches = split_validated(records)?;
         check_timestamps(&self.inner.config.borrow(), &batches, now_ms())?;
@@ -639,8 +653,7 @@ impl Log {
             marker: None,
             reply,
         }));
-        rx.await
-            .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
+        Ok(rx)
     }
 
     /// Writes a transaction marker (WriteTxnMarkers): ends the producer's open transaction

@@ -32,8 +32,8 @@ async fn verify_transaction(
     let Ok(h) = runnel_record::BatchHeader::parse(records) else {
         return Ok(false); // the append refuses it
     };
-    if !h.is_transactional() || h.is_control() || log.in_transaction(h.producer_id) {
-        return Ok(false);
+    if first_transactional(log, records).is_none() {
+        return Ok(false); // its transaction is open here already (an earlier check)
     }
     let Some((id, version)) = txn else {
         return Err((
@@ -53,6 +53,14 @@ async fn verify_transaction(
                 ),
             )
         })
+}
+
+/// The producer id of a transactional batch whose producer has no transaction open on
+/// this partition yet: the coordinator must confirm the partition is in it.
+fn first_transactional(log: &Log, records: &bytes::BytesMut) -> Option<i64> {
+    let h = runnel_record::BatchHeader::parse(records).ok()?;
+    (h.is_transactional() && !h.is_control() && !log.in_transaction(h.producer_id))
+        .then_some(h.producer_id)
 }
 
 /// How long an ISR change may take to commit before the leader tries again.
@@ -527,10 +535,33 @@ pub async fn produce(
         }
     }
     let durable = all && shard.config().sync_on_acks_all;
-    let verified = verify_transaction(shard, key, &log, &records, txn).await?;
-    let info = log
-        .append_checked(records, durable, verified)
+    let pending = match first_transactional(&log, &records) {
+        None => log.submit(records, durable, false),
+        Some(producer_id) => {
+            // One check at a time per producer and partition, in arrival order (the
+            // semaphore is FIFO), until the append is queued.
+            let order_key = (key.clone(), producer_id);
+            let gate = shard
+                .txn_checks
+                .borrow_mut()
+                .entry(order_key.clone())
+                .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+                .clone();
+            let permit = gate.acquire_permit(1).await;
+            let checked = verify_transaction(shard, key, &log, &records, txn).await;
+            let pending = checked.map(|verified| log.submit(records, durable, verified));
+            drop(permit);
+            // (The map's and this one: nobody else waits.)
+            if Rc::strong_count(&gate) == 2 {
+                shard.txn_checks.borrow_mut().remove(&order_key);
+            }
+            pending?
+        }
+    };
+    let info = pending
+        .map_err(log_error)?
         .await
+        .unwrap_or_else(|_| Err(runnel_log::LogError::Closed(log.dir().to_path_buf())))
         .map_err(log_error)?;
     update_high_watermark(shard, key, &log);
     if all {

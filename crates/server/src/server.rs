@@ -351,6 +351,7 @@ fn new_shard(
             },
         }),
         txn: runnel_group::txn::TxnCoordinator::new(config.transaction_max_timeout_ms),
+        txn_checks: RefCell::new(HashMap::new()),
         leading: RefCell::new(HashMap::new()),
         following: RefCell::new(HashMap::new()),
         fetchers: RefCell::new(Default::default()),

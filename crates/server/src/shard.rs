@@ -241,6 +241,10 @@ pub struct Shard {
     pub coordinator: runnel_group::Coordinator,
     /// The transactional ids placed on this shard.
     pub txn: runnel_group::txn::TxnCoordinator,
+    /// Produce requests of one producer to one partition checking their transaction with
+    /// its coordinator pass here one at a time, in arrival order, until their append is
+    /// queued: a later request must not overtake one whose check is slower.
+    pub txn_checks: RefCell<HashMap<(PartitionKey, i64), Rc<glommio::sync::Semaphore>>>,
     /// This shard's partitions this broker leads: the followers' progress.
     pub leading: RefCell<HashMap<PartitionKey, crate::replication::Leading>>,
     /// This shard's partitions this broker follows: whom, in which epoch.
