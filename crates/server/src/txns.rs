@@ -33,9 +33,14 @@ const MARKER_BACKOFF: Duration = Duration::from_millis(100);
 /// An inter-broker request's deadline.
 const PEER_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Idle connections kept per other broker and shard.
+const MAX_IDLE_PEERS: usize = 4;
+
 thread_local! {
     /// When this shard last asked for `__transaction_state` to be created.
     static ASKED_TOPIC: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// This shard's idle connections to other brokers, for markers and transaction checks.
+    static PEERS: std::cell::RefCell<HashMap<String, Vec<Peer>>> = std::cell::RefCell::new(HashMap::new());
 }
 
 /// The shard coordinating `id` and its `__transaction_state` partition, once the topic
@@ -107,8 +112,8 @@ pub async fn ask(shard: &Rc<Shard>, id: &str, op: TxnOp) -> Result<(), i16> {
         Err(code::UNKNOWN_TOPIC_OR_PARTITION) => return Err(code::COORDINATOR_NOT_AVAILABLE),
         Err(_) => return Err(code::NOT_COORDINATOR),
     }
-    // The op's own reply channel carries the answer.
-    let _ = shard.send::<()>(to, |_| ShardMsg::Txn(op)).await;
+    // The op carries its own reply channel.
+    drop(shard.send::<()>(to, |_| ShardMsg::Txn(op)).await);
     Ok(())
 }
 
@@ -436,9 +441,29 @@ where
     Req: kafka_protocol::protocol::Encodable + kafka_protocol::protocol::HeaderVersion,
     Resp: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::HeaderVersion,
 {
-    let mut peer = Peer::connect(addr, 16 << 20, PEER_DEADLINE).await?;
-    peer.client_id = "runnel-transaction-coordinator";
-    peer.call(key, version, req).await
+    // An idle connection to that broker if this shard has one (one request at a time on
+    // each: concurrent calls open more), else a new one; kept for the next call unless the
+    // call failed.
+    let idle = PEERS.with(|p| p.borrow_mut().get_mut(addr).and_then(Vec::pop));
+    let mut peer = match idle {
+        Some(p) => p,
+        None => {
+            let mut p = Peer::connect(addr, 16 << 20, PEER_DEADLINE).await?;
+            p.client_id = "runnel-transaction-coordinator";
+            p
+        }
+    };
+    let r = peer.call(key, version, req).await;
+    if r.is_ok() {
+        PEERS.with(|p| {
+            let mut p = p.borrow_mut();
+            let idle = p.entry(addr.to_string()).or_default();
+            if idle.len() < MAX_IDLE_PEERS {
+                idle.push(peer);
+            }
+        });
+    }
+    r
 }
 
 /// WriteTxnMarkers on a partition's owner shard: the marker appended (and replicated, as
@@ -531,7 +556,8 @@ async fn ask_verify(
             partitions: vec![key.clone()],
             reply: tx,
         };
-        let _ = shard.send::<()>(to, |_| ShardMsg::Txn(op)).await;
+        // The op carries its own reply channel.
+        drop(shard.send::<()>(to, |_| ShardMsg::Txn(op)).await);
         return rx
             .await
             .ok()

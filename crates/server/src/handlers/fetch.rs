@@ -367,6 +367,7 @@ async fn read_all(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_one(
     shard: &Rc<Shard>,
     name: Arc<str>,

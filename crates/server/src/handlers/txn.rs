@@ -106,11 +106,14 @@ pub async fn init_producer_id(
     encode_or_close(req.correlation_id, req.version, &resp)
 }
 
-/// The partitions of a request that exist; None (with each one's code) if any does not.
+/// A code per partition, by topic.
+type Codes = Vec<(String, Vec<(i32, i16)>)>;
+
+/// The partitions of a request that exist; Err (with each one's code) if any does not.
 fn check_partitions(
     shard: &Shard,
     topics: &[(String, Vec<i32>)],
-) -> Result<Vec<TxnPartition>, Vec<(String, Vec<(i32, i16)>)>> {
+) -> Result<Vec<TxnPartition>, Codes> {
     let snapshot = shard.snapshot();
     let mut ok = Vec::new();
     let mut bad = false;
@@ -402,7 +405,9 @@ pub async fn txn_offset_commit(shard: &Rc<Shard>, req: &Request) -> Outcome {
     let group = body.group_id.0.to_string();
     let snapshot = shard.snapshot();
     let mut entries = Vec::new();
-    let mut layout: Vec<(TopicName, Vec<(i32, Option<i16>)>)> = Vec::new();
+    // Per topic: each partition, with its code if refused before the coordinator is asked.
+    type Layout = Vec<(TopicName, Vec<(i32, Option<i16>)>)>;
+    let mut layout: Layout = Vec::new();
     for t in &body.topics {
         let meta = snapshot.topic(&t.name.0);
         let mut rows = Vec::new();
@@ -609,7 +614,8 @@ pub async fn list_transactions(shard: &Rc<Shard>, req: &Request) -> Outcome {
             min_duration_ms: min_duration,
             reply: tx,
         };
-        let _ = shard.send::<()>(to, |_| ShardMsg::Txn(op)).await;
+        // The op carries its own reply channel.
+        drop(shard.send::<()>(to, |_| ShardMsg::Txn(op)).await);
         if let Ok(mut l) = rx.await {
             listed.append(&mut l);
         }
