@@ -160,6 +160,11 @@ impl Broker {
         self.ready = Some(rx);
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -406,3 +406,44 @@ fn a_broker_killed_mid_transaction_and_mid_commit_finishes_as_its_log_says() {
         check_outcome(&mut s, "crash", 0, pid, false);
     });
 }
+
+#[test]
+fn transactions_continue_on_a_cluster_whose_coordinator_broker_is_killed() {
+    with_timeout(400, || {
+        let mut c = crate::cluster::Cluster::start(3, &["--broker-session-timeout-ms", "2000"]);
+        let bootstrap = c.bootstrap();
+        // The coordinator of the transactional id (asking creates the transaction log).
+        let mut s = connect(&c.brokers[0].addr);
+        let coordinator = settled(|| {
+            let r: FindCoordinatorResponse = call(
+                &mut s,
+                ApiKey::FindCoordinator,
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(sb("cluster-tx"))
+                    .with_key_type(1),
+            );
+            (r.error_code, r.node_id.0)
+        });
+        assert_eq!(coordinator.0, 0);
+        let node = coordinator.1;
+        let pid = c.node(node).pid().unwrap().to_string();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/python/txn_test.py"
+        );
+        let (status, out, err) = run_cmd(
+            Command::new("python3").args([script, "cluster", &bootstrap, &pid]),
+            Duration::from_secs(300),
+        );
+        let logs: Vec<String> = c.brokers.iter().map(|b| b.logs()).collect();
+        assert!(
+            status.success() && out.contains("OK"),
+            "{out}\n{err}\nbroker logs:\n{}",
+            logs.join("\n----\n")
+        );
+        // The killed broker comes back and catches up.
+        c.node(node).wait(Duration::from_secs(10));
+        c.node(node).restart();
+    });
+}

@@ -184,6 +184,57 @@ def timeout(b):
     print("OK")
 
 
+def cluster(b, kill_pid):
+    """30 transactions on a 3-broker cluster, every fifth aborted; the transaction
+    coordinator's broker is killed (SIGKILL) after the 8th commit. Every transaction the
+    producer saw committed is read exactly once by a read_committed consumer, nothing of
+    the aborted ones."""
+    topic = "txn-cluster"
+    a = AdminClient({"bootstrap.servers": b})
+    a.create_topics([NewTopic(topic, 3, 3)])[topic].result(30)
+    p = ck.Producer({"bootstrap.servers": b, "transactional.id": "cluster-tx", "linger.ms": 5,
+                     "transaction.timeout.ms": 60000})
+    p.init_transactions(60)
+    committed, aborted = [], []
+    killed = False
+    for t in range(30):
+        values = [f"{t}:{i}" for i in range(30)]
+        p.begin_transaction()
+        for i, v in enumerate(values):
+            p.produce(topic, value=v.encode(), partition=i % 3)
+        try:
+            assert p.flush(60) == 0
+            if t % 5 == 4:
+                p.abort_transaction(60)
+                aborted += values
+                continue
+            while True:
+                try:
+                    p.commit_transaction(60)
+                    break
+                except ck.KafkaException as e:
+                    if not e.args[0].retriable():
+                        raise
+            committed += values
+            print("COMMITTED", t, flush=True)
+        except ck.KafkaException as e:
+            err = e.args[0]
+            assert err.txn_requires_abort(), err
+            print("ABORTING", t, err, flush=True)
+            p.abort_transaction(60)
+            aborted += values
+        if len([v for v in committed if v.endswith(":0")]) == 8 and not killed:
+            os.kill(int(kill_pid), signal.SIGKILL)
+            killed = True
+            print("KILLED the coordinator", flush=True)
+    assert killed
+    rc = read_all(b, topic, "read_committed", expect=len(committed), quiet=5.0)
+    got = sorted(v for _, _, v in rc)
+    assert got == sorted(committed), (len(got), len(committed), len(set(got) & set(aborted)))
+    print("committed", len(committed), "aborted", len(aborted))
+    print("OK")
+
+
 if __name__ == "__main__":
     case, broker = sys.argv[1], sys.argv[2]
     globals()[case](broker, *sys.argv[3:])
