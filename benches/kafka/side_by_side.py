@@ -12,11 +12,13 @@ Workloads (runnel-bench, 1 KiB records, 64 KiB batches, 8 partitions): produce a
 produce acks=all, consume (one consumer from the earliest offset), fan-out (four
 consumers), end-to-end latency at a fixed rate; and Kafka's own ProducerPerformance and
 ConsumerPerformance (the Java client) producing, then consuming (a new group each time),
-400,000 1 KiB records on each. Reported: medians over the rounds,
+400,000 1 KiB records on each; transactions: an idempotent acks=all producer, transactions
+of 1, 10 and 100 batches (runnel-bench --transaction-batches), and reading that topic
+read_committed and read_uncommitted. Reported: medians over the rounds,
 Runnel/Kafka ratios, broker CPU-s per GB moved, and each broker's RSS after the run.
 
 A second Runnel without fdatasync on acks=all (Kafka's durability) runs the acks=all
-workload too, reported in its own row.
+workloads too (transactions included), reported in rows of their own.
 
 Usage: benches/kafka/side_by_side.py [--rounds 3] [--seconds 8] [--e2e-rate 20000]
                                      [--runnel-arg=--flag=value ...] [--only WORKLOAD ...]
@@ -116,7 +118,11 @@ def main():
         wait_port(rport)
         wait_port(nport)
         # Workloads that also run on the Runnel without fdatasync.
-        also_nosync = {"produce acks=all"}
+        also_nosync = {"produce acks=all", "produce idempotent acks=all", "transactions of 1 batch",
+                       "transactions of 10 batches", "transactions of 100 batches"}
+        # The topic each workload writes (the Runnel without fdatasync deletes it after).
+        topic_of = {"produce idempotent acks=all": "sbs-idem", "transactions of 1 batch": "sbs-txn",
+                    "transactions of 10 batches": "sbs-txn", "transactions of 100 batches": "sbs-txn"}
 
         def bench(name, *args):
             addr, pid = brokers[name]
@@ -182,6 +188,20 @@ def main():
             ("ConsumerPerformance (Java client)", lambda n: consumer_performance(n, 400_000)),
             (f"e2e {a.e2e_rate}/s", lambda n: bench(n, "e2e", "--topic", "sbs-e2e", "--create", "--partitions", "8",
                                                    "--rate", str(a.e2e_rate), "--duration", s)),
+            # Transactions: an idempotent acks=all producer as the baseline, then
+            # transactions of 1, 10 and 100 batches (AddPartitionsToTxn per new partition,
+            # the batches, EndTxn commit), then reading the transactional topic committed
+            # and uncommitted.
+            ("produce idempotent acks=all", lambda n: bench(
+                n, "produce", "--topic", "sbs-idem", "--create", "--partitions", "8", "--producers", "2",
+                "--acks", "-1", "--idempotent", "--duration", s)),
+            *[(f"transactions of {k} batch{'es' if k > 1 else ''}", lambda n, k=k: bench(
+                n, "produce", "--topic", "sbs-txn", "--create", "--partitions", "8", "--producers", "2",
+                "--acks", "-1", "--transaction-batches", str(k), "--duration", s)) for k in (1, 10, 100)],
+            ("consume read_committed (transactional topic)", lambda n: bench(
+                n, "consume", "--topic", "sbs-txn", "--isolation-level", "read_committed", "--duration", s)),
+            ("consume read_uncommitted (transactional topic)", lambda n: bench(
+                n, "consume", "--topic", "sbs-txn", "--duration", s)),
         ]
         if a.only:
             workloads = [w for w in workloads if any(w[0].startswith(o) for o in a.only)]
@@ -199,7 +219,7 @@ def main():
                     j = run(n)
                     results[(w, n)].append(j)
                     if n == "runnel-nosync":
-                        delete_topic("sbs", n)
+                        delete_topic(topic_of.get(w, "sbs"), n)
                     print(f"round {r} {w} {n}: {j.get('mb_per_s')} MB/s, cpu {j.get('broker_cpu_s')} s, "
                           f"p99 {j.get('latency', {}).get('p99_us')} us", file=sys.stderr, flush=True)
         rss = {n: rss_mb(pid) for n, (_, pid) in brokers.items()}

@@ -11,6 +11,15 @@ use kafka_protocol::records::{
 use runnel_record::builder::BatchBuilder;
 use runnel_record::Records;
 
+/// The producer fields of an idempotent or transactional producer's batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerFields {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+    pub transactional: bool,
+}
+
 /// The smallest value: sequence u64 + send time in ns i64.
 pub const MIN_RECORD_BYTES: usize = 16;
 
@@ -92,10 +101,23 @@ impl BatchTemplate {
 
     /// The batch for records `first_seq..first_seq + records`, sent at `now_ns`.
     pub fn fill(&mut self, first_seq: u64, now_ns: i64) -> Bytes {
+        self.fill_as(first_seq, now_ns, None)
+    }
+
+    /// [`BatchTemplate::fill`] as an idempotent or transactional producer's batch.
+    pub fn fill_as(&mut self, first_seq: u64, now_ns: i64, producer: Option<ProducerFields>) -> Bytes {
         let now_ms = now_ns / 1_000_000;
         if self.compression != Compression::None {
-            return self.encode_compressed(first_seq, now_ns, now_ms);
+            return self.encode_compressed(first_seq, now_ns, now_ms, producer);
         }
+        let (pid, epoch, seq, attributes) = match producer {
+            Some(p) => (p.id, p.epoch, p.base_sequence, if p.transactional { 0x10i16 } else { 0 }),
+            None => (-1, -1, -1, 0),
+        };
+        self.bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+        self.bytes[43..51].copy_from_slice(&pid.to_be_bytes());
+        self.bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
+        self.bytes[53..57].copy_from_slice(&seq.to_be_bytes());
         for (i, &pos) in self.value_positions.iter().enumerate() {
             self.bytes[pos..pos + 8].copy_from_slice(&(first_seq + i as u64).to_be_bytes());
             self.bytes[pos + 8..pos + 16].copy_from_slice(&now_ns.to_be_bytes());
@@ -106,21 +128,27 @@ impl BatchTemplate {
         Bytes::copy_from_slice(&self.bytes)
     }
 
-    fn encode_compressed(&self, first_seq: u64, now_ns: i64, now_ms: i64) -> Bytes {
+    fn encode_compressed(
+        &self,
+        first_seq: u64,
+        now_ns: i64,
+        now_ms: i64,
+        producer: Option<ProducerFields>,
+    ) -> Bytes {
         let records: Vec<Record> = (0..self.records)
             .map(|i| {
                 let seq = first_seq + i as u64;
                 Record {
-                    transactional: false,
+                    transactional: producer.is_some_and(|p| p.transactional),
                     control: false,
                     partition_leader_epoch: -1,
-                    producer_id: -1,
-                    producer_epoch: -1,
+                    producer_id: producer.map_or(-1, |p| p.id),
+                    producer_epoch: producer.map_or(-1, |p| p.epoch),
                     timestamp_type: TimestampType::Creation,
                     offset: i as i64,
                     // kafka-protocol puts records in one batch while offset - sequence stays
-                    // constant; this keeps the batch's base sequence at -1 (no producer id).
-                    sequence: i as i32 - 1,
+                    // constant; without a producer this keeps the batch's base sequence at -1.
+                    sequence: producer.map_or(-1, |p| p.base_sequence) + i as i32,
                     timestamp: now_ms,
                     key: self.keyed.then(|| Bytes::copy_from_slice(&key(seq))),
                     value: Some(Bytes::from(value(seq, now_ns, self.record_bytes))),

@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod client;
+pub mod producer_id;
 mod limits;
 mod report;
 mod run;
@@ -108,6 +109,15 @@ pub struct ProduceArgs {
     /// Produce requests in flight per connection.
     #[arg(long, default_value_t = 5)]
     pub in_flight: usize,
+    /// An idempotent producer per connection (InitProducerId; producer id, epoch and
+    /// sequences in every batch).
+    #[arg(long)]
+    pub idempotent: bool,
+    /// A transactional producer per connection (transactional id
+    /// `runnel-bench-<topic>-<n>`), committing a transaction every this many batches
+    /// (AddPartitionsToTxn for its partitions, the batches, EndTxn). Implies --idempotent.
+    #[arg(long)]
+    pub transaction_batches: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -131,6 +141,10 @@ pub struct ConsumeArgs {
     /// Fetch max_bytes (and partition_max_bytes).
     #[arg(long, default_value_t = 8 << 20)]
     pub fetch_max_bytes: i32,
+    /// Fetch isolation level: read_committed reads below the last stable offset (and gets
+    /// the aborted transactions); read_uncommitted below the high watermark.
+    #[arg(long, default_value = "read_uncommitted", value_parser = ["read_uncommitted", "read_committed"])]
+    pub isolation_level: String,
 }
 
 #[derive(Debug, Clone, Args)]

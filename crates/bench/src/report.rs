@@ -149,6 +149,8 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64, String> {
 pub struct Progress {
     pub bytes: AtomicU64,
     pub records: AtomicU64,
+    /// Transactions committed (transactional produce).
+    pub transactions: AtomicU64,
     pub done: AtomicBool,
 }
 

@@ -35,6 +35,8 @@ struct ProducerPlan {
     rate: u64,
     /// Where each partition's sequence starts (its high watermark).
     first_seqs: HashMap<i32, u64>,
+    /// The producer's number, for its transactional id.
+    index: usize,
 }
 
 pub fn produce(bootstrap: &str, a: &ProduceArgs, quiet: bool) -> Result<Report, String> {
@@ -49,6 +51,7 @@ pub fn produce(bootstrap: &str, a: &ProduceArgs, quiet: bool) -> Result<Report, 
     // Each partition's record sequence continues from its high watermark, so runs append
     // to one verifiable sequence (one writer per partition at a time).
     let marks = watermarks(&layout, &a.topic)?;
+    let first_seqs = next_sequences(&layout, &a.topic, &marks)?;
     let producers = a.producers.max(1).min(layout.partitions.len().max(1) * 64);
     let records_per_batch = (a.batch_size / a.record_size.max(16)).max(1);
     let batch_bytes = BatchTemplate::new(records_per_batch, a.record_size, a.keyed, compression)
@@ -81,10 +84,8 @@ pub fn produce(bootstrap: &str, a: &ProduceArgs, quiet: bool) -> Result<Report, 
                     .map(|t| t / producers as u64 + u64::from((i as u64) < t % producers as u64)),
                 deadline,
                 rate: a.rate / producers as u64,
-                first_seqs: marks
-                    .iter()
-                    .map(|(p, (_, hw))| (*p, (*hw).max(0) as u64))
-                    .collect(),
+                first_seqs: first_seqs.clone(),
+                index: i,
             };
             let (layout, args, progress, hist) =
                 (layout.clone(), a.clone(), progress.clone(), hist.clone());
@@ -128,6 +129,14 @@ pub fn produce(bootstrap: &str, a: &ProduceArgs, quiet: bool) -> Result<Report, 
     if a.acks != 0 {
         r.set_latency(&hist.lock().unwrap(), "produce request");
     }
+    let txns = progress.transactions.load(Ordering::Relaxed);
+    if txns > 0 {
+        r.figures.push((
+            "transactions committed".into(),
+            txns as f64 / seconds.max(1e-9),
+            "/s".into(),
+        ));
+    }
     Ok(r)
 }
 
@@ -153,6 +162,21 @@ fn producer_thread(
     }
     let mut template = BatchTemplate::new(records_per_batch, a.record_size, a.keyed, compression);
     let mut seqs: HashMap<i32, u64> = HashMap::new();
+    // An idempotent or transactional producer: its session, and each partition's next
+    // producer sequence.
+    let transactional_id = a
+        .transaction_batches
+        .map(|_| format!("runnel-bench-{}-{}", a.topic, plan.index));
+    let mut session = if a.idempotent || transactional_id.is_some() {
+        let any = &layout.leaders[&plan.partitions[0]];
+        Some(crate::producer_id::Session::start(any, transactional_id)?)
+    } else {
+        None
+    };
+    let mut producer_seqs: HashMap<i32, i32> = HashMap::new();
+    let per_txn = a.transaction_batches.unwrap_or(0).max(1);
+    let mut in_txn = 0u64;
+    let mut in_txn_partitions: Vec<i32> = Vec::new();
     // Sent and not yet answered, per connection: (send time, records, bytes).
     let mut pending: HashMap<String, VecDeque<(Instant, u64, u64)>> = HashMap::new();
     let mut local = histogram();
@@ -191,17 +215,41 @@ fn producer_thread(
         let seq = seqs
             .entry(p)
             .or_insert_with(|| plan.first_seqs.get(&p).copied().unwrap_or(0));
+        let transactional = a.transaction_batches.is_some();
+        if transactional && !in_txn_partitions.contains(&p) {
+            // As clients do: a partition joins the transaction before its first batch.
+            let s = session.as_mut().expect("a transactional session");
+            s.add_partitions(&a.topic, &[p])?;
+            in_txn_partitions.push(p);
+        }
+        let fields = session.as_ref().map(|s| {
+            let next = producer_seqs.entry(p).or_insert(0);
+            let f = crate::batch::ProducerFields {
+                id: s.producer_id,
+                epoch: s.epoch,
+                base_sequence: *next,
+                transactional,
+            };
+            *next = next.wrapping_add(batch_records as i32);
+            f
+        });
         let records = if batch_records == records_per_batch {
-            template.fill(*seq, crate::run::now_ns())
+            template.fill_as(*seq, crate::run::now_ns(), fields)
         } else {
             BatchTemplate::new(batch_records, a.record_size, a.keyed, compression)
-                .fill(*seq, crate::run::now_ns())
+                .fill_as(*seq, crate::run::now_ns(), fields)
         };
         *seq += batch_records as u64;
         let bytes = records.len() as u64;
         let addr = layout.leaders[&p].clone();
         let conn = conns.get_mut(&addr).expect("connection per leader");
         let req = ProduceRequest::default()
+            .with_transactional_id(
+                session
+                    .as_ref()
+                    .and_then(|s| s.transactional_id.as_deref())
+                    .map(|t| TransactionalId(StrBytes::from_string(t.to_string()))),
+            )
             .with_acks(a.acks)
             .with_timeout_ms(30_000)
             .with_topic_data(vec![TopicProduceData::default()
@@ -221,6 +269,22 @@ fn producer_thread(
         while q.len() >= a.in_flight.max(1) {
             answer(conn, q, &mut buf, &mut local, progress)?;
         }
+        if transactional {
+            in_txn += 1;
+            if in_txn == per_txn {
+                // Every batch of the transaction answered, then its commit.
+                drain(&mut conns, &mut pending, &mut buf, &mut local, progress)?;
+                session.as_mut().expect("a session").commit()?;
+                progress.transactions.fetch_add(1, Ordering::Relaxed);
+                in_txn = 0;
+                in_txn_partitions.clear();
+            }
+        }
+    }
+    if in_txn > 0 {
+        drain(&mut conns, &mut pending, &mut buf, &mut local, progress)?;
+        session.as_mut().expect("a session").commit()?;
+        progress.transactions.fetch_add(1, Ordering::Relaxed);
     }
     for (addr, q) in pending.iter_mut() {
         let conn = conns.get_mut(addr).expect("connection");
@@ -232,6 +296,79 @@ fn producer_thread(
         .unwrap()
         .add(&local)
         .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Where each partition's record sequence continues: one past the last record's (its
+/// offset, unless transaction markers took offsets too), 0 for an empty partition.
+fn next_sequences(
+    layout: &TopicLayout,
+    topic: &str,
+    marks: &HashMap<i32, (i64, i64)>,
+) -> Result<HashMap<i32, u64>, String> {
+    let mut out = HashMap::new();
+    for (&p, &(lo, hw)) in marks {
+        let mut next = 0u64;
+        // The last record sits in one of the last batches (transaction markers take an
+        // offset each after it): read the end of the log, further back if it holds markers
+        // only.
+        let mut from = (hw - 64).max(lo);
+        for _ in 0..4 {
+            if hw <= lo {
+                break;
+            }
+            let mut c = Conn::connect(&layout.leaders[&p])?;
+            let r: FetchResponse = c.call(
+                ApiKey::Fetch,
+                12,
+                &fetch_request(topic, &[(p, from)], 8 << 20, 0, 0),
+            )?;
+            let records = r.responses[0].partitions[0].records.clone().unwrap_or_default();
+            let mut found = None;
+            for item in runnel_record::Batches::new(&records) {
+                let Ok((pos, h)) = item else { break };
+                if h.is_control() {
+                    continue;
+                }
+                let mut b = Bytes::copy_from_slice(&records[pos..pos + h.total_len()]);
+                let set = RecordBatchDecoder::decode(&mut b)
+                    .map_err(|e| format!("cannot decode {topic}-{p} at {}: {e}", h.base_offset))?;
+                found = set
+                    .records
+                    .last()
+                    .and_then(|r| r.value.as_deref().and_then(parse_value))
+                    .map(|(seq, _)| seq + 1)
+                    .or(found);
+            }
+            if let Some(n) = found {
+                next = n;
+                break;
+            }
+            if from == lo.max(0) {
+                break;
+            }
+            from = (from - 64).max(lo);
+        }
+        // A partition written by others than runnel-bench: continue from its offset.
+        out.insert(p, if next == 0 { hw.max(0) as u64 } else { next });
+    }
+    Ok(out)
+}
+
+/// Waits for the answers to every request in flight.
+fn drain(
+    conns: &mut HashMap<String, Conn>,
+    pending: &mut HashMap<String, VecDeque<(Instant, u64, u64)>>,
+    buf: &mut Vec<u8>,
+    hist: &mut Histogram<u64>,
+    progress: &Progress,
+) -> Result<(), String> {
+    for (addr, q) in pending.iter_mut() {
+        let conn = conns.get_mut(addr).expect("connection");
+        while !q.is_empty() {
+            answer(conn, q, buf, hist, progress)?;
+        }
+    }
     Ok(())
 }
 
@@ -303,6 +440,9 @@ fn digest(
         let Ok((pos, h)) = item else { break }; // a partial batch at the end of the fetch
         let batch = &records[pos..pos + h.total_len()];
         next = Some(h.next_offset());
+        if h.is_control() {
+            continue; // a transaction marker: no records of ours
+        }
         if !deep {
             count += h.record_count as u64;
             continue;
@@ -334,9 +474,16 @@ fn digest(
     Ok((next, records.len() as u64, count))
 }
 
-fn fetch_request(topic: &str, parts: &[(i32, i64)], max_bytes: i32, max_wait: i32) -> FetchRequest {
+fn fetch_request(
+    topic: &str,
+    parts: &[(i32, i64)],
+    max_bytes: i32,
+    max_wait: i32,
+    isolation_level: i8,
+) -> FetchRequest {
     FetchRequest::default()
         .with_replica_id(BrokerId(-1))
+        .with_isolation_level(isolation_level)
         .with_max_wait_ms(max_wait)
         .with_min_bytes(1)
         .with_max_bytes(max_bytes)
@@ -447,7 +594,8 @@ fn consumer_thread(
             if active.is_empty() {
                 break;
             }
-            let req = fetch_request(&a.topic, &active, a.fetch_max_bytes, 100);
+            let isolation = i8::from(a.isolation_level == "read_committed");
+            let req = fetch_request(&a.topic, &active, a.fetch_max_bytes, 100, isolation);
             let frame = conn.frame(ApiKey::Fetch, 11, &req)?;
             conn.send_frame(&frame)?;
             let r: FetchResponse = Conn::decode_bytes(conn.recv_bytes()?, 11)?;
@@ -506,6 +654,8 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
         duration: Some(a.duration),
         rate: a.rate,
         in_flight: 5,
+        idempotent: false,
+        transaction_batches: None,
     };
     let stop_at = Instant::now() + Duration::from_secs_f64(a.duration + 2.0);
     let (layout2, topic) = (layout.clone(), a.topic.clone());
@@ -524,7 +674,7 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
             let frame = conn.frame(
                 ApiKey::Fetch,
                 11,
-                &fetch_request(&topic, &parts, 8 << 20, 100),
+                &fetch_request(&topic, &parts, 8 << 20, 100, 0),
             )?;
             conn.send_frame(&frame)?;
             let resp = conn.recv_bytes()?;
