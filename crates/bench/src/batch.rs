@@ -105,13 +105,23 @@ impl BatchTemplate {
     }
 
     /// [`BatchTemplate::fill`] as an idempotent or transactional producer's batch.
-    pub fn fill_as(&mut self, first_seq: u64, now_ns: i64, producer: Option<ProducerFields>) -> Bytes {
+    pub fn fill_as(
+        &mut self,
+        first_seq: u64,
+        now_ns: i64,
+        producer: Option<ProducerFields>,
+    ) -> Bytes {
         let now_ms = now_ns / 1_000_000;
         if self.compression != Compression::None {
             return self.encode_compressed(first_seq, now_ns, now_ms, producer);
         }
         let (pid, epoch, seq, attributes) = match producer {
-            Some(p) => (p.id, p.epoch, p.base_sequence, if p.transactional { 0x10i16 } else { 0 }),
+            Some(p) => (
+                p.id,
+                p.epoch,
+                p.base_sequence,
+                if p.transactional { 0x10i16 } else { 0 },
+            ),
             None => (-1, -1, -1, 0),
         };
         self.bytes[21..23].copy_from_slice(&attributes.to_be_bytes());

@@ -9,8 +9,8 @@
 
 pub mod batch;
 pub mod client;
-pub mod producer_id;
 mod limits;
+pub mod producer_id;
 mod report;
 mod run;
 

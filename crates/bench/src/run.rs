@@ -236,8 +236,11 @@ fn producer_thread(
         let records = if batch_records == records_per_batch {
             template.fill_as(*seq, crate::run::now_ns(), fields)
         } else {
-            BatchTemplate::new(batch_records, a.record_size, a.keyed, compression)
-                .fill_as(*seq, crate::run::now_ns(), fields)
+            BatchTemplate::new(batch_records, a.record_size, a.keyed, compression).fill_as(
+                *seq,
+                crate::run::now_ns(),
+                fields,
+            )
         };
         *seq += batch_records as u64;
         let bytes = records.len() as u64;
@@ -323,7 +326,10 @@ fn next_sequences(
                 12,
                 &fetch_request(topic, &[(p, from)], 8 << 20, 0, 0),
             )?;
-            let records = r.responses[0].partitions[0].records.clone().unwrap_or_default();
+            let records = r.responses[0].partitions[0]
+                .records
+                .clone()
+                .unwrap_or_default();
             let mut found = None;
             for item in runnel_record::Batches::new(&records) {
                 let Ok((pos, h)) = item else { break };

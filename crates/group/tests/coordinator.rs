@@ -530,3 +530,62 @@ fn an_empty_group_without_offsets_stays_listed_until_the_retention_pass() {
     c.tick(true);
     assert_eq!(state(&c), (State::Dead, 0));
 }
+
+/// TxnOffsetCommit of g's partition t-0 by producer 7 (no membership: generation -1).
+fn txn_commit(c: &Coordinator, offset: i64) -> Option<Vec<i16>> {
+    let (tx, mut rx) = oneshot::channel();
+    let w = c
+        .handle(GroupOp::TxnCommit {
+            group: "g".into(),
+            producer_id: 7,
+            producer_epoch: 0,
+            generation: -1,
+            member_id: String::new(),
+            instance_id: None,
+            offsets: vec![("t".into(), 0, offset, -1, None)],
+            reply: tx,
+        })
+        .expect("a write");
+    assert_eq!(
+        w.txn,
+        Some((7, 0)),
+        "written as the producer's transactional batch"
+    );
+    c.complete(w, Ok(()));
+    answer(&mut rx).unwrap().ok()
+}
+
+fn fetch_stable(c: &Coordinator) -> (i64, i16) {
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(GroupOp::Fetch {
+        member: None,
+        group: "g".into(),
+        partitions: Some(vec![("t".into(), vec![0])]),
+        require_stable: true,
+        reply: tx,
+    });
+    let rows = answer(&mut rx).unwrap().unwrap();
+    (rows[0].1[0].1, rows[0].1[0].4)
+}
+
+#[test]
+fn transactional_offsets_wait_for_their_marker() {
+    let c = coordinator(0);
+    assert_eq!(txn_commit(&c, 40), Some(vec![0]));
+    // Pending: not committed, unstable to a require_stable fetch, no compaction meanwhile.
+    assert_eq!(committed(&c), -1);
+    assert_eq!(fetch_stable(&c), (-1, code::UNSTABLE_OFFSET_COMMIT));
+    assert!(!c.quiescent());
+    // An abort marker drops them.
+    c.complete_txn(0, 7, false);
+    assert_eq!(committed(&c), -1);
+    assert_eq!(fetch_stable(&c), (-1, 0));
+    assert!(c.quiescent());
+    // A commit marker applies them; another producer's marker does nothing.
+    txn_commit(&c, 50);
+    c.complete_txn(0, 8, true);
+    assert_eq!(committed(&c), -1);
+    c.complete_txn(0, 7, true);
+    assert_eq!(committed(&c), 50);
+    assert_eq!(fetch_stable(&c), (50, 0));
+}
