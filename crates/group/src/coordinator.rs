@@ -788,6 +788,13 @@ impl Coordinator {
         }
     }
 
+    /// Whether `partition`'s groups are loaded here (its markers can be applied): false
+    /// while it is replayed or when it is not led here.
+    pub fn has_loaded(&self, partition: i32) -> bool {
+        self.partition_count.get() == 0
+            || self.partitions.borrow().get(&partition).copied() == Some(true)
+    }
+
     /// Transactional offsets replayed from a partition with no marker yet.
     pub fn load_txn_offsets(&self, pending: HashMap<i64, Vec<(OffsetKey, Committed)>>) {
         let mut all = self.txn_offsets.borrow_mut();
@@ -864,6 +871,12 @@ impl Coordinator {
     /// longer leads it); returns how many.
     pub fn unload(&self, partition: i32, partitions: i32) -> usize {
         self.partitions.borrow_mut().remove(&partition);
+        // Pending transactional offsets go too: the partition's next leader has them
+        // in its log (and the markers go there).
+        self.txn_offsets.borrow_mut().retain(|_, entries| {
+            entries.retain(|((g, _, _), _)| offsets::partition_for(g, partitions) != partition);
+            !entries.is_empty()
+        });
         let mut groups = self.groups.borrow_mut();
         let before = groups.len();
         groups.retain(|id, _| offsets::partition_for(id, partitions) != partition);

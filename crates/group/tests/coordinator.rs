@@ -588,4 +588,9 @@ fn transactional_offsets_wait_for_their_marker() {
     c.complete_txn(0, 7, true);
     assert_eq!(committed(&c), 50);
     assert_eq!(fetch_stable(&c), (50, 0));
+    // Pending offsets of a partition this coordinator stops leading go with it.
+    txn_commit(&c, 60);
+    assert!(!c.quiescent());
+    c.unload(runnel_group::offsets::partition_for("g", 50), 50);
+    assert!(c.quiescent());
 }

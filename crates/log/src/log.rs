@@ -3,7 +3,8 @@
 
 use crate::config::LogConfig;
 use crate::producer_state::{
-    BatchMeta, CompletedTxn, ProducerEntry, ProducerState, SequenceError, Verdict, SNAPSHOT_SUFFIX,
+    BatchMeta, CompletedTxn, Origin, ProducerEntry, ProducerState, SequenceError, Verdict,
+    SNAPSHOT_SUFFIX,
 };
 use crate::segment::{file_name, AbortedTxn, Segment, LOG_SUFFIX};
 use crate::{now_ms, LogError};
@@ -114,9 +115,8 @@ struct PendingAppend {
     batches: Vec<(BatchHeader, BytesMut)>,
     bytes: u64,
     durable: bool,
-    /// Transactional batches of a producer whose coordinator confirmed the partition is
-    /// in its open transaction.
-    txn_verified: bool,
+    /// Who asks: the checks of transactional batches depend on it.
+    origin: Origin,
     /// A transaction marker the broker wrote; clients' control batches are refused.
     marker: Option<runnel_record::control::Marker>,
     reply: oneshot::Sender<Result<AppendInfo, LogError>>,
@@ -221,7 +221,8 @@ impl Inner {
         if let Some(first) = self.producers.borrow().first_unstable_offset() {
             lso = lso.min(first);
         }
-        lso
+        // (A transaction whose start DeleteRecords removed.)
+        lso.max(self.log_start_offset.get())
     }
 
     /// The partition directory, opened now and checked to be the one the log was opened in
@@ -592,18 +593,18 @@ impl Log {
     /// flight are merged into the next single vectored write (group commit). `durable` asks for
     /// an fdatasync before the answer (acks=all with a flush-on-ack broker policy).
     pub async fn append(&self, records: BytesMut, durable: bool) -> Result<AppendInfo, LogError> {
-        self.append_checked(records, durable, false).await
+        self.append_checked(records, durable, Origin::Client).await
     }
 
-    /// [`Log::append`] of a producer whose transaction coordinator confirmed (`txn_verified`)
-    /// that this partition is in its open transaction.
+    /// [`Log::append`] of a producer whose transaction coordinator confirmed that this
+    /// partition is in its open transaction, or of the broker itself (see [`Origin`]).
     pub async fn append_checked(
         &self,
         records: BytesMut,
         durable: bool,
-        txn_verified: bool,
+        origin: Origin,
     ) -> Result<AppendInfo, LogError> {
-        self.submit(records, durable, txn_verified)?
+        self.submit(records, durable, origin)?
             .await
             .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
     }
@@ -615,7 +616,7 @@ impl Log {
         &self,
         records: BytesMut,
         durable: bool,
-        txn_verified: bool,
+        origin: Origin,
     ) -> Result<oneshot::Receiver<Result<AppendInfo, LogError>>, LogError> {
         self.check_open()?;
         let mut batches = split_validated(records)?;
@@ -649,7 +650,7 @@ impl Log {
             batches,
             bytes,
             durable,
-            txn_verified,
+            origin,
             marker: None,
             reply,
         }));
@@ -682,7 +683,7 @@ impl Log {
             batches: vec![(h, BytesMut::from(&bytes[..]))],
             bytes: len,
             durable,
-            txn_verified: false,
+            origin: Origin::Coordinator,
             marker: Some(runnel_record::control::Marker {
                 commit,
                 coordinator_epoch,
@@ -1784,7 +1785,7 @@ fn check_producers(
             ));
         }
         if h.has_producer_id() {
-            if let Verdict::Duplicate(d) = state.check(&scratch, h, a.txn_verified)? {
+            if let Verdict::Duplicate(d) = state.check(&scratch, h, a.origin)? {
                 duplicates.push(d);
                 continue;
             }
@@ -1822,6 +1823,18 @@ fn check_producers(
 /// until the high watermark passes their markers, and an aborted one goes into the
 /// segment's aborted-transaction index.
 fn end_transactions(inner: &Inner, seg: &Segment, done: &[CompletedTxn]) {
+    if done.is_empty() {
+        return;
+    }
+    {
+        // Those the high watermark passed are stable already (also where nobody reads,
+        // which is where `last_stable_offset` would drain them).
+        let hw = inner.high_watermark.get();
+        let mut un = inner.unreplicated.borrow_mut();
+        while un.front().is_some_and(|&(_, marker)| marker < hw) {
+            un.pop_front();
+        }
+    }
     for t in done {
         inner
             .unreplicated

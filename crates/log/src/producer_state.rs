@@ -89,6 +89,20 @@ pub enum SequenceError {
     },
 }
 
+/// Who asks for an append, for the checks of transactional batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A producer's request, not checked with its transaction coordinator.
+    Client,
+    /// A producer's request whose transaction coordinator confirmed the partition is in the
+    /// open transaction of this producer id and epoch (KIP-890 part 1). Only that
+    /// producer's batches may open a transaction with it.
+    Verified { producer_id: i64, epoch: i16 },
+    /// The broker's own write for a producer (a group coordinator's TxnOffsetCommit
+    /// records): transactional, without sequence numbers.
+    Coordinator,
+}
+
 /// A transaction ended on this partition by its marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompletedTxn {
@@ -131,16 +145,23 @@ pub struct ProducerState {
 
 impl ProducerState {
     /// Checks a batch against the state, `pending` (changes of batches accepted earlier in the
-    /// same write, not yet committed) taking precedence. `verified`: the producer's
-    /// transaction coordinator said this partition is in its open transaction (needed for
-    /// the first transactional batch of a transaction here).
+    /// same write, not yet committed) taking precedence. `origin` says whether the
+    /// producer's transaction coordinator confirmed this partition is in its open
+    /// transaction (needed for the first transactional batch of a transaction here).
     pub fn check(
         &self,
         pending: &HashMap<i64, ProducerEntry>,
         h: &BatchHeader,
-        verified: bool,
+        origin: Origin,
     ) -> Result<Verdict, SequenceError> {
         let pid = h.producer_id;
+        let verified = match origin {
+            Origin::Client => false,
+            Origin::Coordinator => true,
+            Origin::Verified { producer_id, epoch } => {
+                producer_id == pid && epoch == h.producer_epoch
+            }
+        };
         let entry = pending.get(&pid).or_else(|| self.entries.get(&pid));
         if h.is_control() {
             // A transaction marker, written by the broker for the coordinator: only its
@@ -173,11 +194,6 @@ impl ProducerState {
             // batches): any sequence starts it, as in Kafka since KIP-360.
             return Ok(Verdict::Append);
         };
-        if verified && h.is_transactional() && h.base_sequence < 0 {
-            // Written by a coordinator for the producer (TxnOffsetCommit's offsets): no
-            // sequence, as Kafka's coordinator writes them.
-            return Ok(Verdict::Append);
-        }
         let first = h.base_sequence;
         let last = last_sequence(h);
         if h.producer_epoch < entry.epoch {
@@ -186,6 +202,11 @@ impl ProducerState {
                 epoch: h.producer_epoch,
                 current: entry.epoch,
             });
+        }
+        if origin == Origin::Coordinator && h.is_transactional() && first < 0 {
+            // Written by a coordinator for the producer (TxnOffsetCommit's offsets): no
+            // sequence, as Kafka's coordinator writes them; the epoch is checked above.
+            return Ok(Verdict::Append);
         }
         if h.producer_epoch > entry.epoch {
             // A bumped epoch starts its sequence over.
@@ -507,13 +528,13 @@ mod tests {
             p: &HashMap<i64, ProducerEntry>,
             h: &BatchHeader,
         ) -> Result<Verdict, SequenceError> {
-            self.check(p, h, false)
+            self.check(p, h, Origin::Client)
         }
     }
 
     fn accept(s: &mut ProducerState, h: &BatchHeader) {
         let mut p = HashMap::new();
-        assert_eq!(s.check(&p, h, false), Ok(Verdict::Append));
+        assert_eq!(s.check(&p, h, Origin::Client), Ok(Verdict::Append));
         s.record(&mut p, h, None, 1);
         s.commit(p);
     }

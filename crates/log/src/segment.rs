@@ -246,7 +246,15 @@ impl Segment {
             (self.index_path(), index),
             (self.time_index_path(), time_index),
         ];
-        if !self.aborted.borrow().is_empty() {
+        if self.aborted.borrow().is_empty() {
+            // None (any more: a truncation may have cut the markers an older file lists).
+            let path = self.txn_index_path();
+            let name = path.file_name().unwrap_or_default();
+            match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(LogError::io("remove txn index", &path, e.into())),
+            }
+        } else {
             files.push((
                 self.txn_index_path(),
                 encode_txn_index(&self.aborted.borrow()),

@@ -5,7 +5,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::run;
-use runnel_log::{Log, LogConfig, OpenOptions, Upto};
+use runnel_log::{Log, LogConfig, OpenOptions, Origin, Upto};
 use runnel_record::builder::BatchBuilder;
 use std::path::Path;
 
@@ -30,6 +30,14 @@ fn txn_batch(pid: i64, seq: i32, n: usize, transactional: bool) -> BytesMut {
         runnel_record::set_crc(&mut bytes);
     }
     BytesMut::from(&bytes[..])
+}
+
+/// Producer `pid` (epoch 0) checked with its coordinator.
+fn verified(pid: i64) -> Origin {
+    Origin::Verified {
+        producer_id: pid,
+        epoch: 0,
+    }
 }
 
 async fn open(dir: &Path, clean: bool) -> Log {
@@ -62,7 +70,7 @@ fn open_transactions_hold_the_stable_offset_and_aborts_are_indexed() {
             .unwrap_err();
         assert_eq!(e.kafka_error_code(), 48, "{e}");
         let a = log
-            .append_checked(txn_batch(1, 0, 2, true), false, true)
+            .append_checked(txn_batch(1, 0, 2, true), false, verified(1))
             .await
             .unwrap();
         assert_eq!(a.base_offset, 1);
@@ -101,11 +109,11 @@ fn open_transactions_hold_the_stable_offset_and_aborts_are_indexed() {
         assert_eq!(log.aborted_txns(0, 9), vec![(1, 1)]);
         assert!(log.aborted_txns(9, 20).is_empty());
         // A second transaction, committed, and a third left open.
-        log.append_checked(txn_batch(1, 4, 1, true), false, true)
+        log.append_checked(txn_batch(1, 4, 1, true), false, verified(1))
             .await
             .unwrap();
         log.append_marker(1, 0, true, 0, false).await.unwrap();
-        log.append_checked(txn_batch(1, 5, 1, true), false, true)
+        log.append_checked(txn_batch(1, 5, 1, true), false, verified(1))
             .await
             .unwrap();
         assert_eq!(log.last_stable_offset(), 11);
@@ -126,7 +134,7 @@ fn open_transactions_hold_the_stable_offset_and_aborts_are_indexed() {
         assert_eq!(log.last_stable_offset(), 13);
         assert!(log.open_transactions().is_empty());
         // A marker with an older epoch than the producer's is refused.
-        log.append_checked(txn_batch(1, 6, 1, true), false, true)
+        log.append_checked(txn_batch(1, 6, 1, true), false, verified(1))
             .await
             .unwrap();
         let e = log.append_marker(1, -1, true, 0, false).await;
@@ -149,7 +157,7 @@ fn aborted_transactions_survive_rolls_and_crashes_in_their_segments() {
         // aborted.
         for t in 0..30 {
             let first = log
-                .append_checked(txn_batch(5, seq, 4, true), false, true)
+                .append_checked(txn_batch(5, seq, 4, true), false, verified(5))
                 .await
                 .unwrap()
                 .base_offset;
@@ -178,5 +186,39 @@ fn aborted_transactions_survive_rolls_and_crashes_in_their_segments() {
             assert_eq!(log.aborted_txns(mid, end), aborted[5..].to_vec());
             log.close().await.unwrap();
         }
+    });
+}
+
+#[test]
+fn a_check_covers_only_its_producer_and_the_brokers_own_writes_keep_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = open(&path, false).await;
+        // One append of two producers' transactional batches, checked for producer 1
+        // only: producer 2 may not open a transaction on the strength of it.
+        let mut both = txn_batch(1, 0, 1, true);
+        both.extend_from_slice(&txn_batch(2, 0, 1, true));
+        let e = log
+            .append_checked(both, false, verified(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kafka_error_code(), 48);
+        assert!(log.open_transactions().is_empty(), "nothing written");
+        // The broker's own transactional write (no sequence) for producer 3 epoch 1...
+        let mut own = txn_batch(3, -1, 1, true);
+        own[51..53].copy_from_slice(&1i16.to_be_bytes());
+        runnel_record::set_crc(&mut own);
+        log.append_checked(own, false, Origin::Coordinator)
+            .await
+            .unwrap();
+        log.append_marker(3, 2, false, 0, false).await.unwrap();
+        // ... is refused once a newer epoch wrote there.
+        let stale = txn_batch(3, -1, 1, true);
+        let e = log
+            .append_checked(stale, false, Origin::Coordinator)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kafka_error_code(), 47);
     });
 }

@@ -44,7 +44,11 @@ pub async fn append(
         }
         buf.extend_from_slice(&b.build());
     }
-    log.append_checked(buf, durable, txn.is_some()).await
+    let origin = match txn {
+        Some(_) => runnel_log::Origin::Coordinator,
+        None => runnel_log::Origin::Client,
+    };
+    log.append_checked(buf, durable, origin).await
 }
 
 /// What a partition holds: the live committed offsets, and per producer id the offsets of

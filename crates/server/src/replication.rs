@@ -21,19 +21,22 @@ use std::time::Duration;
 
 /// The first transactional batch of a transaction on this partition is checked with the
 /// producer's transaction coordinator (KIP-890 part 1); later ones, with the transaction
-/// open here already, are not. Ok(true): checked and in the transaction.
+/// open here already, are not. The origin to append with: verified for this producer id
+/// and epoch only, so no other producer's batch in the same request opens a transaction on
+/// the strength of the check.
 async fn verify_transaction(
     shard: &Rc<Shard>,
     key: &PartitionKey,
     log: &Log,
     records: &bytes::BytesMut,
     txn: Option<(Arc<str>, i16)>,
-) -> Result<bool, PartitionError> {
+) -> Result<runnel_log::Origin, PartitionError> {
     let Ok(h) = runnel_record::BatchHeader::parse(records) else {
-        return Ok(false); // the append refuses it
+        return Ok(runnel_log::Origin::Client); // the append refuses it
     };
     if first_transactional(log, records).is_none() {
-        return Ok(false); // its transaction is open here already (an earlier check)
+        // Its transaction is open here already (an earlier check).
+        return Ok(runnel_log::Origin::Client);
     }
     let Some((id, version)) = txn else {
         return Err((
@@ -43,7 +46,10 @@ async fn verify_transaction(
     };
     crate::txns::verify(shard, &id, h.producer_id, h.producer_epoch, key, version)
         .await
-        .map(|()| true)
+        .map(|()| runnel_log::Origin::Verified {
+            producer_id: h.producer_id,
+            epoch: h.producer_epoch,
+        })
         .map_err(|c| {
             (
                 c,
@@ -536,7 +542,7 @@ pub async fn produce(
     }
     let durable = all && shard.config().sync_on_acks_all;
     let pending = match first_transactional(&log, &records) {
-        None => log.submit(records, durable, false),
+        None => log.submit(records, durable, runnel_log::Origin::Client),
         Some(producer_id) => {
             // One check at a time per producer and partition, in arrival order (the
             // semaphore is FIFO), until the append is queued.
@@ -549,7 +555,7 @@ pub async fn produce(
                 .clone();
             let permit = gate.acquire_permit(1).await;
             let checked = verify_transaction(shard, key, &log, &records, txn).await;
-            let pending = checked.map(|verified| log.submit(records, durable, verified));
+            let pending = checked.map(|origin| log.submit(records, durable, origin));
             drop(permit);
             // (The map's and this one: nobody else waits.)
             if Rc::strong_count(&gate) == 2 {

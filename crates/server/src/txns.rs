@@ -31,7 +31,8 @@ const WRITE_TIMEOUT_MS: i32 = 10_000;
 /// broker down): Kafka's coordinator retries them until they are written.
 const MARKER_BACKOFF: Duration = Duration::from_millis(100);
 /// An inter-broker request's deadline.
-const PEER_DEADLINE: Duration = Duration::from_secs(10);
+/// (Longer than a marker's wait for the other broker's in-sync replicas.)
+const PEER_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Idle connections kept per other broker and shard.
 const MAX_IDLE_PEERS: usize = 4;
@@ -272,8 +273,11 @@ async fn write(shard: &Rc<Shard>, w: &TxnWrite) -> Result<(), i16> {
 pub async fn send_markers(shard: Rc<Shard>, job: MarkerJob) {
     let mut left: Vec<TxnPartition> = job.partitions.clone();
     let mut warned = Instant::now();
+    // This job belongs to the coordinator epoch it was made in: after a reload (a new
+    // leader epoch of the transaction log's partition) the new load's job takes over.
+    let ours = |shard: &Shard| shard.txn.serves(&job.transactional_id) == Ok(job.coordinator_epoch);
     while !left.is_empty() {
-        if shard.txn.serves(&job.transactional_id).is_err() {
+        if !ours(&shard) {
             return;
         }
         let snapshot = shard.snapshot();
@@ -321,6 +325,9 @@ pub async fn send_markers(shard: Rc<Shard>, job: MarkerJob) {
             }
             glommio::timer::sleep(MARKER_BACKOFF).await;
         }
+    }
+    if !ours(&shard) {
+        return;
     }
     if let Some(w) = shard.txn.markers_done(&job) {
         let result = write(&shard, &w).await;
@@ -445,15 +452,23 @@ where
     // each: concurrent calls open more), else a new one; kept for the next call unless the
     // call failed.
     let idle = PEERS.with(|p| p.borrow_mut().get_mut(addr).and_then(Vec::pop));
+    let reused = idle.is_some();
+    let fresh = || async {
+        let mut p = Peer::connect(addr, 16 << 20, PEER_DEADLINE).await?;
+        p.client_id = "runnel-transaction-coordinator";
+        Ok::<Peer, String>(p)
+    };
     let mut peer = match idle {
         Some(p) => p,
-        None => {
-            let mut p = Peer::connect(addr, 16 << 20, PEER_DEADLINE).await?;
-            p.client_id = "runnel-transaction-coordinator";
-            p
-        }
+        None => fresh().await?,
     };
-    let r = peer.call(key, version, req).await;
+    let mut r = peer.call(key, version, req).await;
+    if r.is_err() && reused {
+        // The other broker may have closed an idle connection (or restarted): once more on
+        // a new one.
+        peer = fresh().await?;
+        r = peer.call(key, version, req).await;
+    }
     if r.is_ok() {
         PEERS.with(|p| {
             let mut p = p.borrow_mut();
@@ -488,6 +503,15 @@ pub async fn write_marker(
             ),
         ));
     }
+    let offsets = &*key.0 == runnel_group::offsets::TOPIC;
+    if offsets && !shard.coordinator.has_loaded(key.1) {
+        // Its groups' pending offsets are being replayed: the marker must come after, or
+        // they would wait for it forever. The coordinator sends it again.
+        return Err((
+            code::COORDINATOR_LOAD_IN_PROGRESS,
+            format!("{}-{} is loading", key.0, key.1),
+        ));
+    }
     let log = shard.log(key)?;
     let info = log
         .append_marker(
@@ -501,7 +525,7 @@ pub async fn write_marker(
         .map_err(log_error)?;
     crate::replication::update_high_watermark(shard, key, &log);
     crate::replication::await_isr(shard, key, &log, info.last_offset, WRITE_TIMEOUT_MS).await?;
-    if &*key.0 == runnel_group::offsets::TOPIC {
+    if offsets {
         shard.coordinator.complete_txn(key.1, producer_id, commit);
     }
     Ok(())
