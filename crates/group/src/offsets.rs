@@ -60,10 +60,12 @@ pub fn encode_value(c: &Committed) -> Vec<u8> {
     out
 }
 
-struct Cursor<'a>(&'a [u8]);
+/// Reads big-endian fields off the front of a record's key or value (the transaction log's
+/// records too); None when the bytes run out.
+pub(crate) struct Cursor<'a>(pub(crate) &'a [u8]);
 
 impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&[u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -71,20 +73,26 @@ impl Cursor<'_> {
         self.0 = b;
         Some(a)
     }
-    fn u16(&mut self) -> Option<u16> {
+    pub(crate) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
-    fn i16(&mut self) -> Option<i16> {
+    pub(crate) fn i16(&mut self) -> Option<i16> {
         Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
-    fn i32(&mut self) -> Option<i32> {
+    pub(crate) fn i32(&mut self) -> Option<i32> {
         Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn i64(&mut self) -> Option<i64> {
+    pub(crate) fn i64(&mut self) -> Option<i64> {
         Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
+    /// A string with a u16 length (this module's layout).
     fn str16(&mut self) -> Option<String> {
         let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    /// A Kafka STRING: an i16 length (negative: none) and UTF-8.
+    pub(crate) fn kafka_string(&mut self) -> Option<String> {
+        let n = usize::try_from(self.i16()?).ok()?;
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
 }

@@ -673,42 +673,16 @@ pub fn encode_value(m: &TxnMeta) -> Vec<u8> {
     out
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn i16(&mut self) -> Option<i16> {
-        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn str16(&mut self) -> Option<String> {
-        let n = usize::try_from(self.i16()?).ok()?;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-}
-
 pub fn decode_key(b: &[u8]) -> Option<String> {
-    let mut r = Reader(b);
+    let mut r = crate::offsets::Cursor(b);
     if r.i16()? != 0 {
         return None;
     }
-    r.str16()
+    r.kafka_string()
 }
 
 pub fn decode_value(b: &[u8]) -> Option<TxnMeta> {
-    let mut r = Reader(b);
+    let mut r = crate::offsets::Cursor(b);
     let version = r.i16()?;
     if version != 0 && version != 1 {
         return None;
@@ -720,7 +694,7 @@ pub fn decode_value(b: &[u8]) -> Option<TxnMeta> {
     let mut partitions = BTreeSet::new();
     let topics = r.i32()?;
     for _ in 0..topics.max(0) {
-        let topic: Arc<str> = r.str16()?.into();
+        let topic: Arc<str> = r.kafka_string()?.into();
         let n = r.i32()?;
         for _ in 0..n.max(0) {
             partitions.insert((topic.clone(), r.i32()?));
