@@ -1071,11 +1071,7 @@ impl Coordinator {
                         }
                         Ok(codes)
                     }
-                    Err(c) if c == code::COORDINATOR_NOT_AVAILABLE => Err(c),
-                    Err(c) => Ok(codes
-                        .into_iter()
-                        .map(|x| if x == code::NONE { c } else { x })
-                        .collect()),
+                    Err(c) => commit_failed(codes, c),
                 };
                 let _ = reply.send(r);
             }
@@ -1085,6 +1081,8 @@ impl Coordinator {
                 reply,
             } => {
                 let r = match result {
+                    // (As for Commit: a partition lost meanwhile took its pending offsets.)
+                    Ok(()) if self.serves(group).is_err() => Ok(codes),
                     Ok(()) => {
                         let mut pending = self.txn_offsets.borrow_mut();
                         let entries = pending.entry(producer_id).or_default();
@@ -1095,11 +1093,7 @@ impl Coordinator {
                         }
                         Ok(codes)
                     }
-                    Err(c) if c == code::COORDINATOR_NOT_AVAILABLE => Err(c),
-                    Err(c) => Ok(codes
-                        .into_iter()
-                        .map(|x| if x == code::NONE { c } else { x })
-                        .collect()),
+                    Err(c) => commit_failed(codes, c),
                 };
                 let _ = reply.send(r);
             }
@@ -1922,6 +1916,18 @@ fn join_error(error: i16, member_id: &str) -> JoinResult {
         generation: -1,
         ..Default::default()
     }
+}
+
+/// A commit's answer when its write failed with `c`: the whole request fails without a
+/// partition to write to, otherwise each partition that had no error of its own gets `c`.
+fn commit_failed(codes: Vec<i16>, c: i16) -> Result<Vec<i16>, i16> {
+    if c == code::COORDINATOR_NOT_AVAILABLE {
+        return Err(c);
+    }
+    Ok(codes
+        .into_iter()
+        .map(|x| if x == code::NONE { c } else { x })
+        .collect())
 }
 
 /// Answers `op` with `error` (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS, ...).

@@ -557,8 +557,9 @@ impl Log {
     }
 
     /// The idempotent producers this log remembers: (producer id, epoch, last sequence,
-    /// broker time of its last append, epoch of the coordinator of its last marker).
-    pub fn active_producers(&self) -> Vec<(i64, i16, i32, i64, i32)> {
+    /// broker time of its last append, epoch of the coordinator of its last marker, first
+    /// offset of its open transaction or -1).
+    pub fn active_producers(&self) -> Vec<(i64, i16, i32, i64, i32, i64)> {
         let producers = self.inner.producers.borrow();
         let mut out: Vec<_> = producers
             .entries
@@ -571,6 +572,7 @@ impl Log {
                     last_seq,
                     e.last_append_ms,
                     e.coordinator_epoch,
+                    e.txn_first_offset.unwrap_or(-1),
                 )
             })
             .collect();

@@ -211,13 +211,6 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             .await;
             let _ = reply.send(r);
         }
-        ShardMsg::OpenTxns { key, reply } => {
-            let r = shard
-                .log(&key)
-                .map(|log| log.open_transactions())
-                .unwrap_or_default();
-            let _ = reply.send(r);
-        }
     }
 }
 

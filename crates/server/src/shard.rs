@@ -27,8 +27,9 @@ pub type PartitionError = (i16, String);
 
 /// Work for the owner shard of a partition, or for shard 0 (metadata, admin).
 /// (producer id, epoch, last sequence, last append time, coordinator epoch of its last
-/// transaction marker) of an idempotent or transactional producer.
-pub type ActiveProducer = (i64, i16, i32, i64, i32);
+/// transaction marker, first offset of its open transaction or -1) of an idempotent or
+/// transactional producer.
+pub type ActiveProducer = (i64, i16, i32, i64, i32, i64);
 
 pub enum ShardMsg {
     Produce {
@@ -130,12 +131,6 @@ pub enum ShardMsg {
         commit: bool,
         coordinator_epoch: i32,
         reply: oneshot::Sender<Result<(), PartitionError>>,
-    },
-    /// A partition this broker leads: its open transactions (producer id, epoch, first
-    /// offset), for DescribeProducers.
-    OpenTxns {
-        key: PartitionKey,
-        reply: oneshot::Sender<Vec<(i64, i16, i64)>>,
     },
 }
 

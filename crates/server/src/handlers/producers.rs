@@ -41,36 +41,21 @@ pub async fn describe_producers(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     format!("{name}-{p} does not exist"),
                 ))
             };
-            let open: std::collections::HashMap<i64, i64> = if answer.is_ok() {
-                let key: (Arc<str>, i32) = (Arc::from(name.as_str()), p);
-                shard
-                    .call(shard.owner(&name, p), |reply| ShardMsg::OpenTxns {
-                        key,
-                        reply,
-                    })
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(pid, _, first)| (pid, first))
-                    .collect()
-            } else {
-                Default::default()
-            };
             match answer {
                 Ok(producers) => {
                     out.active_producers = producers
                         .into_iter()
-                        .map(|(pid, epoch, last_seq, last_ms, coordinator_epoch)| {
-                            ProducerState::default()
-                                .with_producer_id(ProducerId(pid))
-                                .with_producer_epoch(i32::from(epoch))
-                                .with_last_sequence(last_seq)
-                                .with_last_timestamp(last_ms)
-                                .with_coordinator_epoch(coordinator_epoch)
-                                .with_current_txn_start_offset(
-                                    open.get(&pid).copied().unwrap_or(-1),
-                                )
-                        })
+                        .map(
+                            |(pid, epoch, last_seq, last_ms, coordinator_epoch, txn_start)| {
+                                ProducerState::default()
+                                    .with_producer_id(ProducerId(pid))
+                                    .with_producer_epoch(i32::from(epoch))
+                                    .with_last_sequence(last_seq)
+                                    .with_last_timestamp(last_ms)
+                                    .with_coordinator_epoch(coordinator_epoch)
+                                    .with_current_txn_start_offset(txn_start)
+                            },
+                        )
                         .collect();
                 }
                 Err((c, msg)) => out = out.with_error_code(c).with_error_message(Some(sb(&msg))),
