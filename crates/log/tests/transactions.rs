@@ -88,11 +88,7 @@ fn open_transactions_hold_the_stable_offset_and_aborts_are_indexed() {
         assert_eq!(log.last_stable_offset(), 1);
         assert_eq!(log.open_transactions(), vec![(1, 0, 1)]);
         // DescribeProducers' view: producer 1's transaction starts at 1, producer 9 has none.
-        let starts: Vec<(i64, i64)> = log
-            .active_producers()
-            .iter()
-            .map(|p| (p.0, p.5))
-            .collect();
+        let starts: Vec<(i64, i64)> = log.active_producers().iter().map(|p| (p.0, p.5)).collect();
         assert_eq!(starts, vec![(1, 1), (9, -1)]);
         // read_committed stops before the transaction's first batch.
         let p = log.read_upto(0, 1 << 20, true, Upto::Stable).await.unwrap();

@@ -126,27 +126,26 @@ async fn close_and_delete(shard: &Shard, key: &PartitionKey) {
 /// coordinator follows the partition's leadership. Runs before this shard sees the new
 /// snapshot, so it answers for a group only once its offsets are loaded.
 async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result<(), String> {
-    coordinate_txns(shard, old, new).await?;
-    use runnel_group::offsets::TOPIC;
-    let Some(t) = new.topic(TOPIC) else {
-        return Ok(());
-    };
-    let me = shard.node_id();
-    for (p, pm) in t.assignment.iter().enumerate() {
-        let p = p as i32;
-        if runnel_metadata::placement::owner(TOPIC, p, shard.shared.nr_shards) != shard.id {
-            continue;
+    // The transaction coordinator follows `__transaction_state`'s leaderships the same
+    // way; a new leader epoch of a partition led here before reloads it too (the
+    // coordinator epoch its markers carry changed).
+    let txn_topic = runnel_group::txn::TOPIC;
+    for (p, partitions, was, is) in leaderships(shard, old, new, txn_topic) {
+        if is.is_some() && was != is {
+            crate::txns::load(shard, p, partitions, is.unwrap_or(-1)).await?;
+        } else if was.is_some() && is.is_none() {
+            shard.txn.unload(p);
+            tracing::info!(
+                partition = p,
+                "no longer the transaction coordinator of {txn_topic}-{p}"
+            );
         }
-        let was = old
-            .topic(TOPIC)
-            .filter(|o| o.id == t.id)
-            .and_then(|o| o.partition(p))
-            .is_some_and(|o| o.leader == me);
-        let is = pm.leader == me;
-        if is && !was {
-            crate::groups::load(shard, p, t.partitions).await?;
-        } else if was && !is {
-            let n = shard.coordinator.unload(p, t.partitions);
+    }
+    for (p, partitions, was, is) in leaderships(shard, old, new, runnel_group::offsets::TOPIC) {
+        if is.is_some() && was.is_none() {
+            crate::groups::load(shard, p, partitions).await?;
+        } else if was.is_some() && is.is_none() {
+            let n = shard.coordinator.unload(p, partitions);
             if n > 0 {
                 tracing::info!(
                     partition = p,
@@ -159,38 +158,34 @@ async fn coordinate(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result
     Ok(())
 }
 
-/// The transaction coordinator follows the leadership of `__transaction_state`'s
-/// partitions the same way (a new leader epoch of a partition led here before, after a
-/// restart of the quorum's view, reloads it: the coordinator epoch changed).
-async fn coordinate_txns(shard: &Rc<Shard>, old: &Snapshot, new: &Snapshot) -> Result<(), String> {
-    use runnel_group::txn::TOPIC;
-    let Some(t) = new.topic(TOPIC) else {
-        return Ok(());
+/// For each partition of the internal topic `topic` this shard owns: (partition, the
+/// topic's partition count, the leader epoch this broker led it in before, and now; None
+/// where it does not lead it).
+fn leaderships(
+    shard: &Shard,
+    old: &Snapshot,
+    new: &Snapshot,
+    topic: &str,
+) -> Vec<(i32, i32, Option<i32>, Option<i32>)> {
+    let Some(t) = new.topic(topic) else {
+        return Vec::new();
     };
     let me = shard.node_id();
-    for (p, pm) in t.assignment.iter().enumerate() {
-        let p = p as i32;
-        if runnel_metadata::placement::owner(TOPIC, p, shard.shared.nr_shards) != shard.id {
-            continue;
-        }
-        let was = old
-            .topic(TOPIC)
-            .filter(|o| o.id == t.id)
-            .and_then(|o| o.partition(p))
-            .filter(|o| o.leader == me)
-            .map(|o| o.leader_epoch);
-        let is = pm.leader == me;
-        if is && was != Some(pm.leader_epoch) {
-            crate::txns::load(shard, p, t.partitions, pm.leader_epoch).await?;
-        } else if was.is_some() && !is {
-            shard.txn.unload(p);
-            tracing::info!(
-                partition = p,
-                "no longer the transaction coordinator of {TOPIC}-{p}"
-            );
-        }
-    }
-    Ok(())
+    let led = |pm: &runnel_metadata::PartitionMeta| (pm.leader == me).then_some(pm.leader_epoch);
+    (0..t.partitions)
+        .filter(|&p| {
+            runnel_metadata::placement::owner(topic, p, shard.shared.nr_shards) == shard.id
+        })
+        .filter_map(|p| {
+            let is = led(t.partition(p)?);
+            let was = old
+                .topic(topic)
+                .filter(|o| o.id == t.id)
+                .and_then(|o| o.partition(p))
+                .and_then(led);
+            Some((p, t.partitions, was, is))
+        })
+        .collect()
 }
 
 /// Kafka's file naming the topic id a partition directory's data belongs to.
