@@ -225,3 +225,30 @@ fn a_check_covers_only_its_producer_and_the_brokers_own_writes_keep_epochs() {
         assert_eq!(e.kafka_error_code(), 47);
     });
 }
+
+#[test]
+fn a_truncation_below_an_abort_marker_leaves_no_stale_txnindex() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = open(&path, false).await;
+        log.append_checked(txn_batch(1, 0, 1, true), false, verified(1))
+            .await
+            .unwrap();
+        log.append_marker(1, 0, false, 0, false).await.unwrap();
+        // Closed cleanly: the active segment's .txnindex lists the abort.
+        log.close().await.unwrap();
+        let index = path.join("00000000000000000000.txnindex");
+        assert!(index.exists());
+        let log = open(&path, true).await;
+        assert_eq!(log.aborted_txns(0, 2), vec![(1, 0)]);
+        // A follower's truncation cuts the marker (and the batch): the file must go too,
+        // or the next clean start would list an abort that is not in the log.
+        let log = log.truncate_to(1).await.unwrap();
+        assert!(log.aborted_txns(0, 2).is_empty());
+        log.close().await.unwrap();
+        assert!(!index.exists());
+        let log = open(&path, true).await;
+        assert!(log.aborted_txns(0, 2).is_empty());
+    });
+}
