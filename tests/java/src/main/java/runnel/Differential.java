@@ -590,6 +590,14 @@ public final class Differential {
                                 rr.path("(no answer)").asText("answered")));
                         continue;
                     }
+                    if (api == ApiKeys.END_TXN) {
+                        // Both brokers answer EndTxn once the outcome is logged and write the
+                        // markers after it: the replay waits for each to finish, so what follows
+                        // compares the brokers' states rather than their timing.
+                        String txnId = req.path("transactionalId").asText();
+                        awaitTxnComplete(kafka, conn, clientId, txnId);
+                        awaitTxnComplete(runnel, conn, clientId, txnId);
+                    }
                     compared.computeIfAbsent(api, k -> new TreeSet<>()).add(v);
                     learn(kafka, capturedResp, kr);
                     learn(runnel, capturedResp, rr);
@@ -617,6 +625,7 @@ public final class Differential {
             byKey.computeIfAbsent(d.api() + " v" + d.version() + " " + d.path(), k -> new ArrayList<>()).add(d);
         }
         int unknown = 0;
+        List<String> news = new ArrayList<>();
         Set<Integer> used = new HashSet<>();
         System.out.println("\n== differences (" + byKey.size() + " distinct, " + diffs.size() + " in all, "
                 + requests + " requests replayed)");
@@ -626,7 +635,8 @@ public final class Differential {
             String count = e.getValue().size() > 1 ? " (x" + e.getValue().size() + ")" : "";
             if (k == null) {
                 unknown++;
-                System.out.println("NEW   " + d.line() + count);
+                news.add("NEW   " + d.line() + count);
+                System.out.println(news.get(news.size() - 1));
             } else {
                 used.add(k.line());
                 System.out.println("known " + d.line() + count + "  [line " + k.line() + "]");
@@ -661,6 +671,8 @@ public final class Differential {
         }
         System.out.println();
         if (unknown > 0 || uncovered > 0) {
+            // Again at the end, where a truncated log still shows them.
+            news.forEach(System.out::println);
             System.out.println("FAILED: " + unknown + " new differences, " + uncovered + " APIs not covered at both ends");
             return 1;
         }
@@ -668,15 +680,31 @@ public final class Differential {
         return 0;
     }
 
+    /** Polls DescribeTransactions (v0, which both serve) until the transaction has left its
+     * Prepare state on that broker, for at most 10 s. */
+    static void awaitTxnComplete(Side side, int conn, String clientId, String txnId) throws InterruptedException {
+        var body = new org.apache.kafka.common.message.DescribeTransactionsRequestData()
+                .setTransactionalIds(List.of(txnId));
+        for (int attempt = 0; attempt < 100; attempt++) {
+            JsonNode r = exchange(side, conn, ApiKeys.DESCRIBE_TRANSACTIONS, (short) 0, clientId, body, true);
+            String state = r.path("transactionStates").path(0).path("transactionState").asText("");
+            if (!state.startsWith("Prepare") && !r.has("(no answer)")) {
+                return;
+            }
+            Thread.sleep(100);
+        }
+    }
+
     /** Error codes that say "not yet": LEADER_NOT_AVAILABLE, COORDINATOR_LOAD_IN_PROGRESS,
-     * COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR; and UNKNOWN_TOPIC_OR_PARTITION where the other
+     * COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR, UNSTABLE_OFFSET_COMMIT (a transaction's
+     * offsets not yet applied); and UNKNOWN_TOPIC_OR_PARTITION where the other
      * broker knows the topic (a broker learns of a new topic a little after its creation). */
     static boolean notReady(JsonNode mine, JsonNode other) {
         Set<Integer> m = errorCodes(mine, new HashSet<>());
         // (51 and 19: a transaction's markers still being written, which a coordinator
         // answers CONCURRENT_TRANSACTIONS and a partition leader NOT_ENOUGH_REPLICAS.)
         if (m.contains(5) || m.contains(14) || m.contains(15) || m.contains(16) || m.contains(51)
-                || m.contains(19)) {
+                || m.contains(19) || m.contains(88)) {
             return true;
         }
         return m.contains(3) && !errorCodes(other, new HashSet<>()).contains(3);
