@@ -4,6 +4,8 @@ pub(crate) const ATTR_COMPRESSION_MASK: i16 = 0x07;
 pub(crate) const ATTR_TIMESTAMP_TYPE: i16 = 0x08;
 pub(crate) const ATTR_TRANSACTIONAL: i16 = 0x10;
 pub(crate) const ATTR_CONTROL: i16 = 0x20;
+/// KIP-534: baseTimestamp holds the batch's delete horizon (set by the log cleaner).
+pub(crate) const ATTR_DELETE_HORIZON: i16 = 0x40;
 
 /// Compression codec of a batch's records (attributes bits 0-2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,12 @@ impl BatchHeader {
 
     pub fn is_control(&self) -> bool {
         self.attributes & ATTR_CONTROL != 0
+    }
+
+    /// The delete horizon the log cleaner set (KIP-534): tombstones and transaction markers
+    /// in the batch may go once it has passed. None when not set.
+    pub fn delete_horizon(&self) -> Option<i64> {
+        (self.attributes & ATTR_DELETE_HORIZON != 0).then_some(self.base_timestamp)
     }
 
     pub fn has_producer_id(&self) -> bool {

@@ -13,6 +13,7 @@
 //! The CRC-32C covers attributes..end.
 
 pub mod builder;
+pub mod compact;
 pub mod control;
 mod error;
 mod header;
@@ -21,7 +22,7 @@ mod records;
 
 pub use error::BatchError;
 pub use header::{BatchHeader, Compression, TimestampType};
-pub use records::{Record, RecordHeader, Records};
+pub use records::{RawRecords, Record, RecordHeader, Records};
 
 /// Size of the RecordBatch v2 header; the records start here.
 pub const HEADER_LEN: usize = 61;

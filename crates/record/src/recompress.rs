@@ -78,7 +78,7 @@ fn inflate(from: Compression, data: &[u8], max: usize) -> Result<Cow<'_, [u8]>, 
 }
 
 /// The inflated records; None for uncompressed ones (the caller uses them in place).
-fn inflate_owned(
+pub(crate) fn inflate_owned(
     from: Compression,
     data: &[u8],
     max: usize,
@@ -136,7 +136,7 @@ fn inflate_owned(
 }
 
 /// Appends `records` compressed with `to` to `out` (which holds the batch header).
-fn deflate(to: Codec, records: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, BatchError> {
+pub(crate) fn deflate(to: Codec, records: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, BatchError> {
     let fail = |e: std::io::Error| bad("compress", e);
     match to.compression {
         Compression::None => {

@@ -2,6 +2,7 @@
 //! broker; this walk exists to validate uncompressed producer batches and to find a record by
 //! timestamp for ListOffsets.
 
+use crate::builder::put_varlong;
 use crate::BatchError;
 
 /// One record, borrowing from the batch bytes.
@@ -60,6 +61,63 @@ impl<'a> Iterator for Records<'a> {
 
 fn bad(reason: &'static str) -> BatchError {
     BatchError::BadRecord { reason }
+}
+
+/// Like [`Records`], also giving each record's whole encoding (length prefix included), so
+/// a rewriter can copy the records it keeps as they are.
+pub struct RawRecords<'a> {
+    buf: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> RawRecords<'a> {
+    pub fn new(records: &'a [u8]) -> Self {
+        RawRecords {
+            buf: records,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for RawRecords<'a> {
+    type Item = Result<(Record<'a>, &'a [u8]), BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.buf.is_empty() {
+            return None;
+        }
+        match parse_record(self.buf) {
+            Ok((record, used)) => {
+                let raw = &self.buf[..used];
+                self.buf = &self.buf[used..];
+                Some(Ok((record, raw)))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// `raw` (one record's encoding) with its timestamp delta replaced by `timestamp_delta`.
+pub(crate) fn with_timestamp_delta(
+    raw: &[u8],
+    timestamp_delta: i64,
+) -> Result<Vec<u8>, BatchError> {
+    let mut cur = Cursor { buf: raw, pos: 0 };
+    cur.varint()?; // length
+    let attributes = cur.bytes(1)?[0];
+    cur.varlong()?;
+    let rest = &raw[cur.pos..];
+    let mut body = Vec::with_capacity(rest.len() + 11);
+    body.push(attributes);
+    put_varlong(&mut body, timestamp_delta);
+    body.extend_from_slice(rest);
+    let mut out = Vec::with_capacity(body.len() + 5);
+    put_varlong(&mut out, body.len() as i64);
+    out.extend_from_slice(&body);
+    Ok(out)
 }
 
 fn parse_record(buf: &[u8]) -> Result<(Record<'_>, usize), BatchError> {
