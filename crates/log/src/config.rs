@@ -1,7 +1,7 @@
 //! Per-log settings, named as Kafka's topic configs are (segment.bytes, segment.ms, ...).
 
 /// Settings of one partition log. Defaults are Kafka's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// segment.bytes: roll the active segment before it would grow past this. Index positions
     /// are u32, and Kafka caps it at i32::MAX too.
@@ -45,6 +45,17 @@ pub struct LogConfig {
     /// `*.deleted` and unlinked this much later, as Kafka does (0: at once; leftovers are
     /// removed by recovery at the next start).
     pub file_delete_delay_ms: u64,
+    /// cleanup.policy has `compact`: the log cleaner keeps the latest record of each key,
+    /// and records without a key are refused.
+    pub compact: bool,
+    /// delete.retention.ms: a tombstone stays this long after the cleaner first saw it.
+    pub delete_retention_ms: u64,
+    /// min.compaction.lag.ms: a record stays uncompacted at least this long.
+    pub min_compaction_lag_ms: u64,
+    /// max.compaction.lag.ms: a record older than this is compacted whatever the dirty ratio.
+    pub max_compaction_lag_ms: u64,
+    /// min.cleanable.dirty.ratio: clean once dirty bytes are more than this share.
+    pub min_cleanable_dirty_ratio: f64,
 }
 
 pub const DEFAULT_SEGMENT_BYTES: u64 = 1 << 30;
@@ -57,6 +68,8 @@ pub const DEFAULT_FILE_DELETE_DELAY_MS: u64 = 60_000;
 pub const DEFAULT_SEGMENT_INDEX_BYTES: u64 = 10 << 20;
 /// Kafka 4's default message.timestamp.after.max.ms: an hour.
 pub const DEFAULT_TIMESTAMP_AFTER_MAX_MS: u64 = 3_600_000;
+/// Kafka's delete.retention.ms default: a day.
+pub const DEFAULT_DELETE_RETENTION_MS: u64 = 24 * 3600 * 1000;
 pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: u64 = 24 * 3600 * 1000;
 /// The smallest segment.bytes Kafka accepts (LogConfig's atLeast(LegacyRecord.RECORD_OVERHEAD_V0)
 /// is 14; we require room for at least one batch header).
@@ -83,6 +96,11 @@ impl Default for LogConfig {
             compression: None,
             max_message_bytes: u64::MAX,
             file_delete_delay_ms: 0,
+            compact: false,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: u64::MAX,
+            min_cleanable_dirty_ratio: 0.5,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! This crate knows nothing about the network.
 
 pub mod checkpoint;
+pub mod clean;
 mod config;
 pub mod epochs;
 pub mod index;
@@ -101,9 +102,11 @@ pub enum LogError {
     Offline { dir: PathBuf, reason: String },
     #[error("the log {0} is closed")]
     Closed(PathBuf),
+    #[error("a compacted topic cannot accept a record without a key")]
+    KeylessRecord,
     #[error("invalid log config: {0}")]
     Config(String),
-    #[error("replicated batches must continue the log at offset {expected}, not {got}")]
+    #[error("replicated batches must continue the log at offset {expected} or later, not {got}")]
     NotContiguous { expected: i64, got: i64 },
     #[error(
         "timestamp {timestamp} is out of range: records may be at most {before_ms} ms older and \
@@ -142,9 +145,9 @@ impl LogError {
             LogError::Sequence(producer_state::SequenceError::TxnState { .. }) => {
                 error_codes::INVALID_TXN_STATE
             }
-            LogError::Unsupported(_) | LogError::TooManyRecords { .. } => {
-                error_codes::INVALID_RECORD
-            }
+            LogError::Unsupported(_)
+            | LogError::TooManyRecords { .. }
+            | LogError::KeylessRecord => error_codes::INVALID_RECORD,
             LogError::NotContiguous { .. } => error_codes::OFFSET_OUT_OF_RANGE,
             LogError::InvalidTimestamp { .. } => error_codes::INVALID_TIMESTAMP,
             LogError::Io { .. }

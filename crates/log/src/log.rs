@@ -94,6 +94,8 @@ pub struct LogStats {
     pub fdatasyncs: Cell<u64>,
     pub rolls: Cell<u64>,
     pub deleted_segments: Cell<u64>,
+    /// Segments the cleaner replaced by cleaned ones.
+    pub cleaned_segments: Cell<u64>,
 }
 
 /// Options for [`Log::open`], usually read from the data dir's checkpoints.
@@ -203,6 +205,11 @@ pub(crate) struct Inner {
     /// (first offset, marker offset) of transactions ended by a marker the high watermark
     /// may not have passed yet, in marker order: they still hold the last stable offset.
     unreplicated: RefCell<VecDeque<(i64, i64)>>,
+    /// The cleaner checkpoint: where the dirty (not yet compacted) section starts.
+    pub first_dirty: Cell<i64>,
+    /// Held while the set of closed segments changes (the cleaner's swap, retention's
+    /// deletion, a truncation), so one never works on a list another is replacing.
+    pub layout: glommio::sync::Semaphore,
 }
 
 impl Inner {
@@ -305,6 +312,8 @@ impl Log {
                 stats: LogStats::default(),
                 producers: RefCell::new(ProducerState::default()),
                 unreplicated: RefCell::new(VecDeque::new()),
+                first_dirty: Cell::new(log_start_offset),
+                layout: glommio::sync::Semaphore::new(1),
             }),
         }
     }
@@ -504,7 +513,7 @@ impl Log {
         self.check_online()
     }
 
-    fn check_online(&self) -> Result<(), LogError> {
+    pub(crate) fn check_online(&self) -> Result<(), LogError> {
         match &*self.inner.offline.borrow() {
             Some(reason) => Err(LogError::Offline {
                 dir: self.inner.dir.clone(),
@@ -629,6 +638,9 @@ impl Log {
         };
         if let Some(codec) = codec {
             recompress_all(&mut batches, codec, max_message_bytes)?;
+        }
+        if self.inner.config.borrow().compact {
+            check_keys(&batches)?;
         }
         let claimed: i64 = batches.iter().map(|(h, _)| i64::from(h.record_count)).sum();
         if claimed > MAX_RELATIVE_OFFSET
@@ -1066,6 +1078,7 @@ impl Log {
         if count == 0 {
             return Ok(0);
         }
+        let _layout = self.inner.layout.acquire_permit(1).await;
         // The directory first: a log whose directory went (topic deleted) keeps its list.
         let dir = self.inner.open_dir()?;
         let doomed: Vec<Rc<Segment>> = self.inner.segments.borrow_mut().drain(..count).collect();
@@ -1170,6 +1183,21 @@ fn recompress_all(
             // Built and checksummed just now: its header need not be validated again.
             *h = BatchHeader::parse(&out)?;
             *buf = BytesMut::from(Bytes::from(out)); // (no copy: the Vec is unique)
+        }
+    }
+    Ok(())
+}
+
+/// A compacted topic keeps the latest record per key, so a record without one is refused
+/// (INVALID_RECORD), as Kafka's LogValidator does; a compressed batch is inflated to check.
+fn check_keys(batches: &[(BatchHeader, BytesMut)]) -> Result<(), LogError> {
+    for (h, buf) in batches {
+        let mut keyless = false;
+        runnel_record::compact::for_each_record(buf, h, MAX_INFLATED_BYTES, |r| {
+            keyless |= r.key.is_none()
+        })?;
+        if keyless {
+            return Err(LogError::KeylessRecord);
         }
     }
     Ok(())
@@ -1662,7 +1690,8 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
     let mut rest: VecDeque<(BatchHeader, Bytes)> = batches.into();
     while let Some((first, _)) = rest.front() {
         let next = inner.next_offset.get();
-        if first.base_offset != next {
+        // Offsets may jump (a compacted leader's log has gaps), never go back.
+        if first.base_offset < next {
             return Err(LogError::NotContiguous {
                 expected: next,
                 got: first.base_offset,
@@ -1679,13 +1708,14 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
             roll_now(log).await?;
         }
         let active = log.active();
-        // The run: contiguous batches that fit the active segment (the first always goes).
+        // The run: batches in offset order that fit the active segment (the first always
+        // goes).
         let (mut bytes, mut expect, mut n) = (active.size.get(), next, 0usize);
         for (h, _) in &rest {
             bytes += h.total_len() as u64;
             let fits = bytes <= config.segment_bytes
                 && h.last_offset() - active.base_offset <= MAX_RELATIVE_OFFSET;
-            if h.base_offset != expect || (n > 0 && !fits) {
+            if h.base_offset < expect || (n > 0 && !fits) {
                 break;
             }
             expect = h.next_offset();

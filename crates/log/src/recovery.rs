@@ -235,7 +235,97 @@ impl Log {
     }
 }
 
+/// Finishes what a crash interrupted in the cleaner's swap (see [`crate::clean`]): a
+/// `.cleaned` segment was never committed and goes; a `<base>.log.swap` was, so the
+/// segments it replaces (every file of a base offset in `[base, its next offset)`) go and
+/// it becomes `<base>.log`. Its indexes are rebuilt by the scan of a segment without them.
+fn complete_swaps(dir: &Path) -> Result<(), LogError> {
+    use crate::clean::{CLEANED_SUFFIX, SWAP_SUFFIX};
+    let io = |op, path: &Path, e| LogError::io(op, path, e);
+    let mut swaps = Vec::new();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io("list log dir", dir, e))? {
+        let name = entry
+            .map_err(|e| io("list log dir", dir, e))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(&format!(".{CLEANED_SUFFIX}")) {
+            let path = dir.join(&name);
+            tracing::info!(path = %path.display(), "removing an uncommitted cleaned segment");
+            std::fs::remove_file(&path).map_err(|e| io("remove cleaned segment", &path, e))?;
+        } else if let Some(base) = name
+            .strip_suffix(&format!(".{SWAP_SUFFIX}"))
+            .and_then(|n| parse_file_name(n, LOG_SUFFIX))
+        {
+            swaps.push(base);
+        } else {
+            names.push(name);
+        }
+    }
+    swaps.sort_unstable();
+    for base in swaps {
+        let swap = dir.join(format!(
+            "{}.{SWAP_SUFFIX}",
+            crate::file_name(base, LOG_SUFFIX)
+        ));
+        let end = next_offset_of(&swap)?.unwrap_or(base).max(base + 1);
+        for name in &names {
+            let replaced = [
+                LOG_SUFFIX,
+                INDEX_SUFFIX,
+                TIME_INDEX_SUFFIX,
+                TXN_INDEX_SUFFIX,
+            ]
+            .iter()
+            .filter_map(|sfx| parse_file_name(name, sfx))
+            .any(|b| (base..end).contains(&b));
+            if replaced {
+                let path = dir.join(name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("remove replaced segment", &path, e)),
+                }
+            }
+        }
+        let to = dir.join(crate::file_name(base, LOG_SUFFIX));
+        std::fs::rename(&swap, &to).map_err(|e| io("rename swap segment", &swap, e))?;
+        tracing::info!(path = %to.display(), "completed an interrupted cleaner swap (offsets {base}..{end})");
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("fsync directory", dir, e))?;
+    }
+    Ok(())
+}
+
+/// The offset after the last whole batch of a segment file (None: no batch).
+fn next_offset_of(path: &Path) -> Result<Option<i64>, LogError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).map_err(|e| LogError::io("open swap segment", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| LogError::io("stat swap segment", path, e))?
+        .len();
+    let (mut pos, mut next) = (0u64, None);
+    let mut header = [0u8; runnel_record::HEADER_LEN];
+    while pos + header.len() as u64 <= len {
+        file.read_exact_at(&mut header, pos)
+            .map_err(|e| LogError::io("read swap segment", path, e))?;
+        let Ok(h) = BatchHeader::parse(&header) else {
+            break;
+        };
+        if pos + h.total_len() as u64 > len {
+            break;
+        }
+        next = Some(h.next_offset());
+        pos += h.total_len() as u64;
+    }
+    Ok(next)
+}
+
 fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
+    complete_swaps(dir)?;
     let io = |e| LogError::io("list log dir", dir, e);
     let mut logs = Vec::new();
     let mut others = Vec::new();

@@ -24,6 +24,8 @@ impl Log {
             self.recovery_point(),
             self.high_watermark(),
         );
+        // Not while the cleaner swaps segments in.
+        let _layout = inner.layout.acquire_permit(1).await;
         // Written and synced as it stands first: what survives the cut must be durable
         // before the recovery point is trusted again.
         self.close().await?;
@@ -83,6 +85,7 @@ impl Log {
     pub async fn reset_to(&self, offset: i64) -> Result<Log, LogError> {
         let inner = &self.inner;
         let (dir, topic, partition) = (inner.dir.clone(), inner.topic.clone(), inner.partition);
+        let _layout = inner.layout.acquire_permit(1).await;
         self.close().await?;
         let segments: Vec<Rc<crate::segment::Segment>> = inner.segments.borrow().clone();
         let dir_fd = inner.open_dir()?;

@@ -22,8 +22,11 @@ pub struct CleanerRecord<'a> {
     pub offset: i64,
     pub timestamp: i64,
     pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
     /// A null value: the key's deletion.
     pub tombstone: bool,
+    /// Number of record headers.
+    pub headers: usize,
 }
 
 /// What [`filter_batch`] made of a batch.
@@ -52,7 +55,9 @@ fn view<'a>(header: &BatchHeader, r: &crate::Record<'a>) -> CleanerRecord<'a> {
         offset: header.base_offset + i64::from(r.offset_delta),
         timestamp: header.base_timestamp.saturating_add(r.timestamp_delta),
         key: r.key,
+        value: r.value,
         tombstone: r.value.is_none(),
+        headers: r.headers.len(),
     }
 }
 

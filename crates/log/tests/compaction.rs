@@ -1,0 +1,399 @@
+//! The log cleaner on one partition log: what stays (the latest record of each key, at its
+//! offset; tombstones until their horizon; a producer's last batch), what goes, the files
+//! shrinking, and a crash at each step of the swap leaving the old or the new segments.
+
+mod common;
+
+use bytes::BytesMut;
+use common::*;
+use runnel_log::clean::{CleanContext, CleanStats, OffsetMap, SwapStep, Throttle};
+use runnel_log::{Log, LogConfig, OpenOptions};
+use runnel_record::compact::for_each_record;
+use runnel_record::recompress::{recompress, Codec};
+use runnel_record::{verify_stored, BatchHeader, Batches, Compression};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn config() -> LogConfig {
+    LogConfig {
+        compact: true,
+        segment_bytes: 4096,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+async fn open(dir: &Path, config: LogConfig) -> Log {
+    Log::open(dir, "t", 0, config, OpenOptions::default())
+        .await
+        .unwrap()
+}
+
+/// A batch of (key, value) records; None values are tombstones. Compressed with `codec`.
+fn keyed(
+    records: &[(String, Option<Vec<u8>>)],
+    codec: Compression,
+    producer: Option<(i64, i32)>,
+) -> BytesMut {
+    let ts = now_ms();
+    let mut b = runnel_record::builder::BatchBuilder::new(ts);
+    if let Some((pid, seq)) = producer {
+        b = b.producer(pid, 0, seq);
+    }
+    for (i, (k, v)) in records.iter().enumerate() {
+        b.append(
+            ts + i as i64,
+            Some(k.as_bytes()),
+            v.as_deref(),
+            &[(b"h", Some(b"x"))],
+        );
+    }
+    let mut out = b.build();
+    if codec != Compression::None {
+        let h = BatchHeader::parse(&out).unwrap();
+        out = recompress(
+            &out,
+            &h,
+            Codec {
+                compression: codec,
+                level: None,
+            },
+            1 << 24,
+        )
+        .unwrap()
+        .unwrap();
+    }
+    BytesMut::from(&out[..])
+}
+
+/// Every record in the segment files, in file order: (offset, key, value, headers).
+type Rec = (i64, Vec<u8>, Option<Vec<u8>>, usize);
+
+fn records_on_disk(log: &Log) -> Vec<Rec> {
+    let mut out = Vec::new();
+    for base in log.segment_base_offsets() {
+        let bytes = std::fs::read(log.dir().join(runnel_log::file_name(base, "log"))).unwrap();
+        for b in Batches::new(&bytes) {
+            let (at, h) = b.unwrap();
+            let batch = &bytes[at..at + h.total_len()];
+            verify_stored(batch).unwrap();
+            if h.is_control() {
+                continue;
+            }
+            for_each_record(batch, &h, 1 << 24, |r| {
+                out.push((
+                    r.offset,
+                    r.key.unwrap().to_vec(),
+                    r.value.map(<[u8]>::to_vec),
+                    r.headers,
+                ))
+            })
+            .unwrap();
+        }
+    }
+    out
+}
+
+fn files_size(log: &Log) -> u64 {
+    log.segment_base_offsets()
+        .iter()
+        .map(|b| {
+            std::fs::metadata(log.dir().join(runnel_log::file_name(*b, "log")))
+                .unwrap()
+                .len()
+        })
+        .sum()
+}
+
+async fn clean_at(log: &Log, now: i64, crash_after: Option<SwapStep>) -> Option<CleanStats> {
+    let range = log.cleanable(now).await.unwrap()?;
+    let mut map = OffsetMap::new(1 << 20, (range.end - range.first_dirty) as u64);
+    let mut throttle = Throttle::new(f64::INFINITY);
+    let mut ctx = CleanContext {
+        now_ms: now,
+        map: &mut map,
+        throttle: &mut throttle,
+        crash_after,
+    };
+    Some(log.clean(range, &mut ctx).await.unwrap())
+}
+
+/// Writes `updates` updates over `keys` keys (codecs in turn) and returns each key's latest
+/// (offset, value).
+async fn write_updates(
+    log: &Log,
+    updates: usize,
+    keys: usize,
+) -> BTreeMap<Vec<u8>, (i64, Vec<u8>)> {
+    let codecs = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Lz4,
+        Compression::Snappy,
+    ];
+    let mut latest = BTreeMap::new();
+    let mut i = 0;
+    let mut n = 0;
+    while i < updates {
+        let recs: Vec<(String, Option<Vec<u8>>)> = (i..(i + 5).min(updates))
+            .map(|j| {
+                (
+                    format!("key-{}", (j * 7) % keys),
+                    Some(format!("value-{j}").into_bytes()),
+                )
+            })
+            .collect();
+        let info = log
+            .append(keyed(&recs, codecs[n % codecs.len()], None), false)
+            .await
+            .unwrap();
+        for (d, (k, v)) in recs.iter().enumerate() {
+            latest.insert(
+                k.clone().into_bytes(),
+                (info.base_offset + d as i64, v.clone().unwrap()),
+            );
+        }
+        i += recs.len();
+        n += 1;
+    }
+    log.roll().await.unwrap();
+    latest
+}
+
+fn assert_latest_only(got: &[Rec], latest: &BTreeMap<Vec<u8>, (i64, Vec<u8>)>) {
+    let offsets: Vec<i64> = got.iter().map(|r| r.0).collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets strictly increase"
+    );
+    let mut seen = BTreeMap::new();
+    for (offset, key, value, headers) in got {
+        assert_eq!(*headers, 1, "headers kept");
+        assert!(
+            seen.insert(key.clone(), (*offset, value.clone().unwrap()))
+                .is_none(),
+            "one record per key"
+        );
+    }
+    assert_eq!(&seen, latest);
+}
+
+#[test]
+fn compaction_keeps_the_latest_record_of_each_key_at_its_offset_and_shrinks_the_files() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path(), config()).await;
+        let latest = write_updates(&log, 3_000, 40).await;
+        let before = files_size(&log);
+        let segments_before = log.segment_base_offsets().len();
+        let stats = clean_at(&log, now_ms(), None).await.expect("cleanable");
+        assert_eq!(
+            stats.end,
+            log.segment_base_offsets().last().copied().unwrap()
+        );
+        assert!(stats.records_removed >= 3_000 - 40, "{stats:?}");
+        assert_latest_only(&records_on_disk(&log), &latest);
+        let after = files_size(&log);
+        assert!(after * 10 < before, "{before} -> {after} bytes");
+        // Reads from any offset still work (gaps are skipped), and a reopened log agrees.
+        let plan = log.read(0, 1 << 20, true).await.unwrap();
+        assert!(plan.len > 0);
+        log.close().await.unwrap();
+        let log = open(tmp.path(), config()).await;
+        assert_latest_only(&records_on_disk(&log), &latest);
+        assert_eq!(log.log_end_offset(), 3_000);
+        // The next pass merges the small cleaned segments (up to segment.bytes).
+        let mut latest = latest;
+        latest.extend(write_updates(&log, 200, 40).await);
+        clean_at(&log, now_ms(), None).await.expect("cleanable");
+        assert_latest_only(&records_on_disk(&log), &latest);
+        assert!(
+            log.segment_base_offsets().len() < segments_before / 4,
+            "small cleaned segments merge: {} of {segments_before}",
+            log.segment_base_offsets().len()
+        );
+        // Nothing new: nothing to clean.
+        assert!(log.cleanable(now_ms()).await.unwrap().is_none());
+    });
+}
+
+#[test]
+fn a_tombstone_stays_until_its_delete_horizon_and_the_key_stays_gone() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            delete_retention_ms: 3_600_000,
+            ..config()
+        };
+        let log = open(tmp.path(), cfg).await;
+        let put = |k: &str, v: Option<&str>| (k.to_string(), v.map(|v| v.as_bytes().to_vec()));
+        log.append(
+            keyed(
+                &[put("a", Some("1")), put("b", Some("1"))],
+                Compression::None,
+                None,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+        log.append(keyed(&[put("a", None)], Compression::Gzip, None), false)
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        let now = now_ms();
+        clean_at(&log, now, None).await.unwrap();
+        let keys = |log: &Log| {
+            records_on_disk(log)
+                .into_iter()
+                .map(|r| (String::from_utf8(r.1).unwrap(), r.2.is_some()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(&log),
+            vec![("b".into(), true), ("a".into(), false)],
+            "the tombstone is served"
+        );
+        // More writes, cleaned before the horizon: the tombstone stays.
+        log.append(
+            keyed(&[put("c", Some("1"))], Compression::None, None),
+            false,
+        )
+        .await
+        .unwrap();
+        log.roll().await.unwrap();
+        clean_at(&log, now + 1_000, None).await.unwrap();
+        assert!(keys(&log).contains(&("a".into(), false)));
+        // Past the horizon: gone, and "a" stays gone.
+        log.append(
+            keyed(&[put("d", Some("1"))], Compression::None, None),
+            false,
+        )
+        .await
+        .unwrap();
+        log.roll().await.unwrap();
+        clean_at(&log, now + 3_600_000 + 1, None).await.unwrap();
+        assert_eq!(
+            keys(&log),
+            vec![("b".into(), true), ("c".into(), true), ("d".into(), true)]
+        );
+    });
+}
+
+#[test]
+fn a_producers_last_batch_stays_so_its_retry_is_still_a_duplicate() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path(), config()).await;
+        let first = keyed(
+            &[("k".into(), Some(b"1".to_vec()))],
+            Compression::None,
+            Some((9, 0)),
+        );
+        let last = keyed(
+            &[("k".into(), Some(b"2".to_vec()))],
+            Compression::None,
+            Some((9, 1)),
+        );
+        log.append(first, false).await.unwrap();
+        log.append(last.clone(), false).await.unwrap();
+        // Another producer overwrites the key: the idempotent producer's records all go.
+        log.append(
+            keyed(
+                &[("k".into(), Some(b"3".to_vec()))],
+                Compression::None,
+                None,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+        log.roll().await.unwrap();
+        clean_at(&log, now_ms(), None).await.unwrap();
+        assert_eq!(records_on_disk(&log).len(), 1);
+        log.close().await.unwrap();
+        let log = open(tmp.path(), config()).await;
+        let info = log.append(last, false).await.unwrap();
+        assert_eq!(
+            info.base_offset, 1,
+            "a retry of the last batch is answered, not written"
+        );
+        assert_eq!(log.log_end_offset(), 3);
+    });
+}
+
+#[test]
+fn a_compacted_log_refuses_records_without_a_key() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path(), config()).await;
+        let mut b = runnel_record::builder::BatchBuilder::new(now_ms());
+        b.append(now_ms(), None, Some(b"v"), &[]);
+        let err = log
+            .append(BytesMut::from(&b.build()[..]), false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kafka_error_code(), 87, "{err}");
+        // Compressed too.
+        let h = BatchHeader::parse(&b.build()).unwrap();
+        let z = recompress(
+            &b.build(),
+            &h,
+            Codec {
+                compression: Compression::Zstd,
+                level: None,
+            },
+            1 << 20,
+        )
+        .unwrap()
+        .unwrap();
+        let err = log.append(BytesMut::from(&z[..]), false).await.unwrap_err();
+        assert_eq!(err.kafka_error_code(), 87, "{err}");
+    });
+}
+
+#[test]
+fn a_crash_at_any_step_of_the_swap_leaves_a_consistent_log_with_every_latest_value() {
+    for step in [SwapStep::Cleaned, SwapStep::Swap, SwapStep::OldRemoved] {
+        run(move || async move {
+            let tmp = tempfile::tempdir().unwrap();
+            let log = open(tmp.path(), config()).await;
+            let latest = write_updates(&log, 1_500, 30).await;
+            let all_before = records_on_disk(&log);
+            clean_at(&log, now_ms(), Some(step)).await.unwrap();
+            // The process dies here: the log is opened again without a clean close.
+            let log = Log::open(tmp.path(), "t", 0, config(), OpenOptions::default())
+                .await
+                .unwrap();
+            let got = records_on_disk(&log);
+            let offsets: Vec<i64> = got.iter().map(|r| r.0).collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "{step:?}: offsets increase"
+            );
+            let mut last: BTreeMap<Vec<u8>, (i64, Vec<u8>)> = BTreeMap::new();
+            for (o, k, v, _) in &got {
+                last.insert(k.clone(), (*o, v.clone().unwrap()));
+            }
+            assert_eq!(last, latest, "{step:?}: every latest value present");
+            if step == SwapStep::Cleaned {
+                assert_eq!(got, all_before, "not committed: the old segments");
+            } else {
+                assert!(
+                    got.len() < all_before.len(),
+                    "{step:?}: committed: the first group is cleaned"
+                );
+            }
+            let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap"))
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+            // And a full pass from there cleans it all.
+            clean_at(&log, now_ms(), None).await;
+            assert_latest_only(&records_on_disk(&log), &latest);
+        });
+    }
+}
