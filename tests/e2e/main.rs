@@ -5,6 +5,7 @@ mod bench_tool;
 mod clients;
 mod cluster;
 mod common;
+mod compaction;
 mod configs;
 mod differential;
 mod durability;

@@ -20,6 +20,8 @@ pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
 /// Each partition's high watermark (Kafka's name and format).
 pub const REPLICATION_OFFSET_CHECKPOINT: &str = "replication-offset-checkpoint";
 pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
+/// Where each compacted log's dirty section starts (Kafka's cleaner-offset-checkpoint).
+pub const CLEANER_OFFSET_CHECKPOINT: &str = "cleaner-offset-checkpoint";
 /// Written after a clean shutdown; its absence at startup means recovery must scan.
 pub const CLEAN_SHUTDOWN_MARKER: &str = ".runnel_cleanshutdown";
 

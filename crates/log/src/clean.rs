@@ -182,6 +182,9 @@ pub struct Cleanable {
     pub dirty_bytes: u64,
     /// When the oldest dirty record was appended (ms), if known: max.compaction.lag.ms.
     pub dirty_since_ms: Option<i64>,
+    /// A tombstone or marker the cleaner kept has reached its delete horizon: a pass is due
+    /// whatever the dirty ratio.
+    pub horizon_due: bool,
 }
 
 impl Cleanable {
@@ -336,7 +339,8 @@ impl Log {
                 break;
             }
         }
-        if end <= first_dirty {
+        let horizon_due = self.inner.delete_horizon.get().is_some_and(|h| h <= now_ms);
+        if end < first_dirty || (end == first_dirty && !horizon_due) {
             return Ok(None);
         }
         let (mut clean_bytes, mut dirty_bytes) = (0, 0);
@@ -359,6 +363,7 @@ impl Log {
             clean_bytes,
             dirty_bytes,
             dirty_since_ms,
+            horizon_due,
         }))
     }
 
@@ -420,7 +425,7 @@ impl Log {
                 ctx.throttle.account(n).await;
             }
         }
-        if end <= range.first_dirty {
+        if end <= range.first_dirty && range.end > range.first_dirty {
             return Err(LogError::Config(format!(
                 "the cleaner's dedupe buffer ({} bytes) cannot hold the keys of one batch",
                 ctx.map.size_bytes()
@@ -439,6 +444,7 @@ impl Log {
             .filter_map(|(&pid, e)| e.last_offset().map(|o| (pid, o)))
             .collect();
         let mut txn_kept: HashMap<i64, bool> = HashMap::new();
+        let mut horizon: Option<i64> = None;
         let rules = Rules {
             end,
             now_ms: ctx.now_ms,
@@ -449,7 +455,7 @@ impl Log {
         stats.segments_before = closed.len() as u64;
         for group in groups {
             let cleaned = self
-                .clean_group(&group, &rules, &mut txn_kept, ctx, &mut stats)
+                .clean_group(&group, &rules, &mut txn_kept, &mut horizon, ctx, &mut stats)
                 .await?;
             if !self.swap_in(&group, cleaned, ctx.crash_after).await? {
                 break; // the log changed under the pass (closed, truncated): stop here
@@ -460,6 +466,7 @@ impl Log {
             stats.segments_after += 1;
         }
         self.inner.first_dirty.set(end);
+        self.inner.delete_horizon.set(horizon);
         Ok(stats)
     }
 
@@ -469,6 +476,7 @@ impl Log {
         group: &[Rc<Segment>],
         rules: &Rules<'_>,
         txn_kept: &mut HashMap<i64, bool>,
+        horizon: &mut Option<i64>,
         ctx: &mut CleanContext<'_>,
         stats: &mut CleanStats,
     ) -> Result<Segment, LogError> {
@@ -506,6 +514,9 @@ impl Log {
                         Kept::Nothing => continue,
                     };
                     let nh = BatchHeader::parse(&kept).map_err(|e| corrupt(old, e))?;
+                    if let Some(h) = nh.delete_horizon() {
+                        *horizon = Some(horizon.map_or(h, |m: i64| m.min(h)));
+                    }
                     seg.on_batch(&nh, seg.size.get() + out_len as u64, interval);
                     out_len += kept.len();
                     out.push(kept);

@@ -48,6 +48,8 @@ pub struct LogConfig {
     /// cleanup.policy has `compact`: the log cleaner keeps the latest record of each key,
     /// and records without a key are refused.
     pub compact: bool,
+    /// cleanup.policy has `delete`: retention.ms and retention.bytes remove old segments.
+    pub delete: bool,
     /// delete.retention.ms: a tombstone stays this long after the cleaner first saw it.
     pub delete_retention_ms: u64,
     /// min.compaction.lag.ms: a record stays uncompacted at least this long.
@@ -97,6 +99,7 @@ impl Default for LogConfig {
             max_message_bytes: u64::MAX,
             file_delete_delay_ms: 0,
             compact: false,
+            delete: true,
             delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
             min_compaction_lag_ms: 0,
             max_compaction_lag_ms: u64::MAX,

@@ -207,6 +207,9 @@ pub(crate) struct Inner {
     unreplicated: RefCell<VecDeque<(i64, i64)>>,
     /// The cleaner checkpoint: where the dirty (not yet compacted) section starts.
     pub first_dirty: Cell<i64>,
+    /// The earliest delete horizon (KIP-534) of a batch the cleaner kept with one: once it
+    /// has passed, a pass is due even with nothing dirty, to remove what it kept.
+    pub delete_horizon: Cell<Option<i64>>,
     /// Held while the set of closed segments changes (the cleaner's swap, retention's
     /// deletion, a truncation), so one never works on a list another is replacing.
     pub layout: glommio::sync::Semaphore,
@@ -313,6 +316,7 @@ impl Log {
                 producers: RefCell::new(ProducerState::default()),
                 unreplicated: RefCell::new(VecDeque::new()),
                 first_dirty: Cell::new(log_start_offset),
+                delete_horizon: Cell::new(None),
                 layout: glommio::sync::Semaphore::new(1),
             }),
         }
@@ -1008,11 +1012,16 @@ impl Log {
         if self.check_open().is_err() {
             return Ok(0); // a closed log's files are no longer its to delete
         }
-        let config = self.config();
+        let mut config = self.config();
         self.inner
             .producers
             .borrow_mut()
             .expire(now_ms, config.producer_id_expiration_ms);
+        if !config.delete {
+            // A compact-only topic keeps its segments (the cleaner shrinks them).
+            config.retention_ms = None;
+            config.retention_bytes = None;
+        }
         if let Some(ms) = config.retention_ms {
             let active = self.active();
             if !active.is_empty() && now_ms - active.largest_timestamp() > ms as i64 {

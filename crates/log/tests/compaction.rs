@@ -255,6 +255,13 @@ fn a_tombstone_stays_until_its_delete_horizon_and_the_key_stays_gone() {
             vec![("b".into(), true), ("a".into(), false)],
             "the tombstone is served"
         );
+        // Nothing dirty: no pass is due until the tombstone's horizon has passed.
+        assert!(log.cleanable(now + 1_000).await.unwrap().is_none());
+        assert!(log
+            .cleanable(now + 3_600_000 + 1)
+            .await
+            .unwrap()
+            .is_some_and(|c| c.horizon_due));
         // More writes, cleaned before the horizon: the tombstone stays.
         log.append(
             keyed(&[put("c", Some("1"))], Compression::None, None),

@@ -248,14 +248,6 @@ fn range(key: &str, value: &str, what: &str, min: impl ToString, max: impl ToStr
     )
 }
 
-/// Whether a topic's old segments go by retention: its cleanup.policy has `delete` (a
-/// compact-only topic keeps every record until compaction exists).
-pub fn deletes(overrides: &std::collections::BTreeMap<String, String>) -> bool {
-    overrides
-        .get("cleanup.policy")
-        .is_none_or(|p| p.split(',').any(|i| i == "delete"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,11 +13,15 @@ pub async fn write(shard: &Rc<Shard>) -> bool {
     let mut recovery_points = Offsets::new();
     let mut log_start_offsets = Offsets::new();
     let mut high_watermarks = Offsets::new();
+    let mut cleaner_offsets = Offsets::new();
     for i in 0..shard.shared.nr_shards {
         let Some(points) = shard.call(i, |reply| ShardMsg::Checkpoint { reply }).await else {
             return false;
         };
-        for ((topic, partition), rp, lso, hw) in points {
+        for ((topic, partition), rp, lso, hw, cleaned) in points {
+            if let Some(c) = cleaned {
+                cleaner_offsets.insert((topic.to_string(), partition), c);
+            }
             recovery_points.insert((topic.to_string(), partition), rp);
             log_start_offsets.insert((topic.to_string(), partition), lso);
             high_watermarks.insert((topic.to_string(), partition), hw);
@@ -28,6 +32,7 @@ pub async fn write(shard: &Rc<Shard>) -> bool {
         (checkpoint::RECOVERY_POINT_CHECKPOINT, &recovery_points),
         (checkpoint::LOG_START_OFFSET_CHECKPOINT, &log_start_offsets),
         (checkpoint::REPLICATION_OFFSET_CHECKPOINT, &high_watermarks),
+        (checkpoint::CLEANER_OFFSET_CHECKPOINT, &cleaner_offsets),
     ] {
         if let Err(e) = checkpoint::write(&dir.join(name), offsets).await {
             tracing::error!("cannot write {name}: {e}");

@@ -47,6 +47,57 @@ pub struct Config {
           allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub retention_ms: i64,
 
+    /// What happens to a topic's old records by default (log.cleanup.policy, the default of
+    /// the topic config cleanup.policy): `delete` (retention), `compact` (keep the latest
+    /// record of each key) or `compact,delete`.
+    #[arg(long, default_value = "delete", value_name = "POLICY", value_parser = parse_cleanup_policy)]
+    pub log_cleanup_policy: String,
+
+    /// Run the log cleaner, which compacts topics with cleanup.policy=compact
+    /// (log.cleaner.enable).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub log_cleaner_enable: bool,
+
+    /// Memory for the cleaner's key map, across all shards (log.cleaner.dedupe.buffer.size):
+    /// 24 bytes per key; a pass whose dirty section has more keys cleans in several.
+    #[arg(long, default_value_t = 128 << 20, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub log_cleaner_dedupe_buffer_size: u64,
+
+    /// The most bytes per second each shard's cleaner reads and writes
+    /// (log.cleaner.io.max.bytes.per.second). Default: no limit.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_cleaner_io_max_bytes_per_second: Option<u64>,
+
+    /// How long a shard's cleaner waits when no log needs cleaning (log.cleaner.backoff.ms).
+    #[arg(long, default_value_t = 15_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_cleaner_backoff_ms: u64,
+
+    /// Clean a log once this share of it is dirty (log.cleaner.min.cleanable.ratio, the
+    /// default of min.cleanable.dirty.ratio).
+    #[arg(long, default_value_t = 0.5, value_name = "RATIO", value_parser = parse_ratio)]
+    pub log_cleaner_min_cleanable_ratio: f64,
+
+    /// How long a tombstone stays after the cleaner first sees it
+    /// (log.cleaner.delete.retention.ms, the default of delete.retention.ms).
+    #[arg(long, default_value_t = runnel_log::DEFAULT_DELETE_RETENTION_MS, value_name = "MS")]
+    pub log_cleaner_delete_retention_ms: u64,
+
+    /// A record stays uncompacted at least this long (log.cleaner.min.compaction.lag.ms).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub log_cleaner_min_compaction_lag_ms: u64,
+
+    /// A record older than this is compacted whatever the dirty ratio
+    /// (log.cleaner.max.compaction.lag.ms).
+    #[arg(long, default_value_t = i64::MAX as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
+    pub log_cleaner_max_compaction_lag_ms: u64,
+
+    /// Fault point for crash tests, not for production: the broker kills itself (SIGKILL)
+    /// right after its cleaner's first swap reaches this step: `cleaned` (new segment
+    /// written), `swap` (renamed .swap, committed) or `old-removed` (an old segment gone).
+    #[arg(long, hide = true, value_name = "STEP", value_parser = ["cleaned", "swap", "old-removed"])]
+    pub test_cleaner_crash_after: Option<String>,
+
     /// Delete the oldest segments while a partition is larger than this (retention.bytes); -1: no limit.
     #[arg(long, default_value_t = -1, value_name = "BYTES", allow_negative_numbers = true,
           value_parser = clap::value_parser!(i64).range(-1..))]
@@ -299,6 +350,20 @@ fn parse_rack(s: &str) -> Result<String, String> {
     runnel_metadata::cluster::validate_name("rack", s).map(|_| s.to_string())
 }
 
+fn parse_cleanup_policy(s: &str) -> Result<String, String> {
+    runnel_metadata::topic_config::normalize_topic_config("cleanup.policy", s)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| format!("expected delete, compact or compact,delete, got {s:?}"))
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("expected a ratio between 0 and 1, got {s:?}"))
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" | "true" => Ok(true),
@@ -321,6 +386,12 @@ impl Config {
             producer_id_expiration_ms: self.producer_id_expiration_ms,
             max_message_bytes: u64::from(self.max_message_bytes),
             file_delete_delay_ms: self.log_segment_delete_delay_ms,
+            compact: self.log_cleanup_policy.split(',').any(|p| p == "compact"),
+            delete: self.log_cleanup_policy.split(',').any(|p| p == "delete"),
+            delete_retention_ms: self.log_cleaner_delete_retention_ms,
+            min_compaction_lag_ms: self.log_cleaner_min_compaction_lag_ms,
+            max_compaction_lag_ms: self.log_cleaner_max_compaction_lag_ms,
+            min_cleanable_dirty_ratio: self.log_cleaner_min_cleanable_ratio,
             ..LogConfig::default()
         }
     }

@@ -156,6 +156,7 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
                         log.recovery_point(),
                         log.log_start_offset(),
                         log.high_watermark(),
+                        log.config().compact.then(|| log.cleaner_checkpoint()),
                     )
                 })
                 .collect();

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod checkpoints;
+pub mod cleaner;
 pub mod cluster;
 pub mod config;
 pub mod conn;

@@ -75,6 +75,14 @@ counters! {
     follower_max_lag_records: "gauge", "Records the furthest-behind follower of this shard's leaderships lacks (the leader's log end minus the follower's last fetch offset).";
     follower_max_lag_bytes: "gauge", "Bytes the furthest-behind follower (in bytes) of this shard's leaderships lacks, from its last fetch offset to the leader's log end (to within one index interval).";
     offline_partitions: "gauge", "Partitions taken offline by a storage error (a failed fdatasync); they refuse produce and fetch until a restart recovers them.";
+    cleaner_passes: "counter", "Log cleaner passes (one compacted log cleaned each).";
+    cleaner_bytes_read: "counter", "Bytes the log cleaner read (mapping keys and copying what it keeps).";
+    cleaner_bytes_written: "counter", "Bytes the log cleaner wrote into cleaned segments.";
+    cleaner_records_removed: "counter", "Records the log cleaner removed (older values, expired tombstones, aborted records).";
+    cleaner_time_ms: "counter", "Milliseconds the log cleaner spent in passes (Kafka's max-clean-time-secs, summed).";
+    cleaner_max_dirty_percent: "gauge", "The highest cleanable dirty ratio, in percent, among this shard's compacted logs (Kafka's max-dirty-percent).";
+    cleaner_max_compaction_delay_ms: "gauge", "How far past max.compaction.lag.ms the most overdue dirty record of this shard's compacted logs is (Kafka's max-compaction-delay-secs, in ms).";
+    cleaner_buffer_utilization_percent: "gauge", "How full the key map of the last cleaner pass was (Kafka's max-buffer-utilization-percent).";
 }
 
 /// The Prometheus text exposition of every shard's counters.
@@ -85,6 +93,19 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(out, "# TYPE runnel_{name} {kind}");
         for (i, c) in shared.counters.iter().enumerate() {
             let _ = writeln!(out, "runnel_{name}{{shard=\"{i}\"}} {}", c.value(name));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP runnel_log_cleanable_dirty_ratio A compacted partition's dirty bytes over its cleanable bytes, as the cleaner last saw it.\n# TYPE runnel_log_cleanable_dirty_ratio gauge"
+    );
+    for ratios in &shared.cleaner_ratios {
+        let Ok(r) = ratios.lock() else { continue };
+        for ((topic, partition), ratio) in r.iter() {
+            let _ = writeln!(
+                out,
+                "runnel_log_cleanable_dirty_ratio{{topic=\"{topic}\",partition=\"{partition}\"}} {ratio:.4}"
+            );
         }
     }
     out

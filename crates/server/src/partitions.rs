@@ -244,9 +244,13 @@ async fn open_log(
     } else {
         OpenOptions::default()
     };
+    let had_data = at_startup && dir.is_dir();
     let log = Log::open(&dir, &key.0, key.1, config, opts)
         .await
         .map_err(|e| format!("cannot open partition {}-{}: {e}", key.0, key.1))?;
+    if let Some(&c) = st.cleaner_offsets.get(&ck).filter(|_| had_data) {
+        log.set_cleaner_checkpoint(c);
+    }
     if fresh {
         let text = format!("version: 0\ntopic_id: {}\n", metadata::hex(topic_id));
         runnel_log::checkpoint::write_atomic(&claim, text.into())
@@ -322,6 +326,20 @@ pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) ->
             }
             "retention.ms" => c.retention_ms = n.and_then(|n| u64::try_from(n).ok()),
             "retention.bytes" => c.retention_bytes = n.and_then(|n| u64::try_from(n).ok()),
+            "cleanup.policy" => {
+                c.compact = v.split(',').any(|p| p == "compact");
+                c.delete = v.split(',').any(|p| p == "delete");
+            }
+            "delete.retention.ms" => c.delete_retention_ms = n.map_or(0, |n| n.max(0) as u64),
+            "min.compaction.lag.ms" => c.min_compaction_lag_ms = n.map_or(0, |n| n.max(0) as u64),
+            "max.compaction.lag.ms" => {
+                c.max_compaction_lag_ms = n.map_or(i64::MAX as u64, |n| n.max(1) as u64)
+            }
+            "min.cleanable.dirty.ratio" => {
+                if let Ok(r) = v.parse::<f64>() {
+                    c.min_cleanable_dirty_ratio = r.clamp(0.0, 1.0);
+                }
+            }
             "flush.messages" => c.flush_messages = n.map(|n| n as u64),
             "flush.ms" => c.flush_ms = n.map(|n| n as u64),
             "message.timestamp.type" => c.log_append_time = v == "LogAppendTime",
@@ -362,12 +380,6 @@ pub fn log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) ->
             }
             _ => {}
         }
-    }
-    // A topic whose cleanup.policy lacks `delete` keeps its records (Kafka compacts it
-    // instead; until Runnel compacts, it keeps every record).
-    if !metadata::topic_config::deletes(overrides) {
-        c.retention_ms = None;
-        c.retention_bytes = None;
     }
     c
 }

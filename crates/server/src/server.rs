@@ -34,6 +34,7 @@ struct ShardExit {
     recovery_points: Offsets,
     log_start_offsets: Offsets,
     high_watermarks: Offsets,
+    cleaner_offsets: Offsets,
     clean: bool,
 }
 
@@ -105,6 +106,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let recovery_points = read_checkpoint(&data_dir, checkpoint::RECOVERY_POINT_CHECKPOINT)?;
     let log_start_offsets = read_checkpoint(&data_dir, checkpoint::LOG_START_OFFSET_CHECKPOINT)?;
     let high_watermarks = read_checkpoint(&data_dir, checkpoint::REPLICATION_OFFSET_CHECKPOINT)?;
+    let cleaner_offsets = read_checkpoint(&data_dir, checkpoint::CLEANER_OFFSET_CHECKPOINT)?;
     let nr_shards = config.shards();
     check_memlock(nr_shards);
     tracing::info!(
@@ -120,6 +122,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let shared = Arc::new(Shared {
         defaults: config.default_log_config(),
         counters: (0..nr_shards).map(|_| Default::default()).collect(),
+        cleaner_ratios: (0..nr_shards).map(|_| Default::default()).collect(),
         config,
         nr_shards,
         advertised_host,
@@ -132,6 +135,7 @@ pub fn run(config: Config) -> Result<(), String> {
             recovery_points,
             log_start_offsets,
             high_watermarks,
+            cleaner_offsets,
         },
         controller,
         applied: std::sync::Mutex::new(Some(applied)),
@@ -167,6 +171,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let mut recovery_points = Offsets::new();
     let mut log_start_offsets = Offsets::new();
     let mut high_watermarks = Offsets::new();
+    let mut cleaner_offsets = Offsets::new();
     let mut clean = true;
     let mut first_error = None;
     for r in pool.join_all() {
@@ -175,6 +180,7 @@ pub fn run(config: Config) -> Result<(), String> {
                 recovery_points.extend(exit.recovery_points);
                 log_start_offsets.extend(exit.log_start_offsets);
                 high_watermarks.extend(exit.high_watermarks);
+                cleaner_offsets.extend(exit.cleaner_offsets);
                 clean &= exit.clean;
             }
             Ok(Err(e)) => {
@@ -205,6 +211,12 @@ pub fn run(config: Config) -> Result<(), String> {
         checkpoint::write_blocking(
             &data_dir.join(checkpoint::REPLICATION_OFFSET_CHECKPOINT),
             &high_watermarks,
+        )
+    })
+    .and_then(|_| {
+        checkpoint::write_blocking(
+            &data_dir.join(checkpoint::CLEANER_OFFSET_CHECKPOINT),
+            &cleaner_offsets,
         )
     })
     .map_err(|e| format!("cannot write checkpoints: {e}"))?;
@@ -282,6 +294,10 @@ async fn shard_main(
     let background = glommio::spawn_local(background(shard.clone())).detach();
     let groups = glommio::spawn_local(crate::groups::timers(shard.clone())).detach();
     let txn_timers = glommio::spawn_local(crate::txns::timers(shard.clone())).detach();
+    let cleaner = shared
+        .config
+        .log_cleaner_enable
+        .then(|| glommio::spawn_local(crate::cleaner::run(shard.clone())).detach());
     let checkpoints =
         (shard.id == 0).then(|| glommio::spawn_local(checkpoints(shard.clone())).detach());
 
@@ -301,6 +317,10 @@ async fn shard_main(
     background.cancel();
     groups.cancel();
     txn_timers.cancel();
+    if let Some(c) = cleaner {
+        // (A pass stopped mid-swap is completed by recovery at the next start.)
+        c.cancel();
+    }
     if let Some(c) = checkpoints {
         c.cancel();
     }
@@ -497,6 +517,7 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
         recovery_points: Offsets::new(),
         log_start_offsets: Offsets::new(),
         high_watermarks: Offsets::new(),
+        cleaner_offsets: Offsets::new(),
         clean: true,
     };
     for ((topic, partition), log) in logs {
@@ -510,6 +531,10 @@ async fn close_logs(shard: &Rc<Shard>) -> ShardExit {
             .insert((topic.to_string(), partition), log.log_start_offset());
         exit.high_watermarks
             .insert((topic.to_string(), partition), log.high_watermark());
+        if log.config().compact {
+            exit.cleaner_offsets
+                .insert((topic.to_string(), partition), log.cleaner_checkpoint());
+        }
     }
     exit
 }

@@ -98,10 +98,10 @@ pub enum ShardMsg {
         key: PartitionKey,
         reply: oneshot::Sender<Result<Vec<ActiveProducer>, PartitionError>>,
     },
-    /// This shard's partitions' (recovery point, log start offset, high watermark), for
-    /// the checkpoints.
+    /// This shard's partitions' (recovery point, log start offset, high watermark, cleaner
+    /// checkpoint of a compacted one), for the checkpoints.
     Checkpoint {
-        reply: oneshot::Sender<Vec<(PartitionKey, i64, i64, i64)>>,
+        reply: oneshot::Sender<Vec<CheckpointPoints>>,
     },
     /// A new metadata snapshot: open, reconfigure or delete this shard's partitions, then
     /// publish it.
@@ -178,6 +178,9 @@ pub enum TxnOp {
 }
 
 /// What the whole process shares: read-only after start, or atomics.
+/// A partition's (recovery point, log start offset, high watermark, cleaner checkpoint).
+pub type CheckpointPoints = (PartitionKey, i64, i64, i64, Option<i64>);
+
 pub struct Shared {
     pub config: Config,
     pub defaults: LogConfig,
@@ -188,6 +191,9 @@ pub struct Shared {
     pub data_dir: PathBuf,
     pub startup: Startup,
     pub counters: Vec<ShardCounters>,
+    /// Each shard's compacted partitions' dirty ratios, for /metrics (written by the
+    /// shard's cleaner, off the request path).
+    pub cleaner_ratios: Vec<std::sync::Mutex<crate::cleaner::Ratios>>,
     /// This node's member of the metadata quorum.
     pub controller: runnel_controller::Controller,
     /// What the metadata log applies, until shard 0 takes it at start.
@@ -214,6 +220,7 @@ pub struct Startup {
     pub recovery_points: Offsets,
     pub log_start_offsets: Offsets,
     pub high_watermarks: Offsets,
+    pub cleaner_offsets: Offsets,
 }
 
 pub struct Shard {

@@ -778,6 +778,41 @@ fn topic_configs(shard: &Shard, overrides: &BTreeMap<String, String>) -> Vec<Con
         ),
         ("preallocate", (c.preallocate.to_string(), c.preallocate)),
         (
+            "cleanup.policy",
+            (
+                c.log_cleanup_policy.clone(),
+                c.log_cleanup_policy != "delete",
+            ),
+        ),
+        (
+            "delete.retention.ms",
+            (
+                c.log_cleaner_delete_retention_ms.to_string(),
+                c.log_cleaner_delete_retention_ms != runnel_log::DEFAULT_DELETE_RETENTION_MS,
+            ),
+        ),
+        (
+            "min.compaction.lag.ms",
+            (
+                c.log_cleaner_min_compaction_lag_ms.to_string(),
+                c.log_cleaner_min_compaction_lag_ms != 0,
+            ),
+        ),
+        (
+            "max.compaction.lag.ms",
+            (
+                c.log_cleaner_max_compaction_lag_ms.to_string(),
+                c.log_cleaner_max_compaction_lag_ms != i64::MAX as u64,
+            ),
+        ),
+        (
+            "min.cleanable.dirty.ratio",
+            (
+                c.log_cleaner_min_cleanable_ratio.to_string(),
+                c.log_cleaner_min_cleanable_ratio != 0.5,
+            ),
+        ),
+        (
             "retention.bytes",
             (c.retention_bytes.to_string(), c.retention_bytes != -1),
         ),
