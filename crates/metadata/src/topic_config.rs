@@ -80,7 +80,6 @@ const fn def(
     }
 }
 
-const COMPACTION: Effect = Effect::NotYet("log compaction");
 const TIERED: Effect = Effect::NotYet("tiered storage (not planned)");
 
 /// Kafka 4.x's topic configs, by name.
@@ -97,7 +96,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def("compression.zstd.level", Kind::Int { min: -131072, max: 22 }, "3",
         "zstd level when the broker recompresses to zstd.", Effect::Applied),
     def("delete.retention.ms", Kind::Long { min: 0, max: L }, "86400000",
-        "How long a tombstone stays once its segment is compacted.", COMPACTION),
+        "How long a tombstone stays once its segment is compacted.", Effect::Applied),
     def("errors.deadletterqueue.group.enable", Kind::Bool, "false",
         "Whether share groups may write this topic's undeliverable records to a dead-letter queue.",
         Effect::NotYet("share groups (KIP-932), which Runnel does not have")),
@@ -118,7 +117,7 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def("local.retention.ms", Kind::Long { min: -2, max: L }, "-2",
         "Local retention with tiered storage.", TIERED),
     def("max.compaction.lag.ms", Kind::Long { min: 1, max: L }, "9223372036854775807",
-        "The longest a record stays uncompacted.", COMPACTION),
+        "The longest a record stays uncompacted.", Effect::Applied),
     def("max.decompressed.message.bytes", Kind::Int { min: 0, max: i32::MAX }, "2147483639",
         "The largest a record batch may be once decompressed.",
         Effect::NotYet("a fixed 64 MiB bound on what the broker inflates (recompression)")),
@@ -131,9 +130,9 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
     def("message.timestamp.type", Kind::Choice(&["CreateTime", "LogAppendTime"]), "CreateTime",
         "CreateTime keeps the producer's timestamps; LogAppendTime stamps the broker's.", Effect::Applied),
     def("min.cleanable.dirty.ratio", Kind::Double { min: 0.0, max: 1.0 }, "0.5",
-        "How much of a log must be uncompacted before it is compacted.", COMPACTION),
+        "How much of a log must be uncompacted before it is compacted.", Effect::Applied),
     def("min.compaction.lag.ms", Kind::Long { min: 0, max: L }, "0",
-        "The shortest a record stays uncompacted.", COMPACTION),
+        "The shortest a record stays uncompacted.", Effect::Applied),
     def("min.insync.replicas", Kind::Int { min: 1, max: i16::MAX as i32 }, "1",
         "In-sync replicas an acks=all produce needs.", Effect::Applied),
     def("preallocate", Kind::Bool, "false",

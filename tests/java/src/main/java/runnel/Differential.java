@@ -529,8 +529,17 @@ public final class Differential {
                 learnTopicIds(e.get("response"), capturedIdToName, new HashMap<>());
                 learnTopicIds(e.get("request"), capturedIdToName, new HashMap<>());
             }
+            long newest = 0;
+            for (JsonNode e : entries) {
+                newest = Math.max(newest, newestTimestamp(e.get("request")));
+            }
             for (String pass : List.of("captured", "lowest", "highest")) {
                 long started = System.nanoTime();
+                // Record timestamps move to the replay's time (spacing kept, the newest a
+                // minute ago): a capture months old would otherwise be past both brokers'
+                // 7-day retention, which each applies at its own moment of the run.
+                passStart = System.currentTimeMillis();
+                timeShift = newest > 0 ? passStart - 60_000 - newest : 0;
                 kafka.reset();
                 runnel.reset();
                 for (JsonNode e : entries) {
@@ -879,9 +888,12 @@ public final class Differential {
                     if (mine != null) {
                         e.setValue(NODES.numberNode(mine));
                     }
-                } else if (f.equals("records") && v.isTextual() && !side.pids.isEmpty()) {
+                } else if (f.equals("records") && v.isTextual()) {
                     e.setValue(new TextNode(Base64.getEncoder().encodeToString(
                             rewritePids(Base64.getDecoder().decode(v.asText()), side.pids))));
+                } else if (f.equals("timestamp") && v.isNumber() && v.asLong() >= 0 && timeShift != 0) {
+                    // ListOffsets by time, at the shifted time of the records.
+                    e.setValue(NODES.numberNode(v.asLong() + timeShift));
                 } else {
                     substituteIn(v, side, capturedIdToName);
                 }
@@ -893,7 +905,40 @@ public final class Differential {
         }
     }
 
-    /** Record batches (v2) with their producer ids replaced, CRC recomputed. */
+    /** How far record timestamps move in this pass (see `compare`), and when it began. */
+    static long timeShift;
+    static long passStart;
+
+    /** The newest CreateTime timestamp of the record batches anywhere in `n`. */
+    static long newestTimestamp(JsonNode n) {
+        long newest = 0;
+        if (n.isObject()) {
+            JsonNode r = n.get("records");
+            if (r != null && r.isTextual()) {
+                ByteBuffer b = ByteBuffer.wrap(Base64.getDecoder().decode(r.asText()));
+                int pos = 0;
+                while (pos + 61 <= b.limit()) {
+                    int len = b.getInt(pos + 8);
+                    if (len < 49 || b.get(pos + 16) != 2) {
+                        break;
+                    }
+                    if ((b.getShort(pos + 21) & 0x08) == 0) {
+                        newest = Math.max(newest, b.getLong(pos + 35));
+                    }
+                    pos += 12 + len;
+                }
+            }
+        }
+        for (JsonNode c : n) {
+            if (c.isContainerNode()) {
+                newest = Math.max(newest, newestTimestamp(c));
+            }
+        }
+        return newest;
+    }
+
+    /** Record batches (v2) with their producer ids replaced and CreateTime timestamps moved
+     * by `timeShift`, CRC recomputed. */
     static byte[] rewritePids(byte[] records, Map<Long, Long> pids) {
         ByteBuffer b = ByteBuffer.wrap(records);
         int pos = 0;
@@ -904,8 +949,23 @@ public final class Differential {
                 break;
             }
             Long mine = pids.get(b.getLong(pos + 43));
+            boolean createTime = (b.getShort(pos + 21) & 0x08) == 0;
+            boolean shift = timeShift != 0 && createTime && b.getLong(pos + 27) >= 0;
+            if (shift) {
+                // A batch with a fixed old timestamp (a test's) still more than 3 days old
+                // after the shift moves on to a day ago.
+                long by = timeShift;
+                long dayAgo = passStart - 86_400_000L;
+                if (b.getLong(pos + 35) + by < dayAgo - 2 * 86_400_000L) {
+                    by = dayAgo - b.getLong(pos + 35);
+                }
+                b.putLong(pos + 27, b.getLong(pos + 27) + by);
+                b.putLong(pos + 35, b.getLong(pos + 35) + by);
+            }
             if (mine != null) {
                 b.putLong(pos + 43, mine);
+            }
+            if (mine != null || shift) {
                 CRC32C crc = new CRC32C();
                 crc.update(records, pos + 21, end - (pos + 21));
                 b.putInt(pos + 17, (int) crc.getValue());
@@ -1224,8 +1284,14 @@ public final class Differential {
             o.put("magic", b.get(pos + 16));
             o.put("attributes", b.getShort(pos + 21));
             o.put("lastOffsetDelta", b.getInt(pos + 23));
-            o.put("baseTimestamp", b.getLong(pos + 27));
-            o.put("maxTimestamp", b.getLong(pos + 35));
+            if ((b.getShort(pos + 21) & 0x20) != 0) {
+                // A transaction marker: stamped with its broker's clock when written.
+                o.put("baseTimestamp", "<marker time>");
+                o.put("maxTimestamp", "<marker time>");
+            } else {
+                o.put("baseTimestamp", b.getLong(pos + 27));
+                o.put("maxTimestamp", b.getLong(pos + 35));
+            }
             o.put("producerId", b.getLong(pos + 43) >= 0 ? "<producer id>" : "-1");
             o.put("producerEpoch", b.getShort(pos + 51));
             o.put("baseSequence", b.getInt(pos + 53));
