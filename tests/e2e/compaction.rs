@@ -70,3 +70,55 @@ fn a_broker_killed_at_each_step_of_the_cleaners_swap_loses_no_latest_value() {
         }
     });
 }
+
+#[test]
+fn committed_offsets_survive_cleaning_and_restarts_and_kafkas_formatter_reads_them() {
+    with_timeout(600, || {
+        let mut b = Broker::start(FLAGS);
+        case(&b, &["offsets", &b.addr, "commit"]);
+        // 3,010 commits over 10 offsets: all but the latest of each go.
+        wait_until(
+            "the group's __consumer_offsets partition cleaned",
+            Duration::from_secs(60),
+            || b.metric_sum("cleaner_records_removed") >= 2_900,
+        );
+        b.stop();
+        b.restart();
+        case(&b, &["offsets", &b.addr, "fetch"]);
+        // Kafka's own console consumer and offsets formatter read the records.
+        let (status, out, err) = run_cmd(
+            Command::new("java").args([
+                "-cp",
+                &crate::tools::java_classpath(),
+                "org.apache.kafka.tools.consumer.ConsoleConsumer",
+                "--bootstrap-server",
+                &b.addr,
+                "--topic",
+                "__consumer_offsets",
+                "--from-beginning",
+                "--timeout-ms",
+                "10000",
+                "--formatter",
+                "org.apache.kafka.tools.consumer.OffsetsMessageFormatter",
+                "--consumer-property",
+                "exclude.internal.topics=false",
+            ]),
+            Duration::from_secs(120),
+        );
+        let ours: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("offsets-group"))
+            .collect();
+        assert!(
+            !err.contains("Could not read record") && !ours.is_empty(),
+            "{status}\n{out}\n{err}"
+        );
+        for p in 0..10 {
+            let want = format!("\"offset\":{}", 5_000 + p);
+            assert!(ours.iter().any(|l| l.contains(&want)), "{want} in:\n{out}");
+        }
+        // Cleaned: about one record per group-partition (and what came after the last
+        // cleaning), not 3,010.
+        assert!(ours.len() <= 40, "{} records:\n{out}", ours.len());
+    });
+}

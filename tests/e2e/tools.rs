@@ -219,3 +219,20 @@ fn kafka_streams_word_count_exactly_once_v2_survives_a_killed_instance() {
         )
     });
 }
+
+#[test]
+fn kafka_connect_worker_moves_a_files_lines_and_resumes_from_its_stored_offsets() {
+    with_timeout(400, || {
+        let b = Broker::start(&["--cores", "2", "--log-cleaner-backoff-ms", "1000"]);
+        // Two workers start in turn, each scanning its classpath for plugins: slow.
+        let (status, out, err) = run_cmd(
+            Command::new("java").args(["-cp", &java_classpath(), "runnel.ConnectTest", &b.addr]),
+            Duration::from_secs(330),
+        );
+        assert!(
+            status.success() && out.contains("OK"),
+            "connect failed:\n{out}\n{err}\nbroker log:\n{}",
+            b.logs()
+        );
+    });
+}

@@ -225,9 +225,39 @@ def verify_case(b, topic, state):
     check_latest(wait_compacted(b, topic, len(latest) + 1), latest)
 
 
+def offsets_case(b, phase):
+    """`commit`: a group commits 3,000 times over 10 partitions, __consumer_offsets made to
+    roll and clean quickly (segment.ms, min.cleanable.dirty.ratio) and waited on until
+    cleaned; `fetch` (after a restart): the last commits are what the group fetches."""
+    topic, group = "offsets-src", "offsets-group"
+    if phase == "commit":
+        a = AdminClient({"bootstrap.servers": b})
+        a.create_topics([NewTopic(topic, 10, 1)])[topic].result(10)
+        from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+        r = ConfigResource(ResourceType.TOPIC, "__consumer_offsets", incremental_configs=[
+            ConfigEntry("segment.ms", "1000", incremental_operation=AlterConfigOpType.SET),
+            ConfigEntry("min.cleanable.dirty.ratio", "0.01", incremental_operation=AlterConfigOpType.SET)])
+        for f in a.incremental_alter_configs([r]).values():
+            f.result(10)
+        c = ck.Consumer({"bootstrap.servers": b, "group.id": group, "enable.auto.commit": False})
+        for i in range(300):
+            offsets = [ck.TopicPartition(topic, p, i * 10 + p) for p in range(10)]
+            c.commit(offsets=offsets, asynchronous=False)
+        time.sleep(1.2)
+        # One more commit rolls the offsets partition's segment; the rest is the cleaner's.
+        c.commit(offsets=[ck.TopicPartition(topic, p, 5_000 + p) for p in range(10)], asynchronous=False)
+        c.close()
+        print("committed")
+    else:
+        c = ck.Consumer({"bootstrap.servers": b, "group.id": group})
+        got = c.committed([ck.TopicPartition(topic, p) for p in range(10)], timeout=30)
+        c.close()
+        assert [t.offset for t in got] == [5_000 + p for p in range(10)], got
+
+
 if __name__ == "__main__":
     case, broker = sys.argv[1], sys.argv[2]
     args = sys.argv[3:]
     {"latest": latest_case, "tombstones": tombstones_case, "keyless": keyless_case,
-     "fill": fill_case, "verify": verify_case}[case](broker, *args)
+     "fill": fill_case, "verify": verify_case, "offsets": offsets_case}[case](broker, *args)
     print("OK")

@@ -1581,7 +1581,8 @@ impl Coordinator {
                 Some(Committed {
                     offset,
                     leader_epoch: epoch,
-                    metadata,
+                    // No metadata is "", as Kafka keeps it (OffsetAndMetadata.NO_METADATA).
+                    metadata: Some(metadata.unwrap_or_default()),
                     commit_ms: now,
                 }),
             ));

@@ -1,12 +1,17 @@
-//! The `__consumer_offsets` record layout: every commit is a record (key: group, topic,
-//! partition; value: offset, leader epoch, commit time, metadata; a null value deletes),
-//! appended to the partition its group hashes to.
+//! The `__consumer_offsets` records, in Kafka's own schemas so Kafka's tools read them
+//! (kafka-console-consumer's OffsetsMessageFormatter): every commit is a record appended to
+//! the partition its group hashes to, and a null value deletes. The topic is compacted by
+//! the log cleaner, which keeps each key's latest record.
 //!
-//! Record layout (big-endian):
+//! Record layout (big-endian; STRING: i16 length + UTF-8):
 //! ```text
-//! key   = version u16 (1) | group: u16 len + UTF-8 | topic: u16 len + UTF-8 | partition i32
-//! value = version u16 (1) | offset i64 | leader epoch i32 | commit ms i64 | metadata: i16 len (-1: null) + UTF-8
+//! key   = OffsetCommitKey:   record type i16 (1) | group STRING | topic STRING | partition i32
+//! value = OffsetCommitValue: version i16 (3) | offset i64 | leader epoch i32 | metadata STRING | commit ms i64
 //! ```
+//! Kafka 4 writes value version 3 (1 only for a commit with an expiry time, which Runnel
+//! does not keep). Versions 0, 2, 3 and 4 are read as Kafka defines them; version 1 is read
+//! as the layout Runnel wrote before it used Kafka's (offset, leader epoch, commit ms, a
+//! nullable metadata), which Runnel therefore never writes again.
 
 use std::sync::Arc;
 
@@ -30,34 +35,51 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
     (runnel_metadata::placement::fnv1a(group.as_bytes()) % partitions.max(1) as u64) as i32
 }
 
-fn put_str16(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
+/// OffsetCommitKey's record type.
+const KEY_TYPE: i16 = 1;
+/// Kafka 4's LegacyOffsetCommitKey (read only).
+const LEGACY_KEY_TYPE: i16 = 0;
+/// The OffsetCommitValue version written.
+const VALUE_VERSION: i16 = 3;
+/// Runnel's own value layout before Kafka's (read only; see the module comment).
+const OLD_VALUE_VERSION: i16 = 1;
+/// The longest group id, topic name or metadata a Kafka STRING holds.
+pub const MAX_STRING: usize = i16::MAX as usize;
+
+/// A Kafka STRING; longer strings are cut at a character boundary (group ids and metadata
+/// are bounded before they get here: MAX_METADATA_BYTES, and the request's own STRINGs).
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len().min(MAX_STRING);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.extend_from_slice(&(n as i16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..n]);
 }
 
 pub fn encode_key(k: &OffsetKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(12 + k.0.len() + k.1.len());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    put_str16(&mut out, &k.0);
-    put_str16(&mut out, &k.1);
+    out.extend_from_slice(&KEY_TYPE.to_be_bytes());
+    put_string(&mut out, &k.0);
+    put_string(&mut out, &k.1);
     out.extend_from_slice(&k.2.to_be_bytes());
     out
 }
 
+/// OffsetCommitValue v3. A commit without metadata stores "" (Kafka's NO_METADATA).
 pub fn encode_value(c: &Committed) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
-    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&VALUE_VERSION.to_be_bytes());
     out.extend_from_slice(&c.offset.to_be_bytes());
     out.extend_from_slice(&c.leader_epoch.to_be_bytes());
+    put_string(&mut out, c.metadata.as_deref().unwrap_or(""));
     out.extend_from_slice(&c.commit_ms.to_be_bytes());
-    match &c.metadata {
-        Some(m) => {
-            out.extend_from_slice(&(m.len() as i16).to_be_bytes());
-            out.extend_from_slice(m.as_bytes());
-        }
-        None => out.extend_from_slice(&(-1i16).to_be_bytes()),
-    }
     out
+}
+
+/// Whether a value is in the layout Runnel wrote before Kafka's (to be written again).
+pub fn is_old_value(b: &[u8]) -> bool {
+    b.get(..2) == Some(&OLD_VALUE_VERSION.to_be_bytes()[..])
 }
 
 /// Reads big-endian fields off the front of a record's key or value (the transaction log's
@@ -73,9 +95,6 @@ impl Cursor<'_> {
         self.0 = b;
         Some(a)
     }
-    pub(crate) fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
     pub(crate) fn i16(&mut self) -> Option<i16> {
         Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
@@ -85,11 +104,6 @@ impl Cursor<'_> {
     pub(crate) fn i64(&mut self) -> Option<i64> {
         Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
-    /// A string with a u16 length (this module's layout).
-    fn str16(&mut self) -> Option<String> {
-        let n = self.u16()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
     /// A Kafka STRING: an i16 length (negative: none) and UTF-8.
     pub(crate) fn kafka_string(&mut self) -> Option<String> {
         let n = usize::try_from(self.i16()?).ok()?;
@@ -97,30 +111,46 @@ impl Cursor<'_> {
     }
 }
 
+/// An offset commit's key; None for any other record type (Kafka's group metadata and
+/// KIP-848 records, which Runnel does not write).
 pub fn decode_key(b: &[u8]) -> Option<OffsetKey> {
     let mut c = Cursor(b);
-    if c.u16()? != 1 {
+    if !matches!(c.i16()?, KEY_TYPE | LEGACY_KEY_TYPE) {
         return None;
     }
-    let group = c.str16()?;
-    let topic = c.str16()?;
+    let group = c.kafka_string()?;
+    let topic = c.kafka_string()?;
     let partition = c.i32()?;
     Some((group, topic.into(), partition))
 }
 
 pub fn decode_value(b: &[u8]) -> Option<Committed> {
     let mut c = Cursor(b);
-    if c.u16()? != 1 {
-        return None;
-    }
-    let offset = c.i64()?;
-    let leader_epoch = c.i32()?;
-    let commit_ms = c.i64()?;
-    let n = c.i16()?;
-    let metadata = if n < 0 {
-        None
-    } else {
-        Some(String::from_utf8(c.take(n as usize)?.to_vec()).ok()?)
+    let version = c.i16()?;
+    let (offset, leader_epoch, metadata, commit_ms) = match version {
+        OLD_VALUE_VERSION => {
+            let offset = c.i64()?;
+            let leader_epoch = c.i32()?;
+            let commit_ms = c.i64()?;
+            let metadata = match c.i16()? {
+                n if n < 0 => None,
+                n => Some(String::from_utf8(c.take(n as usize)?.to_vec()).ok()?),
+            };
+            (offset, leader_epoch, metadata, commit_ms)
+        }
+        0 | 2 => {
+            let offset = c.i64()?;
+            let metadata = c.kafka_string()?;
+            (offset, -1, Some(metadata), c.i64()?)
+        }
+        // (Version 4 adds tagged fields after these, which nothing here needs.)
+        3 | 4 => {
+            let offset = c.i64()?;
+            let leader_epoch = c.i32()?;
+            let metadata = c.kafka_string()?;
+            (offset, leader_epoch, Some(metadata), c.i64()?)
+        }
+        _ => return None,
     };
     Some(Committed {
         offset,
@@ -154,20 +184,91 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_and_values_round_trip() {
+    fn keys_and_values_round_trip_in_kafkas_schemas() {
         let k: OffsetKey = ("group-1".into(), "orders".into(), 7);
         assert_eq!(decode_key(&encode_key(&k)), Some(k));
-        for metadata in [None, Some(String::new()), Some("m".repeat(300))] {
+        for metadata in [Some(String::new()), Some("m".repeat(300))] {
             let c = Committed {
                 offset: 42,
-                leader_epoch: -1,
+                leader_epoch: 3,
                 metadata,
                 commit_ms: 1_700_000_000_000,
             };
             assert_eq!(decode_value(&encode_value(&c)), Some(c));
         }
-        assert_eq!(decode_key(&[0, 2, 0]), None);
-        assert_eq!(decode_value(&[0, 1, 0]), None);
+        // No metadata is stored as "", as Kafka does.
+        let none = Committed {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: 5,
+        };
+        assert_eq!(
+            decode_value(&encode_value(&none))
+                .unwrap()
+                .metadata
+                .as_deref(),
+            Some("")
+        );
+        // Kafka's OffsetCommitKey / OffsetCommitValue v3, byte for byte.
+        assert_eq!(
+            encode_key(&("g".into(), "t".into(), 2)),
+            [0, 1, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 2]
+        );
+        let v = encode_value(&Committed {
+            offset: 9,
+            leader_epoch: 4,
+            metadata: Some("m".into()),
+            commit_ms: 7,
+        });
+        let want: Vec<u8> = [
+            &[0, 3][..],
+            &9i64.to_be_bytes(),
+            &4i32.to_be_bytes(),
+            &[0, 1, b'm'],
+            &7i64.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(v, want);
+        assert_eq!(
+            decode_key(&[0, 2, 0]),
+            None,
+            "group metadata keys are not offsets"
+        );
+        assert_eq!(decode_value(&[0, 3, 0]), None);
+    }
+
+    #[test]
+    fn values_in_runnels_old_layout_and_kafkas_older_versions_are_read() {
+        let mut old = vec![0, 1];
+        old.extend_from_slice(&42i64.to_be_bytes());
+        old.extend_from_slice(&(-1i32).to_be_bytes());
+        old.extend_from_slice(&1_700i64.to_be_bytes());
+        old.extend_from_slice(&(-1i16).to_be_bytes());
+        assert!(is_old_value(&old));
+        assert_eq!(
+            decode_value(&old),
+            Some(Committed {
+                offset: 42,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: 1_700
+            })
+        );
+        let mut v2 = vec![0, 2];
+        v2.extend_from_slice(&8i64.to_be_bytes());
+        v2.extend_from_slice(&[0, 2, b'h', b'i']);
+        v2.extend_from_slice(&9i64.to_be_bytes());
+        assert_eq!(
+            decode_value(&v2),
+            Some(Committed {
+                offset: 8,
+                leader_epoch: -1,
+                metadata: Some("hi".into()),
+                commit_ms: 9
+            })
+        );
+        assert!(!is_old_value(&v2));
     }
 
     #[test]

@@ -17,6 +17,19 @@ const JOIN_ATTEMPT: Duration = Duration::from_secs(5);
 /// How long a controlled shutdown waits for its leaderships to move.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// `__consumer_offsets`' configs, as Kafka's: compacted, 100 MiB segments (and, Runnel's
+/// own, kept forever by retention: compaction alone decides what goes).
+pub fn offsets_topic_configs() -> std::collections::BTreeMap<String, String> {
+    [
+        ("cleanup.policy", "compact".to_string()),
+        ("retention.ms", "-1".to_string()),
+        ("segment.bytes", (100u64 << 20).to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// Registers this broker (and imports `runnel-topics`, the registry of a broker from before
 /// the metadata log, on its first start since): blocks until the quorum has applied it,
 /// which also means every earlier metadata change has applied here. Returns the snapshot
@@ -46,9 +59,7 @@ pub fn join(
         .controller_quorum_voters
         .as_ref()
         .map_or(1, |v| v.0.len());
-    let mut offsets_configs = std::collections::BTreeMap::new();
-    offsets_configs.insert("retention.ms".to_string(), "-1".to_string());
-    offsets_configs.insert("segment.bytes".to_string(), (100u64 << 20).to_string());
+    let offsets_configs = offsets_topic_configs();
     let offsets = Command::CreateTopic {
         name: runnel_metadata::cluster::OFFSETS_TOPIC.into(),
         id: metadata::random_id(),
@@ -84,6 +95,16 @@ pub fn join(
     if let Some(end) = legacy_pids.filter(|e| *e > 0) {
         commands.push(Command::AllocateProducerIds { count: end });
     }
+    // A cluster whose __consumer_offsets predates the log cleaner gets it compacted (its
+    // old re-append compaction is gone); refused, and harmless, while the topic does not
+    // exist yet.
+    commands.push(Command::AlterConfigs {
+        resource: metadata::cluster::ConfigResource::Topic(
+            runnel_metadata::cluster::OFFSETS_TOPIC.into(),
+        ),
+        replace: false,
+        changes: [("cleanup.policy".to_string(), Some("compact".to_string()))].into(),
+    });
     let mut latest: Option<Arc<Snapshot>> = None;
     let started = Instant::now();
     let mut said = Instant::now();

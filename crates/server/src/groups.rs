@@ -103,6 +103,7 @@ pub async fn load(shard: &Rc<Shard>, p: i32, partitions: i32) -> Result<(), Stri
     let started = std::time::Instant::now();
     let mut all = HashMap::new();
     let mut pending = HashMap::new();
+    let mut rewrite = Vec::new();
     for log in &logs {
         let replayed = offsets_store::replay(log).await.map_err(|e| {
             // Not loading any more: its groups are answered NOT_COORDINATOR.
@@ -112,8 +113,27 @@ pub async fn load(shard: &Rc<Shard>, p: i32, partitions: i32) -> Result<(), Stri
                 log.dir().display()
             )
         })?;
+        if replayed.old_format {
+            rewrite.push(log.clone());
+        }
         all.extend(replayed.live);
         pending.extend(replayed.pending);
+    }
+    for log in rewrite {
+        // Offsets in the layout of an older Runnel: written again in Kafka's, so Kafka's
+        // tools read them and the cleaner drops the old records (their keys are the same).
+        let records: Vec<_> = all
+            .iter()
+            .map(|(k, c)| (k.clone(), Some(c.clone())))
+            .collect();
+        match offsets_store::append(&log, &records, None, true).await {
+            Ok(_) => tracing::info!(
+                partition = p,
+                offsets = records.len(),
+                "rewrote committed offsets in Kafka's record schemas"
+            ),
+            Err(e) => tracing::warn!(partition = p, "cannot rewrite committed offsets: {e}"),
+        }
     }
     let n = all.len();
     shard.coordinator.load_txn_offsets(pending);
@@ -131,13 +151,10 @@ pub async fn load(shard: &Rc<Shard>, p: i32, partitions: i32) -> Result<(), Stri
     Ok(())
 }
 
-/// Group sessions and rebalance deadlines (every 100 ms), offsets retention and
-/// `__consumer_offsets` compaction (every minute).
+/// Group sessions and rebalance deadlines (every 100 ms), and offsets retention (every
+/// minute). (`__consumer_offsets` is compacted by the log cleaner.)
 pub async fn timers(shard: Rc<Shard>) {
     let mut last_slow = std::time::Instant::now();
-    // Compaction waits for the ISR to have its dump: it runs apart, so the session and
-    // rebalance deadlines above never wait for it; one pass at a time.
-    let compacting = Rc::new(std::cell::Cell::new(false));
     // The topics (name -> id) as last seen: a name gone, or back with another id, is a
     // deleted topic whose committed offsets go too. Deleted topics (-> when seen) stay in
     // `gone` until their tombstones are written, retried at each slow tick.
@@ -184,55 +201,6 @@ pub async fn timers(shard: Rc<Shard>) {
             if write(&shard, w, false).await.is_ok() {
                 tracing::info!(%group, offsets = n, "expired committed offsets");
             }
-        }
-        if compacting.replace(true) {
-            continue;
-        }
-        let (shard, compacting) = (shard.clone(), compacting.clone());
-        glommio::spawn_local(async move {
-            compact(&shard).await;
-            compacting.set(false);
-        })
-        .detach();
-    }
-}
-
-/// One compaction pass over the `__consumer_offsets` partitions this shard leads.
-async fn compact(shard: &Rc<Shard>) {
-    let partitions = shard.snapshot().topic(TOPIC).map_or(0, |t| t.partitions);
-    let logs: Vec<(i32, runnel_log::Log)> = shard
-        .partitions
-        .borrow()
-        .iter()
-        .filter(|((t, _), _)| &**t == TOPIC)
-        .map(|((_, p), l)| (*p, l.clone()))
-        .collect();
-    for (p, log) in logs {
-        // The dump must hold every applied commit and nothing older than what the log
-        // already has after it: only when no append awaits its state change. Nothing
-        // yields between this check and the dump being queued behind earlier appends.
-        if !shard.coordinator.quiescent() {
-            continue;
-        }
-        // Only a partition this broker leads has its groups loaded: compacting another
-        // against an empty set of live offsets would empty it.
-        if shard.check_leader(TOPIC, p, -1).is_err() {
-            continue;
-        }
-        let live = shard.coordinator.live_offsets(p, partitions);
-        let key = (Arc::from(TOPIC), p);
-        let replicated = async |last: i64| {
-            crate::replication::update_high_watermark(shard, &key, &log);
-            crate::replication::await_isr(shard, &key, &log, last, COMMIT_TIMEOUT_MS)
-                .await
-                .is_ok()
-        };
-        match offsets_store::maybe_compact(&log, live, offsets_store::COMPACT_MIN_BYTES, replicated)
-            .await
-        {
-            Ok(true) => tracing::info!(partition = p, "compacted __consumer_offsets"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(partition = p, "__consumer_offsets compaction failed: {e}"),
         }
     }
 }

@@ -1,21 +1,16 @@
-//! Committed offsets in `__consumer_offsets` on the partition logs (the record layout is
-//! [`runnel_group::offsets`]): appending commits, replaying a partition on start, and
-//! compacting a partition grown well past its live content by appending the live offsets
-//! again and moving the log start offset to them, so replay stays proportional to what is
-//! live.
+//! Committed offsets in `__consumer_offsets` on the partition logs (Kafka's record schemas,
+//! [`runnel_group::offsets`]): appending commits and replaying a partition when this broker
+//! starts to lead it. The topic is compacted by the log cleaner like any compacted topic,
+//! so replay stays proportional to what is live.
 
 use bytes::BytesMut;
-use runnel_group::offsets::{decode_key, decode_value, encode_key, encode_value};
+use runnel_group::offsets::{decode_key, decode_value, encode_key, encode_value, is_old_value};
 use runnel_group::offsets::{Committed, OffsetKey};
 use runnel_log::{Log, LogError};
 use runnel_record::{Batches, Records, HEADER_LEN};
 use std::collections::HashMap;
 
-/// Compact when the log holds this many times the live records' bytes (and at least
-/// COMPACT_MIN_BYTES).
-const COMPACT_RATIO: u64 = 4;
-pub const COMPACT_MIN_BYTES: u64 = 16 << 20;
-/// Records per batch when writing (commits and compaction dumps).
+/// Records per batch when writing.
 const RECORDS_PER_BATCH: usize = 2000;
 /// Appends commits (Some) and deletions (None) to the group's partition.
 pub async fn append(
@@ -26,11 +21,17 @@ pub async fn append(
 ) -> Result<runnel_log::AppendInfo, LogError> {
     let mut buf = BytesMut::new();
     for chunk in records.chunks(RECORDS_PER_BATCH) {
+        // The commit time (the broker's clock); a batch of deletions only gets the clock
+        // now, so the cleaner's lags and horizons measure real time.
         let now = chunk
             .iter()
             .filter_map(|(_, c)| c.as_ref().map(|c| c.commit_ms))
             .max()
-            .unwrap_or(0);
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64)
+            });
         let mut b = runnel_record::builder::BatchBuilder::new(now);
         if let Some((pid, epoch)) = txn {
             // TxnOffsetCommit: the producer's transactional batch, held pending until its
@@ -57,6 +58,9 @@ pub async fn append(
 pub struct Replayed {
     pub live: HashMap<OffsetKey, Committed>,
     pub pending: HashMap<i64, Vec<(OffsetKey, Committed)>>,
+    /// Some value was in the layout Runnel wrote before Kafka's: the live offsets are to be
+    /// written again in Kafka's (the cleaner then drops the old records, same keys).
+    pub old_format: bool,
 }
 
 /// Calls `f(header, key, value)` for every record of an internal topic's partition, and
@@ -120,6 +124,7 @@ async fn for_each_batch(
 pub async fn replay(log: &Log) -> Result<Replayed, LogError> {
     let mut live = HashMap::new();
     let mut pending: HashMap<i64, Vec<(OffsetKey, Committed)>> = HashMap::new();
+    let mut old_format = false;
     for_each_batch(log, |h, batch| {
         if h.is_control() {
             let entries = pending.remove(&h.producer_id).unwrap_or_default();
@@ -130,12 +135,12 @@ pub async fn replay(log: &Log) -> Result<Replayed, LogError> {
         }
         let records = Records::new(&batch[HEADER_LEN..]).flatten();
         if h.is_transactional() {
-            let entries = pending.entry(h.producer_id).or_default();
             for r in records {
                 if let (Some(k), Some(c)) =
                     (r.key.and_then(decode_key), r.value.and_then(decode_value))
                 {
-                    entries.push((k, c));
+                    old_format |= r.value.is_some_and(is_old_value);
+                    pending.entry(h.producer_id).or_default().push((k, c));
                 }
             }
             return;
@@ -144,149 +149,106 @@ pub async fn replay(log: &Log) -> Result<Replayed, LogError> {
             let Some(key) = r.key.and_then(decode_key) else {
                 continue;
             };
-            match r.value.and_then(decode_value) {
-                Some(c) => {
-                    live.insert(key, c);
-                }
+            match r.value {
                 None => {
                     live.remove(&key);
+                }
+                Some(v) => {
+                    // (A value of a version this broker does not know is left alone.)
+                    if let Some(c) = decode_value(v) {
+                        old_format |= is_old_value(v);
+                        live.insert(key, c);
+                    }
                 }
             }
         }
     })
     .await?;
-    Ok(Replayed { live, pending })
-}
-
-/// Rewrites the live offsets at the log end and moves the log start offset to them when
-/// the partition holds much more than that (and at least `min_bytes`), so replay and disk
-/// stay bounded. `live` must be the partition's whole applied state with no append of it
-/// pending (the caller checks [`runnel_group::Coordinator::quiescent`]): the dump is queued
-/// behind every earlier append before this function first yields.
-///
-/// The log start moves only once `replicated(last offset of the dump)` says every in-sync
-/// replica has the dump: followers move their log start after the leader's, and one that
-/// dropped the old records without the dump would, as the next leader, have lost them.
-pub async fn maybe_compact(
-    log: &Log,
-    live: Vec<(OffsetKey, Committed)>,
-    min_bytes: u64,
-    replicated: impl AsyncFnOnce(i64) -> bool,
-) -> Result<bool, LogError> {
-    let live_bytes: u64 = live
-        .iter()
-        .map(|(k, c)| {
-            24 + k.0.len() as u64
-                + k.1.len() as u64
-                + 32
-                + c.metadata.as_ref().map_or(0, |m| m.len() as u64)
-        })
-        .sum();
-    let size = log.size_bytes();
-    if size < min_bytes.max(live_bytes * COMPACT_RATIO) {
-        return Ok(false);
-    }
-    let start = log.high_watermark();
-    let records: Vec<(OffsetKey, Option<Committed>)> =
-        live.into_iter().map(|(k, c)| (k, Some(c))).collect();
-    if !records.is_empty() {
-        let info = append(log, &records, None, true).await?;
-        if !replicated(info.last_offset).await {
-            return Ok(false);
-        }
-    }
-    log.delete_records(start).await?;
-    log.roll().await?;
-    Ok(true)
+    Ok(Replayed {
+        live,
+        pending,
+        old_format,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use runnel_group::offsets::TOPIC;
+    use runnel_log::clean::{CleanContext, OffsetMap, Throttle};
     use std::sync::Arc;
 
     #[test]
-    fn compaction_keeps_exactly_the_live_offsets_and_bounds_the_log() {
+    fn a_million_commits_to_100_group_partitions_are_cleaned_down_to_about_100_records() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("__consumer_offsets-0");
         runnel_runtime::run_local(move || async move {
             let config = runnel_log::LogConfig {
-                segment_bytes: 8 << 10,
+                compact: true,
+                delete: false,
+                segment_bytes: 16 << 20,
                 ..Default::default()
             };
             let log = Log::open(&path, TOPIC, 0, config, Default::default())
                 .await
                 .unwrap();
-            let commit = |g: &str, p: i32, offset: i64| {
-                (
-                    (g.to_string(), Arc::<str>::from("t"), p),
-                    Some(Committed {
-                        offset,
-                        leader_epoch: -1,
-                        metadata: None,
-                        commit_ms: offset,
-                    }),
-                )
-            };
-            // Many commits of few keys, and a group deleted along the way.
-            for round in 0..200i64 {
-                let mut records: Vec<_> = (0..10).map(|p| commit("g1", p, round)).collect();
-                records.push(commit("gone", 0, round));
+            let keys: Vec<OffsetKey> = (0..100)
+                .map(|i| (format!("group-{}", i % 10), Arc::from("orders"), i / 10))
+                .collect();
+            // 10,000 commits of each of the 100 group-partitions, 2,000 records an append,
+            // with a group deleted halfway and committing again after.
+            for round in (0..10_000i64).step_by(20) {
+                let mut records = Vec::with_capacity(2_000);
+                for r in round..round + 20 {
+                    for k in &keys {
+                        let c = Committed {
+                            offset: r,
+                            leader_epoch: -1,
+                            metadata: Some(String::new()),
+                            commit_ms: 1_700_000_000_000 + r,
+                        };
+                        let deleted = k.0 == "group-3" && (5_000..5_100).contains(&r);
+                        records.push((k.clone(), (!deleted).then_some(c)));
+                    }
+                }
                 append(&log, &records, None, false).await.unwrap();
             }
-            append(
-                &log,
-                &[(("gone".to_string(), Arc::from("t"), 0), None)],
-                None,
-                false,
-            )
-            .await
-            .unwrap();
-            let before = replay(&log).await.unwrap().live;
-            assert_eq!(before.len(), 10);
-            let size = log.size_bytes();
-            // Below the size threshold nothing happens.
-            let live: Vec<_> = before.clone().into_iter().collect();
-            assert!(!maybe_compact(&log, live.clone(), size * 2, async |_| true)
+            log.roll().await.unwrap();
+            assert!(log.size_bytes() > 30 << 20);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            let range = log.cleanable(now).await.unwrap().expect("dirty");
+            let mut map = OffsetMap::new(128 << 20, (range.end - range.first_dirty) as u64);
+            let mut throttle = Throttle::new(f64::INFINITY);
+            let stats = log
+                .clean(
+                    range,
+                    &mut CleanContext {
+                        now_ms: now,
+                        map: &mut map,
+                        throttle: &mut throttle,
+                        crash_after: None,
+                    },
+                )
                 .await
-                .unwrap());
-            assert!(maybe_compact(&log, live, 1024, async |_| true)
+                .unwrap();
+            assert!(stats.records_removed >= 999_800, "{stats:?}");
+            let mut records = 0;
+            for_each_record(&log, |_, key, _| records += usize::from(key.is_some()))
                 .await
-                .unwrap());
-            assert!(log.log_start_offset() > 0, "old records dropped");
-            // Whole segments below the new log start go; at most the one holding it stays.
+                .unwrap();
+            assert!((100..=110).contains(&records), "{records} records left");
             assert!(
-                log.size_bytes() < size / 4,
-                "{} of {size} bytes left",
+                log.size_bytes() < 64 << 10,
+                "{} bytes left",
                 log.size_bytes()
             );
-            assert_eq!(
-                replay(&log).await.unwrap().live,
-                before,
-                "replay after compaction"
-            );
-            // Commits after the compaction still win.
-            append(&log, &[commit("g1", 3, 999)], None, false)
-                .await
-                .unwrap();
-            let key = ("g1".to_string(), Arc::from("t"), 3);
-            assert_eq!(replay(&log).await.unwrap().live[&key].offset, 999);
-            // Transactional offsets wait for their marker: an abort drops them, a commit
-            // applies them.
-            append(&log, &[commit("g1", 3, 1000)], Some((77, 0)), false)
-                .await
-                .unwrap();
-            let r = replay(&log).await.unwrap();
-            assert_eq!((r.live[&key].offset, r.pending[&77].len()), (999, 1));
-            log.append_marker(77, 0, false, 0, false).await.unwrap();
-            let r = replay(&log).await.unwrap();
-            assert_eq!((r.live[&key].offset, r.pending.len()), (999, 0));
-            append(&log, &[commit("g1", 3, 1001)], Some((77, 0)), false)
-                .await
-                .unwrap();
-            log.append_marker(77, 0, true, 0, false).await.unwrap();
-            assert_eq!(replay(&log).await.unwrap().live[&key].offset, 1001);
+            let replayed = replay(&log).await.unwrap();
+            assert_eq!(replayed.live.len(), 100);
+            assert!(replayed.live.values().all(|c| c.offset == 9_999));
+            assert!(!replayed.old_format);
         });
     }
 }

@@ -609,10 +609,7 @@ fn start_controller(
             None,
         ),
     };
-    // __consumer_offsets as Kafka's: offsets kept until deleted, 100 MiB segments.
-    let mut offsets_configs = std::collections::BTreeMap::new();
-    offsets_configs.insert("retention.ms".to_string(), "-1".to_string());
-    offsets_configs.insert("segment.bytes".to_string(), (100u64 << 20).to_string());
+    let offsets_configs = crate::cluster::offsets_topic_configs();
     runnel_controller::Controller::start(runnel_controller::ControllerConfig {
         node_id: config.node_id,
         voters,

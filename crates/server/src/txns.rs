@@ -75,8 +75,7 @@ pub fn ensure_topic(shard: &Rc<Shard>) {
         let live = shard.snapshot().live_brokers().count().max(1) as i16;
         let rf = cfg.transaction_state_log_replication_factor.min(live);
         let mut configs = BTreeMap::new();
-        // The transaction log is compacted in Kafka; until the log cleaner exists here
-        // (cleanup.policy=compact keeps everything) nothing of it may expire.
+        // Compacted, as Kafka's: each transactional id's latest state stays.
         configs.insert("cleanup.policy".to_string(), "compact".to_string());
         configs.insert("retention.ms".to_string(), "-1".to_string());
         configs.insert("segment.bytes".to_string(), (100u64 << 20).to_string());
