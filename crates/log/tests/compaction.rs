@@ -404,3 +404,155 @@ fn a_crash_at_any_step_of_the_swap_leaves_a_consistent_log_with_every_latest_val
         });
     }
 }
+
+/// A transactional batch of (key, value) records from producer `pid` (epoch 0).
+fn txn(pid: i64, seq: i32, records: &[(&str, &str)]) -> BytesMut {
+    let mut b = runnel_record::builder::BatchBuilder::new(now_ms()).producer(pid, 0, seq);
+    for (k, v) in records {
+        b.append(now_ms(), Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+    }
+    let mut bytes = b.transactional().build();
+    runnel_record::set_crc(&mut bytes);
+    BytesMut::from(&bytes[..])
+}
+
+fn markers_on_disk(log: &Log) -> usize {
+    let mut n = 0;
+    for base in log.segment_base_offsets() {
+        let bytes = std::fs::read(log.dir().join(runnel_log::file_name(base, "log"))).unwrap();
+        n += Batches::new(&bytes)
+            .filter(|b| b.as_ref().is_ok_and(|(_, h)| h.is_control()))
+            .count();
+    }
+    n
+}
+
+#[test]
+fn aborted_records_go_and_markers_go_after_their_horizon_once_their_records_are_gone() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = LogConfig {
+            delete_retention_ms: 1_000,
+            ..config()
+        };
+        let log = open(tmp.path(), cfg).await;
+        let verified = |pid| runnel_log::Origin::Verified {
+            producer_id: pid,
+            epoch: 0,
+        };
+        // Producer 1 commits a, b; producer 2's c, d are aborted; then a is overwritten.
+        log.append_checked(txn(1, 0, &[("a", "1"), ("b", "1")]), false, verified(1))
+            .await
+            .unwrap();
+        log.append_checked(txn(2, 0, &[("c", "1"), ("d", "1")]), false, verified(2))
+            .await
+            .unwrap();
+        log.append_marker(1, 0, true, 0, false).await.unwrap();
+        log.append_marker(2, 0, false, 0, false).await.unwrap();
+        log.append(
+            keyed(
+                &[("a".into(), Some(b"2".to_vec()))],
+                Compression::None,
+                None,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+        log.roll().await.unwrap();
+        let now = now_ms();
+        clean_at(&log, now, None).await.unwrap();
+        let keys: Vec<(String, Vec<u8>)> = records_on_disk(&log)
+            .into_iter()
+            .map(|r| (String::from_utf8(r.1).unwrap(), r.2.unwrap()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("b".into(), b"1".to_vec()), ("a".into(), b"2".to_vec())],
+            "aborted records gone, the committed b kept"
+        );
+        assert_eq!(markers_on_disk(&log), 2, "markers stay until their horizon");
+        // Past the horizon: the abort marker (no records left) goes; the commit marker of b
+        // stays while b does.
+        log.append(
+            keyed(
+                &[("e".into(), Some(b"1".to_vec()))],
+                Compression::None,
+                None,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+        log.roll().await.unwrap();
+        clean_at(&log, now + 2_000, None).await.unwrap();
+        assert_eq!(markers_on_disk(&log), 1);
+        // b overwritten: its commit marker goes too, after its horizon.
+        log.append(
+            keyed(
+                &[("b".into(), Some(b"2".to_vec()))],
+                Compression::None,
+                None,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+        log.roll().await.unwrap();
+        clean_at(&log, now + 4_000, None).await.unwrap();
+        log.append(
+            keyed(
+                &[("f".into(), Some(b"1".to_vec()))],
+                Compression::None,
+                None,
+            ),
+            false,
+        )
+        .await
+        .unwrap();
+        log.roll().await.unwrap();
+        clean_at(&log, now + 6_000, None).await.unwrap();
+        assert_eq!(markers_on_disk(&log), 0);
+        // A read_committed reader of what is left sees no aborted record.
+        let plan = log
+            .read_upto(0, 1 << 20, true, runnel_log::Upto::Stable)
+            .await
+            .unwrap();
+        assert!(plan.len > 0);
+    });
+}
+
+#[test]
+fn the_throttle_holds_a_pass_to_its_byte_rate() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open(tmp.path(), config()).await;
+        write_updates(&log, 3_000, 40).await;
+        let range = log.cleanable(now_ms()).await.unwrap().unwrap();
+        let size = log.size_bytes();
+        let mut map = OffsetMap::new(1 << 20, 3_000);
+        // Reading the log twice (map, copy) at 1 MB/s.
+        let mut throttle = Throttle::new(1_000_000.0);
+        let started = std::time::Instant::now();
+        let stats = log
+            .clean(
+                range,
+                &mut CleanContext {
+                    now_ms: now_ms(),
+                    map: &mut map,
+                    throttle: &mut throttle,
+                    crash_after: None,
+                },
+            )
+            .await
+            .unwrap();
+        let floor = (stats.bytes_read + stats.bytes_written) as f64 / 1_000_000.0;
+        assert!(stats.bytes_read >= size / 2);
+        // (A lower bound only: a slow machine takes longer, never shorter.)
+        assert!(
+            started.elapsed().as_secs_f64() >= floor * 0.9,
+            "{:?} for {floor} s worth of bytes",
+            started.elapsed()
+        );
+    });
+}

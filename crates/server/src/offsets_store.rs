@@ -179,6 +179,39 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn offsets_in_an_older_runnels_layout_are_read_and_flagged_for_rewriting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("__consumer_offsets-0");
+        runnel_runtime::run_local(move || async move {
+            let log = Log::open(&path, TOPIC, 0, Default::default(), Default::default())
+                .await
+                .unwrap();
+            let key = encode_key(&("g".into(), Arc::from("t"), 0));
+            let mut old = vec![0, 1];
+            old.extend_from_slice(&41i64.to_be_bytes());
+            old.extend_from_slice(&(-1i32).to_be_bytes());
+            old.extend_from_slice(&5i64.to_be_bytes());
+            old.extend_from_slice(&(-1i16).to_be_bytes());
+            let mut b = runnel_record::builder::BatchBuilder::new(5);
+            b.append(5, Some(&key), Some(&old), &[]);
+            log.append(BytesMut::from(&b.build()[..]), false)
+                .await
+                .unwrap();
+            let r = replay(&log).await.unwrap();
+            assert!(r.old_format);
+            assert_eq!(r.live.values().next().map(|c| c.offset), Some(41));
+            // Written again in Kafka's layout: the same key, a v3 value, no longer old.
+            let records: Vec<_> = r.live.into_iter().map(|(k, c)| (k, Some(c))).collect();
+            append(&log, &records, None, false).await.unwrap();
+            let mut values = Vec::new();
+            for_each_record(&log, |_, _, v| values.push(v.map(<[u8]>::to_vec)))
+                .await
+                .unwrap();
+            assert_eq!(values.last().unwrap().as_ref().unwrap()[..2], [0, 3]);
+        });
+    }
+
+    #[test]
     fn a_million_commits_to_100_group_partitions_are_cleaned_down_to_about_100_records() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("__consumer_offsets-0");
