@@ -24,7 +24,8 @@
 //! fetches keep the descriptors of the segments they read, so a swap never breaks one.
 
 use crate::log::Log;
-use crate::segment::{create_at, file_name, Segment, LOG_SUFFIX};
+use crate::segment::{create_at, file_name, Segment, INDEX_SUFFIX, LOG_SUFFIX};
+use crate::segment::{TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX};
 use crate::{LogError, MAX_RELATIVE_OFFSET};
 use runnel_record::compact::{empty_batch, filter_batch, for_each_record, Filtered};
 use runnel_record::{verify_stored, BatchHeader, Batches};
@@ -458,7 +459,9 @@ impl Log {
                 .clean_group(&group, &rules, &mut txn_kept, &mut horizon, ctx, &mut stats)
                 .await?;
             if !self.swap_in(&group, cleaned, ctx.crash_after).await? {
-                break; // the log changed under the pass (closed, truncated): stop here
+                // The log changed under the pass (closed, truncated): stop here, and the
+                // dirty section stays where it was.
+                return Ok(stats);
             }
             if ctx.crash_after.is_some() {
                 break;
@@ -495,6 +498,7 @@ impl Log {
         );
         let interval = self.config().index_interval_bytes;
         let group_end = group.last().expect("a group").next_offset.get();
+        let mut kept_markers = std::collections::HashSet::new();
         let ring = runnel_runtime::ring();
         for old in group {
             let mut reader = Reader::new(old);
@@ -505,18 +509,21 @@ impl Log {
                 for b in Batches::new(chunk) {
                     let (at, h) = b.map_err(|e| corrupt(old, e))?;
                     let bytes = &chunk[at..at + h.total_len()];
-                    let kept = rules
+                    let (kept, pending) = rules
                         .apply(bytes, &h, group_end, ctx.map, txn_kept, stats)
                         .map_err(|e| corrupt(old, e))?;
+                    if let Some(t) = pending {
+                        *horizon = Some(horizon.map_or(t, |m: i64| m.min(t)));
+                    }
+                    if h.is_control() && !matches!(kept, Kept::Nothing) {
+                        kept_markers.insert(h.base_offset);
+                    }
                     let kept = match kept {
                         Kept::Verbatim => bytes::Bytes::copy_from_slice(bytes),
                         Kept::New(b) => bytes::Bytes::from(b),
                         Kept::Nothing => continue,
                     };
                     let nh = BatchHeader::parse(&kept).map_err(|e| corrupt(old, e))?;
-                    if let Some(h) = nh.delete_horizon() {
-                        *horizon = Some(horizon.map_or(h, |m: i64| m.min(h)));
-                    }
                     seg.on_batch(&nh, seg.size.get() + out_len as u64, interval);
                     out_len += kept.len();
                     out.push(kept);
@@ -533,14 +540,23 @@ impl Log {
                 stats.bytes_written += out_len as u64;
                 ctx.throttle.account(n + out_len).await;
             }
-            seg.aborted
-                .borrow_mut()
-                .extend(old.aborted.borrow().iter().copied());
+            // An aborted transaction stays indexed only while its abort marker does: a
+            // read_committed reader told of one skips that producer's batches until it meets
+            // the marker (Kafka keeps the entries of kept markers too).
+            seg.aborted.borrow_mut().extend(
+                old.aborted
+                    .borrow()
+                    .iter()
+                    .filter(|t| kept_markers.contains(&t.last_offset))
+                    .copied(),
+            );
         }
         seg.seal_time_index();
         ring.fdatasync(&seg.file)
             .await
             .map_err(|e| LogError::io("fdatasync", &seg.log_path, e))?;
+        // Its indexes too, before the commit point, so the swap brings them along.
+        seg.write_index_files(&dir_fd, Some(CLEANED_SUFFIX)).await?;
         let size = seg.size.get();
         seg.visible_size.set(size);
         seg.published_size.set(size);
@@ -578,16 +594,37 @@ impl Log {
                             .all(|(a, b)| Rc::ptr_eq(a, b))
                 })
         };
+        // (The index files travel with the log: `.cleaned`, then `.swap`, then their names.)
+        let index_names: Vec<String> = [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX]
+            .iter()
+            .map(|sfx| file_name(base, sfx))
+            .collect();
         if !still_there {
-            let _ = runnel_runtime::ring()
-                .unlink_at(&dir_fd, &cleaned_name)
-                .await;
+            let ring = runnel_runtime::ring();
+            let _ = ring.unlink_at(&dir_fd, &cleaned_name).await;
+            for n in &index_names {
+                let _ = ring
+                    .unlink_at(&dir_fd, &format!("{n}.{CLEANED_SUFFIX}"))
+                    .await;
+            }
             return Ok(false);
         }
         let io = |op, e: std::io::Error| LogError::io(op, &inner.dir.join(&swap_name), e);
         if crash_after == Some(SwapStep::Cleaned) {
             return Ok(true);
         }
+        let rename = |from: &str, to: &str| match rustix::fs::renameat(&*dir_fd, from, &*dir_fd, to)
+        {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(io("rename cleaned index", e.into())),
+        };
+        for n in &index_names {
+            rename(
+                &format!("{n}.{CLEANED_SUFFIX}"),
+                &format!("{n}.{SWAP_SUFFIX}"),
+            )?;
+        }
+        // The log's rename is the commit point.
         rustix::fs::renameat(
             &*dir_fd,
             cleaned_name.as_str(),
@@ -609,11 +646,11 @@ impl Log {
                 return Ok(true);
             }
         }
+        for n in &index_names {
+            rename(&format!("{n}.{SWAP_SUFFIX}"), n)?;
+        }
         rustix::fs::renameat(&*dir_fd, swap_name.as_str(), &*dir_fd, log_name.as_str())
             .map_err(|e| io("rename swap segment", e.into()))?;
-        // The new segment's indexes, then the directory: a crash before leaves a segment
-        // without indexes, which recovery rebuilds.
-        cleaned.write_indexes(&dir_fd).await?;
         runnel_runtime::ring()
             .fdatasync(&dir_fd)
             .await
@@ -724,36 +761,40 @@ impl Rules<'_> {
         map: &OffsetMap,
         txn_kept: &mut HashMap<i64, bool>,
         stats: &mut CleanStats,
-    ) -> Result<Kept, runnel_record::BatchError> {
+    ) -> Result<(Kept, Option<i64>), runnel_record::BatchError> {
         if h.base_offset >= self.end {
-            return Ok(Kept::Verbatim);
+            return Ok((Kept::Verbatim, None));
         }
         let horizon_passed = h.delete_horizon().is_some_and(|t| self.now_ms >= t);
+        // The last batch of the mapped range and of the group stay, empty if need be: a
+        // cleaned segment then ends where its group did, so segments stay contiguous
+        // (recovery takes a gap between segments for a lost tail) and recovery knows which
+        // old segments a `.swap` replaces (Kafka keeps the range's last batch for the latter).
+        let ends_group = h.next_offset() == self.end || h.next_offset() == group_end;
+        // What a later pass could remove at a horizon still ahead: a pass is due then.
+        let pending = |t: i64| Some(t).filter(|&t| t > self.now_ms);
         if h.is_control() {
             // A transaction marker goes once its horizon passed and no record of its
             // transaction is left before it (Kafka's rule); it gets a horizon otherwise.
             let data_left = txn_kept.remove(&h.producer_id).unwrap_or(false);
-            if horizon_passed && !data_left {
+            let removable = !data_left && !ends_group;
+            if horizon_passed && removable {
                 stats.records_removed += h.record_count.max(0) as u64;
-                return Ok(Kept::Nothing);
+                return Ok((Kept::Nothing, None));
             }
             verify_stored(bytes)?;
-            return Ok(
+            let kept =
                 match filter_batch(bytes, h, MAX_INFLATED, |_| true, Some(self.delete_horizon))? {
                     Filtered::Rewritten(b) => Kept::New(b),
                     _ => Kept::Verbatim,
-                },
-            );
+                };
+            let horizon = h.delete_horizon().unwrap_or(self.delete_horizon);
+            return Ok((kept, pending(horizon).filter(|_| removable)));
         }
-        // A producer's last batch stays (its sequence and epoch), and so do the last batch
-        // of the mapped range and of the group (empty if need be): a cleaned segment then
-        // ends where its group did, so segments stay contiguous (recovery takes a gap
-        // between segments for a lost tail) and recovery knows which old segments a `.swap`
-        // replaces (Kafka keeps the range's last batch for the latter).
+        // A producer's last batch stays too (its sequence and epoch), empty if need be.
         let last_of_producer = (h.has_producer_id()
             && self.producer_last.get(&h.producer_id) == Some(&h.last_offset()))
-            || h.next_offset() == self.end
-            || h.next_offset() == group_end;
+            || ends_group;
         let emptied = |stats: &mut CleanStats| -> Result<Kept, runnel_record::BatchError> {
             stats.records_removed += h.record_count.max(0) as u64;
             Ok(if last_of_producer {
@@ -763,14 +804,15 @@ impl Rules<'_> {
             })
         };
         if is_aborted(self.aborted, h) {
-            return emptied(stats);
+            return Ok((emptied(stats)?, None));
         }
         if h.record_count <= 0 {
-            return Ok(if last_of_producer {
+            let kept = if last_of_producer {
                 Kept::Verbatim
             } else {
                 Kept::Nothing
-            });
+            };
+            return Ok((kept, None));
         }
         verify_stored(bytes)?;
         let mut tombstone_kept = false;
@@ -800,27 +842,31 @@ impl Rules<'_> {
         if h.is_transactional() && !matches!(filtered, Filtered::Empty) {
             txn_kept.insert(h.producer_id, true);
         }
-        match filtered {
-            Filtered::Empty => emptied(stats),
+        // A kept tombstone's batch gets its horizon on first cleaning; a pass is due then.
+        let horizon = h.delete_horizon().unwrap_or(self.delete_horizon);
+        let horizon = pending(horizon).filter(|_| tombstone_kept);
+        let kept = match filtered {
+            Filtered::Empty => emptied(stats)?,
             Filtered::Unchanged if !tombstone_kept || h.delete_horizon().is_some() => {
-                Ok(Kept::Verbatim)
+                Kept::Verbatim
             }
             Filtered::Unchanged => {
                 // Kept whole, with a tombstone seen for the first time: set the horizon.
                 match filter_batch(bytes, h, MAX_INFLATED, |_| true, Some(self.delete_horizon))? {
-                    Filtered::Rewritten(b) => Ok(Kept::New(b)),
-                    _ => Ok(Kept::Verbatim),
+                    Filtered::Rewritten(b) => Kept::New(b),
+                    _ => Kept::Verbatim,
                 }
             }
             Filtered::Rewritten(b) if tombstone_kept && h.delete_horizon().is_none() => {
                 let nh = BatchHeader::parse(&b)?;
                 match filter_batch(&b, &nh, MAX_INFLATED, |_| true, Some(self.delete_horizon))? {
-                    Filtered::Rewritten(b2) => Ok(Kept::New(b2)),
-                    _ => Ok(Kept::New(b)),
+                    Filtered::Rewritten(b2) => Kept::New(b2),
+                    _ => Kept::New(b),
                 }
             }
-            Filtered::Rewritten(b) => Ok(Kept::New(b)),
-        }
+            Filtered::Rewritten(b) => Kept::New(b),
+        };
+        Ok((kept, horizon))
     }
 }
 

@@ -1074,6 +1074,8 @@ impl Log {
     /// Removes closed segments whose records all lie below the log start offset. In-flight
     /// read plans keep their file descriptors, so unlinking never breaks a fetch.
     async fn delete_segments_below_start(&self) -> Result<usize, LogError> {
+        // Counted under the permit: a cleaner swap may merge segments meanwhile.
+        let _layout = self.inner.layout.acquire_permit(1).await;
         let lso = self.log_start_offset();
         // Producers whose every remembered batch is gone are forgotten, as in Kafka.
         self.inner.producers.borrow_mut().remove_below(lso);
@@ -1087,7 +1089,6 @@ impl Log {
         if count == 0 {
             return Ok(0);
         }
-        let _layout = self.inner.layout.acquire_permit(1).await;
         // The directory first: a log whose directory went (topic deleted) keeps its list.
         let dir = self.inner.open_dir()?;
         let doomed: Vec<Rc<Segment>> = self.inner.segments.borrow_mut().drain(..count).collect();
@@ -1706,17 +1707,29 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
                 got: first.base_offset,
             });
         }
+        // (Measured from the batch's own offsets: a compacted leader's batch may start past
+        // the log end and hold fewer records than offsets.)
         if needs_roll(
             &log.active(),
             &config,
             first.total_len() as u64,
-            first.record_count.max(0) as u64,
-            next,
+            first.last_offset_delta.max(0) as u64 + 1,
+            first.base_offset,
             now,
         ) {
             roll_now(log).await?;
         }
         let active = log.active();
+        if first.last_offset() - active.base_offset > MAX_RELATIVE_OFFSET {
+            // A compacted leader's gap of 2^31 offsets or more: the batch does not fit the
+            // segment's relative offsets (Kafka rolls a segment at the batch's own base,
+            // KAFKA-6264). Refused rather than indexed wrong.
+            return Err(LogError::Unsupported(format!(
+                "offset {} is more than 2^31 past the segment at {}: an offset gap this large \
+                 is not supported",
+                first.base_offset, active.base_offset
+            )));
+        }
         // The run: batches in offset order that fit the active segment (the first always
         // goes).
         let (mut bytes, mut expect, mut n) = (active.size.get(), next, 0usize);

@@ -238,7 +238,8 @@ impl Log {
 /// Finishes what a crash interrupted in the cleaner's swap (see [`crate::clean`]): a
 /// `.cleaned` segment was never committed and goes; a `<base>.log.swap` was, so the
 /// segments it replaces (every file of a base offset in `[base, its next offset)`) go and
-/// it becomes `<base>.log`. Its indexes are rebuilt by the scan of a segment without them.
+/// it becomes `<base>.log`, its `.swap` indexes their files. Index `.swap` files of a
+/// segment whose log was not committed are left for `list_segments` to remove.
 fn complete_swaps(dir: &Path) -> Result<(), LogError> {
     use crate::clean::{CLEANED_SUFFIX, SWAP_SUFFIX};
     let io = |op, path: &Path, e| LogError::io(op, path, e);
@@ -287,6 +288,16 @@ fn complete_swaps(dir: &Path) -> Result<(), LogError> {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io("remove replaced segment", &path, e)),
                 }
+            }
+        }
+        // Its indexes, written with it; the scan rebuilds any that are missing.
+        for sfx in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
+            let to = dir.join(crate::file_name(base, sfx));
+            let from = dir.join(format!("{}.{SWAP_SUFFIX}", crate::file_name(base, sfx)));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("rename swap index", &from, e)),
             }
         }
         let to = dir.join(crate::file_name(base, LOG_SUFFIX));

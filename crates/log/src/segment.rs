@@ -238,15 +238,36 @@ impl Segment {
     /// Writes both index files (create, write, fdatasync) from the in-memory indexes, in the
     /// partition directory `dir` (see `Inner::open_dir`).
     pub async fn write_indexes(&self, dir: &OwnedFd) -> Result<(), LogError> {
+        self.write_index_files(dir, None).await
+    }
+
+    /// The index files' names with `.<suffix>` appended (the cleaner's `.cleaned`), or the
+    /// files themselves (None), written and synced. With a suffix, an empty aborted list
+    /// writes no `.txnindex` and removes none.
+    pub async fn write_index_files(
+        &self,
+        dir: &OwnedFd,
+        suffix: Option<&str>,
+    ) -> Result<(), LogError> {
         let ring = runnel_runtime::ring();
         // Serialise before any await: a borrow held across it would collide with an append.
         let index = self.index.borrow().to_bytes();
         let time_index = self.time_index.borrow().to_bytes();
+        let named = |p: PathBuf| match suffix {
+            Some(sfx) => {
+                let mut s = p.into_os_string();
+                s.push(format!(".{sfx}"));
+                PathBuf::from(s)
+            }
+            None => p,
+        };
         let mut files = vec![
-            (self.index_path(), index),
-            (self.time_index_path(), time_index),
+            (named(self.index_path()), index),
+            (named(self.time_index_path()), time_index),
         ];
-        if self.aborted.borrow().is_empty() {
+        if self.aborted.borrow().is_empty() && suffix.is_some() {
+            // Nothing to write.
+        } else if self.aborted.borrow().is_empty() {
             // None (any more: a truncation may have cut the markers an older file lists).
             let path = self.txn_index_path();
             let name = path.file_name().unwrap_or_default();
@@ -256,7 +277,7 @@ impl Segment {
             }
         } else {
             files.push((
-                self.txn_index_path(),
+                named(self.txn_index_path()),
                 encode_txn_index(&self.aborted.borrow()),
             ));
         }

@@ -285,6 +285,12 @@ fn a_tombstone_stays_until_its_delete_horizon_and_the_key_stays_gone() {
             keys(&log),
             vec![("b".into(), true), ("c".into(), true), ("d".into(), true)]
         );
+        // Nothing left for a horizon to remove: no pass is due (not one every backoff).
+        assert!(log
+            .cleanable(now + 100 * 3_600_000)
+            .await
+            .unwrap()
+            .is_none());
     });
 }
 
@@ -427,6 +433,13 @@ fn markers_on_disk(log: &Log) -> usize {
     n
 }
 
+fn cfg_again() -> LogConfig {
+    LogConfig {
+        delete_retention_ms: 1_000,
+        ..config()
+    }
+}
+
 #[test]
 fn aborted_records_go_and_markers_go_after_their_horizon_once_their_records_are_gone() {
     run(|| async {
@@ -487,6 +500,9 @@ fn aborted_records_go_and_markers_go_after_their_horizon_once_their_records_are_
         log.roll().await.unwrap();
         clean_at(&log, now + 2_000, None).await.unwrap();
         assert_eq!(markers_on_disk(&log), 1);
+        // Its aborted transaction is no longer indexed either: a read_committed reader told
+        // of it would skip producer 2's batches until an abort marker that is gone.
+        assert!(log.aborted_txns(0, i64::MAX).is_empty());
         // b overwritten: its commit marker goes too, after its horizon.
         log.append(
             keyed(
@@ -519,6 +535,16 @@ fn aborted_records_go_and_markers_go_after_their_horizon_once_their_records_are_
             .await
             .unwrap();
         assert!(plan.len > 0);
+        // Segments stay contiguous (a gap would read as a lost tail): the log opens again,
+        // cleanly closed or not, with everything.
+        let before = records_on_disk(&log);
+        let end = log.log_end_offset();
+        drop(log);
+        let log = Log::open(tmp.path(), "t", 0, cfg_again(), OpenOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(records_on_disk(&log), before);
+        assert_eq!(log.log_end_offset(), end);
     });
 }
 

@@ -87,7 +87,7 @@ pub fn filter_batch(
     mut keep: impl FnMut(&CleanerRecord<'_>) -> bool,
     set_horizon: Option<i64>,
 ) -> Result<Filtered, BatchError> {
-    let set_horizon = set_horizon.filter(|_| header.delete_horizon().is_none());
+    let mut set_horizon = set_horizon.filter(|_| header.delete_horizon().is_none());
     let mut inflated = None;
     let records = records_of(batch, header, max_inflated, &mut inflated)?;
     let mut kept: Vec<(i64, &[u8])> = Vec::new();
@@ -100,6 +100,13 @@ pub fn filter_batch(
             kept.push((v.timestamp, raw));
         }
     }
+    // A record timestamp too far from the horizon for a delta (a producer's wild
+    // timestamp): no horizon for this batch, whose tombstones then stay.
+    if let Some(h) = set_horizon {
+        if kept.iter().any(|&(t, _)| t.checked_sub(h).is_none()) {
+            set_horizon = None;
+        }
+    }
     if kept.is_empty() {
         return Ok(Filtered::Empty);
     }
@@ -110,7 +117,11 @@ pub fn filter_batch(
     let mut body = Vec::with_capacity(kept.iter().map(|(_, r)| r.len()).sum());
     for (timestamp, raw) in &kept {
         if set_horizon.is_some() {
-            body.extend_from_slice(&with_timestamp_delta(raw, timestamp - base_timestamp)?);
+            // (Checked above: no overflow.)
+            body.extend_from_slice(&with_timestamp_delta(
+                raw,
+                timestamp.wrapping_sub(base_timestamp),
+            )?);
         } else {
             body.extend_from_slice(raw);
         }
@@ -146,7 +157,8 @@ pub fn empty_batch(header_bytes: &[u8], header: &BatchHeader) -> Result<Vec<u8>,
     let mut out = header_bytes[..HEADER_LEN].to_vec();
     finish_header(
         &mut out,
-        header.attributes & !ATTR_COMPRESSION_MASK,
+        // (No records, so no codec and nothing for a delete horizon to remove.)
+        header.attributes & !ATTR_COMPRESSION_MASK & !ATTR_DELETE_HORIZON,
         header.base_timestamp,
         header.max_timestamp,
         0,

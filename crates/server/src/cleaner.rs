@@ -64,7 +64,10 @@ async fn pass(shard: &Rc<Shard>, buffer: usize, rate: f64) -> Result<bool, Strin
         ratios.insert((log.topic().to_string(), log.partition()), ratio);
         let overdue = c
             .dirty_since_ms
-            .map(|t| now - t - config.max_compaction_lag_ms.min(i64::MAX as u64) as i64)
+            .map(|t| {
+                now.saturating_sub(t)
+                    .saturating_sub(config.max_compaction_lag_ms.min(i64::MAX as u64) as i64)
+            })
             .filter(|&d| d > 0 && c.dirty_bytes > 0);
         if let Some(d) = overdue {
             max_delay = max_delay.max(d);
