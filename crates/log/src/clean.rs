@@ -20,7 +20,10 @@
 //!    any point leaves the old segments or the new one, never a mix.
 //!
 //! The pass runs on the log's shard between its other work: it reads and writes through
-//! the shard's io_uring, yields after every chunk, and is throttled to a byte rate. In-flight
+//! the shard's io_uring, lets the shard's other tasks run after every chunk it reads (1 MiB)
+//! and after every compressed batch it inflates, and is throttled to a byte rate. So an
+//! append or fetch on the shard waits behind it for at most one chunk of uncompressed
+//! batches or one compressed batch (docs/benchmarks.md has the times). In-flight
 //! fetches keep the descriptors of the segments they read, so a swap never breaks one.
 
 use crate::log::Log;
@@ -166,7 +169,7 @@ impl Throttle {
                 return;
             }
         }
-        glommio::yield_if_needed().await;
+        runnel_runtime::yield_now().await;
     }
 }
 
@@ -298,6 +301,10 @@ impl Reader {
     }
 }
 
+fn is_compressed(h: &BatchHeader) -> bool {
+    !matches!(h.compression(), Ok(runnel_record::Compression::None))
+}
+
 fn corrupt(seg: &Segment, e: impl std::fmt::Display) -> LogError {
     LogError::Corrupt {
         path: seg.log_path.clone(),
@@ -415,6 +422,10 @@ impl Log {
                         }
                     })
                     .map_err(|e| corrupt(seg, e))?;
+                    if is_compressed(&h) {
+                        // Inflating is the costly part: the shard's other tasks go first.
+                        runnel_runtime::yield_now().await;
+                    }
                     if full {
                         // Cleans what it mapped: this batch and what follows wait for the
                         // next pass. (A batch's keys are all mapped or it is not counted.)
@@ -512,6 +523,10 @@ impl Log {
                     let (kept, pending) = rules
                         .apply(bytes, &h, group_end, ctx.map, txn_kept, stats)
                         .map_err(|e| corrupt(old, e))?;
+                    if is_compressed(&h) {
+                        // Inflated (and compressed again): the shard's other tasks go first.
+                        runnel_runtime::yield_now().await;
+                    }
                     if let Some(t) = pending {
                         *horizon = Some(horizon.map_or(t, |m: i64| m.min(t)));
                     }

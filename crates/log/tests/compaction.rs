@@ -263,23 +263,11 @@ fn a_tombstone_stays_until_its_delete_horizon_and_the_key_stays_gone() {
             .unwrap()
             .is_some_and(|c| c.horizon_due));
         // More writes, cleaned before the horizon: the tombstone stays.
-        log.append(
-            keyed(&[put("c", Some("1"))], Compression::None, None),
-            false,
-        )
-        .await
-        .unwrap();
-        log.roll().await.unwrap();
+        put_and_roll(&log, "c", "1").await;
         clean_at(&log, now + 1_000, None).await.unwrap();
         assert!(keys(&log).contains(&("a".into(), false)));
         // Past the horizon: gone, and "a" stays gone.
-        log.append(
-            keyed(&[put("d", Some("1"))], Compression::None, None),
-            false,
-        )
-        .await
-        .unwrap();
-        log.roll().await.unwrap();
+        put_and_roll(&log, "d", "1").await;
         clean_at(&log, now + 3_600_000 + 1, None).await.unwrap();
         assert_eq!(
             keys(&log),
@@ -312,17 +300,7 @@ fn a_producers_last_batch_stays_so_its_retry_is_still_a_duplicate() {
         log.append(first, false).await.unwrap();
         log.append(last.clone(), false).await.unwrap();
         // Another producer overwrites the key: the idempotent producer's records all go.
-        log.append(
-            keyed(
-                &[("k".into(), Some(b"3".to_vec()))],
-                Compression::None,
-                None,
-            ),
-            false,
-        )
-        .await
-        .unwrap();
-        log.roll().await.unwrap();
+        put_and_roll(&log, "k", "3").await;
         clean_at(&log, now_ms(), None).await.unwrap();
         assert_eq!(records_on_disk(&log).len(), 1);
         log.close().await.unwrap();
@@ -433,6 +411,15 @@ fn markers_on_disk(log: &Log) -> usize {
     n
 }
 
+/// One uncompressed record `key` = `value`, then a roll (the record's segment closes).
+async fn put_and_roll(log: &Log, key: &str, value: &str) {
+    let rec = [(key.to_string(), Some(value.as_bytes().to_vec()))];
+    log.append(keyed(&rec, Compression::None, None), false)
+        .await
+        .unwrap();
+    log.roll().await.unwrap();
+}
+
 fn cfg_again() -> LogConfig {
     LogConfig {
         delete_retention_ms: 1_000,
@@ -462,17 +449,7 @@ fn aborted_records_go_and_markers_go_after_their_horizon_once_their_records_are_
             .unwrap();
         log.append_marker(1, 0, true, 0, false).await.unwrap();
         log.append_marker(2, 0, false, 0, false).await.unwrap();
-        log.append(
-            keyed(
-                &[("a".into(), Some(b"2".to_vec()))],
-                Compression::None,
-                None,
-            ),
-            false,
-        )
-        .await
-        .unwrap();
-        log.roll().await.unwrap();
+        put_and_roll(&log, "a", "2").await;
         let now = now_ms();
         clean_at(&log, now, None).await.unwrap();
         let keys: Vec<(String, Vec<u8>)> = records_on_disk(&log)
@@ -487,46 +464,16 @@ fn aborted_records_go_and_markers_go_after_their_horizon_once_their_records_are_
         assert_eq!(markers_on_disk(&log), 2, "markers stay until their horizon");
         // Past the horizon: the abort marker (no records left) goes; the commit marker of b
         // stays while b does.
-        log.append(
-            keyed(
-                &[("e".into(), Some(b"1".to_vec()))],
-                Compression::None,
-                None,
-            ),
-            false,
-        )
-        .await
-        .unwrap();
-        log.roll().await.unwrap();
+        put_and_roll(&log, "e", "1").await;
         clean_at(&log, now + 2_000, None).await.unwrap();
         assert_eq!(markers_on_disk(&log), 1);
         // Its aborted transaction is no longer indexed either: a read_committed reader told
         // of it would skip producer 2's batches until an abort marker that is gone.
         assert!(log.aborted_txns(0, i64::MAX).is_empty());
         // b overwritten: its commit marker goes too, after its horizon.
-        log.append(
-            keyed(
-                &[("b".into(), Some(b"2".to_vec()))],
-                Compression::None,
-                None,
-            ),
-            false,
-        )
-        .await
-        .unwrap();
-        log.roll().await.unwrap();
+        put_and_roll(&log, "b", "2").await;
         clean_at(&log, now + 4_000, None).await.unwrap();
-        log.append(
-            keyed(
-                &[("f".into(), Some(b"1".to_vec()))],
-                Compression::None,
-                None,
-            ),
-            false,
-        )
-        .await
-        .unwrap();
-        log.roll().await.unwrap();
+        put_and_roll(&log, "f", "1").await;
         clean_at(&log, now + 6_000, None).await.unwrap();
         assert_eq!(markers_on_disk(&log), 0);
         // A read_committed reader of what is left sees no aborted record.

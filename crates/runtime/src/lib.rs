@@ -9,6 +9,29 @@ pub use ring::{ring, Pipe, Ring};
 
 use std::future::Future;
 
+/// Lets every other ready task of this executor run before the caller goes on: for long
+/// background work (the log cleaner) that must not hold its shard. Unlike glommio's
+/// `yield_if_needed`, which yields only once the task queue's time slice (up to 100 ms) is
+/// used up, this always yields.
+pub async fn yield_now() {
+    struct YieldNow(bool);
+    impl Future for YieldNow {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.0 {
+                return std::task::Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+    YieldNow(false).await
+}
+
 /// Runs the futures concurrently on this executor and collects their outputs in order.
 pub async fn join_all<F: std::future::Future + 'static>(
     futs: impl IntoIterator<Item = F>,
