@@ -250,18 +250,3 @@ fn a_replicated_log_publishes_to_followers_before_its_sync_and_settles_after() {
         assert_eq!(single.high_watermark(), 3);
     });
 }
-
-/// Lets the executor run the other tasks once.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
-}

@@ -56,25 +56,9 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// Lets every other ready task of the executor run once before this one goes on.
-pub async fn yield_now() {
-    struct YieldNow(bool);
-    impl Future for YieldNow {
-        type Output = ();
-        fn poll(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<()> {
-            if self.0 {
-                return std::task::Poll::Ready(());
-            }
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    }
-    YieldNow(false).await
-}
+// (Not every test file that includes this module yields.)
+#[allow(unused_imports)]
+pub use runnel_runtime::yield_now;
 
 /// Polls both futures in one task, `a` first: both start (e.g. queue their appends) before
 /// any other task of the executor runs.
