@@ -10,6 +10,7 @@ mod configs;
 mod differential;
 mod durability;
 mod groups;
+mod hostile;
 mod idempotence;
 mod kafka_tools;
 mod protocol;

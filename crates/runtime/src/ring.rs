@@ -25,6 +25,8 @@ use std::task::{Context, Poll, Waker};
 /// Submission queue size. Each append round or fetch needs a handful of entries; a full queue
 /// is flushed to the kernel and retried, so this bounds batching, not correctness.
 const RING_ENTRIES: u32 = 1024;
+/// The most io-wq worker threads of the unbounded class (sockets, pipes) per executor thread.
+const MAX_UNBOUNDED_WORKERS: u32 = 16;
 /// Linux's IOV_MAX: the most iovecs one WRITEV may carry.
 pub const IOV_MAX: usize = 1024;
 
@@ -76,6 +78,14 @@ pub fn ring() -> Rc<Ring> {
 impl Ring {
     fn new(executor_id: usize) -> io::Result<Rc<Ring>> {
         let ring = IoUring::new(RING_ENTRIES)?;
+        // Bound this thread's io-wq: operations that block (disk reads, fsync, unlink) run in
+        // its worker threads, and without a cap the unbounded class grows a thread per
+        // blocked operation up to RLIMIT_NPROC. Bounded workers keep the kernel's default
+        // (a few per CPU). Refused by old kernels: then the defaults stand.
+        let mut max = [0, MAX_UNBOUNDED_WORKERS];
+        if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
+            tracing::debug!("cannot bound the io-wq workers: {e}");
+        }
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -361,73 +371,59 @@ impl Ring {
             .map(|_| ())
     }
 
-    /// Linked splice pair: `len` bytes from `file` at `offset` into the pipe, then from the
-    /// pipe into `sock`. Returns (bytes into pipe, bytes out to socket); the second may be
-    /// short or cancelled (-ECANCELED, reported as 0) if the first was short. The socket is
-    /// held (like the file and pipe) until the kernel is done, so a connection dropped
-    /// mid-splice cannot let its descriptor number be reused under the operation.
-    pub async fn splice_via_pipe(
+    /// Splices up to `len` bytes of `file` at `offset` into the (empty) pipe through the
+    /// ring: reading the file may wait for the disk, which must not stall the executor. The
+    /// pipe's other end goes to the socket inline ([`Pipe::splice_out`]). Returns the bytes
+    /// moved (0 at end of file).
+    pub async fn splice_to_pipe(
         self: &Rc<Self>,
         file: &Arc<OwnedFd>,
         offset: u64,
         pipe: &Arc<Pipe>,
-        sock: &Arc<OwnedFd>,
         len: u32,
-    ) -> io::Result<(usize, usize)> {
-        let into_pipe = opcode::Splice::new(
+    ) -> io::Result<usize> {
+        let entry = opcode::Splice::new(
             types::Fd(file.as_raw_fd()),
             offset as i64,
             types::Fd(pipe.write_fd()),
             -1,
             len,
         )
-        .build()
-        .flags(squeue::Flags::IO_LINK);
-        let out_of_pipe = opcode::Splice::new(
-            types::Fd(pipe.read_fd()),
-            -1,
-            types::Fd(sock.as_raw_fd()),
-            -1,
-            len,
-        )
         .build();
-        let mut ops = self.submit_chain(
-            vec![into_pipe, out_of_pipe],
-            Box::new((file.clone(), pipe.clone(), sock.clone())),
-        )?;
-        let second = ops.pop().expect("two ops");
-        let first = ops.pop().expect("two ops");
-        let n_in = first.await;
-        let n_out = second.await;
-        if n_in < 0 {
-            return Err(io::Error::from_raw_os_error(-n_in));
-        }
-        let n_out = match n_out {
-            n if n >= 0 => n as usize,
-            n if n == -libc::ECANCELED => 0,
-            n => return Err(io::Error::from_raw_os_error(-n)),
-        };
-        Ok((n_in as usize, n_out))
-    }
-
-    /// Splices `len` bytes already in the pipe out to `sock` (the tail of a short send).
-    pub async fn splice_from_pipe(
-        self: &Rc<Self>,
-        pipe: &Arc<Pipe>,
-        sock: &Arc<OwnedFd>,
-        len: u32,
-    ) -> io::Result<usize> {
-        let entry = opcode::Splice::new(
-            types::Fd(pipe.read_fd()),
-            -1,
-            types::Fd(sock.as_raw_fd()),
-            -1,
-            len,
-        )
-        .build();
-        self.run(entry, Box::new((pipe.clone(), sock.clone())))
+        self.run(entry, Box::new((file.clone(), pipe.clone())))
             .await
             .map(|n| n as usize)
+    }
+
+    /// Waits until `fd` is writable (or errs or hangs up), at most `timeout`: Ok(false) when
+    /// the time ran out. A poll waits in the kernel's wait queue, not in an io-wq worker
+    /// thread, so any number of connections can wait for slow readers without threads.
+    /// The caller keeps `fd` open until this returns (or drops it: a hang-up from the
+    /// connection's shutdown completes the poll).
+    pub async fn wait_writable(
+        self: &Rc<Self>,
+        fd: RawFd,
+        timeout: std::time::Duration,
+    ) -> io::Result<bool> {
+        let ts = Box::new(
+            types::Timespec::new()
+                .sec(timeout.as_secs())
+                .nsec(timeout.subsec_nanos()),
+        );
+        let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+            .build()
+            .flags(squeue::Flags::IO_LINK);
+        let limit = opcode::LinkTimeout::new(&*ts as *const types::Timespec).build();
+        let mut ops = self.submit_chain(vec![poll, limit], Box::new(ts))?;
+        let limit = ops.pop().expect("two ops");
+        let poll = ops.pop().expect("two ops");
+        let polled = poll.await;
+        let _ = limit.await;
+        match polled {
+            n if n >= 0 => Ok(true),
+            n if n == -libc::ECANCELED => Ok(false),
+            n => Err(io::Error::from_raw_os_error(-n)),
+        }
     }
 
     /// Operations submitted and not yet completed (for tests and shutdown).
@@ -586,5 +582,38 @@ impl Pipe {
 
     pub fn write_fd(&self) -> RawFd {
         self.write.as_raw_fd()
+    }
+    /// Moves up to `len` bytes from the pipe to the non-blocking socket `sock`, inline:
+    /// splicing out of a pipe never waits for a disk, and a socket with room takes the
+    /// pages at once, so this costs no io_uring round trip and no io-wq worker (a worker
+    /// blocked on a consumer that stopped reading was a thread per stuck consumer).
+    /// Ok(None): the socket is full, wait for it to be writable.
+    pub fn splice_out(&self, sock: RawFd, len: usize) -> io::Result<Option<usize>> {
+        loop {
+            // SAFETY: splice between two descriptors the caller keeps open; no user memory.
+            let n = unsafe {
+                libc::splice(
+                    self.read.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    sock,
+                    std::ptr::null_mut(),
+                    len,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n > 0 {
+                return Ok(Some(n as usize));
+            }
+            if n == 0 {
+                // Only an empty pipe without writers gives 0; the caller's pipe has both.
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(None),
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
     }
 }

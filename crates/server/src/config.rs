@@ -143,6 +143,34 @@ pub struct Config {
     #[arg(long, default_value_t = 600_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub connections_max_idle_ms: u64,
 
+    /// Most client connections the broker holds (max.connections); one more is accepted and
+    /// closed at once, counted and logged. Default: what the open-file limit leaves room for
+    /// (see `limits::default_max_connections`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Most client connections from one IP address (max.connections.per.ip). Default: no
+    /// limit beyond --max-connections.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// Once the first byte of a request has arrived, the whole request must arrive within
+    /// this, or the connection is closed: a client that trickles a request (slowloris)
+    /// cannot hold a connection, and the request budget its bytes take, for long.
+    #[arg(long, default_value_t = 30_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_read_timeout_ms: u64,
+
+    /// A client that takes no bytes of an answer for this long (it stopped reading its
+    /// socket) is disconnected.
+    #[arg(long, default_value_t = 60_000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub socket_send_timeout_ms: u64,
+
+    /// Requests one connection may have read and not yet answered; the connection is not
+    /// read further until an answer goes out (Kafka clients keep at most 5 produce requests
+    /// in flight).
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connection_max_in_flight_requests: u32,
+
     /// Largest fetch response, whatever a client asks for (fetch.max.bytes).
     #[arg(long, default_value_t = 57_671_680, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1024..=i32::MAX as i64 / 2))]

@@ -3,6 +3,7 @@
 //! from the page cache when zero copy is on.
 
 use crate::dispatch;
+use crate::limits::{Admission, Cause};
 use crate::shard::Shard;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -13,23 +14,28 @@ use runnel_protocol::Part;
 use runnel_runtime::{ring, Pipe};
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Requests a connection may have started and not yet answered. Kafka clients keep at most
-/// 5 produce requests in flight; the bound only stops a runaway client from queueing
-/// unbounded work.
-const MAX_IN_FLIGHT: usize = 64;
-/// A consumer that takes no bytes for this long has its connection closed: a blocking
-/// splice to a full socket gives up after it.
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most one splice moves: the pipe's size.
 const SPLICE_CHUNK: usize = 1 << 20;
+/// A frame's bytes take the shard's request budget as they arrive, in steps of at least
+/// this (doubling with what has arrived), so a client that announces a large request and
+/// then trickles it holds budget for what it sent, not for what it announced.
+const FRAME_STEP: usize = 64 << 10;
+/// Idle pipes a shard keeps for the next splice (each is two descriptors).
+const MAX_IDLE_PIPES: usize = 64;
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+thread_local! {
+    /// This shard's empty pipes. A connection takes one for a splice and gives it back
+    /// empty: an idle connection holds one descriptor (its socket), not three.
+    static PIPES: RefCell<Vec<Arc<Pipe>>> = const { RefCell::new(Vec::new()) };
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, admission: Admission) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
@@ -42,6 +48,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     shard.counters().connections_open.sub(1);
     shard.connections.set(shard.connections.get() - 1);
+    drop(admission);
 }
 
 /// Request order on one connection, as Kafka keeps it: Produce requests pipeline (their
@@ -93,42 +100,85 @@ impl Order {
 struct InFlight {
     task: JoinHandle<Outcome>,
     _count: glommio::sync::StaticPermit,
-    _bytes: glommio::sync::StaticPermit,
+    _bytes: Held,
+}
+
+/// Units of the shard's request budget a frame holds, given back when dropped (with the
+/// answer sent, or the connection gone).
+struct Held {
+    budget: Rc<glommio::sync::Semaphore>,
+    units: u64,
+}
+
+impl Held {
+    /// Takes more budget until this holds `total` units.
+    async fn ensure(&mut self, total: u64) -> Result<(), FrameEnd> {
+        if total > self.units {
+            self.budget
+                .acquire(total - self.units)
+                .await
+                .map_err(|_| FrameEnd::Stopping)?;
+            self.units = total;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.units > 0 {
+            self.budget.signal(self.units);
+        }
+    }
+}
+
+/// Why no frame came.
+enum FrameEnd {
+    /// The client closed between requests.
+    Closed,
+    /// No request for --connections-max-idle-ms.
+    Idle,
+    /// A request began and did not arrive in full within --request-read-timeout-ms.
+    Slow,
+    /// A size the broker refuses.
+    Bad(String),
+    Stopping,
+    Io(io::Error),
 }
 
 async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()> {
+    let config = shard.config();
     let _ = stream.set_nodelay(true);
-    // A consumer that stops reading, or a client that goes quiet, is disconnected rather
-    // than holding its requests, buffers and segment files forever.
-    let _ = stream.set_write_timeout(Some(SEND_TIMEOUT));
-    let idle = Duration::from_millis(shard.config().connections_max_idle_ms);
-    let _ = stream.set_read_timeout(Some(idle));
-    // The splices need the socket as a descriptor they can hold on to: a duplicate keeps the
-    // socket open until the last splice referring to it has completed.
-    // SAFETY: dup of a descriptor the stream owns; the result is ours alone (or -1).
-    let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a fresh descriptor nobody else owns.
-    let sock: Arc<OwnedFd> = Arc::new(unsafe { OwnedFd::from_raw_fd(dup) });
-    prepare_socket(&sock)?;
+    let send_timeout = Duration::from_millis(config.socket_send_timeout_ms);
+    // A consumer that stops reading is disconnected rather than holding its requests,
+    // buffers and segment files forever.
+    let _ = stream.set_write_timeout(Some(send_timeout));
+    // Splices out of the pipe run inline and must not block the executor: the socket is
+    // non-blocking (glommio's own sends and receives go through io_uring, which copes).
+    let fd = stream.as_raw_fd();
+    set_nonblocking(fd)?;
 
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (tx, rx) = futures_channel::mpsc::unbounded::<InFlight>();
-    let in_flight = Rc::new(glommio::sync::Semaphore::new(MAX_IN_FLIGHT as u64));
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(u64::from(
+        config.connection_max_in_flight_requests,
+    )));
     let order = Rc::new(Order::default());
     let writer_task = glommio::spawn_local(write_loop(
         shard.clone(),
         writer,
-        sock,
+        fd,
         rx,
         order.clone(),
         peer.to_string(),
     ))
     .detach();
 
-    let max = shard.config().max_request_bytes as usize;
+    let limits = FrameLimits {
+        max: config.max_request_bytes as usize,
+        idle: Duration::from_millis(config.connections_max_idle_ms),
+        timeout: Duration::from_millis(config.request_read_timeout_ms),
+    };
     let client_host: Rc<str> = match peer.rsplit_once(':') {
         Some((ip, _)) => format!("/{}", ip.trim_matches(['[', ']'])).into(),
         None => format!("/{peer}").into(),
@@ -138,23 +188,30 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
             break Ok(()); // the writer stopped
         };
         let next = futures_lite::future::or(
-            async { Some(read_frame(&mut reader, max, peer, &shard.request_budget).await) },
+            read_frame(&mut reader, &limits, &shard.request_budget),
             async {
                 shard.stopping.wait().await;
-                None
+                Err(FrameEnd::Stopping)
             },
         )
         .await;
         let (frame, bytes) = match next {
-            None => break Ok(()), // shutting down: stop reading, answer what was started
-            Some(Ok(Some(f))) => f,
-            Some(Ok(None)) => break Ok(()), // the client closed
-            Some(Err(e)) => {
-                if e.kind() == io::ErrorKind::InvalidData {
-                    shard.counters().request_errors.incr();
-                }
-                break Err(e);
+            Ok(f) => f,
+            Err(FrameEnd::Closed | FrameEnd::Stopping) => break Ok(()),
+            Err(FrameEnd::Idle) => {
+                crate::limits::hit(shard.counters(), Cause::Idle, format_args!("{peer}"));
+                break Ok(());
             }
+            Err(FrameEnd::Slow) => {
+                crate::limits::hit(shard.counters(), Cause::SlowRequest, format_args!("{peer}"));
+                break Ok(());
+            }
+            Err(FrameEnd::Bad(reason)) => {
+                shard.counters().request_errors.incr();
+                tracing::warn!(%peer, "closing connection: {reason}");
+                break Ok(());
+            }
+            Err(FrameEnd::Io(e)) => break Err(e),
         };
         let is_produce = frame.len() >= 2 && frame[..2] == [0, 0];
         let seq = order.dispatched.get() + 1;
@@ -183,28 +240,15 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
     result
 }
 
-fn prepare_socket(sock: &OwnedFd) -> io::Result<()> {
-    let fd = sock.as_raw_fd();
-    // Splices run blocking in io_uring's workers: the socket must block (glommio's own
-    // sends and receives go through io_uring, which copes with either), and give up after
-    // SEND_TIMEOUT so a consumer that stops reading cannot hold a worker forever.
-    // SAFETY: fcntl and setsockopt on a descriptor we own, with a correctly sized timeval.
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller's stream owns.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let tv = libc::timeval {
-            tv_sec: SEND_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        if libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        ) < 0
+        if flags & libc::O_NONBLOCK == 0
+            && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
         {
             return Err(io::Error::last_os_error());
         }
@@ -212,61 +256,98 @@ fn prepare_socket(sock: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads one size-prefixed frame, holding `size` bytes of the shard's request budget for it
-/// (the permit goes with the request until its answer is sent). None: the client closed
-/// between requests.
+struct FrameLimits {
+    max: usize,
+    idle: Duration,
+    timeout: Duration,
+}
+
+/// `fut`, unless `deadline` comes first (None).
+async fn until<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        None
+    })
+    .await
+}
+
+/// Reads one size-prefixed frame. The wait for its first byte is the connection's idle
+/// time; from that byte on the whole frame must arrive within the request read timeout
+/// (waits for the shard's budget do not count: that is the broker's backpressure, not the
+/// client's slowness). The frame's bytes take the shard's request budget as they arrive;
+/// it is held with the request until its answer is sent.
 async fn read_frame(
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
-    max: usize,
-    peer: &str,
+    limits: &FrameLimits,
     budget: &Rc<glommio::sync::Semaphore>,
-) -> io::Result<Option<(BytesMut, glommio::sync::StaticPermit)>> {
+) -> Result<(BytesMut, Held), FrameEnd> {
     let mut size = [0u8; 4];
-    let mut got = 0;
+    let first = until(Instant::now() + limits.idle, reader.read(&mut size))
+        .await
+        .ok_or(FrameEnd::Idle)?
+        .map_err(FrameEnd::Io)?;
+    if first == 0 {
+        return Err(FrameEnd::Closed);
+    }
+    let mut deadline = Instant::now() + limits.timeout;
+    let mut got = first;
     while got < 4 {
-        let n = reader.read(&mut size[got..]).await?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        got += n;
+        got += read_some(reader, &mut size[got..], deadline).await?;
     }
     let size = i32::from_be_bytes(size);
-    if size < 0 || size as usize > max {
-        tracing::warn!(
-            %peer,
-            "closing connection: request frame of {size} bytes exceeds --max-request-bytes={max}"
-        );
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "oversized frame",
-        ));
+    if size < 0 {
+        return Err(FrameEnd::Bad(format!("negative request frame size {size}")));
     }
-    // Every request's bytes count against the shard's budget until answered, so clients
-    // cannot make the broker hold more than --queued-max-request-bytes per shard.
-    let permit = budget
-        .acquire_static_permit(size as u64)
-        .await
-        .map_err(|_| io::Error::other("the shard is shutting down"))?;
-    let mut buf = BytesMut::zeroed(size as usize);
-    reader.read_exact(&mut buf).await?;
-    Ok(Some((buf, permit)))
+    let size = size as usize;
+    if size > limits.max {
+        return Err(FrameEnd::Bad(format!(
+            "request frame of {size} bytes exceeds --max-request-bytes={}",
+            limits.max
+        )));
+    }
+    let mut held = Held {
+        budget: budget.clone(),
+        units: 0,
+    };
+    // Calloc'd: a large frame's pages are mapped as its bytes arrive, so memory too follows
+    // what was sent rather than what was announced.
+    let mut buf = BytesMut::zeroed(size);
+    let mut len = 0;
+    while len < size {
+        let want = (size - len).min(FRAME_STEP.max(len));
+        let waited = Instant::now();
+        held.ensure((len + want) as u64).await?;
+        deadline += waited.elapsed();
+        len += read_some(reader, &mut buf[len..len + want], deadline).await?;
+    }
+    Ok((buf, held))
+}
+
+/// One read of at least a byte before `deadline`.
+async fn read_some(
+    reader: &mut (impl futures_lite::AsyncRead + Unpin),
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<usize, FrameEnd> {
+    match until(deadline, reader.read(buf)).await {
+        None => Err(FrameEnd::Slow),
+        Some(Ok(0)) => Err(FrameEnd::Io(io::ErrorKind::UnexpectedEof.into())),
+        Some(Ok(n)) => Ok(n),
+        Some(Err(e)) => Err(FrameEnd::Io(e)),
+    }
 }
 
 async fn write_loop(
     shard: Rc<Shard>,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
-    sock: Arc<OwnedFd>,
+    fd: RawFd,
     mut rx: futures_channel::mpsc::UnboundedReceiver<InFlight>,
     order: Rc<Order>,
     peer: String,
 ) {
     use futures_lite::StreamExt;
     let zero_copy = shard.config().zero_copy;
-    let mut pipe: Option<Arc<Pipe>> = None;
+    let send_timeout = Duration::from_millis(shard.config().socket_send_timeout_ms);
     let mut copy_buf = Vec::new();
     while let Some(item) = rx.next().await {
         let outcome = item
@@ -275,21 +356,18 @@ async fn write_loop(
             .unwrap_or_else(|| Outcome::Close("request task cancelled".into()));
         let result = match outcome {
             Outcome::Reply(resp) => {
-                send(
-                    &shard,
-                    &mut writer,
-                    &sock,
-                    &mut pipe,
-                    &mut copy_buf,
-                    resp.parts,
+                let out = Out {
+                    writer: &mut writer,
+                    fd,
                     zero_copy,
-                )
-                .await
+                    send_timeout,
+                };
+                send(&shard, out, &mut copy_buf, resp.parts).await
             }
             Outcome::NoReply => Ok(()),
             Outcome::Close(reason) => {
                 shard.counters().request_errors.incr();
-                tracing::warn!(%peer, "closing connection: {reason}");
+                tracing::warn!(%peer, "closing connection: {}", one_line(&reason));
                 Err(io::Error::new(io::ErrorKind::InvalidData, reason))
             }
         };
@@ -297,38 +375,63 @@ async fn write_loop(
         drop(item._count);
         drop(item._bytes);
         if let Err(e) = result {
+            if e.kind() == io::ErrorKind::TimedOut {
+                crate::limits::hit(shard.counters(), Cause::SlowReader, format_args!("{peer}"));
+            }
             tracing::debug!(%peer, "connection closed: {e}");
             break;
         }
         order.written_one();
     }
     order.close();
-    // Wake the reader if it waits for a frame: shutting the socket down ends its read.
+    // Wake the reader if it waits for a frame: shutting the socket down ends its read. (The
+    // reader's half keeps the socket open, so `fd` is still this connection's.)
     rx.close();
-    // SAFETY: shutdown on a descriptor we own.
-    unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+    // SAFETY: shutdown on a descriptor the connection's stream still owns.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// A decoder's message on one log line: control characters (a newline from a nested error)
+/// would split the entry.
+fn one_line(s: &str) -> String {
+    s.split(|c: char| c.is_control())
+        .filter(|p| !p.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// Where and how answers go out.
+struct Out<'a> {
+    writer: &'a mut futures_lite::io::WriteHalf<TcpStream>,
+    fd: RawFd,
+    zero_copy: bool,
+    send_timeout: Duration,
 }
 
 async fn send(
     shard: &Shard,
-    writer: &mut futures_lite::io::WriteHalf<TcpStream>,
-    sock: &Arc<OwnedFd>,
-    pipe: &mut Option<Arc<Pipe>>,
+    out: Out<'_>,
     copy_buf: &mut Vec<u8>,
     parts: Vec<Part>,
-    zero_copy: bool,
 ) -> io::Result<()> {
     for part in parts {
         match part {
-            Part::Bytes(b) => writer.write_all(&b).await?,
-            Part::File { file, offset, len } if zero_copy => {
+            Part::Bytes(b) => out.writer.write_all(&b).await?,
+            Part::File { file, offset, len } if out.zero_copy => {
                 // The bytes before this part went out through glommio's ring, and that
-                // write has completed: the splice on the companion ring comes after them.
-                let pipe = match pipe {
-                    Some(p) => p.clone(),
-                    None => pipe.insert(Arc::new(Pipe::new(SPLICE_CHUNK)?)).clone(),
-                };
-                splice_range(&file, offset, len, &pipe, sock).await?;
+                // write has completed: the splice comes after them.
+                let pipe = PIPES
+                    .with(|p| p.borrow_mut().pop())
+                    .map_or_else(|| Pipe::new(SPLICE_CHUNK).map(Arc::new), Ok)?;
+                splice_range(&file, offset, len, &pipe, out.fd, out.send_timeout).await?;
+                // Only an emptied pipe goes back (an error above drops it, bytes and all).
+                PIPES.with(|p| {
+                    let mut p = p.borrow_mut();
+                    if p.len() < MAX_IDLE_PIPES {
+                        p.push(pipe);
+                    }
+                });
                 shard.counters().fetch_bytes_spliced.add(len);
             }
             Part::File { file, offset, len } => {
@@ -345,45 +448,66 @@ async fn send(
                             "segment file shorter than its read plan",
                         ));
                     }
-                    writer.write_all(copy_buf).await?;
+                    out.writer.write_all(copy_buf).await?;
                     at += n as u64;
                 }
                 shard.counters().fetch_bytes_copied.add(len);
             }
         }
     }
-    writer.flush().await
+    out.writer.flush().await
 }
 
 /// file[offset..offset+len] to the socket through the pipe: the bytes go from the page cache
-/// to the socket without entering user space.
+/// to the socket without entering user space. Into the pipe through the ring (the file may
+/// need the disk); out of it inline while the socket has room, waiting for room with a poll
+/// (no thread) for at most `send_timeout` each time.
 async fn splice_range(
     file: &Arc<OwnedFd>,
     mut offset: u64,
     len: u64,
     pipe: &Arc<Pipe>,
-    sock: &Arc<OwnedFd>,
+    sock: RawFd,
+    send_timeout: Duration,
 ) -> io::Result<()> {
     let ring = ring();
     let end = offset + len;
     while offset < end {
         let want = (end - offset).min(pipe.capacity() as u64) as u32;
-        let (n_in, n_out) = ring.splice_via_pipe(file, offset, pipe, sock, want).await?;
+        let n_in = ring.splice_to_pipe(file, offset, pipe, want).await?;
         if n_in == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "segment file shorter than its read plan",
             ));
         }
-        let mut left = n_in - n_out;
+        let mut left = n_in;
         while left > 0 {
-            let n = ring.splice_from_pipe(pipe, sock, left as u32).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            match pipe.splice_out(sock, left)? {
+                Some(n) => left -= n,
+                None => {
+                    if !ring.wait_writable(sock, send_timeout).await? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client took no bytes for --socket-send-timeout-ms",
+                        ));
+                    }
+                }
             }
-            left -= n;
         }
         offset += n_in as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_keeps_a_log_entry_whole() {
+        assert_eq!(
+            super::one_line("cannot decode Produce v9:\nbad tagged field\r\n"),
+            "cannot decode Produce v9: / bad tagged field"
+        );
+        assert_eq!(super::one_line("plain"), "plain");
+    }
 }

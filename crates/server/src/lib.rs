@@ -21,6 +21,7 @@ pub mod fetcher;
 pub mod groups;
 pub mod handlers;
 pub mod inbox;
+pub mod limits;
 pub mod metrics;
 pub mod offsets_store;
 pub mod partitions;

@@ -59,6 +59,12 @@ macro_rules! counters {
 counters! {
     connections_accepted: "counter", "Client connections accepted.";
     connections_open: "gauge", "Client connections open now.";
+    connections_refused_max: "counter", "Connections accepted and closed at once because --max-connections were open.";
+    connections_refused_per_ip: "counter", "Connections accepted and closed at once because --max-connections-per-ip were open from that address.";
+    accept_errors: "counter", "Failed accepts (out of descriptors or memory): the listener backs off and retries.";
+    connections_closed_slow_request: "counter", "Connections closed because a request did not arrive in full within --request-read-timeout-ms.";
+    connections_closed_slow_reader: "counter", "Connections closed because the client took no bytes of an answer for --socket-send-timeout-ms.";
+    connections_closed_idle: "counter", "Connections closed after --connections-max-idle-ms without a request.";
     requests: "counter", "Requests received.";
     request_errors: "counter", "Connections closed for a bad request (oversized, malformed, unsupported).";
     produce_bytes: "counter", "Record batch bytes appended by produce requests.";

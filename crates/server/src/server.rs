@@ -109,6 +109,16 @@ pub fn run(config: Config) -> Result<(), String> {
     let cleaner_offsets = read_checkpoint(&data_dir, checkpoint::CLEANER_OFFSET_CHECKPOINT)?;
     let nr_shards = config.shards();
     check_memlock(nr_shards);
+    let open_file_limit = crate::limits::raise_open_file_limit();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(|| crate::limits::default_max_connections(open_file_limit));
+    if u64::from(max_connections) * 3 > open_file_limit {
+        tracing::warn!(
+            "--max-connections={max_connections} can take more descriptors than the open-file \
+             limit ({open_file_limit}) allows: raise it (LimitNOFILE= under systemd)"
+        );
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         shards = nr_shards,
@@ -117,8 +127,14 @@ pub fn run(config: Config) -> Result<(), String> {
         data_dir = %data_dir.display(),
         topics = snapshot.topics.len(),
         clean_shutdown,
+        open_file_limit,
+        max_connections,
         "starting runnel"
     );
+    let conn_limits = Arc::new(crate::limits::ConnLimits::new(
+        max_connections,
+        config.max_connections_per_ip,
+    ));
     let shared = Arc::new(Shared {
         defaults: config.default_log_config(),
         counters: (0..nr_shards).map(|_| Default::default()).collect(),
@@ -145,6 +161,7 @@ pub fn run(config: Config) -> Result<(), String> {
         phase: Default::default(),
         ready: AtomicUsize::new(0),
         listening: AtomicUsize::new(0),
+        conn_limits,
     });
 
     let mesh = MeshBuilder::<ShardMsg, _>::full(nr_shards, 1024);
@@ -455,11 +472,37 @@ fn start_listeners(shard: &Rc<Shard>) -> Option<glommio::task::JoinHandle<()>> {
                 match accepted {
                     None => break,
                     Some(Ok(stream)) => {
-                        glommio::spawn_local(crate::conn::serve(shard.clone(), stream)).detach();
+                        let peer = stream.peer_addr();
+                        let ip = peer
+                            .as_ref()
+                            .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| {
+                                a.ip()
+                            });
+                        match shard.shared.conn_limits.admit(ip) {
+                            Ok(admission) => {
+                                glommio::spawn_local(crate::conn::serve(
+                                    shard.clone(),
+                                    stream,
+                                    admission,
+                                ))
+                                .detach();
+                            }
+                            Err(cause) => {
+                                // Closed at once: the client sees the connection end and
+                                // retries (or tries another broker).
+                                drop(stream);
+                                crate::limits::hit(shard.counters(), cause, format_args!("{ip}"));
+                            }
+                        }
                     }
                     Some(Err(e)) => {
-                        // EMFILE and the like: say so, back off, keep serving.
-                        tracing::warn!("accept failed: {e}");
+                        // EMFILE and the like: count, say so once in a while, back off,
+                        // keep serving.
+                        crate::limits::hit(
+                            shard.counters(),
+                            crate::limits::Cause::AcceptFailed,
+                            format_args!("{e}"),
+                        );
                         glommio::timer::sleep(Duration::from_millis(100)).await;
                     }
                 }

@@ -211,6 +211,8 @@ pub struct Shared {
     /// Shards whose client listener is bound: "runnel is ready" waits for every one, so
     /// whoever reads that line can connect.
     pub listening: std::sync::atomic::AtomicUsize,
+    /// Client connections open, against --max-connections and --max-connections-per-ip.
+    pub conn_limits: Arc<crate::limits::ConnLimits>,
 }
 
 /// How the logs are opened at start: from the checkpoints of the last run.
