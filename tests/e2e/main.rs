@@ -9,6 +9,7 @@ mod compaction;
 mod configs;
 mod differential;
 mod durability;
+mod full_disk;
 mod groups;
 mod hostile;
 mod idempotence;

@@ -1243,7 +1243,10 @@ fn check_timestamps(
     Ok(())
 }
 
-fn split_validated(mut records: BytesMut) -> Result<Vec<(BatchHeader, BytesMut)>, LogError> {
+/// Splits a produce request's records into validated batches (each checked whole: header,
+/// CRC, record count, and for compressed batches the inflated records): the batch splitter
+/// every append goes through. Public for the fuzz targets.
+pub fn split_validated(mut records: BytesMut) -> Result<Vec<(BatchHeader, BytesMut)>, LogError> {
     let mut headers = Vec::new();
     for batch in Batches::new(&records) {
         let (pos, header) = batch?;

@@ -66,8 +66,12 @@ async fn write(shard: &Shard, w: PendingWrite, durable: bool) -> Result<(), i16>
             }
             Some(log) => match offsets_store::append(&log, &w.records, w.txn, durable).await {
                 Err(e) => {
+                    // As Kafka's coordinators answer a failed append (a full disk, an I/O
+                    // error): NOT_COORDINATOR, which clients retry after finding the
+                    // coordinator again; KAFKA_STORAGE_ERROR is not an OffsetCommit error
+                    // they know.
                     tracing::warn!(group = %w.group, "__consumer_offsets write failed: {e}");
-                    Err(code::KAFKA_STORAGE_ERROR)
+                    Err(code::NOT_COORDINATOR)
                 }
                 // As Kafka's coordinator appends with acks=all: a commit is answered (and
                 // applied) once every in-sync replica has it, so it survives a failover.
