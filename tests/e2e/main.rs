@@ -7,6 +7,7 @@ mod cluster;
 mod common;
 mod compaction;
 mod configs;
+mod crash_loop;
 mod differential;
 mod durability;
 mod full_disk;
