@@ -1212,8 +1212,8 @@ impl Coordinator {
     }
 
     /// KIP-345: a static member (by group.instance.id) comes back with a new member id and
-    /// takes over `old_id`'s slot; its old incarnation is fenced. Without a change of
-    /// protocols it gets the current generation and no rebalance happens.
+    /// takes over `old_id`'s slot; its old incarnation is fenced. In a Stable group, without
+    /// a change of protocols, it gets the current generation and no rebalance happens.
     fn static_member_returns(
         &self,
         g: &mut Group,
@@ -1248,19 +1248,23 @@ impl Coordinator {
             g.leader = Some(new_id.clone());
         }
         match g.state {
-            State::Stable | State::CompletingRebalance if same_protocols => {
+            State::Stable if same_protocols => {
                 // No rebalance: the member gets the current generation, and its
                 // assignment back from SyncGroup.
                 let _ = reply.send(g.current_join(&new_id, true));
             }
+            // In CompletingRebalance the leader assigns by the member ids of the join round,
+            // and the old id is gone: a new round, as Kafka does (otherwise the member's
+            // partitions went to nobody for the whole generation; found by fuzzing).
             _ => {
+                // (The round first: preparing it marks every member as not joined yet.)
+                if g.state != State::PreparingRebalance {
+                    g.prepare_rebalance(now, cfg);
+                }
                 let m = g.member(&new_id).expect("static member");
                 m.protocols = a.protocols.clone();
                 m.join_reply = Some(reply);
                 m.joined = true;
-                if g.state != State::PreparingRebalance {
-                    g.prepare_rebalance(now, cfg);
-                }
                 self.maybe_complete(g);
             }
         }

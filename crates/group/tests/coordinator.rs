@@ -267,6 +267,76 @@ fn a_static_member_that_restarts_takes_its_slot_back_without_a_rebalance() {
     assert_eq!((s.error, s.assignment), (code::NONE, old_assignment));
 }
 
+#[test]
+fn a_static_member_that_restarts_before_the_leaders_sync_starts_a_new_round() {
+    // Found by the group_coordinator fuzz target: the leader assigns by the member ids of
+    // the join round, so a static member that takes a new id in CompletingRebalance would
+    // get nothing for the whole generation. Kafka starts a new round; so do we.
+    let c = coordinator(3_000);
+    let mut a = join(&c, args("", Some("i1")));
+    let mut b = join(&c, args("", Some("i2")));
+    c.advance_clock(Duration::from_secs(4));
+    c.tick(false);
+    let ra = answer(&mut a).expect("the round completed");
+    let rb = answer(&mut b).expect("the round completed");
+    assert_eq!(state(&c), (State::CompletingRebalance, 2));
+    let (leader, follower) = if ra.member_id == ra.leader {
+        (ra, rb)
+    } else {
+        (rb, ra)
+    };
+    // The follower restarts and joins with no member id before the leader syncs.
+    let (tx, mut again) = oneshot::channel();
+    let follower_instance = {
+        let (tx2, mut rx2) = oneshot::channel();
+        c.handle(GroupOp::Describe {
+            group: "g".into(),
+            reply: tx2,
+        });
+        answer(&mut rx2)
+            .unwrap()
+            .members
+            .iter()
+            .find(|m| m.member_id == follower.member_id)
+            .and_then(|m| m.instance_id.clone())
+            .unwrap()
+    };
+    assert!(c
+        .handle(GroupOp::Join(args("", Some(&follower_instance)), tx))
+        .is_none());
+    assert!(
+        answer(&mut again).is_none(),
+        "the returning member waits for a new round"
+    );
+    assert_eq!(state(&c).0, State::PreparingRebalance);
+    // The leader's sync for the old generation is refused; it rejoins, and both get the
+    // next generation.
+    let assignments = vec![
+        (leader.member_id.clone(), Bytes::from_static(b"l")),
+        (follower.member_id.clone(), Bytes::from_static(b"f")),
+    ];
+    let s = answer(&mut sync(
+        &c,
+        &leader.member_id,
+        leader.generation,
+        assignments,
+    ));
+    assert_eq!(s.map(|s| s.error), Some(code::REBALANCE_IN_PROGRESS));
+    let leader_instance = if follower_instance == "i1" {
+        "i2"
+    } else {
+        "i1"
+    };
+    let mut l = join(&c, args(&leader.member_id, Some(leader_instance)));
+    c.advance_clock(Duration::from_secs(4));
+    c.tick(false);
+    let rl = answer(&mut l).expect("everyone rejoined");
+    let rf = answer(&mut again).expect("everyone rejoined");
+    assert_eq!(rl.generation, leader.generation + 1);
+    assert_eq!(rf.generation, rl.generation);
+    assert_ne!(rf.member_id, follower.member_id);
+}
+
 /// A group of one member, joined and synced: (its id, the generation).
 fn one_synced_member(c: &Coordinator) -> (String, i32) {
     let (id, mut rx) = new_member(c, None);
