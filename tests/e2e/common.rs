@@ -165,6 +165,11 @@ impl Broker {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Forgets what the broker logged so far (a test that provoked a panic on purpose).
+    pub fn clear_logs(&self) {
+        self.log.lock().unwrap().clear();
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -241,6 +246,15 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // Every test also checks that nothing it did reached a panic in the broker (which
+        // aborts it, saying so).
+        if !std::thread::panicking() && self.logs().contains("runnel: panicked") {
+            let logs = self.logs();
+            if self.child.is_some() {
+                self.kill();
+            }
+            panic!("the broker panicked:\n{logs}");
+        }
         if std::thread::panicking() {
             // The test failed: what this broker said last is the first thing to look at.
             let logs = self.logs();

@@ -575,3 +575,31 @@ fn a_thousand_pipelined_requests_unread_and_a_flood_from_100_connections() {
         no_panic(&b);
     });
 }
+
+#[test]
+fn a_panic_in_a_shard_aborts_the_whole_broker_loudly() {
+    with_timeout(60, || {
+        // A fault point makes shard 1 of 2 panic once it serves: the broker must not go on
+        // with half its shards. The panic hook logs where and why, then aborts.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = Broker::launch(
+            &tmp.path().join("data"),
+            "127.0.0.1:0",
+            &["--cores", "2", "--test-panic-shard", "1"],
+        );
+        let status = b.wait(Duration::from_secs(30));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+        wait_until("the panic logged", Duration::from_secs(5), || {
+            b.logs().contains("runnel: panicked on thread")
+        });
+        let logs = b.logs();
+        assert!(
+            logs.contains("--test-panic-shard asked for a panic"),
+            "{logs}"
+        );
+        assert!(logs.contains("ERROR"), "{logs}");
+        // (The harness's check for panics would fail this test on drop: this one was asked for.)
+        b.clear_logs();
+    });
+}

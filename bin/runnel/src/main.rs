@@ -18,6 +18,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    // A panic is a bug (bad input must get an error code or a logged close): stop the whole
+    // broker at once, loudly, with where and why, rather than let one shard die and the
+    // others serve on with half the partitions. Recovery at the next start is the same as
+    // after a crash.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!("panicked on thread {name}: {info}\n{backtrace}");
+        eprintln!("runnel: panicked on thread {name}: {info}; aborting");
+        std::process::abort();
+    }));
     match runnel_server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

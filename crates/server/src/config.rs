@@ -98,6 +98,11 @@ pub struct Config {
     #[arg(long, hide = true, value_name = "STEP", value_parser = ["cleaned", "swap", "old-removed"])]
     pub test_cleaner_crash_after: Option<String>,
 
+    /// Fault point for tests, not for production: shard N panics once it serves, to show
+    /// that a panic stops the whole broker loudly (the panic hook aborts with its context).
+    #[arg(long, hide = true, value_name = "N")]
+    pub test_panic_shard: Option<usize>,
+
     /// Delete the oldest segments while a partition is larger than this (retention.bytes); -1: no limit.
     #[arg(long, default_value_t = -1, value_name = "BYTES", allow_negative_numbers = true,
           value_parser = clap::value_parser!(i64).range(-1..))]

@@ -308,6 +308,9 @@ async fn shard_main(
         }
     }
     let accept = start_listeners(&shard);
+    if shared.config.test_panic_shard == Some(shard.id) {
+        glommio::spawn_local(async { panic!("--test-panic-shard asked for a panic") }).detach();
+    }
     let background = glommio::spawn_local(background(shard.clone())).detach();
     let groups = glommio::spawn_local(crate::groups::timers(shard.clone())).detach();
     let txn_timers = glommio::spawn_local(crate::txns::timers(shard.clone())).detach();
