@@ -1208,6 +1208,25 @@ impl Coordinator {
             self.new_member_joins(g, &a, reply, now);
             return;
         }
+        // A known member id under another instance id: FENCED_INSTANCE_ID if that instance
+        // is a member under its own id, else UNKNOWN_MEMBER_ID (Kafka's answers); it must
+        // not take the other member's place (found by the group_coordinator fuzz target).
+        if let Some(inst) = &a.instance_id {
+            let theirs = g
+                .members
+                .iter()
+                .find(|m| m.id == a.member_id)
+                .and_then(|m| m.instance_id.as_deref());
+            if theirs != Some(inst.as_str()) {
+                let code = if g.static_member(inst).is_some() {
+                    code::FENCED_INSTANCE_ID
+                } else {
+                    code::UNKNOWN_MEMBER_ID
+                };
+                let _ = reply.send(join_error(code, &a.member_id));
+                return;
+            }
+        }
         self.known_member_joins(g, &a, reply, now);
     }
 

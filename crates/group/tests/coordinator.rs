@@ -337,6 +337,33 @@ fn a_static_member_that_restarts_before_the_leaders_sync_starts_a_new_round() {
     assert_ne!(rf.member_id, follower.member_id);
 }
 
+#[test]
+fn a_member_id_under_another_instance_id_is_refused() {
+    // Found by the group_coordinator fuzz target: a JoinGroup with a known member id and a
+    // different group.instance.id took that member's place (and its assignment).
+    let c = coordinator(3_000);
+    let (_, _, _) = stable_group(&c, [Some("i1"), Some("i2"), None]);
+    let (tx, mut rx) = oneshot::channel();
+    c.handle(GroupOp::Describe {
+        group: "g".into(),
+        reply: tx,
+    });
+    let members = answer(&mut rx).unwrap().members;
+    let id_of = |i: &str| {
+        members
+            .iter()
+            .find(|m| m.instance_id.as_deref() == Some(i))
+            .unwrap()
+            .member_id
+            .clone()
+    };
+    let r = answer(&mut join(&c, args(&id_of("i1"), Some("i2")))).expect("answered at once");
+    assert_eq!(r.error, code::FENCED_INSTANCE_ID);
+    let r = answer(&mut join(&c, args(&id_of("i1"), Some("i9")))).expect("answered at once");
+    assert_eq!(r.error, code::UNKNOWN_MEMBER_ID);
+    assert_eq!(state(&c), (State::Stable, 3), "nothing changed");
+}
+
 /// A group of one member, joined and synced: (its id, the generation).
 fn one_synced_member(c: &Coordinator) -> (String, i32) {
     let (id, mut rx) = new_member(c, None);

@@ -111,15 +111,31 @@ struct Held {
 }
 
 impl Held {
-    /// Takes more budget until this holds `total` units.
+    /// Takes more budget until this holds `total` units. When the shard's budget cannot give
+    /// it at once, the frame gives back what it holds and waits for the whole of `total`:
+    /// a frame never waits while holding budget, so frames waiting on each other's bytes
+    /// cannot deadlock the shard.
     async fn ensure(&mut self, total: u64) -> Result<(), FrameEnd> {
-        if total > self.units {
-            self.budget
-                .acquire(total - self.units)
-                .await
-                .map_err(|_| FrameEnd::Stopping)?;
-            self.units = total;
+        if total <= self.units {
+            return Ok(());
         }
+        match self.budget.try_acquire(total - self.units) {
+            Ok(true) => {
+                self.units = total;
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(_) => return Err(FrameEnd::Stopping),
+        }
+        let held = std::mem::take(&mut self.units);
+        if held > 0 {
+            self.budget.signal(held);
+        }
+        self.budget
+            .acquire(total)
+            .await
+            .map_err(|_| FrameEnd::Stopping)?;
+        self.units = total;
         Ok(())
     }
 }
@@ -315,6 +331,8 @@ async fn read_frame(
     let mut len = 0;
     while len < size {
         let want = (size - len).min(FRAME_STEP.max(len));
+        // Waiting for the budget is the broker's backpressure, not the client's slowness:
+        // it does not count against the deadline.
         let waited = Instant::now();
         held.ensure((len + want) as u64).await?;
         deadline += waited.elapsed();
@@ -375,7 +393,8 @@ async fn write_loop(
         drop(item._count);
         drop(item._bytes);
         if let Err(e) = result {
-            if e.kind() == io::ErrorKind::TimedOut {
+            // Our send timeout or glommio's (no errno); a kernel ETIMEDOUT is a dead peer.
+            if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() {
                 crate::limits::hit(shard.counters(), Cause::SlowReader, format_args!("{peer}"));
             }
             tracing::debug!(%peer, "connection closed: {e}");
@@ -482,11 +501,18 @@ async fn splice_range(
             ));
         }
         let mut left = n_in;
+        // The timeout runs from the last bytes the socket took, not from each poll (a poll
+        // that says writable while the splice still cannot go on must not loop forever).
+        let mut progress = std::time::Instant::now();
         while left > 0 {
             match pipe.splice_out(sock, left)? {
-                Some(n) => left -= n,
+                Some(n) => {
+                    left -= n;
+                    progress = std::time::Instant::now();
+                }
                 None => {
-                    if !ring.wait_writable(sock, send_timeout).await? {
+                    let wait = send_timeout.saturating_sub(progress.elapsed());
+                    if wait.is_zero() || !ring.wait_writable(sock, wait).await? {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the client took no bytes for --socket-send-timeout-ms",
