@@ -603,3 +603,45 @@ fn a_panic_in_a_shard_aborts_the_whole_broker_loudly() {
         b.clear_logs();
     });
 }
+
+#[test]
+fn partly_sent_large_requests_cannot_deadlock_the_request_budget() {
+    with_timeout(120, || {
+        // A 4 MiB budget and four connections each announcing 4 MiB and sending 1.5 MiB:
+        // if a frame held its budget while waiting for more, the four would each hold some
+        // and wait for the rest forever (waiting for budget does not count against the read
+        // deadline), and every client of the shard behind them. A frame that must wait
+        // gives back what it holds, so the deadline closes the stalled ones.
+        let b = Broker::start(&[
+            "--queued-max-request-bytes",
+            "4194304",
+            "--max-request-bytes",
+            "4194304",
+            "--request-read-timeout-ms",
+            "2000",
+        ]);
+        let mut setup = connect(&b.addr);
+        crate::protocol::create_via_metadata(&mut setup, "hostile-budget");
+        let stalled: Vec<TcpStream> = (0..4)
+            .map(|_| {
+                let mut s = TcpStream::connect(&b.addr).unwrap();
+                let mut buf = (4i32 << 20).to_be_bytes().to_vec();
+                buf.extend(std::iter::repeat_n(0u8, 3 << 19));
+                s.write_all(&buf).unwrap();
+                s
+            })
+            .collect();
+        let t = Instant::now();
+        let worst = well_behaved_round(&b.addr, "hostile-budget");
+        let waited = t.elapsed();
+        wait_until(
+            "the stalled requests closed",
+            Duration::from_secs(30),
+            || b.metric_sum("connections_closed_slow_request") >= 4,
+        );
+        println!("budget: a well-behaved round took {waited:?} (slowest answer {worst:?}) behind 4 stalled 4 MiB requests");
+        assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+        drop(stalled);
+        no_panic(&b);
+    });
+}
