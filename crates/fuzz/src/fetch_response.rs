@@ -10,7 +10,7 @@ use runnel_protocol::fetch_response::{
     encode, FileRange, NodeEndpoint, PartitionOut, TopicOut, MAX_VERSION, MIN_VERSION,
 };
 use runnel_protocol::Part;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -209,7 +209,6 @@ pub fn run(data: &[u8]) {
             .collect();
         assert_eq!(got, want);
     }
-    let _ = file.as_raw_fd();
 }
 
 /// Seeds: every version with a few topics and partitions, records, leaders, aborts.

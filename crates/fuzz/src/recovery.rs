@@ -66,15 +66,26 @@ pub fn run(data: &[u8]) {
                 let mut buf = vec![0u8; plan.len as usize];
                 f.read_exact_at(&mut buf, plan.position)
                     .expect("the planned bytes");
+                // The plan starts at the batch holding `next`; every batch after it starts at
+                // or past the previous one's end (a compacted log may have gaps, never overlaps).
+                let mut first = true;
                 for b in Batches::new(&buf) {
                     let (pos, h) = b.expect("a recovered batch parses");
                     runnel_record::verify_stored(&buf[pos..pos + h.total_len()])
                         .expect("a recovered batch verifies");
-                    if h.last_offset() < next {
-                        continue; // the plan starts at the batch holding `next`
+                    if first {
+                        assert!(
+                            h.last_offset() >= next,
+                            "the plan for {next} starts below it"
+                        );
+                        first = false;
+                    } else {
+                        assert!(
+                            h.base_offset >= next,
+                            "batch at {} overlaps {next}",
+                            h.base_offset
+                        );
                     }
-                    // Increasing offsets (a compacted log may have gaps, never overlaps).
-                    assert!(h.base_offset >= next || next == 0 || h.base_offset <= next);
                     next = h.next_offset();
                 }
             }
