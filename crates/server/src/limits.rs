@@ -186,10 +186,6 @@ impl ConnLimits {
         }
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Counts a new connection from `ip`, or says which limit refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Cause> {
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
