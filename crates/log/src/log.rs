@@ -1332,6 +1332,9 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
     record_epoch(inner, epoch, inner.next_offset.get());
     {
         if let Err(e) = persist_epochs(inner).await {
+            if write_error_is_fatal(&e) {
+                take_offline(log, &e);
+            }
             for a in appends {
                 let _ = a.reply.send(Err(storage_error(&e)));
             }
@@ -1358,6 +1361,9 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
         ) {
             if let Err(e) = roll_now(log).await {
                 tracing::error!(topic = %inner.topic, partition = inner.partition, "segment roll failed: {e}");
+                if write_error_is_fatal(&e) {
+                    take_offline(log, &e);
+                }
                 done.extend(rest.drain(..).map(|a| (a, Err(storage_error(&e)))));
                 break;
             }
@@ -1382,6 +1388,9 @@ async fn write_group(log: &Log, appends: Vec<PendingAppend>) {
         match write_run(log, &active, &mut run, &config, now).await {
             Ok(results) => done.extend(run.into_iter().zip(results)),
             Err(e) => {
+                if write_error_is_fatal(&e) {
+                    take_offline(log, &e);
+                }
                 // A storage error is seldom transient: fail the rest of the group too, as a
                 // failed write of a whole group always did, rather than retry run by run.
                 done.extend(
@@ -1510,7 +1519,10 @@ async fn write_run(
         // Cut off what did reach the file: nothing past the committed size may survive to be
         // mistaken for acknowledged data after a restart.
         if written > 0 {
-            let _ = ring.ftruncate(&active.file, position).await;
+            if let Err(e) = ring.ftruncate(&active.file, position).await {
+                // Bytes past the committed size stay in the file: only recovery can cut them.
+                take_offline(log, &LogError::io("cut back", &active.log_path, e));
+            }
         }
         return Err(err);
     }
@@ -1696,6 +1708,19 @@ pub(crate) async fn write_epochs(inner: &Inner, text: String) -> Result<(), LogE
 /// Writes batches fetched from the leader, unchanged, in runs that fit the active segment
 /// (rolling between them), and publishes them. Returns the new log end offset.
 async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<i64, LogError> {
+    let result = write_replica_runs(log, batches).await;
+    if let Err(e) = &result {
+        if write_error_is_fatal(e) {
+            take_offline(log, e);
+        }
+    }
+    result
+}
+
+async fn write_replica_runs(
+    log: &Log,
+    batches: Vec<(BatchHeader, Bytes)>,
+) -> Result<i64, LogError> {
     let inner = &log.inner;
     log.check_online()?;
     let config = inner.config.borrow().clone();
@@ -1760,7 +1785,9 @@ async fn write_replica(log: &Log, batches: Vec<(BatchHeader, Bytes)>) -> Result<
             let err = LogError::io("append to", &active.log_path, e);
             tracing::error!(topic = %inner.topic, partition = inner.partition, "{err} ({written} bytes written)");
             if written > 0 {
-                let _ = ring.ftruncate(&active.file, position).await;
+                if let Err(e) = ring.ftruncate(&active.file, position).await {
+                    take_offline(log, &LogError::io("cut back", &active.log_path, e));
+                }
             }
             return Err(err);
         }
@@ -2279,15 +2306,39 @@ pub(crate) async fn flush_now(log: &Log) -> Result<(), LogError> {
         // As Kafka takes a log dir offline on an I/O error: a failed fdatasync may have lost
         // pages that readers already saw, and Linux reports it only once (the next fdatasync
         // would succeed), so nothing written here can be trusted until recovery re-reads it.
-        let inner = &log.inner;
-        tracing::error!(
-            topic = %inner.topic, partition = inner.partition,
-            "{e}: the partition is offline until the broker restarts and recovers it"
-        );
-        *inner.offline.borrow_mut() = Some(e.to_string());
-        log.wake_waiters();
+        take_offline(log, e);
     }
     result
+}
+
+/// Takes the log offline after a storage error: it refuses appends and reads until the
+/// broker restarts and recovers it (the broker reports it to the controller, which moves
+/// its leadership away).
+fn take_offline(log: &Log, e: &LogError) {
+    let inner = &log.inner;
+    if inner.offline.borrow().is_some() {
+        return;
+    }
+    tracing::error!(
+        topic = %inner.topic, partition = inner.partition,
+        "{e}: the partition is offline until the broker restarts and recovers it"
+    );
+    *inner.offline.borrow_mut() = Some(e.to_string());
+    log.wake_waiters();
+}
+
+/// Whether a failed write takes the log offline. Kafka takes the log dir offline on any
+/// IOException; Runnel keeps a partition on a full disk online (ENOSPC, EDQUOT: nothing was
+/// written past the committed size, and appends resume once space returns, without a
+/// restart), and takes it offline on every other I/O error (EIO: the device failed).
+fn write_error_is_fatal(e: &LogError) -> bool {
+    match e {
+        LogError::Io { source, .. } => !matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        ),
+        _ => false,
+    }
 }
 
 async fn sync_all(log: &Log) -> Result<(), LogError> {

@@ -132,6 +132,15 @@ pub enum Command {
         partition: i32,
         target: Option<Vec<i32>>,
     },
+    /// A broker's replica of a partition failed with a storage error (Kafka's offline log
+    /// dir, reported in its broker heartbeat): it leaves the ISR (unless the last member)
+    /// and its leadership goes to another in-sync replica, until the broker starts again.
+    ReplicaOffline {
+        broker: i32,
+        incarnation: u64,
+        topic: String,
+        partition: i32,
+    },
 }
 
 /// What an AlterConfigs command changes.
@@ -330,6 +339,15 @@ fn encode_command(out: &mut String, c: &Command) {
             "reassign {topic} {partition} {}",
             target.as_deref().map_or("-".to_string(), ids)
         ),
+        Command::ReplicaOffline {
+            broker,
+            incarnation,
+            topic,
+            partition,
+        } => write!(
+            out,
+            "replica-offline {broker} {incarnation} {topic} {partition}"
+        ),
     };
 }
 
@@ -472,6 +490,12 @@ fn decode_command(line: &str) -> Result<Command, String> {
                     t => Some(list(t)?),
                 },
             },
+            "replica-offline" => Command::ReplicaOffline {
+                broker: num(w.next())?,
+                incarnation: num(w.next())?,
+                topic: word(w.next())?,
+                partition: num(w.next())?,
+            },
 
             other => return Err(format!("unknown command {other:?}")),
         })
@@ -586,6 +610,12 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
             partition,
             target,
         } => reassign(s, topic, *partition, target.as_deref()),
+        Command::ReplicaOffline {
+            broker,
+            incarnation,
+            topic,
+            partition,
+        } => replica_offline(s, *broker, *incarnation, topic, *partition),
         Command::AlterConfigs {
             resource,
             replace,
@@ -638,10 +668,82 @@ fn register(s: &mut Snapshot, b: &BrokerMeta) -> CommandResult {
         }
         went_away(s, id);
     }
+    // A new run recovered its logs at start: the replicas its previous run reported
+    // offline may lead and rejoin ISRs again (as Kafka's registration lists the online log
+    // dirs). A registration retried by the same run keeps them offline.
+    let new_run = s
+        .brokers
+        .get(&id)
+        .is_none_or(|old| old.incarnation != b.incarnation);
+    if new_run {
+        for_each_partition(s, |_, _, pm| {
+            let had = pm.offline.len();
+            pm.offline.retain(|&r| r != id);
+            pm.offline.len() != had
+        });
+    }
     let mut b = b.clone();
     b.state = BrokerState::Active;
     s.brokers.insert(id, b);
     became_live(s, id);
+    Ok(Outcome::Done)
+}
+
+/// [`Command::ReplicaOffline`]: like a broker going away ([`went_away`]), for one partition.
+fn replica_offline(
+    s: &mut Snapshot,
+    broker: i32,
+    incarnation: u64,
+    topic: &str,
+    partition: i32,
+) -> CommandResult {
+    // From an earlier run of the broker (its restart recovered the log): nothing to do.
+    if s.brokers.get(&broker).map(|b| b.incarnation) != Some(incarnation) {
+        return Ok(Outcome::Done);
+    }
+    let Some(pm) = s.partition(topic, partition) else {
+        return Err((
+            code::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("{topic}-{partition} does not exist"),
+        ));
+    };
+    if !pm.replicas.contains(&broker) {
+        return Err((
+            code::INVALID_REQUEST,
+            format!("broker {broker} holds no replica of {topic}-{partition}"),
+        ));
+    }
+    if pm.offline.contains(&broker) {
+        return Ok(Outcome::Done);
+    }
+    let live: Vec<i32> = s.live_brokers().map(|b| b.id).collect();
+    let unclean = unclean_topics(s).iter().any(|u| &**u == topic);
+    for_each_partition(s, |t, p, pm| {
+        if t != topic || p != partition {
+            return false;
+        }
+        pm.offline.push(broker);
+        if pm.isr.contains(&broker) && pm.isr.len() > 1 {
+            pm.isr.retain(|&r| r != broker);
+        }
+        if pm.leader == broker {
+            pm.leader = pm
+                .replicas
+                .iter()
+                .copied()
+                .find(|r| pm.isr.contains(r) && pm.can_lead(*r, &live))
+                .unwrap_or(-1);
+            if pm.leader == -1 && unclean {
+                if let Some(r) = pm.replicas.iter().copied().find(|r| pm.can_lead(*r, &live)) {
+                    // Kafka's unclean election: what the ISR had beyond this replica is lost.
+                    pm.leader = r;
+                    pm.isr = vec![r];
+                }
+            }
+            pm.leader_epoch += 1;
+        }
+        true
+    });
     Ok(Outcome::Done)
 }
 
@@ -708,14 +810,14 @@ fn went_away(s: &mut Snapshot, id: i32) {
                 .replicas
                 .iter()
                 .copied()
-                .find(|r| *r != id && pm.isr.contains(r) && live.contains(r))
+                .find(|r| *r != id && pm.isr.contains(r) && pm.can_lead(*r, &live))
                 .unwrap_or(-1);
             if pm.leader == -1 && unclean.iter().any(|u| &**u == t) {
                 if let Some(r) = pm
                     .replicas
                     .iter()
                     .copied()
-                    .find(|r| *r != id && live.contains(r))
+                    .find(|r| *r != id && pm.can_lead(*r, &live))
                 {
                     // Kafka's unclean election: what the ISR had beyond this replica is lost.
                     pm.leader = r;
@@ -735,7 +837,7 @@ fn went_away(s: &mut Snapshot, id: i32) {
 fn became_live(s: &mut Snapshot, id: i32) {
     let unclean = unclean_topics(s);
     for_each_partition(s, |t, _, pm| {
-        if !pm.replicas.contains(&id) || pm.leader != -1 {
+        if !pm.replicas.contains(&id) || pm.leader != -1 || pm.offline.contains(&id) {
             return false;
         }
         if pm.isr.contains(&id) {
@@ -817,6 +919,15 @@ fn alter_isr(
         return Err((
             code::INELIGIBLE_REPLICA,
             format!("broker {r} is not live: it cannot join an ISR"),
+        ));
+    }
+    if let Some(r) = to
+        .iter()
+        .find(|r| !from.contains(r) && pm.offline.contains(r))
+    {
+        return Err((
+            code::INELIGIBLE_REPLICA,
+            format!("broker {r} reported its replica offline: it cannot join the ISR"),
         ));
     }
     let mut isr = to.to_vec();
@@ -1030,6 +1141,8 @@ fn complete_reassignment(pm: &mut PartitionMeta, live: &[i32]) {
     }
     pm.replicas = target;
     pm.isr = isr;
+    let replicas = pm.replicas.clone();
+    pm.offline.retain(|r| replicas.contains(r));
     pm.isr
         .sort_by_key(|r| pm.replicas.iter().position(|x| x == r));
     if !pm.replicas.contains(&pm.leader) {
@@ -1037,7 +1150,7 @@ fn complete_reassignment(pm: &mut PartitionMeta, live: &[i32]) {
             .replicas
             .iter()
             .copied()
-            .find(|r| pm.isr.contains(r) && live.contains(r))
+            .find(|r| pm.isr.contains(r) && pm.can_lead(*r, live))
             .unwrap_or(-1);
     }
     pm.leader_epoch += 1;
@@ -1066,7 +1179,7 @@ fn elect_preferred(s: &mut Snapshot, only: Option<&[(String, i32)]>) -> Vec<((St
             out.push(((t.to_string(), p), code::ELECTION_NOT_NEEDED));
             return false;
         }
-        if !(live.contains(&preferred) && pm.isr.contains(&preferred)) {
+        if !(pm.can_lead(preferred, &live) && pm.isr.contains(&preferred)) {
             out.push(((t.to_string(), p), code::PREFERRED_LEADER_NOT_AVAILABLE));
             return false;
         }
@@ -1223,6 +1336,7 @@ fn new_partition(s: &Snapshot, replicas: Vec<i32>) -> PartitionMeta {
         leader_epoch: 0,
         adding: Vec::new(),
         removing: Vec::new(),
+        offline: Vec::new(),
     }
 }
 
@@ -1312,7 +1426,7 @@ const STATE_HEADER: &str = "# runnel metadata state v1";
 /// broker-config <id, -1: every broker> [config=value ...]
 /// topic <name> <topic id> <partitions> [config=value ...]
 /// partition <leader> <leader epoch> <replicas,...> <isr,...> [<adding,...> <removing,...>]
-///                                                               (one per partition, in order)
+///           [offline:<ids,...>]                                 (one per partition, in order)
 /// ```
 pub fn encode_state(s: &Snapshot) -> String {
     let mut out = format!(
@@ -1356,6 +1470,9 @@ pub fn encode_state(s: &Snapshot) -> String {
             );
             if p.reassigning() {
                 let _ = write!(out, " {} {}", ids(&p.adding), ids(&p.removing));
+            }
+            if !p.offline.is_empty() {
+                let _ = write!(out, " offline:{}", ids(&p.offline));
             }
             out.push('\n');
         }
@@ -1438,12 +1555,18 @@ pub fn decode_state(text: &str) -> Result<Snapshot, String> {
                         isr: list(w.next())?,
                         adding: Vec::new(),
                         removing: Vec::new(),
+                        offline: Vec::new(),
                     };
-                    // A reassignment in progress (absent from states written before
-                    // reassignments existed).
-                    if let Some(adding) = w.next() {
-                        pm.adding = list(Some(adding))?;
-                        pm.removing = list(w.next())?;
+                    // A reassignment in progress, then the offline replicas (each absent
+                    // from states written before it existed).
+                    let mut rest = w.by_ref().peekable();
+                    if rest.peek().is_some_and(|x| !x.starts_with("offline:")) {
+                        pm.adding = list(rest.next())?;
+                        pm.removing = list(rest.next())?;
+                    }
+                    if let Some(x) = rest.next() {
+                        let ids = x.strip_prefix("offline:").ok_or("offline: expected")?;
+                        pm.offline = list(Some(ids))?;
                     }
                     t.assignment.push(pm);
                 }

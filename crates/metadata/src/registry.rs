@@ -63,9 +63,18 @@ pub struct PartitionMeta {
     /// in `replicas` already) and those it will remove once every added one is in the ISR.
     pub adding: Vec<i32>,
     pub removing: Vec<i32>,
+    /// Replicas whose broker reported a storage error on this partition (Kafka's offline log
+    /// dir, per partition here): not in the ISR unless the last member, never chosen to
+    /// lead, until that broker starts again (its recovery re-reads the log).
+    pub offline: Vec<i32>,
 }
 
 impl PartitionMeta {
+    /// Whether `r` may lead: its broker is live (in `live`) and its replica not offline.
+    pub fn can_lead(&self, r: i32, live: &[i32]) -> bool {
+        live.contains(&r) && !self.offline.contains(&r)
+    }
+
     /// The replica set a reassignment in progress leads to (else the replicas).
     pub fn target(&self) -> Vec<i32> {
         self.replicas
@@ -156,13 +165,13 @@ pub fn normalize_broker_config(key: &str, value: &str) -> Result<String, String>
 }
 
 impl Snapshot {
-    /// The replicas of a partition on brokers not live now (Metadata's and
-    /// DescribeTopicPartitions' offline replicas).
+    /// The replicas of a partition on brokers not live now or that reported it offline
+    /// (Metadata's and DescribeTopicPartitions' offline replicas).
     pub fn offline_replicas(&self, pm: &PartitionMeta) -> Vec<i32> {
         pm.replicas
             .iter()
             .copied()
-            .filter(|r| !self.is_live(*r))
+            .filter(|r| !self.is_live(*r) || pm.offline.contains(r))
             .collect()
     }
 

@@ -120,6 +120,12 @@ fn every_command_round_trips_through_its_text() {
                 topics: Some(vec![("a:b".into(), 1), ("c".into(), 0)]),
             },
             Command::AllocateProducerIds { count: 1000 },
+            Command::ReplicaOffline {
+                broker: 2,
+                incarnation: u64::MAX,
+                topic: "t".into(),
+                partition: 3,
+            },
         ],
     };
     assert_eq!(Proposal::decode(&p.encode()).unwrap(), p);
@@ -773,4 +779,91 @@ fn config_changes_check_every_value_and_round_trip_through_the_log_and_the_state
     )
     .unwrap();
     assert_eq!(s.broker_config(2, rate), Some("1000"));
+}
+
+#[test]
+fn a_replica_reported_offline_leaves_the_isr_and_leadership_until_its_broker_restarts() {
+    use runnel_metadata::cluster::{decode_state, encode_state};
+    let mut s = cluster(&[None, None, None]);
+    create_one_on(&mut s, "t", &[1, 2, 3]);
+    create_one_on(&mut s, "single", &[1]);
+    let offline = |broker: i32, incarnation: u64, topic: &str| Command::ReplicaOffline {
+        broker,
+        incarnation,
+        topic: topic.into(),
+        partition: 0,
+    };
+    // A report from an earlier run of the broker changes nothing.
+    apply(&mut s, &offline(1, 7, "t")).unwrap();
+    assert_eq!(s.partition("t", 0).unwrap().leader, 1);
+    assert!(s.partition("t", 0).unwrap().offline.is_empty());
+    // The leader's replica: leadership to the next in-sync replica, a new epoch, out of
+    // the ISR, listed offline though its broker is live.
+    let epoch = s.partition("t", 0).unwrap().leader_epoch;
+    apply(&mut s, &offline(1, 101, "t")).unwrap();
+    let p = s.partition("t", 0).unwrap().clone();
+    assert_eq!(
+        (p.leader, p.leader_epoch, p.isr.clone()),
+        (2, epoch + 1, vec![2, 3])
+    );
+    assert_eq!(s.offline_replicas(&p), vec![1]);
+    // Reported again (a retry): nothing more changes.
+    apply(&mut s, &offline(1, 101, "t")).unwrap();
+    assert_eq!(s.partition("t", 0).unwrap(), &p);
+    // It cannot rejoin the ISR, nor lead by preferred election, nor when the others go.
+    let rejoin = Command::AlterIsr {
+        topic: "t".into(),
+        partition: 0,
+        leader: 2,
+        leader_epoch: p.leader_epoch,
+        from: vec![2, 3],
+        to: vec![1, 2, 3],
+    };
+    assert_eq!(
+        apply(&mut s, &rejoin).unwrap_err().0,
+        code::INELIGIBLE_REPLICA
+    );
+    let elected = apply(&mut s, &Command::ElectPreferred { topics: None }).unwrap();
+    assert!(matches!(elected, Outcome::Elected(ref e)
+        if e.contains(&(("t".to_string(), 0), code::PREFERRED_LEADER_NOT_AVAILABLE))));
+    // A broker without a replica, an unknown partition: refused.
+    create_one_on(&mut s, "other", &[2]);
+    assert_eq!(
+        apply(&mut s, &offline(1, 101, "other")).unwrap_err().0,
+        code::INVALID_REQUEST
+    );
+    assert_eq!(
+        apply(&mut s, &offline(1, 101, "nope")).unwrap_err().0,
+        code::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    // The only replica: no leader, the ISR keeps it (it has every acknowledged record).
+    apply(&mut s, &offline(1, 101, "single")).unwrap();
+    let single = s.partition("single", 0).unwrap().clone();
+    assert_eq!((single.leader, single.isr.clone()), (-1, vec![1]));
+    assert_eq!(s.offline_replicas(&single), vec![1]);
+    // A registration retried by the same run keeps it offline.
+    apply(&mut s, &Command::RegisterBroker(broker(1, None))).unwrap();
+    assert_eq!(s.partition("single", 0).unwrap().leader, -1);
+    // The state keeps the offline replicas.
+    let back = decode_state(&encode_state(&s)).unwrap();
+    assert_eq!(back.topics, s.topics);
+    // A new run (its recovery re-read the logs): no longer offline, leads what has no
+    // leader, and rejoins the ISR through its leader.
+    let mut again = broker(1, None);
+    again.incarnation = 555;
+    apply(&mut s, &Command::RegisterBroker(again)).unwrap();
+    let single = s.partition("single", 0).unwrap();
+    assert_eq!((single.leader, single.offline.len()), (1, 0));
+    assert!(s.partition("t", 0).unwrap().offline.is_empty());
+    let epoch = s.partition("t", 0).unwrap().leader_epoch;
+    let rejoin = Command::AlterIsr {
+        topic: "t".into(),
+        partition: 0,
+        leader: 2,
+        leader_epoch: epoch,
+        from: vec![2, 3],
+        to: vec![1, 2, 3],
+    };
+    apply(&mut s, &rejoin).unwrap();
+    assert_eq!(s.partition("t", 0).unwrap().isr, vec![1, 2, 3]);
 }

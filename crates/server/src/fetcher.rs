@@ -54,6 +54,8 @@ fn followed(shard: &Shard, leader: i32) -> Vec<(PartitionKey, Following)> {
         .borrow()
         .iter()
         .filter(|(_, f)| f.leader == leader)
+        // A replica offline after a storage error takes nothing more until a restart.
+        .filter(|(k, _)| shard.log(k).is_ok_and(|l| l.offline_reason().is_none()))
         .map(|(k, f)| (k.clone(), *f))
         .collect()
 }

@@ -435,6 +435,53 @@ fn alter_isr(shard: &Rc<Shard>, key: &PartitionKey, from: Vec<i32>, to: Vec<i32>
     .detach();
 }
 
+/// Tells the controller about this shard's logs that went offline after a storage error
+/// (Kafka's broker reports its offline log dirs): the replica leaves the ISR and its
+/// leadership moves to another in-sync replica. Each once per run; retried on the next
+/// check if the controller did not take it.
+pub fn report_offline(shard: &Rc<Shard>, logs: &[Log]) {
+    for log in logs.iter().filter(|l| l.offline_reason().is_some()) {
+        let key: PartitionKey = (log.topic().into(), log.partition());
+        if !shard.offline_reported.borrow_mut().insert(key.clone()) {
+            continue;
+        }
+        tracing::warn!(
+            topic = %key.0, partition = key.1,
+            "reporting this replica offline to the controller; it stays offline until a restart"
+        );
+        let command = Command::ReplicaOffline {
+            broker: shard.node_id(),
+            incarnation: shard.shared.incarnation,
+            topic: key.0.to_string(),
+            partition: key.1,
+        };
+        let rx = shard
+            .shared
+            .controller
+            .propose(vec![command], ALTER_TIMEOUT);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let retry = match rx.await {
+                Ok(Ok(results)) => {
+                    if let Some(Err((c, msg))) = results.first() {
+                        tracing::info!(topic = %key.0, partition = key.1, "offline report refused ({c}): {msg}");
+                    }
+                    false
+                }
+                Ok(Err((c, msg))) => {
+                    tracing::info!(topic = %key.0, partition = key.1, "offline report not committed ({c}): {msg}");
+                    true
+                }
+                Err(_) => true,
+            };
+            if retry {
+                shard.offline_reported.borrow_mut().remove(&key);
+            }
+        })
+        .detach();
+    }
+}
+
 /// The periodic ISR check of a shard's leaderships: followers not caught up for
 /// `--replica-lag-time-max-ms` leave the ISR.
 pub fn shrink_lagging(shard: &Rc<Shard>) {

@@ -396,6 +396,7 @@ fn new_shard(
         following: RefCell::new(HashMap::new()),
         fetchers: RefCell::new(Default::default()),
         replacing: RefCell::new(HashMap::new()),
+        offline_reported: RefCell::new(std::collections::HashSet::new()),
         leader_throttle: crate::throttle::Throttle::new(
             shared.config.leader_replication_throttled_rate,
             shared.nr_shards,
@@ -694,6 +695,9 @@ async fn background(shard: Rc<Shard>) {
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
         let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count();
         shard.counters().offline_partitions.set(offline as u64);
+        if offline > 0 {
+            crate::replication::report_offline(&shard, &logs);
+        }
         for log in &logs {
             if let Err(e) = log.flush_if_due(now).await {
                 tracing::error!(

@@ -258,6 +258,9 @@ pub struct Shard {
     /// Partitions whose log a fetcher is truncating (closing and reopening it): set when
     /// the new log is in place. A role change waits for it.
     pub replacing: RefCell<HashMap<PartitionKey, Rc<Latch>>>,
+    /// Partitions whose log went offline (a storage error) that this run has told the
+    /// controller about, or is telling it.
+    pub offline_reported: RefCell<std::collections::HashSet<PartitionKey>>,
     /// This shard's share of the replication throttles (reassignments' new replicas).
     pub leader_throttle: crate::throttle::Throttle,
     pub follower_throttle: crate::throttle::Throttle,
@@ -298,6 +301,11 @@ impl Shard {
         p: &runnel_metadata::PartitionMeta,
         client_epoch: i32,
     ) -> Result<(), i16> {
+        // As Kafka's offline partition: this broker's replica failed with a storage error
+        // (whoever leads now).
+        if p.offline.contains(&self.node_id()) {
+            return Err(code::KAFKA_STORAGE_ERROR);
+        }
         if p.leader != self.node_id() || !self.shared.controller.has_lease() {
             return Err(code::NOT_LEADER_OR_FOLLOWER);
         }
@@ -316,7 +324,10 @@ impl Shard {
         p: &runnel_metadata::PartitionMeta,
         client_epoch: i32,
     ) -> Result<(), i16> {
-        if p.leader == self.node_id() || !p.replicas.contains(&self.node_id()) {
+        if p.leader == self.node_id()
+            || !p.replicas.contains(&self.node_id())
+            || p.offline.contains(&self.node_id())
+        {
             return self.check_leads(p, client_epoch);
         }
         if p.leader < 0 || !self.shared.controller.has_lease() {

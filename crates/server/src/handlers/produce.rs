@@ -92,20 +92,27 @@ pub async fn dispatch(shard: &Rc<Shard>, req: Request) -> JoinHandle<Outcome> {
                     "__transaction_state is written by the broker only".into(),
                 )
             } else {
+                let not_served = meta
+                    .and_then(|m| m.partition(p.index))
+                    .and_then(|pm| shard.check_leads(pm, -1).err());
                 match meta {
-                    Some(m)
-                        if m.partition(p.index)
-                            .is_some_and(|pm| shard.check_leads(pm, -1).is_err()) =>
-                    {
-                        err(
-                            code::NOT_LEADER_OR_FOLLOWER,
-                            format!(
-                                "broker {} does not lead {name}-{}",
-                                shard.node_id(),
-                                p.index
-                            ),
-                        )
-                    }
+                    Some(_) if not_served == Some(code::KAFKA_STORAGE_ERROR) => err(
+                        code::KAFKA_STORAGE_ERROR,
+                        format!(
+                            "the replica of {name}-{} on broker {} is offline after a storage \
+                             error",
+                            p.index,
+                            shard.node_id()
+                        ),
+                    ),
+                    Some(_) if not_served.is_some() => err(
+                        code::NOT_LEADER_OR_FOLLOWER,
+                        format!(
+                            "broker {} does not lead {name}-{}",
+                            shard.node_id(),
+                            p.index
+                        ),
+                    ),
                     Some(m) if (0..m.partitions).contains(&p.index) => {
                         match p.records.as_ref().filter(|r| !r.is_empty()) {
                             None => err(
