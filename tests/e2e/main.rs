@@ -17,5 +17,6 @@ mod idempotence;
 mod kafka_tools;
 mod protocol;
 mod replication;
+mod storage_errors;
 mod tools;
 mod transactions;

@@ -566,7 +566,7 @@ fn with_two_of_three_replicas_down_acks_all_is_refused_and_nothing_written_but_a
 }
 
 /// [`await_identical_replicas`] for a one-partition topic on some of the brokers.
-fn await_identical_replicas_of(c: &Cluster, topic: &str, nodes: &[i32]) -> usize {
+pub(crate) fn await_identical_replicas_of(c: &Cluster, topic: &str, nodes: &[i32]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let replicas: BTreeMap<i32, Vec<Vec<u8>>> = nodes
