@@ -10,7 +10,10 @@
 
 use crate::cluster::{create_with_replicas, metadata, Cluster};
 use crate::common::*;
-use crate::protocol::{call, connect, create_via_metadata, fetch_request, produce_to};
+use crate::protocol::{
+    call, connect, create_via_metadata, encode_request, fetch_request, produce_to, read_response,
+    send_raw,
+};
 use bytes::Bytes;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::*;
@@ -106,9 +109,29 @@ impl Drop for FaultFs {
     }
 }
 
-/// A batch of `n` records whose values are `tag` and their index.
+/// Drops the cached pages of `len` bytes from `offset` (0: to the end) of every file in
+/// `dir` (through the mount: FUSE drops its own cache), so the next read of them goes to
+/// the file system.
+fn evict_page_cache(dir: &Path, offset: i64, len: i64) {
+    use std::os::fd::AsRawFd;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let f = std::fs::File::open(e.unwrap().path()).unwrap();
+        // SAFETY: advice on a descriptor this function owns.
+        let r =
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0, "posix_fadvise");
+    }
+}
+
+/// A batch of `n` records whose values are `tag` and their index, 100 bytes each.
 fn tagged(tag: u32, n: u32) -> (Bytes, Vec<Vec<u8>>) {
-    let values: Vec<Vec<u8>> = (0..n).map(|i| format!("{tag}:{i}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut v = format!("{tag}:{i}:").into_bytes();
+            v.resize(100, b'.');
+            v
+        })
+        .collect();
     let refs: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
     (crate::protocol::batch(&refs), values)
 }
@@ -196,17 +219,17 @@ fn an_io_error_takes_only_its_partition_offline_and_a_restart_recovers_it() {
             &data,
             &[
                 "--default-partitions",
-                "2",
+                "4",
                 "--offsets-topic-partitions",
                 "1",
             ],
         );
         let mut s = connect(&b.addr);
         create_via_metadata(&mut s, "disk");
-        let mut acked: [Vec<Vec<u8>>; 2] = Default::default();
+        let mut acked: [Vec<Vec<u8>>; 4] = Default::default();
         for tag in 0..5 {
-            for p in 0..2 {
-                let (records, values) = tagged(tag * 2 + p as u32, 50);
+            for p in 0..4 {
+                let (records, values) = tagged(tag * 4 + p as u32, 500);
                 let r = produce_to(&mut s, 9, vec![("disk", p, records)]);
                 assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
                 acked[p as usize].extend(values);
@@ -238,6 +261,8 @@ fn an_io_error_takes_only_its_partition_offline_and_a_restart_recovers_it() {
         );
         assert_eq!(view[0], (LEADER_NOT_AVAILABLE, -1, vec![0], vec![0]));
         assert_eq!(view[1], (0, 0, vec![0], vec![]));
+        assert_eq!(view[2], (0, 0, vec![0], vec![]));
+        assert_eq!(view[3], (0, 0, vec![0], vec![]));
         assert_eq!(b.metric_sum("offline_partitions"), 1);
         // Its produce and fetch answer KAFKA_STORAGE_ERROR; the other's fetch is whole.
         let (records, _) = tagged(102, 50);
@@ -252,6 +277,48 @@ fn an_io_error_takes_only_its_partition_offline_and_a_restart_recovers_it() {
             .logs()
             .contains("the partition is offline until the broker restarts"));
 
+        // Read errors. disk-2: a page inside its first batch leaves the page cache and the
+        // device fails; the fetch plan (which reads batch headers only) succeeds and the
+        // error comes while the answer is sent: the answer is cut (the connection closes).
+        // disk-3: all of its pages go; the plan's header read fails: KAFKA_STORAGE_ERROR.
+        // Either way the partition goes offline like disk-0.
+        // (Read in full first, so every page is cached: FUSE does not keep the pages that
+        // writes filled only in part.)
+        fs.heal();
+        for p in [2, 3] {
+            assert_eq!(read_all(&b.addr, "disk", p), acked[p as usize]);
+        }
+        evict_page_cache(&data.join("disk-2"), 16384, 4096);
+        evict_page_cache(&data.join("disk-3"), 0, 0);
+        fs.fail("disk-");
+        let fetch_raw = |partition: i32| {
+            let mut reader = connect(&b.addr);
+            let request = fetch_request("disk", &[(partition, 0, 4 << 20)], 0, 0, 4 << 20);
+            send_raw(&mut reader, &encode_request(ApiKey::Fetch, 12, 7, &request));
+            read_response(&mut reader).map(|mut answer| {
+                use kafka_protocol::protocol::{Decodable, HeaderVersion};
+                ResponseHeader::decode(&mut answer, FetchResponse::header_version(12)).unwrap();
+                let f = FetchResponse::decode(&mut answer, 12).unwrap();
+                f.responses[0].partitions[0].error_code
+            })
+        };
+        assert_eq!(fetch_raw(2), None, "a fetch whose send failed was not cut");
+        assert_eq!(fetch_raw(3), Some(KAFKA_STORAGE_ERROR));
+        wait_until(
+            "disk-2 and disk-3 listed offline in Metadata",
+            Duration::from_secs(20),
+            || {
+                let v = offline_view(&b.addr, "disk");
+                v[2].3 == vec![0] && v[3].3 == vec![0]
+            },
+        );
+        fs.heal();
+        for p in [2, 3] {
+            assert_eq!(fetch_values(&mut s, "disk", p, 0).0, KAFKA_STORAGE_ERROR);
+        }
+        assert_eq!(read_all(&b.addr, "disk", 1), acked[1]);
+        assert_eq!(b.metric_sum("offline_partitions"), 3);
+
         // The device is back; a restart recovers the partition with every acknowledged
         // record, once each, in order, and it takes writes again.
         fs.heal();
@@ -260,8 +327,21 @@ fn an_io_error_takes_only_its_partition_offline_and_a_restart_recovers_it() {
         wait_until("disk-0 led again", Duration::from_secs(20), || {
             offline_view(&b.addr, "disk")[0] == (0, 0, vec![0], vec![])
         });
-        assert_eq!(read_all(&b.addr, "disk", 0), acked[0], "after the restart");
-        assert_eq!(read_all(&b.addr, "disk", 1), acked[1], "after the restart");
+        wait_until(
+            "disk-2 and disk-3 led again",
+            Duration::from_secs(20),
+            || {
+                let v = offline_view(&b.addr, "disk");
+                v[2] == (0, 0, vec![0], vec![]) && v[3] == v[2]
+            },
+        );
+        for p in 0..4 {
+            assert_eq!(
+                read_all(&b.addr, "disk", p),
+                acked[p as usize],
+                "after the restart"
+            );
+        }
         let mut s = connect(&b.addr);
         let (records, values) = tagged(103, 50);
         let r = produce_to(&mut s, 9, vec![("disk", 0, records)]);

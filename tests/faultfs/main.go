@@ -67,7 +67,10 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	return &file{LoopbackFile: fh.(*fs.LoopbackFile), path: path}, fuseFlags, 0
+	// Keep the page cache on open (FUSE drops a file's cached pages on every open without
+	// it): what is cached stays readable, as on a real device, and a test opening the file
+	// to evict some pages evicts only those.
+	return &file{LoopbackFile: fh.(*fs.LoopbackFile), path: path}, fuseFlags | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {

@@ -77,6 +77,7 @@ pub fn run(data: &[u8]) {
                             file: file.clone(),
                             offset,
                             len,
+                            source: None,
                         }
                     });
                     PartitionOut {
@@ -122,7 +123,9 @@ pub fn run(data: &[u8]) {
     for part in &resp.parts {
         match part {
             Part::Bytes(b) => frame.extend_from_slice(b),
-            Part::File { file, offset, len } => {
+            Part::File {
+                file, offset, len, ..
+            } => {
                 let mut buf = vec![0u8; *len as usize];
                 std::fs::File::from(file.try_clone().expect("dup"))
                     .read_exact_at(&mut buf, *offset)

@@ -504,7 +504,15 @@ impl Log {
             .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
     }
 
-    /// Why the log is offline (a failed fdatasync), or None while it serves.
+    /// Reading this log's segment bytes failed with an I/O error (the broker reads them
+    /// itself, into answers): the log goes offline, as after a failed write.
+    pub fn read_failed(&self, e: std::io::Error) {
+        let path = self.inner.dir.clone();
+        take_offline(self, &LogError::io("send segment bytes of", &path, e));
+    }
+
+    /// Why the log is offline (a failed write or fdatasync, a failed read), or None while
+    /// it serves.
     pub fn offline_reason(&self) -> Option<String> {
         self.inner.offline.borrow().clone()
     }
@@ -789,6 +797,29 @@ impl Log {
     /// [`Log::read`] bounded by `upto`: a follower replica reads up to the published log end,
     /// past the high watermark (the plan still reports the high watermark).
     pub async fn read_upto(
+        &self,
+        fetch_offset: i64,
+        max_bytes: u64,
+        min_one_batch: bool,
+        upto: Upto,
+    ) -> Result<ReadPlan, LogError> {
+        let plan = self
+            .plan_read(fetch_offset, max_bytes, min_one_batch, upto)
+            .await;
+        if let Err(LogError::Io { source, .. }) = &plan {
+            // A device error under a read (a batch header looked up in the segment): the log
+            // goes offline as after a failed write. (Not a cancellation or an interruption.)
+            if source
+                .raw_os_error()
+                .is_some_and(|e| !matches!(e, libc::EINTR | libc::EAGAIN | libc::ECANCELED))
+            {
+                take_offline(self, plan.as_ref().unwrap_err());
+            }
+        }
+        plan
+    }
+
+    async fn plan_read(
         &self,
         fetch_offset: i64,
         max_bytes: u64,

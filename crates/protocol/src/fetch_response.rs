@@ -22,6 +22,9 @@ pub struct FileRange {
     pub file: Arc<OwnedFd>,
     pub offset: u64,
     pub len: u64,
+    /// The topic and partition the bytes belong to: a failed read of them takes that
+    /// partition offline.
+    pub source: Option<(Arc<str>, i32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +235,7 @@ impl Writer {
                         file: f.file,
                         offset: f.offset,
                         len: f.len,
+                        source: f.source,
                     },
                 })
                 .collect(),
@@ -257,7 +261,9 @@ mod tests {
         for p in &resp.parts {
             match p {
                 Part::Bytes(b) => out.extend_from_slice(b),
-                Part::File { file, offset, len } => {
+                Part::File {
+                    file, offset, len, ..
+                } => {
                     let mut buf = vec![0u8; *len as usize];
                     // SAFETY: pread into a buffer of exactly `len` bytes that we own.
                     let n = unsafe {
@@ -297,6 +303,7 @@ mod tests {
                             file: file.clone(),
                             offset: 10,
                             len: 300,
+                            source: None,
                         }),
                         current_leader: None,
                         preferred_read_replica: -1,
@@ -328,6 +335,7 @@ mod tests {
                         file: file.clone(),
                         offset: 1000,
                         len: 4000,
+                        source: None,
                     }),
                     current_leader: None,
                     preferred_read_replica: -1,

@@ -163,6 +163,8 @@ pub enum Part {
         file: Arc<OwnedFd>,
         offset: u64,
         len: u64,
+        /// The topic and partition the bytes belong to (see `FileRange::source`).
+        source: Option<(Arc<str>, i32)>,
     },
 }
 

@@ -410,6 +410,32 @@ async fn write_loop(
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
+/// Reading a partition's segment bytes for an answer failed. An I/O error from the device
+/// (not a cancellation) takes the partition offline on its owner shard, as Kafka takes a
+/// log dir offline on an IOException from a read; the answer is cut, so the connection
+/// closes.
+fn read_failed(shard: &Rc<Shard>, source: &Option<(Arc<str>, i32)>, e: &io::Error) {
+    let (Some(key), Some(errno)) = (source.clone(), e.raw_os_error()) else {
+        return;
+    };
+    if matches!(errno, libc::EINTR | libc::EAGAIN | libc::ECANCELED) {
+        return;
+    }
+    tracing::error!(topic = %key.0, partition = key.1, "reading the partition's segment failed: {e}");
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let owner = shard.owner(&key.0, key.1);
+        shard
+            .call(owner, |reply| crate::shard::ShardMsg::ReadFailed {
+                key,
+                errno,
+                reply,
+            })
+            .await;
+    })
+    .detach();
+}
+
 /// A decoder's message on one log line: control characters (a newline from a nested error)
 /// would split the entry.
 fn one_line(s: &str) -> String {
@@ -429,7 +455,7 @@ struct Out<'a> {
 }
 
 async fn send(
-    shard: &Shard,
+    shard: &Rc<Shard>,
     out: Out<'_>,
     copy_buf: &mut Vec<u8>,
     parts: Vec<Part>,
@@ -437,13 +463,28 @@ async fn send(
     for part in parts {
         match part {
             Part::Bytes(b) => out.writer.write_all(&b).await?,
-            Part::File { file, offset, len } if out.zero_copy => {
+            Part::File {
+                file,
+                offset,
+                len,
+                source,
+            } if out.zero_copy => {
                 // The bytes before this part went out through glommio's ring, and that
                 // write has completed: the splice comes after them.
                 let pipe = PIPES
                     .with(|p| p.borrow_mut().pop())
                     .map_or_else(|| Pipe::new(SPLICE_CHUNK).map(Arc::new), Ok)?;
-                splice_range(&file, offset, len, &pipe, out.fd, out.send_timeout).await?;
+                let read_failed = |e: &io::Error| read_failed(shard, &source, e);
+                splice_range(
+                    &file,
+                    offset,
+                    len,
+                    &pipe,
+                    out.fd,
+                    out.send_timeout,
+                    &read_failed,
+                )
+                .await?;
                 // Only an emptied pipe goes back (an error above drops it, bytes and all).
                 PIPES.with(|p| {
                     let mut p = p.borrow_mut();
@@ -453,14 +494,22 @@ async fn send(
                 });
                 shard.counters().fetch_bytes_spliced.add(len);
             }
-            Part::File { file, offset, len } => {
+            Part::File {
+                file,
+                offset,
+                len,
+                source,
+            } => {
                 // The copy path: through one reused buffer in chunks, as a well-written
                 // copying server would (a fresh buffer per response costs page faults).
                 let end = offset + len;
                 let mut at = offset;
                 while at < end {
                     let n = (end - at).min(SPLICE_CHUNK as u64) as usize;
-                    ring().read_at_into(&file, at, n, copy_buf).await?;
+                    if let Err(e) = ring().read_at_into(&file, at, n, copy_buf).await {
+                        read_failed(shard, &source, &e);
+                        return Err(e);
+                    }
                     if copy_buf.len() != n {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -488,12 +537,19 @@ async fn splice_range(
     pipe: &Arc<Pipe>,
     sock: RawFd,
     send_timeout: Duration,
+    read_failed: &dyn Fn(&io::Error),
 ) -> io::Result<()> {
     let ring = ring();
     let end = offset + len;
     while offset < end {
         let want = (end - offset).min(pipe.capacity() as u64) as u32;
-        let n_in = ring.splice_to_pipe(file, offset, pipe, want).await?;
+        let n_in = match ring.splice_to_pipe(file, offset, pipe, want).await {
+            Ok(n) => n,
+            Err(e) => {
+                read_failed(&e);
+                return Err(e);
+            }
+        };
         if n_in == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

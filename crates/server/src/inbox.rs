@@ -109,6 +109,12 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             };
             let _ = reply.send(r);
         }
+        ShardMsg::ReadFailed { key, errno, reply } => {
+            if let Ok(log) = shard.log(&key) {
+                log.read_failed(std::io::Error::from_raw_os_error(errno));
+            }
+            let _ = reply.send(());
+        }
         ShardMsg::Offsets { key, reply } => {
             let r = shard
                 .log(&key)

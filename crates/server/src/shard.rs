@@ -32,6 +32,13 @@ pub type PartitionError = (i16, String);
 pub type ActiveProducer = (i64, i16, i32, i64, i32, i64);
 
 pub enum ShardMsg {
+    /// Reading the partition's segment bytes failed with `errno` (on the connection's
+    /// shard): its log goes offline.
+    ReadFailed {
+        key: PartitionKey,
+        errno: i32,
+        reply: oneshot::Sender<()>,
+    },
     Produce {
         key: PartitionKey,
         records: BytesMut,

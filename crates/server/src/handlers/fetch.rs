@@ -218,6 +218,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &Request) -> Outcome {
                     file: plan.file.clone(),
                     offset: plan.position,
                     len: plan.len,
+                    source: Some((w.name.clone(), w.partition)),
                 }),
                 current_leader: None,
                 preferred_read_replica: w.redirect.unwrap_or(-1),
