@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `runnel` binary, real clients (librdkafka through the rdkafka
 //! crate, kcat, confluent-kafka and kafka-python), real files.
 
+mod bad_requests;
 mod bench_tool;
 mod clients;
 mod cluster;
