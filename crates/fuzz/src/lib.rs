@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod fetch_response;
+pub mod framing;
 pub mod group;
 pub mod recovery;
 pub mod request;
@@ -19,6 +20,7 @@ pub type Target = fn(&[u8]);
 
 /// The targets by name, as fuzz/fuzz_targets names them.
 pub const TARGETS: &[(&str, Target)] = &[
+    ("framing", framing::run),
     ("request", request::run),
     ("record_batch", batch::run),
     ("segment_recovery", recovery::run),
@@ -30,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// clients' requests).
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     match target {
+        "framing" => framing::seeds(),
         "request" => request::seeds(),
         "record_batch" => batch::seeds(),
         "segment_recovery" => recovery::seeds(),
@@ -37,6 +40,23 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "group_coordinator" => group::seeds(),
         _ => Vec::new(),
     }
+}
+
+/// Runs `fut` to completion on this thread's glommio executor. One executor serves every
+/// input of a thread: an executor per input leaks glommio's per-executor descriptors and
+/// ran the fuzzer out of them after ~10,000 inputs. A panic in `fut` (a broken invariant)
+/// is caught inside the executor and resumed out here, so the executor stays usable: the
+/// smoke run shrinks a failing input by running the target again, and an executor a panic
+/// unwound through would hang it.
+pub fn block_on<T>(fut: impl std::future::Future<Output = T>) -> T {
+    use futures_lite::FutureExt;
+    thread_local! {
+        static EXECUTOR: glommio::LocalExecutor = glommio::LocalExecutorBuilder::default()
+            .make()
+            .expect("a glommio executor");
+    }
+    let result = EXECUTOR.with(|ex| ex.run(std::panic::AssertUnwindSafe(fut).catch_unwind()));
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// A small deterministic generator (xorshift64*), so a smoke run is reproducible from its

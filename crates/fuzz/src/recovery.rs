@@ -24,88 +24,79 @@ pub fn run(data: &[u8]) {
     let log_dir = dir.path().join("t-0");
     std::fs::create_dir_all(&log_dir).expect("the log dir");
     std::fs::write(log_dir.join("00000000000000000000.log"), &file).expect("the segment");
-    // One executor for every input of this thread: an executor per input leaks glommio's
-    // per-executor descriptors and ran the fuzzer out of them after ~10,000 inputs.
-    thread_local! {
-        static EXECUTOR: glommio::LocalExecutor = glommio::LocalExecutorBuilder::default()
-            .make()
-            .expect("a glommio executor");
-    }
-    EXECUTOR.with(|ex| {
-        ex.run(async move {
-            let config = LogConfig {
-                index_interval_bytes: 256,
-                preallocate: false,
-                ..LogConfig::default()
-            };
-            let opts = OpenOptions {
-                recovery_point: None,
-                log_start_offset: None,
-                clean_shutdown: false,
-                high_watermark: None,
-            };
-            let log = match Log::open(&log_dir, "t", 0, config.clone(), opts).await {
-                Ok(log) => log,
-                // Refusing to open is an answer (the partition goes offline), not a crash.
-                Err(_) => return,
-            };
-            let end = log.log_end_offset();
-            assert!(
-                end >= intact,
-                "recovery lost intact batches: end {end} < {intact}"
-            );
-            // What survives: whole, verified batches at contiguous offsets from 0.
-            let mut next = 0i64;
-            while next < end {
-                let plan = log
-                    .read(next, 1 << 20, true)
-                    .await
-                    .expect("a read below the end");
-                assert!(plan.len > 0, "no progress at {next}");
-                let f = std::fs::File::from(plan.file.try_clone().expect("dup"));
-                let mut buf = vec![0u8; plan.len as usize];
-                f.read_exact_at(&mut buf, plan.position)
-                    .expect("the planned bytes");
-                // The plan starts at the batch holding `next`; every batch after it starts at
-                // or past the previous one's end (a compacted log may have gaps, never overlaps).
-                let mut first = true;
-                for b in Batches::new(&buf) {
-                    let (pos, h) = b.expect("a recovered batch parses");
-                    runnel_record::verify_stored(&buf[pos..pos + h.total_len()])
-                        .expect("a recovered batch verifies");
-                    if first {
-                        assert!(
-                            h.last_offset() >= next,
-                            "the plan for {next} starts below it"
-                        );
-                        first = false;
-                    } else {
-                        assert!(
-                            h.base_offset >= next,
-                            "batch at {} overlaps {next}",
-                            h.base_offset
-                        );
-                    }
-                    next = h.next_offset();
+    crate::block_on(async move {
+        let config = LogConfig {
+            index_interval_bytes: 256,
+            preallocate: false,
+            ..LogConfig::default()
+        };
+        let opts = OpenOptions {
+            recovery_point: None,
+            log_start_offset: None,
+            clean_shutdown: false,
+            high_watermark: None,
+        };
+        let log = match Log::open(&log_dir, "t", 0, config.clone(), opts).await {
+            Ok(log) => log,
+            // Refusing to open is an answer (the partition goes offline), not a crash.
+            Err(_) => return,
+        };
+        let end = log.log_end_offset();
+        assert!(
+            end >= intact,
+            "recovery lost intact batches: end {end} < {intact}"
+        );
+        // What survives: whole, verified batches at contiguous offsets from 0.
+        let mut next = 0i64;
+        while next < end {
+            let plan = log
+                .read(next, 1 << 20, true)
+                .await
+                .expect("a read below the end");
+            assert!(plan.len > 0, "no progress at {next}");
+            let f = std::fs::File::from(plan.file.try_clone().expect("dup"));
+            let mut buf = vec![0u8; plan.len as usize];
+            f.read_exact_at(&mut buf, plan.position)
+                .expect("the planned bytes");
+            // The plan starts at the batch holding `next`; every batch after it starts at
+            // or past the previous one's end (a compacted log may have gaps, never overlaps).
+            let mut first = true;
+            for b in Batches::new(&buf) {
+                let (pos, h) = b.expect("a recovered batch parses");
+                runnel_record::verify_stored(&buf[pos..pos + h.total_len()])
+                    .expect("a recovered batch verifies");
+                if first {
+                    assert!(
+                        h.last_offset() >= next,
+                        "the plan for {next} starts below it"
+                    );
+                    first = false;
+                } else {
+                    assert!(
+                        h.base_offset >= next,
+                        "batch at {} overlaps {next}",
+                        h.base_offset
+                    );
                 }
+                next = h.next_offset();
             }
-            assert_eq!(next, end);
-            // Appends go on from the recovered end.
-            let mut b = BatchBuilder::new(1_700_000_000_000);
-            b.append(1_700_000_000_000, Some(b"k"), Some(b"after"), &[]);
-            let info = log
-                .append(BytesMut::from(&b.build()[..]), false)
-                .await
-                .expect("an append after recovery");
-            assert_eq!(info.base_offset, end);
-            let _ = log.close().await;
-            // And a second recovery of what the first left finds the same log.
-            let again = Log::open(&log_dir, "t", 0, config, opts)
-                .await
-                .expect("the recovered log opens again");
-            assert_eq!(again.log_end_offset(), end + 1);
-            let _ = again.close().await;
-        })
+        }
+        assert_eq!(next, end);
+        // Appends go on from the recovered end.
+        let mut b = BatchBuilder::new(1_700_000_000_000);
+        b.append(1_700_000_000_000, Some(b"k"), Some(b"after"), &[]);
+        let info = log
+            .append(BytesMut::from(&b.build()[..]), false)
+            .await
+            .expect("an append after recovery");
+        assert_eq!(info.base_offset, end);
+        let _ = log.close().await;
+        // And a second recovery of what the first left finds the same log.
+        let again = Log::open(&log_dir, "t", 0, config, opts)
+            .await
+            .expect("the recovered log opens again");
+        assert_eq!(again.log_end_offset(), end + 1);
+        let _ = again.close().await;
     });
 }
 

@@ -52,6 +52,11 @@ fn smoke(target: &str, iterations: usize) {
 }
 
 #[test]
+fn framing() {
+    smoke("framing", 20_000);
+}
+
+#[test]
 fn request() {
     smoke("request", 100_000);
 }

@@ -3,10 +3,10 @@
 //! from the page cache when zero copy is on.
 
 use crate::dispatch;
+use crate::frame::{read_frame, FrameEnd, FrameLimits, Held};
 use crate::limits::{Admission, Cause};
 use crate::shard::Shard;
-use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 use runnel_protocol::Outcome;
@@ -18,14 +18,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The most one splice moves: the pipe's size.
 const SPLICE_CHUNK: usize = 1 << 20;
-/// A frame's bytes take the shard's request budget as they arrive, in steps of at least
-/// this (doubling with what has arrived), so a client that announces a large request and
-/// then trickles it holds budget for what it sent, not for what it announced.
-const FRAME_STEP: usize = 64 << 10;
 /// Idle pipes a shard keeps for the next splice (each is two descriptors).
 const MAX_IDLE_PIPES: usize = 64;
 
@@ -101,65 +97,6 @@ struct InFlight {
     task: JoinHandle<Outcome>,
     _count: glommio::sync::StaticPermit,
     _bytes: Held,
-}
-
-/// Units of the shard's request budget a frame holds, given back when dropped (with the
-/// answer sent, or the connection gone).
-struct Held {
-    budget: Rc<glommio::sync::Semaphore>,
-    units: u64,
-}
-
-impl Held {
-    /// Takes more budget until this holds `total` units. When the shard's budget cannot give
-    /// it at once, the frame gives back what it holds and waits for the whole of `total`:
-    /// a frame never waits while holding budget, so frames waiting on each other's bytes
-    /// cannot deadlock the shard.
-    async fn ensure(&mut self, total: u64) -> Result<(), FrameEnd> {
-        if total <= self.units {
-            return Ok(());
-        }
-        match self.budget.try_acquire(total - self.units) {
-            Ok(true) => {
-                self.units = total;
-                return Ok(());
-            }
-            Ok(false) => {}
-            Err(_) => return Err(FrameEnd::Stopping),
-        }
-        let held = std::mem::take(&mut self.units);
-        if held > 0 {
-            self.budget.signal(held);
-        }
-        self.budget
-            .acquire(total)
-            .await
-            .map_err(|_| FrameEnd::Stopping)?;
-        self.units = total;
-        Ok(())
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.units > 0 {
-            self.budget.signal(self.units);
-        }
-    }
-}
-
-/// Why no frame came.
-enum FrameEnd {
-    /// The client closed between requests.
-    Closed,
-    /// No request for --connections-max-idle-ms.
-    Idle,
-    /// A request began and did not arrive in full within --request-read-timeout-ms.
-    Slow,
-    /// A size the broker refuses.
-    Bad(String),
-    Stopping,
-    Io(io::Error),
 }
 
 async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()> {
@@ -270,89 +207,6 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-struct FrameLimits {
-    max: usize,
-    idle: Duration,
-    timeout: Duration,
-}
-
-/// `fut`, unless `deadline` comes first (None).
-async fn until<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(fut.await) }, async {
-        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-        None
-    })
-    .await
-}
-
-/// Reads one size-prefixed frame. The wait for its first byte is the connection's idle
-/// time; from that byte on the whole frame must arrive within the request read timeout
-/// (waits for the shard's budget do not count: that is the broker's backpressure, not the
-/// client's slowness). The frame's bytes take the shard's request budget as they arrive;
-/// it is held with the request until its answer is sent.
-async fn read_frame(
-    reader: &mut (impl futures_lite::AsyncRead + Unpin),
-    limits: &FrameLimits,
-    budget: &Rc<glommio::sync::Semaphore>,
-) -> Result<(BytesMut, Held), FrameEnd> {
-    let mut size = [0u8; 4];
-    let first = until(Instant::now() + limits.idle, reader.read(&mut size))
-        .await
-        .ok_or(FrameEnd::Idle)?
-        .map_err(FrameEnd::Io)?;
-    if first == 0 {
-        return Err(FrameEnd::Closed);
-    }
-    let mut deadline = Instant::now() + limits.timeout;
-    let mut got = first;
-    while got < 4 {
-        got += read_some(reader, &mut size[got..], deadline).await?;
-    }
-    let size = i32::from_be_bytes(size);
-    if size < 0 {
-        return Err(FrameEnd::Bad(format!("negative request frame size {size}")));
-    }
-    let size = size as usize;
-    if size > limits.max {
-        return Err(FrameEnd::Bad(format!(
-            "request frame of {size} bytes exceeds --max-request-bytes={}",
-            limits.max
-        )));
-    }
-    let mut held = Held {
-        budget: budget.clone(),
-        units: 0,
-    };
-    // Calloc'd: a large frame's pages are mapped as its bytes arrive, so memory too follows
-    // what was sent rather than what was announced.
-    let mut buf = BytesMut::zeroed(size);
-    let mut len = 0;
-    while len < size {
-        let want = (size - len).min(FRAME_STEP.max(len));
-        // Waiting for the budget is the broker's backpressure, not the client's slowness:
-        // it does not count against the deadline.
-        let waited = Instant::now();
-        held.ensure((len + want) as u64).await?;
-        deadline += waited.elapsed();
-        len += read_some(reader, &mut buf[len..len + want], deadline).await?;
-    }
-    Ok((buf, held))
-}
-
-/// One read of at least a byte before `deadline`.
-async fn read_some(
-    reader: &mut (impl futures_lite::AsyncRead + Unpin),
-    buf: &mut [u8],
-    deadline: Instant,
-) -> Result<usize, FrameEnd> {
-    match until(deadline, reader.read(buf)).await {
-        None => Err(FrameEnd::Slow),
-        Some(Ok(0)) => Err(FrameEnd::Io(io::ErrorKind::UnexpectedEof.into())),
-        Some(Ok(n)) => Ok(n),
-        Some(Err(e)) => Err(FrameEnd::Io(e)),
-    }
 }
 
 async fn write_loop(

@@ -18,6 +18,7 @@ pub mod config;
 pub mod conn;
 pub mod dispatch;
 pub mod fetcher;
+pub mod frame;
 pub mod groups;
 pub mod handlers;
 pub mod inbox;
