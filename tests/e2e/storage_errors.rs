@@ -402,6 +402,7 @@ fn an_io_error_on_a_leaders_partition_moves_its_leadership_and_loses_nothing_ack
         // The leader's disk fails under the partition: the produce fails, the leadership
         // moves to a follower that has every acknowledged record.
         fs.fail("moved-0/");
+        let failed = std::time::Instant::now();
         let (records, _) = tagged(100, 20);
         assert_eq!(produce_all(&first, "moved", records).0, KAFKA_STORAGE_ERROR);
         let second = c.brokers[1].addr.clone();
@@ -410,6 +411,11 @@ fn an_io_error_on_a_leaders_partition_moves_its_leadership_and_loses_nothing_ack
             view = offline_view(&second, "moved");
             view[0].1 > 1
         });
+        println!(
+            "leadership of moved-0 moved to broker {} {:?} after the failed write",
+            view[0].1,
+            failed.elapsed()
+        );
         let (error, leader, isr, offline) = view[0].clone();
         assert_eq!(error, 0);
         assert!(
