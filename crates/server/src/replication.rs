@@ -440,6 +440,16 @@ fn alter_isr(shard: &Rc<Shard>, key: &PartitionKey, from: Vec<i32>, to: Vec<i32>
 /// leadership moves to another in-sync replica. Each once per run; retried on the next
 /// check if the controller did not take it.
 pub fn report_offline(shard: &Rc<Shard>, logs: &[Log]) {
+    // Forget partitions whose offline log is gone (its topic deleted, perhaps created
+    // again): a new log of the same name that fails is reported again.
+    shard
+        .offline_reported
+        .borrow_mut()
+        .retain(|(topic, partition)| {
+            logs.iter().any(|l| {
+                l.topic() == &**topic && l.partition() == *partition && l.offline_reason().is_some()
+            })
+        });
     for log in logs.iter().filter(|l| l.offline_reason().is_some()) {
         let key: PartitionKey = (log.topic().into(), log.partition());
         if !shard.offline_reported.borrow_mut().insert(key.clone()) {

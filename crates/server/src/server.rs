@@ -695,7 +695,7 @@ async fn background(shard: Rc<Shard>) {
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
         let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count();
         shard.counters().offline_partitions.set(offline as u64);
-        if offline > 0 {
+        if offline > 0 || !shard.offline_reported.borrow().is_empty() {
             crate::replication::report_offline(&shard, &logs);
         }
         for log in &logs {
