@@ -12,7 +12,7 @@
 //! them: no handler trusts a decoded value it should not.
 
 use crate::common::*;
-use crate::protocol::{call, connect, read_response, send_raw};
+use crate::protocol::{answer_or_close, call, connect, send_raw};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -121,7 +121,7 @@ fn send_one(addr: &str, key: ApiKey, version: i16, body: &[u8]) -> &'static str 
     let mut s = connect(addr);
     send_raw(&mut s, &frame(key, version, body));
     send_raw(&mut s, &probe());
-    let Some(mut first) = read_response(&mut s) else {
+    let Some(mut first) = answer_or_close(&mut s) else {
         return "closed";
     };
     let correlation = i32::from_be_bytes(first[..4].try_into().unwrap());
@@ -152,7 +152,7 @@ fn send_one(addr: &str, key: ApiKey, version: i16, body: &[u8]) -> &'static str 
         );
     }
     // The connection goes on serving.
-    let probe_answer = read_response(&mut s);
+    let probe_answer = answer_or_close(&mut s);
     assert!(
         probe_answer.is_some_and(|a| a[..4] == 2i32.to_be_bytes()),
         "{key:?} v{version}: the connection stopped serving after an answer"

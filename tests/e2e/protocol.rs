@@ -54,6 +54,33 @@ pub(crate) fn read_response(s: &mut TcpStream) -> Option<Bytes> {
     Some(Bytes::from(buf))
 }
 
+/// Reads one response frame; None if the broker closed the connection. Unlike
+/// [`read_response`], a read that times out fails the test: no answer is not a close.
+pub(crate) fn answer_or_close(s: &mut TcpStream) -> Option<Bytes> {
+    let mut size = [0u8; 4];
+    let started = std::time::Instant::now();
+    let check = |e: std::io::Error| {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "no answer and no close after {:?}",
+            started.elapsed()
+        );
+    };
+    if let Err(e) = s.read_exact(&mut size) {
+        check(e);
+        return None;
+    }
+    let mut buf = vec![0u8; i32::from_be_bytes(size) as usize];
+    if let Err(e) = s.read_exact(&mut buf) {
+        check(e);
+        return None;
+    }
+    Some(Bytes::from(buf))
+}
+
 pub(crate) fn call<Req, Resp>(s: &mut TcpStream, key: ApiKey, version: i16, body: &Req) -> Resp
 where
     Req: Encodable + HeaderVersion,

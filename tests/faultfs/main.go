@@ -10,8 +10,14 @@
 //
 //	fail <prefix>   from now on every read, write, fsync, fallocate and truncate of a file
 //	                whose path (relative to the mount point) starts with <prefix>, and every
-//	                file created there, fails with EIO
+//	                file opened or created there, fails with EIO (in addition to the
+//	                prefixes failing already)
+//	fail-io <prefix>  the same, except that files there still open: the first read or
+//	                write fails instead (as on a disk whose metadata is cached)
 //	heal            no more failures
+//
+// Not failed: directory operations (mkdir, rename, unlink, a directory's fsync) and a
+// truncate by path rather than through an open file.
 //
 // Unmounts on EOF of stdin, SIGTERM or SIGINT. Needs root (it mounts with mount(2)).
 package main
@@ -24,7 +30,6 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,15 +37,30 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// failing is the path prefix whose I/O fails ("" for none).
-var failing atomic.Value
+// A prefix whose I/O fails, and whether opening and creating files there fails too.
+type failure struct {
+	prefix string
+	opens  bool
+}
+
+// failing holds the prefixes whose I/O fails.
+var (
+	failingMu sync.Mutex
+	failing   []failure
+)
 
 // reported names the paths whose first injected failure was logged.
 var reported sync.Map
 
 func fails(op, path string) bool {
-	prefix, _ := failing.Load().(string)
-	if prefix == "" || !strings.HasPrefix(path, prefix) {
+	failingMu.Lock()
+	hit := false
+	for _, f := range failing {
+		opening := op == "open" || op == "create"
+		hit = hit || (strings.HasPrefix(path, f.prefix) && (f.opens || !opening))
+	}
+	failingMu.Unlock()
+	if !hit {
 		return false
 	}
 	if _, seen := reported.LoadOrStore(op+" "+path, true); !seen {
@@ -143,7 +163,6 @@ func main() {
 		os.Exit(2)
 	}
 	backing, mountpoint := os.Args[1], os.Args[2]
-	failing.Store("")
 	var st syscall.Stat_t
 	if err := syscall.Stat(backing, &st); err != nil {
 		fmt.Fprintf(os.Stderr, "faultfs: %s: %v\n", backing, err)
@@ -194,10 +213,14 @@ func main() {
 	for in.Scan() {
 		words := strings.Fields(in.Text())
 		switch {
-		case len(words) == 2 && words[0] == "fail":
-			failing.Store(words[1])
+		case len(words) == 2 && (words[0] == "fail" || words[0] == "fail-io"):
+			failingMu.Lock()
+			failing = append(failing, failure{prefix: words[1], opens: words[0] == "fail"})
+			failingMu.Unlock()
 		case len(words) == 1 && words[0] == "heal":
-			failing.Store("")
+			failingMu.Lock()
+			failing = nil
+			failingMu.Unlock()
 		default:
 			fmt.Printf("error: unknown command %q\n", in.Text())
 			continue

@@ -25,8 +25,8 @@ mod truncate;
 
 pub use config::*;
 pub use log::{
-    split_validated, AppendInfo, Log, LogStats, OpenOptions, ReadPlan, TimestampOffset, Upto,
-    LEADER_EPOCH, MAX_RELATIVE_OFFSET, SHORTFALL_DIVISOR,
+    is_device_error, split_validated, AppendInfo, Log, LogStats, OpenOptions, ReadPlan,
+    TimestampOffset, Upto, LEADER_EPOCH, MAX_RELATIVE_OFFSET, SHORTFALL_DIVISOR,
 };
 pub use producer_state::Origin;
 pub use segment::{file_name, parse_file_name, AbortedTxn};

@@ -504,10 +504,24 @@ impl Log {
             .unwrap_or_else(|_| Err(LogError::Closed(self.inner.dir.clone())))
     }
 
-    /// Reading this log's segment bytes failed with an I/O error (the broker reads them
-    /// itself, into answers): the log goes offline, as after a failed write.
-    pub fn read_failed(&self, e: std::io::Error) {
-        let path = self.inner.dir.clone();
+    /// Reading bytes of `file` for an answer failed with `e` (the connection's shard
+    /// splices or reads them itself). A device error in one of this log's segments takes
+    /// the log offline, as after a failed write; a file that is not (or no longer) this
+    /// log's, such as a deleted topic's, changes nothing.
+    pub fn read_failed(&self, file: &Arc<OwnedFd>, e: std::io::Error) {
+        if !is_device_error(&e) {
+            return;
+        }
+        let Some(path) = self
+            .inner
+            .segments
+            .borrow()
+            .iter()
+            .find(|s| Arc::ptr_eq(&s.file, file))
+            .map(|s| s.log_path.clone())
+        else {
+            return;
+        };
         take_offline(self, &LogError::io("send segment bytes of", &path, e));
     }
 
@@ -808,11 +822,8 @@ impl Log {
             .await;
         if let Err(LogError::Io { source, .. }) = &plan {
             // A device error under a read (a batch header looked up in the segment): the log
-            // goes offline as after a failed write. (Not a cancellation or an interruption.)
-            if source
-                .raw_os_error()
-                .is_some_and(|e| !matches!(e, libc::EINTR | libc::EAGAIN | libc::ECANCELED))
-            {
+            // goes offline as after a failed write.
+            if is_device_error(source) {
                 take_offline(self, plan.as_ref().unwrap_err());
             }
         }
@@ -2358,18 +2369,38 @@ fn take_offline(log: &Log, e: &LogError) {
     log.wake_waiters();
 }
 
-/// Whether a failed write takes the log offline. Kafka takes the log dir offline on any
-/// IOException; Runnel keeps a partition on a full disk online (ENOSPC, EDQUOT: nothing was
-/// written past the committed size, and appends resume once space returns, without a
-/// restart), and takes it offline on every other I/O error (EIO: the device failed).
+/// Whether a failed write takes the log offline: only when the device or file system
+/// failed (see [`is_device_error`]). Kafka takes the log dir offline on any IOException;
+/// Runnel keeps a partition online through a full disk (ENOSPC, EDQUOT: nothing was written
+/// past the committed size, and appends resume once space returns, without a restart) and
+/// through a passing shortage (out of descriptors or memory, a full submission queue).
 fn write_error_is_fatal(e: &LogError) -> bool {
     match e {
-        LogError::Io { source, .. } => !matches!(
-            source.raw_os_error(),
-            Some(libc::ENOSPC) | Some(libc::EDQUOT)
-        ),
+        LogError::Io { source, .. } => is_device_error(source),
         _ => false,
     }
+}
+
+/// An error from the device or the file system under a partition's files, which takes the
+/// partition offline (Kafka's log dir failure): I/O error, read-only file system, device
+/// gone, file system corrupt (EUCLEAN is Linux's EFSCORRUPTED), a bad message from the
+/// device, a FUSE or network file system whose server went away. Not: a full disk, a
+/// missing descriptor or memory, an interruption or cancellation, an error without an
+/// errno (ours).
+pub fn is_device_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EIO
+                | libc::EROFS
+                | libc::ENXIO
+                | libc::ENODEV
+                | libc::EUCLEAN
+                | libc::EBADMSG
+                | libc::ENOTCONN
+                | libc::EREMOTEIO
+        )
+    )
 }
 
 async fn sync_all(log: &Log) -> Result<(), LogError> {

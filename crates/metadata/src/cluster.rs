@@ -139,6 +139,9 @@ pub enum Command {
         broker: i32,
         incarnation: u64,
         topic: String,
+        /// The topic the failed log belongs to: a report about a deleted topic does not
+        /// touch one created since under its name.
+        topic_id: TopicId,
         partition: i32,
     },
 }
@@ -343,10 +346,12 @@ fn encode_command(out: &mut String, c: &Command) {
             broker,
             incarnation,
             topic,
+            topic_id,
             partition,
         } => write!(
             out,
-            "replica-offline {broker} {incarnation} {topic} {partition}"
+            "replica-offline {broker} {incarnation} {topic} {} {partition}",
+            hex(topic_id)
         ),
     };
 }
@@ -494,6 +499,7 @@ fn decode_command(line: &str) -> Result<Command, String> {
                 broker: num(w.next())?,
                 incarnation: num(w.next())?,
                 topic: word(w.next())?,
+                topic_id: unhex(w.next().unwrap_or("")).ok_or("bad topic id")?,
                 partition: num(w.next())?,
             },
 
@@ -614,8 +620,9 @@ pub fn apply(s: &mut Snapshot, c: &Command) -> CommandResult {
             broker,
             incarnation,
             topic,
+            topic_id,
             partition,
-        } => replica_offline(s, *broker, *incarnation, topic, *partition),
+        } => replica_offline(s, *broker, *incarnation, topic, topic_id, *partition),
         Command::AlterConfigs {
             resource,
             replace,
@@ -695,10 +702,14 @@ fn replica_offline(
     broker: i32,
     incarnation: u64,
     topic: &str,
+    topic_id: &TopicId,
     partition: i32,
 ) -> CommandResult {
-    // From an earlier run of the broker (its restart recovered the log): nothing to do.
-    if s.brokers.get(&broker).map(|b| b.incarnation) != Some(incarnation) {
+    // From an earlier run of the broker (its restart recovered the log), or about a topic
+    // deleted since (perhaps created again): nothing to do.
+    if s.brokers.get(&broker).map(|b| b.incarnation) != Some(incarnation)
+        || s.topic(topic).is_some_and(|t| t.id != *topic_id)
+    {
         return Ok(Outcome::Done);
     }
     let Some(pm) = s.partition(topic, partition) else {

@@ -124,6 +124,7 @@ fn every_command_round_trips_through_its_text() {
                 broker: 2,
                 incarnation: u64::MAX,
                 topic: "t".into(),
+                topic_id: [9; 16],
                 partition: 3,
             },
         ],
@@ -781,26 +782,48 @@ fn config_changes_check_every_value_and_round_trip_through_the_log_and_the_state
     assert_eq!(s.broker_config(2, rate), Some("1000"));
 }
 
+/// A ReplicaOffline report from `broker` (run `incarnation`) about `topic`-0.
+fn offline_report(s: &Snapshot, broker: i32, incarnation: u64, topic: &str) -> Command {
+    Command::ReplicaOffline {
+        broker,
+        incarnation,
+        topic: topic.into(),
+        topic_id: s.topic(topic).map_or([0; 16], |t| t.id),
+        partition: 0,
+    }
+}
+
+/// Applies [`offline_report`].
+fn report_offline(
+    s: &mut Snapshot,
+    broker: i32,
+    incarnation: u64,
+    topic: &str,
+) -> Result<Outcome, (i16, String)> {
+    let c = offline_report(s, broker, incarnation, topic);
+    apply(s, &c)
+}
+
 #[test]
 fn a_replica_reported_offline_leaves_the_isr_and_leadership_until_its_broker_restarts() {
     use runnel_metadata::cluster::{decode_state, encode_state};
     let mut s = cluster(&[None, None, None]);
     create_one_on(&mut s, "t", &[1, 2, 3]);
     create_one_on(&mut s, "single", &[1]);
-    let offline = |broker: i32, incarnation: u64, topic: &str| Command::ReplicaOffline {
-        broker,
-        incarnation,
-        topic: topic.into(),
-        partition: 0,
-    };
-    // A report from an earlier run of the broker changes nothing.
-    apply(&mut s, &offline(1, 7, "t")).unwrap();
+    // A report from an earlier run of the broker, or about an earlier topic of the name,
+    // changes nothing.
+    report_offline(&mut s, 1, 7, "t").unwrap();
+    let mut stale = offline_report(&s, 1, 101, "t");
+    if let Command::ReplicaOffline { topic_id, .. } = &mut stale {
+        *topic_id = [0xee; 16];
+    }
+    apply(&mut s, &stale).unwrap();
     assert_eq!(s.partition("t", 0).unwrap().leader, 1);
     assert!(s.partition("t", 0).unwrap().offline.is_empty());
     // The leader's replica: leadership to the next in-sync replica, a new epoch, out of
     // the ISR, listed offline though its broker is live.
     let epoch = s.partition("t", 0).unwrap().leader_epoch;
-    apply(&mut s, &offline(1, 101, "t")).unwrap();
+    report_offline(&mut s, 1, 101, "t").unwrap();
     let p = s.partition("t", 0).unwrap().clone();
     assert_eq!(
         (p.leader, p.leader_epoch, p.isr.clone()),
@@ -808,9 +831,9 @@ fn a_replica_reported_offline_leaves_the_isr_and_leadership_until_its_broker_res
     );
     assert_eq!(s.offline_replicas(&p), vec![1]);
     // Reported again (a retry): nothing more changes.
-    apply(&mut s, &offline(1, 101, "t")).unwrap();
+    report_offline(&mut s, 1, 101, "t").unwrap();
     assert_eq!(s.partition("t", 0).unwrap(), &p);
-    // It cannot rejoin the ISR, nor lead by preferred election, nor when the others go.
+    // It cannot rejoin the ISR.
     let rejoin = Command::AlterIsr {
         topic: "t".into(),
         partition: 0,
@@ -823,47 +846,105 @@ fn a_replica_reported_offline_leaves_the_isr_and_leadership_until_its_broker_res
         apply(&mut s, &rejoin).unwrap_err().0,
         code::INELIGIBLE_REPLICA
     );
-    let elected = apply(&mut s, &Command::ElectPreferred { topics: None }).unwrap();
-    assert!(matches!(elected, Outcome::Elected(ref e)
-        if e.contains(&(("t".to_string(), 0), code::PREFERRED_LEADER_NOT_AVAILABLE))));
     // A broker without a replica, an unknown partition: refused.
     create_one_on(&mut s, "other", &[2]);
     assert_eq!(
-        apply(&mut s, &offline(1, 101, "other")).unwrap_err().0,
+        report_offline(&mut s, 1, 101, "other").unwrap_err().0,
         code::INVALID_REQUEST
     );
     assert_eq!(
-        apply(&mut s, &offline(1, 101, "nope")).unwrap_err().0,
+        report_offline(&mut s, 1, 101, "nope").unwrap_err().0,
         code::UNKNOWN_TOPIC_OR_PARTITION
     );
-    // The only replica: no leader, the ISR keeps it (it has every acknowledged record).
-    apply(&mut s, &offline(1, 101, "single")).unwrap();
+    // The only replica: no leader, the ISR keeps it (it has every acknowledged record),
+    // and a preferred election cannot give it back while it is offline.
+    report_offline(&mut s, 1, 101, "single").unwrap();
     let single = s.partition("single", 0).unwrap().clone();
     assert_eq!((single.leader, single.isr.clone()), (-1, vec![1]));
     assert_eq!(s.offline_replicas(&single), vec![1]);
+    let elected = apply(&mut s, &Command::ElectPreferred { topics: None }).unwrap();
+    let Outcome::Elected(elected) = elected else {
+        panic!("{elected:?}")
+    };
+    assert!(elected.contains(&(
+        ("single".to_string(), 0),
+        code::PREFERRED_LEADER_NOT_AVAILABLE
+    )));
+    assert!(elected.contains(&(("t".to_string(), 0), code::PREFERRED_LEADER_NOT_AVAILABLE)));
+    assert_eq!(s.partition("single", 0).unwrap().leader, -1);
+    // With unclean election on, an offline replica is not chosen either.
+    let mut unclean = BTreeMap::new();
+    unclean.insert(
+        "unclean.leader.election.enable".to_string(),
+        "true".to_string(),
+    );
+    apply(
+        &mut s,
+        &Command::CreateTopic {
+            name: "u".into(),
+            id: [4; 16],
+            partitions: 1,
+            replication_factor: 2,
+            assignment: Some(vec![vec![2, 1]]),
+            configs: unclean,
+        },
+    )
+    .unwrap();
+    report_offline(&mut s, 1, 101, "u").unwrap();
+    // A reassignment in progress and offline replicas round trip through the state.
+    create_one_on(&mut s, "r", &[1, 2]);
+    apply(
+        &mut s,
+        &Command::Reassign {
+            topic: "r".into(),
+            partition: 0,
+            target: Some(vec![2, 3]),
+        },
+    )
+    .unwrap();
+    report_offline(&mut s, 1, 101, "r").unwrap();
+    let r = s.partition("r", 0).unwrap();
+    assert!(r.reassigning() && r.offline == vec![1], "{r:?}");
+    let back = decode_state(&encode_state(&s)).unwrap();
+    assert_eq!(back.topics, s.topics);
+    // The others go: the offline replica never leads, clean or unclean.
+    for id in [2, 3] {
+        apply(
+            &mut s,
+            &Command::FenceBroker {
+                id,
+                incarnation: 100 + id as u64,
+            },
+        )
+        .unwrap();
+    }
+    for topic in ["t", "u", "r"] {
+        assert_eq!(s.partition(topic, 0).unwrap().leader, -1, "{topic}");
+    }
+    for id in [2, 3] {
+        apply(&mut s, &Command::RegisterBroker(broker(id, None))).unwrap();
+    }
+    assert_eq!(s.partition("t", 0).unwrap().leader, 3);
     // A registration retried by the same run keeps it offline.
     apply(&mut s, &Command::RegisterBroker(broker(1, None))).unwrap();
     assert_eq!(s.partition("single", 0).unwrap().leader, -1);
-    // The state keeps the offline replicas.
-    let back = decode_state(&encode_state(&s)).unwrap();
-    assert_eq!(back.topics, s.topics);
     // A new run (its recovery re-read the logs): no longer offline, leads what has no
-    // leader, and rejoins the ISR through its leader.
+    // leader and names it in its ISR, and rejoins the others' ISRs through their leaders.
     let mut again = broker(1, None);
     again.incarnation = 555;
     apply(&mut s, &Command::RegisterBroker(again)).unwrap();
     let single = s.partition("single", 0).unwrap();
     assert_eq!((single.leader, single.offline.len()), (1, 0));
-    assert!(s.partition("t", 0).unwrap().offline.is_empty());
-    let epoch = s.partition("t", 0).unwrap().leader_epoch;
+    let t = s.partition("t", 0).unwrap().clone();
+    assert!(t.offline.is_empty());
     let rejoin = Command::AlterIsr {
         topic: "t".into(),
         partition: 0,
-        leader: 2,
-        leader_epoch: epoch,
-        from: vec![2, 3],
-        to: vec![1, 2, 3],
+        leader: t.leader,
+        leader_epoch: t.leader_epoch,
+        from: t.isr.clone(),
+        to: [t.isr.clone(), vec![1]].concat(),
     };
     apply(&mut s, &rejoin).unwrap();
-    assert_eq!(s.partition("t", 0).unwrap().isr, vec![1, 2, 3]);
+    assert!(s.partition("t", 0).unwrap().isr.contains(&1));
 }

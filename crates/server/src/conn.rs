@@ -268,13 +268,19 @@ async fn write_loop(
 /// (not a cancellation) takes the partition offline on its owner shard, as Kafka takes a
 /// log dir offline on an IOException from a read; the answer is cut, so the connection
 /// closes.
-fn read_failed(shard: &Rc<Shard>, source: &Option<(Arc<str>, i32)>, e: &io::Error) {
+fn read_failed(
+    shard: &Rc<Shard>,
+    source: &Option<(Arc<str>, i32)>,
+    file: &Arc<OwnedFd>,
+    e: &io::Error,
+) {
     let (Some(key), Some(errno)) = (source.clone(), e.raw_os_error()) else {
         return;
     };
-    if matches!(errno, libc::EINTR | libc::EAGAIN | libc::ECANCELED) {
+    if !runnel_log::is_device_error(e) {
         return;
     }
+    let file = file.clone();
     tracing::error!(topic = %key.0, partition = key.1, "reading the partition's segment failed: {e}");
     let shard = shard.clone();
     glommio::spawn_local(async move {
@@ -282,6 +288,7 @@ fn read_failed(shard: &Rc<Shard>, source: &Option<(Arc<str>, i32)>, e: &io::Erro
         shard
             .call(owner, |reply| crate::shard::ShardMsg::ReadFailed {
                 key,
+                file,
                 errno,
                 reply,
             })
@@ -328,7 +335,7 @@ async fn send(
                 let pipe = PIPES
                     .with(|p| p.borrow_mut().pop())
                     .map_or_else(|| Pipe::new(SPLICE_CHUNK).map(Arc::new), Ok)?;
-                let read_failed = |e: &io::Error| read_failed(shard, &source, e);
+                let read_failed = |e: &io::Error| read_failed(shard, &source, &file, e);
                 splice_range(
                     &file,
                     offset,
@@ -361,7 +368,7 @@ async fn send(
                 while at < end {
                     let n = (end - at).min(SPLICE_CHUNK as u64) as usize;
                     if let Err(e) = ring().read_at_into(&file, at, n, copy_buf).await {
-                        read_failed(shard, &source, &e);
+                        read_failed(shard, &source, &file, &e);
                         return Err(e);
                     }
                     if copy_buf.len() != n {

@@ -109,9 +109,14 @@ pub async fn handle(shard: Rc<Shard>, msg: ShardMsg) {
             };
             let _ = reply.send(r);
         }
-        ShardMsg::ReadFailed { key, errno, reply } => {
+        ShardMsg::ReadFailed {
+            key,
+            file,
+            errno,
+            reply,
+        } => {
             if let Ok(log) = shard.log(&key) {
-                log.read_failed(std::io::Error::from_raw_os_error(errno));
+                log.read_failed(&file, std::io::Error::from_raw_os_error(errno));
             }
             let _ = reply.send(());
         }

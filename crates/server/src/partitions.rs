@@ -55,14 +55,43 @@ pub async fn apply_metadata(
                 }
                 None => {
                     let replicated = pm.replicas.len() > 1;
-                    let log = open_log(shard, &key, &t.id, config.clone(), at_startup, replicated)
-                        .await?;
-                    shard.partitions.borrow_mut().insert(key.clone(), log);
+                    match open_log(shard, &key, &t.id, config.clone(), at_startup, replicated).await
+                    {
+                        Ok(log) => {
+                            shard.unopened.borrow_mut().remove(&key);
+                            shard.partitions.borrow_mut().insert(key.clone(), log);
+                        }
+                        Err(e) => {
+                            // As Kafka takes a log dir that fails to load offline and goes
+                            // on with the others: this replica is offline (reported), the
+                            // rest of the shard is served.
+                            let first = shard
+                                .unopened
+                                .borrow_mut()
+                                .insert(key.clone(), e.clone())
+                                .is_none();
+                            if first {
+                                tracing::error!(
+                                    topic = %key.0, partition = key.1,
+                                    "cannot open the partition's log, it is offline: {e}"
+                                );
+                            }
+                            continue;
+                        }
+                    }
                 }
             }
             crate::replication::assign(shard, &key, pm, &t.overrides).await?;
         }
     }
+    // Unopened replicas of partitions no longer here (deleted, moved away) are not offline.
+    let me = shard.node_id();
+    shard.unopened.borrow_mut().retain(|(name, p), _| {
+        snapshot
+            .topic(name)
+            .and_then(|t| t.partition(*p))
+            .is_some_and(|pm| pm.replicas.contains(&me))
+    });
     coordinate(shard, &old, &snapshot).await?;
     // Close and delete what is gone (a deleted topic, or one recreated with a new id).
     let doomed: Vec<PartitionKey> = shard
@@ -193,9 +222,21 @@ pub const PARTITION_METADATA: &str = "partition.metadata";
 
 /// The topic id in a partition directory's `partition.metadata`, if it has one.
 pub fn dir_topic_id(dir: &std::path::Path) -> Option<metadata::TopicId> {
-    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
-    let id = text.lines().find_map(|l| l.strip_prefix("topic_id: "))?;
-    metadata::unhex(id.trim())
+    read_dir_topic_id(dir).ok().flatten()
+}
+
+/// [`dir_topic_id`], with a file that exists but cannot be read (a failing device) an
+/// error rather than no claim: such a directory must not be taken for a fresh one.
+fn read_dir_topic_id(dir: &std::path::Path) -> std::io::Result<Option<metadata::TopicId>> {
+    let text = match std::fs::read_to_string(dir.join(PARTITION_METADATA)) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("topic_id: "))
+        .and_then(|id| metadata::unhex(id.trim())))
 }
 
 async fn open_log(
@@ -209,7 +250,13 @@ async fn open_log(
     let dir = shard.shared.data_dir.join(format!("{}-{}", key.0, key.1));
     // A directory left by a deleted topic of the same name (deleted and recreated while
     // this broker was down) holds another topic's records: out of the way first.
-    match dir_topic_id(&dir) {
+    let claimed = read_dir_topic_id(&dir).map_err(|e| {
+        format!(
+            "cannot read {}: {e}",
+            dir.join(PARTITION_METADATA).display()
+        )
+    })?;
+    match claimed {
         Some(id) if id != *topic_id => {
             tracing::warn!(
                 dir = %dir.display(),

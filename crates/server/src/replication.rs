@@ -142,6 +142,12 @@ pub async fn assign(
         done.wait().await;
     }
     let log = &shard.log(key).map_err(|(_, e)| e)?;
+    if log.offline_reason().is_some() {
+        // An offline replica neither leads nor follows (a leadership the quorum gave it
+        // before its report applied goes away with the report); it is reported.
+        forget(shard, key);
+        return Ok(());
+    }
     let me = shard.node_id();
     let replicated = pm.replicas.len() > 1;
     if pm.leader == me {
@@ -435,24 +441,36 @@ fn alter_isr(shard: &Rc<Shard>, key: &PartitionKey, from: Vec<i32>, to: Vec<i32>
     .detach();
 }
 
-/// Tells the controller about this shard's logs that went offline after a storage error
-/// (Kafka's broker reports its offline log dirs): the replica leaves the ISR and its
-/// leadership moves to another in-sync replica. Each once per run; retried on the next
-/// check if the controller did not take it.
+/// Tells the controller about this shard's replicas that are offline after a storage
+/// error (Kafka's broker reports its offline log dirs): a log that went offline, or one
+/// that could not be opened. The replica leaves the ISR and its leadership moves to another
+/// in-sync replica. Each once per run and topic id; retried on the next check if the
+/// controller did not take it.
 pub fn report_offline(shard: &Rc<Shard>, logs: &[Log]) {
-    // Forget partitions whose offline log is gone (its topic deleted, perhaps created
-    // again): a new log of the same name that fails is reported again.
+    let snapshot = shard.snapshot();
+    let mut offline: Vec<PartitionKey> = logs
+        .iter()
+        .filter(|l| l.offline_reason().is_some())
+        .map(|l| (l.topic().into(), l.partition()))
+        .collect();
+    offline.extend(shard.unopened.borrow().keys().cloned());
+    // Forget what is no longer offline here (its topic deleted, perhaps created again):
+    // a new log of the same name that fails is reported again.
     shard
         .offline_reported
         .borrow_mut()
-        .retain(|(topic, partition)| {
-            logs.iter().any(|l| {
-                l.topic() == &**topic && l.partition() == *partition && l.offline_reason().is_some()
-            })
-        });
-    for log in logs.iter().filter(|l| l.offline_reason().is_some()) {
-        let key: PartitionKey = (log.topic().into(), log.partition());
-        if !shard.offline_reported.borrow_mut().insert(key.clone()) {
+        .retain(|key, _| offline.contains(key));
+    for key in offline {
+        // (A topic the snapshot no longer has is being deleted: nothing to report.)
+        let Some(topic_id) = snapshot.topic(&key.0).map(|t| t.id) else {
+            continue;
+        };
+        if shard
+            .offline_reported
+            .borrow_mut()
+            .insert(key.clone(), topic_id)
+            == Some(topic_id)
+        {
             continue;
         }
         tracing::warn!(
@@ -463,6 +481,7 @@ pub fn report_offline(shard: &Rc<Shard>, logs: &[Log]) {
             broker: shard.node_id(),
             incarnation: shard.shared.incarnation,
             topic: key.0.to_string(),
+            topic_id,
             partition: key.1,
         };
         let rx = shard
@@ -484,8 +503,9 @@ pub fn report_offline(shard: &Rc<Shard>, logs: &[Log]) {
                 }
                 Err(_) => true,
             };
-            if retry {
-                shard.offline_reported.borrow_mut().remove(&key);
+            let mut reported = shard.offline_reported.borrow_mut();
+            if retry && reported.get(&key) == Some(&topic_id) {
+                reported.remove(&key);
             }
         })
         .detach();
@@ -499,8 +519,15 @@ pub fn shrink_lagging(shard: &Rc<Shard>) {
     let lag = shard.config().replica_lag_time_max_ms as i64;
     let me = shard.node_id();
     let mut changes = Vec::new();
+    let partitions = shard.partitions.borrow();
     for (key, l) in shard.leading.borrow().iter() {
-        if l.altering {
+        // An offline leader's followers cannot fetch: its report, not an ISR of itself,
+        // moves the partition on.
+        if l.altering
+            || partitions
+                .get(key)
+                .is_some_and(|g| g.offline_reason().is_some())
+        {
             continue;
         }
         let out: Vec<i32> = l
@@ -519,6 +546,7 @@ pub fn shrink_lagging(shard: &Rc<Shard>) {
             changes.push((key.clone(), l.isr.clone(), to, out));
         }
     }
+    drop(partitions);
     for (key, from, to, out) in changes {
         tracing::warn!(
             topic = %key.0, partition = key.1,
@@ -565,6 +593,12 @@ pub async fn produce(
     txn: Option<(Arc<str>, i16)>,
 ) -> Result<AppendInfo, PartitionError> {
     let log = shard.log(key)?;
+    if let Some(reason) = log.offline_reason() {
+        return Err((
+            code::KAFKA_STORAGE_ERROR,
+            format!("{}-{} is offline: {reason}", key.0, key.1),
+        ));
+    }
     let all = acks == -1;
     // Checked here, on the owner shard, too: the connection's shard may have an older
     // snapshot.
@@ -683,6 +717,11 @@ pub async fn await_isr(
     futures_lite::future::or(wait, futures_lite::future::or(gone, timeout)).await;
     if log.high_watermark() > last_offset {
         Ok(())
+    } else if let Some(reason) = log.offline_reason() {
+        Err((
+            code::KAFKA_STORAGE_ERROR,
+            format!("{}-{} went offline: {reason}", key.0, key.1),
+        ))
     } else if lost.is_set() {
         Err((
             code::NOT_LEADER_OR_FOLLOWER,

@@ -396,7 +396,8 @@ fn new_shard(
         following: RefCell::new(HashMap::new()),
         fetchers: RefCell::new(Default::default()),
         replacing: RefCell::new(HashMap::new()),
-        offline_reported: RefCell::new(std::collections::HashSet::new()),
+        offline_reported: RefCell::new(HashMap::new()),
+        unopened: RefCell::new(HashMap::new()),
         leader_throttle: crate::throttle::Throttle::new(
             shared.config.leader_replication_throttled_rate,
             shared.nr_shards,
@@ -693,7 +694,8 @@ async fn background(shard: Rc<Shard>) {
             shard.counters().follower_max_lag_bytes.set(bytes);
         }
         let logs: Vec<_> = shard.partitions.borrow().values().cloned().collect();
-        let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count();
+        let offline = logs.iter().filter(|l| l.offline_reason().is_some()).count()
+            + shard.unopened.borrow().len();
         shard.counters().offline_partitions.set(offline as u64);
         if offline > 0 || !shard.offline_reported.borrow().is_empty() {
             crate::replication::report_offline(&shard, &logs);

@@ -36,6 +36,8 @@ pub enum ShardMsg {
     /// shard): its log goes offline.
     ReadFailed {
         key: PartitionKey,
+        /// The segment file read: only a segment of this partition's current log counts.
+        file: Arc<std::os::fd::OwnedFd>,
         errno: i32,
         reply: oneshot::Sender<()>,
     },
@@ -265,9 +267,12 @@ pub struct Shard {
     /// Partitions whose log a fetcher is truncating (closing and reopening it): set when
     /// the new log is in place. A role change waits for it.
     pub replacing: RefCell<HashMap<PartitionKey, Rc<Latch>>>,
-    /// Partitions whose log went offline (a storage error) that this run has told the
-    /// controller about, or is telling it.
-    pub offline_reported: RefCell<std::collections::HashSet<PartitionKey>>,
+    /// Partitions whose replica is offline (a storage error) that this run has told the
+    /// controller about, or is telling it, with the topic id it named.
+    pub offline_reported: RefCell<HashMap<PartitionKey, runnel_metadata::TopicId>>,
+    /// Partitions whose log could not be opened, and why: offline replicas (reported), each
+    /// opened again with the next metadata change.
+    pub unopened: RefCell<HashMap<PartitionKey, String>>,
     /// This shard's share of the replication throttles (reassignments' new replicas).
     pub leader_throttle: crate::throttle::Throttle,
     pub follower_throttle: crate::throttle::Throttle,
