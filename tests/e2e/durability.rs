@@ -188,7 +188,8 @@ fn the_clean_shutdown_marker_is_gone_before_any_partition_opens() {
             "the marker outlived a start that opened partitions"
         );
         wait_until("m-0 offline", Duration::from_secs(20), || {
-            b.logs().contains("cannot open the partition's log, it is offline")
+            b.logs()
+                .contains("cannot open the partition's log, it is offline")
         });
         b.kill();
 

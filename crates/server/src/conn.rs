@@ -404,8 +404,18 @@ async fn splice_range(
     let end = offset + len;
     while offset < end {
         let want = (end - offset).min(pipe.capacity() as u64) as u32;
-        let n_in = match ring.splice_to_pipe(file, offset, pipe, want).await {
-            Ok(n) => n,
+        // Inline when the range is in the page cache (the usual fetch of recent data),
+        // else through the ring, which may wait for the disk off the executor.
+        let inline = pipe.splice_in_cached(file.as_raw_fd(), offset, want as usize);
+        let n_in = match inline {
+            Ok(Some(n)) => n,
+            Ok(None) => match ring.splice_to_pipe(file, offset, pipe, want).await {
+                Ok(n) => n,
+                Err(e) => {
+                    read_failed(&e);
+                    return Err(e);
+                }
+            },
             Err(e) => {
                 read_failed(&e);
                 return Err(e);
