@@ -1186,13 +1186,23 @@ impl Coordinator {
         let known = g.has_member(&a.member_id);
         if !known || a.member_id.is_empty() {
             if !a.member_id.is_empty() && !g.pending.contains_key(&a.member_id) {
-                // Static members may rejoin with their old id after we restarted; others
-                // must start over.
-                let static_rejoin = a.instance_id.is_some();
-                if !static_rejoin {
-                    let _ = reply.send(join_error(code::UNKNOWN_MEMBER_ID, &a.member_id));
-                    return;
-                }
+                // A member id this coordinator did not hand out (or no longer knows: the
+                // member was removed, or the coordinator moved or restarted): the client
+                // starts over with an empty id, as in Kafka. FENCED_INSTANCE_ID if its
+                // group.instance.id is a member under another id. Never adopted: two
+                // clients could then share one member id (found by the group_coordinator
+                // fuzz target: a static member that made one up took the leader's sync).
+                let fenced = a
+                    .instance_id
+                    .as_ref()
+                    .is_some_and(|i| g.static_member(i).is_some());
+                let code = if fenced {
+                    code::FENCED_INSTANCE_ID
+                } else {
+                    code::UNKNOWN_MEMBER_ID
+                };
+                let _ = reply.send(join_error(code, &a.member_id));
+                return;
             }
             if !g.supports_protocols(&a.protocol_type, &a.protocols) {
                 let _ = reply.send(join_error(code::INCONSISTENT_GROUP_PROTOCOL, &a.member_id));

@@ -364,6 +364,28 @@ fn a_member_id_under_another_instance_id_is_refused() {
     assert_eq!(state(&c), (State::Stable, 3), "nothing changed");
 }
 
+#[test]
+fn a_member_id_the_coordinator_did_not_hand_out_is_refused_for_static_members_too() {
+    // Found by the group_coordinator fuzz target: a static member joining with a member id
+    // it made up was adopted under that id, so a second static member could join under the
+    // same id later and take the first one's SyncGroup as the leader's.
+    let c = coordinator(3_000);
+    let (_, _, _) = stable_group(&c, [Some("i1"), None, None]);
+    let r = answer(&mut join(&c, args("made-up", Some("i7")))).expect("answered at once");
+    assert_eq!(r.error, code::UNKNOWN_MEMBER_ID);
+    // An instance that is a member under its own id: fenced.
+    let r = answer(&mut join(&c, args("made-up", Some("i1")))).expect("answered at once");
+    assert_eq!(r.error, code::FENCED_INSTANCE_ID);
+    assert_eq!(state(&c), (State::Stable, 3), "nothing changed");
+    // With an empty id, a new static member joins, under an id of the coordinator's.
+    let mut rx = join(&c, args("", Some("i7")));
+    c.advance_clock(std::time::Duration::from_secs(10));
+    c.tick(false);
+    let r = answer(&mut rx).expect("the round completed");
+    assert_eq!(r.error, 0);
+    assert!(r.member_id != "made-up" && !r.member_id.is_empty());
+}
+
 /// A group of one member, joined and synced: (its id, the generation).
 fn one_synced_member(c: &Coordinator) -> (String, i32) {
     let (id, mut rx) = new_member(c, None);
