@@ -79,17 +79,9 @@ fn fill_leaving(path: &Path, free: u64) {
     f.set_len(len.saturating_sub(free)).unwrap();
 }
 
-/// A batch of `n` records whose values are `tag` and their index, 1 KiB each.
+/// [`crate::protocol::tagged_batch`] of 1024-byte records.
 fn tagged(tag: u32, n: u32) -> (Bytes, Vec<Vec<u8>>) {
-    let values: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            let mut v = format!("{tag}:{i}:").into_bytes();
-            v.resize(1024, b'.');
-            v
-        })
-        .collect();
-    let refs: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
-    (crate::protocol::batch(&refs), values)
+    crate::protocol::tagged_batch(tag, n, 1024)
 }
 
 /// Every record value of `topic`-0 from offset 0 to the high watermark.

@@ -229,6 +229,20 @@ pub(crate) fn batch(records: &[&[u8]]) -> Bytes {
     Bytes::from(b.build())
 }
 
+/// A batch of `n` records whose values are `tag`, their index, and padding to `size`
+/// bytes each (checks find each record by its value); the batch and the values.
+pub(crate) fn tagged_batch(tag: u32, n: u32, size: usize) -> (Bytes, Vec<Vec<u8>>) {
+    let values: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut v = format!("{tag}:{i}:").into_bytes();
+            v.resize(size, b'.');
+            v
+        })
+        .collect();
+    let refs: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+    (batch(&refs), values)
+}
+
 pub(crate) fn produce_to(
     s: &mut TcpStream,
     version: i16,

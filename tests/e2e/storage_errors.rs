@@ -128,17 +128,9 @@ fn evict_page_cache(dir: &Path, offset: i64, len: i64) {
     }
 }
 
-/// A batch of `n` records whose values are `tag` and their index, 100 bytes each.
+/// [`crate::protocol::tagged_batch`] of 100-byte records.
 fn tagged(tag: u32, n: u32) -> (Bytes, Vec<Vec<u8>>) {
-    let values: Vec<Vec<u8>> = (0..n)
-        .map(|i| {
-            let mut v = format!("{tag}:{i}:").into_bytes();
-            v.resize(100, b'.');
-            v
-        })
-        .collect();
-    let refs: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
-    (crate::protocol::batch(&refs), values)
+    crate::protocol::tagged_batch(tag, n, 100)
 }
 
 /// A fetch of one partition from `offset`: its error code and record values.
