@@ -820,11 +820,11 @@ impl Log {
         let plan = self
             .plan_read(fetch_offset, max_bytes, min_one_batch, upto)
             .await;
-        if let Err(LogError::Io { source, .. }) = &plan {
-            // A device error under a read (a batch header looked up in the segment): the log
-            // goes offline as after a failed write.
+        // A device error under a read (a batch header looked up in the segment): the log
+        // goes offline as after a failed write.
+        if let Err(e @ LogError::Io { source, .. }) = &plan {
             if is_device_error(source) {
-                take_offline(self, plan.as_ref().unwrap_err());
+                take_offline(self, e);
             }
         }
         plan

@@ -406,21 +406,12 @@ async fn splice_range(
         let want = (end - offset).min(pipe.capacity() as u64) as u32;
         // Inline when the range is in the page cache (the usual fetch of recent data),
         // else through the ring, which may wait for the disk off the executor.
-        let inline = pipe.splice_in_cached(file.as_raw_fd(), offset, want as usize);
-        let n_in = match inline {
-            Ok(Some(n)) => n,
-            Ok(None) => match ring.splice_to_pipe(file, offset, pipe, want).await {
-                Ok(n) => n,
-                Err(e) => {
-                    read_failed(&e);
-                    return Err(e);
-                }
-            },
-            Err(e) => {
-                read_failed(&e);
-                return Err(e);
-            }
-        };
+        let n_in = match pipe.splice_in_cached(file.as_raw_fd(), offset, want as usize) {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => ring.splice_to_pipe(file, offset, pipe, want).await,
+            Err(e) => Err(e),
+        }
+        .inspect_err(read_failed)?;
         if n_in == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
