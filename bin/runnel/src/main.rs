@@ -4,6 +4,8 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Before any thread starts (see the module for why).
+    runnel_runtime::alloc::keep_freed_memory();
     // clap exits with code 2 and a message on a bad flag.
     let config = runnel_server::Config::parse();
     if let Err(e) = config.validate() {

@@ -2,6 +2,7 @@
 //! glommio executors (one pinned per core) and a companion io_uring [`ring`] per executor for
 //! the operations glommio lacks.
 
+pub mod alloc;
 pub mod fault;
 pub mod ring;
 

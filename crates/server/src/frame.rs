@@ -133,9 +133,13 @@ pub async fn read_frame(
         budget: budget.clone(),
         units: 0,
     };
-    // Calloc'd: a large frame's pages are mapped as its bytes arrive, so memory too follows
-    // what was sent rather than what was announced.
-    let mut buf = BytesMut::zeroed(size);
+    // Capacity only, zeroed a step at a time just before the socket reads fill it: a large
+    // frame's pages are touched as its bytes arrive, so memory follows what was sent rather
+    // than what was announced, and each step is zeroed while the read that overwrites it is
+    // about to run (in cache), once. Zeroing the whole frame up front (calloc) cost about 6 %
+    // of a producing shard's CPU, most of it page faults on memory the allocator had just
+    // given back to the kernel.
+    let mut buf = BytesMut::with_capacity(size);
     let mut len = 0;
     while len < size {
         let want = (size - len).min(FRAME_STEP.max(len));
@@ -144,8 +148,12 @@ pub async fn read_frame(
         let waited = Instant::now();
         held.ensure((len + want) as u64).await?;
         deadline += waited.elapsed();
+        if buf.len() < len + want {
+            buf.resize(len + want, 0);
+        }
         len += read_some(reader, &mut buf[len..len + want], deadline).await?;
     }
+    debug_assert_eq!(buf.len(), size);
     Ok((buf, held))
 }
 

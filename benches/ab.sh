@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Two broker binaries alternated on the same workload, each round on a fresh data dir: the
+# broker with --cores 1 pinned to CPU 0, runnel-bench on CPU 1, so the figures are one core
+# of broker. Prints each run's MB/s and broker CPU-s per GB, then the medians.
+# Usage: benches/ab.sh A_BIN B_BIN [rounds] [runnel-bench subcommand and flags...]
+#   default workload: produce --create --partitions 8 --duration 6 (1 KiB records, 64 KiB batches, acks=1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=$1 B=$2 ROUNDS=${3:-3}
+shift 3 2>/dev/null || shift $#
+WORK=(${@:-produce --create --partitions 8 --duration 6})
+BENCH=${RUNNEL_BENCH:-target/release/runnel-bench}
+OUT=$(mktemp -d target/ab.XXXX)
+trap 'pkill -f "data-dir $OUT/" 2>/dev/null; rm -rf "$OUT"' EXIT
+run() { # bin label
+    local D="$OUT/$2.$r" PORT=$((20000 + RANDOM % 20000))
+    taskset -c 0 "$1" --cores 1 --listen 127.0.0.1:$PORT --data-dir "$D" > "$D.log" 2>&1 &
+    local P=$!
+    for _ in $(seq 100); do grep -q "runnel is ready" "$D.log" && break; sleep 0.1; done
+    taskset -c 1 "$BENCH" --brokers 127.0.0.1:$PORT --quiet produce --create --topic warm --partitions 8 --duration 1 > /dev/null
+    taskset -c 1 "$BENCH" --brokers 127.0.0.1:$PORT --json --quiet --broker-pid $P "${WORK[@]}" \
+        | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.1f %.3f" % (j["mb_per_s"], j["broker_cpu_s"] / (j["bytes"] / 1e9)))' \
+        | tee -a "$OUT/$2.txt" | sed "s/^/$2 round $r: MB\/s, CPU-s\/GB: /"
+    kill $P; wait $P 2>/dev/null || true
+    rm -rf "$D"
+}
+for r in $(seq "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then run "$A" A; run "$B" B; else run "$B" B; run "$A" A; fi
+done
+for l in A B; do
+    python3 - "$OUT/$l.txt" "$l" <<'PY'
+import statistics, sys
+rows = [tuple(map(float, l.split())) for l in open(sys.argv[1])]
+print(f"{sys.argv[2]} median: {statistics.median(r[0] for r in rows):.1f} MB/s, "
+      f"{statistics.median(r[1] for r in rows):.3f} CPU-s/GB over {len(rows)} rounds")
+PY
+done
