@@ -11,12 +11,23 @@ shift 3 2>/dev/null || shift $#
 WORK=(${@:-produce --create --partitions 8 --duration 6})
 BENCH=${RUNNEL_BENCH:-target/release/runnel-bench}
 OUT=$(mktemp -d target/ab.XXXX)
-trap 'pkill -f "data-dir $OUT/" 2>/dev/null; rm -rf "$OUT"' EXIT
+CPUSET=/sys/fs/cgroup/cpuset/runnel-ab
+if mkdir -p $CPUSET 2>/dev/null && echo 0 > $CPUSET/cpuset.cpus \
+        && cat /sys/fs/cgroup/cpuset/cpuset.mems > $CPUSET/cpuset.mems; then :; else CPUSET=; fi
+trap 'pkill -f "data-dir $OUT/" 2>/dev/null || true; sleep 0.5; rm -rf "$OUT"; [ -z "$CPUSET" ] || rmdir $CPUSET 2>/dev/null' EXIT
 run() { # bin label
     local D="$OUT/$2.$r" PORT=$((20000 + RANDOM % 20000))
-    taskset -c 0 "$1" --cores 1 --listen 127.0.0.1:$PORT --data-dir "$D" > "$D.log" 2>&1 &
+    # In a cpuset of CPU 0 when there is one (root, cgroup v1): io-wq workers follow the
+    # cpuset, not the affinity taskset sets.
+    if [ -n "$CPUSET" ]; then
+        sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CPUSET" taskset -c 0 "$1" --cores 1 \
+            --listen 127.0.0.1:$PORT --data-dir "$D" > "$D.log" 2>&1 &
+    else
+        taskset -c 0 "$1" --cores 1 --listen 127.0.0.1:$PORT --data-dir "$D" > "$D.log" 2>&1 &
+    fi
     local P=$!
-    for _ in $(seq 100); do grep -q "runnel is ready" "$D.log" && break; sleep 0.1; done
+    for _ in $(seq 300); do grep -q "runnel is ready" "$D.log" && break; sleep 0.1; done
+    grep -q "runnel is ready" "$D.log" || { echo "$1 did not start:" >&2; cat "$D.log" >&2; exit 1; }
     taskset -c 1 "$BENCH" --brokers 127.0.0.1:$PORT --quiet produce --create --topic warm --partitions 8 --duration 1 > /dev/null
     taskset -c 1 "$BENCH" --brokers 127.0.0.1:$PORT --json --quiet --broker-pid $P "${WORK[@]}" \
         | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.1f %.3f" % (j["mb_per_s"], j["broker_cpu_s"] / (j["bytes"] / 1e9)))' \

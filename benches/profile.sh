@@ -35,7 +35,7 @@ if [ -n "${FLAMEGRAPH:-}" ]; then
     mkdir -p docs/flamegraphs
     for w in produce serve; do
         perf script -i "$OUT/$w.data" 2>/dev/null | "$FLAMEGRAPH/stackcollapse-perf.pl" \
-            | "$FLAMEGRAPH/flamegraph.pl" --title "${NAME:-runnel}: $w (benches/profile.sh)" --width 1600 \
+            | "$FLAMEGRAPH/flamegraph.pl" --title "${NAME:-runnel}: $w (benches/profile.sh)" --width 1600 --minwidth 1.5 \
             > "docs/flamegraphs/${NAME:-runnel}-$w.svg"
         echo "docs/flamegraphs/${NAME:-runnel}-$w.svg"
     done

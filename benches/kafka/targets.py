@@ -2,8 +2,9 @@
 """Issue 20's performance targets in one run: Runnel before, Runnel after and Apache Kafka,
 with the machine's own limits measured in the same rounds.
 
-Three brokers run at once, each pinned to CPU 0 (--broker-cpus), runnel-bench pinned to
-CPU 1 (--bench-cpus): Runnel built from an earlier tree (--before-bin), Runnel from this
+Three brokers run at once, each pinned to CPU 0 (--broker-cpus; the Runnels also in a
+cpuset of that CPU, so their io-wq workers stay there too), runnel-bench pinned to CPU 1
+(--bench-cpus): Runnel built from an earlier tree (--before-bin), Runnel from this
 tree (--bin), both --cores 1 with their defaults (which fdatasync acks=all requests), and
 Kafka as benches/kafka/kafka starts it (production defaults, 1 GiB heap). Rounds interleave
 the brokers, rotating which goes first, after a 5-second unmeasured produce to each.
@@ -11,8 +12,8 @@ runnel-bench is the client for all three: 1 KiB records, 64 KiB batches (one bat
 produce request).
 
 Before each measured run the script syncs (the earlier runs' dirty pages are written out, not
-left to a later run's account) and waits until every broker is idle; before the latency runs
-it also empties the page cache.
+left to a later run's account) and waits until every broker is idle, then stops the other
+brokers (SIGSTOP) until the run ends; before the latency runs it also empties the page cache.
 
 Workloads, per round:
   produce acks=1       8 partitions, 2 producer connections, for --seconds;
@@ -148,12 +149,31 @@ def main():
     os.makedirs(work)
     procs = []
 
+    # One CPU of broker means a cpuset, not only taskset: io-wq workers (where ext4 takes
+    # io_uring's buffered writes) follow the process's cpuset, not its affinity, and would
+    # otherwise run on the load generator's CPU. (cgroup v1 here; without it, taskset only.)
+    cpuset = "/sys/fs/cgroup/cpuset/runnel-targets"
+    try:
+        os.makedirs(cpuset, exist_ok=True)
+        with open(os.path.join(cpuset, "cpuset.cpus"), "w") as f:
+            f.write(a.broker_cpus)
+        with open(os.path.join(os.path.dirname(cpuset), "cpuset.mems")) as src, \
+                open(os.path.join(cpuset, "cpuset.mems"), "w") as f:
+            f.write(src.read().strip())
+    except OSError as e:
+        print(f"no cpuset ({e}): io-wq workers may use other CPUs", file=sys.stderr)
+        cpuset = None
+
     def start_runnel(name, binary, cores=1, pin=True):
         port = free_port()[0]
         cmd = [binary, "--cores", str(cores), "--listen", f"127.0.0.1:{port}",
                "--data-dir", os.path.join(work, name)]
         if pin:
             cmd = ["taskset", "-c", a.broker_cpus, *cmd]
+            if cpuset:
+                # Into the cpuset before the broker starts: an io_uring's workers take the
+                # cpuset of when the ring is created.
+                cmd = ["sh", "-c", f'echo $$ > {cpuset}/cgroup.procs && exec "$@"', "sh", *cmd]
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                              stderr=open(os.path.join(work, name + ".log"), "w"))
         procs.append(p)
@@ -165,7 +185,10 @@ def main():
     try:
         brokers = {"before": start_runnel("before", a.before_bin), "after": start_runnel("after", a.bin)}
         out = subprocess.run([KAFKA, "start", "--port", str(kport), "--controller-port", str(cport),
-                              "--dir", kdir, "--cpus", a.broker_cpus],
+                              "--dir", kdir, "--cpus", a.broker_cpus,
+                              # Stopped while another broker is measured: a session longer
+                              # than a run keeps its controller from fencing it meanwhile.
+                              "--set", "broker.session.timeout.ms=120000"],
                              check=True, stdout=subprocess.PIPE, text=True).stdout
         kpid = int(out.split("pid=")[1].split()[0])
         brokers["kafka"] = (f"127.0.0.1:{kport}", kpid)
@@ -189,11 +212,22 @@ def main():
             pid = pid or brokers[name][1]
             pin = ["taskset", "-c", cpus or a.bench_cpus] if cpus != "any" else []
             quiet()
-            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            r = subprocess.run([*pin, a.bench, "--brokers", addr, "--json", "--quiet",
-                                "--broker-pid", str(pid), *map(str, args)],
-                               check=True, stdout=subprocess.PIPE, text=True)
-            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # The other brokers are stopped (SIGSTOP) while one is measured: idle, they still
+            # wake on the shared CPU (Kafka's JVM and its schedulers above all), which shows in
+            # the measured broker's tail latency.
+            others = {p for _, p in brokers.values()} | {p.pid for p in procs}
+            others.discard(pid)
+            for p in others:
+                os.kill(p, signal.SIGSTOP)
+            try:
+                r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                r = subprocess.run([*pin, a.bench, "--brokers", addr, "--json", "--quiet",
+                                    "--broker-pid", str(pid), *map(str, args)],
+                                   check=True, stdout=subprocess.PIPE, text=True)
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            finally:
+                for p in others:
+                    os.kill(p, signal.SIGCONT)
             j = json.loads(r.stdout)
             # The load generator's own CPU: on one CPU it can be the limit, not the broker.
             j["bench_cpu_s"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -433,6 +467,13 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         subprocess.run([KAFKA, "stop", "--dir", kdir])
+        if cpuset:
+            try:
+                os.rmdir(cpuset)
+            except OSError:
+                pass
+        # Three brokers' data: tens of GB.
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -86,23 +86,6 @@ impl Ring {
         if let Err(e) = ring.submitter().register_iowq_max_workers(&mut max) {
             tracing::debug!("cannot bound the io-wq workers: {e}");
         }
-        // Keep those workers on this executor's CPUs (the thread's affinity: one CPU for a
-        // placed shard). Left alone, io-wq workers run on any CPU of the cpuset, whatever the
-        // thread's affinity: a shard's page-cache writes (ext4 takes io_uring's buffered
-        // writes there) would use another shard's core, or the core of whatever else runs on
-        // the host, which is neither shared-nothing nor what a per-core figure should count.
-        // SAFETY: an all-zero cpu_set_t is a valid (empty) bit array, and sched_getaffinity
-        // writes at most the size passed, which is that of `cpus`.
-        let (got, cpus) = unsafe {
-            let mut cpus: libc::cpu_set_t = std::mem::zeroed();
-            let got = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut cpus);
-            (got, cpus)
-        };
-        if got == 0 {
-            if let Err(e) = ring.submitter().register_iowq_aff(&cpus) {
-                tracing::debug!("cannot keep the io-wq workers on this executor's CPUs: {e}");
-            }
-        }
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
         let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if efd < 0 {
