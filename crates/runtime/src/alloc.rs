@@ -4,8 +4,8 @@
 //! glibc's defaults the first such frame is mmap'ed, and each free of memory at the top of a
 //! thread's heap past 2x the (adaptive) mmap threshold hands the pages back to the kernel
 //! (`madvise(MADV_DONTNEED)`), so the next frame faults them in again and the kernel zeroes
-//! them: 20,000-100,000 page faults per 5 s of produce on one shard, and their TLB flushes,
-//! about 7 % of the broker's CPU per GB produced. Setting from the start the values glibc's
+//! them: 20,000-100,000 page faults per 5 s of produce on one shard, which with their TLB
+//! flushes were about 5 % of the shard thread's CPU. Setting from the start the values glibc's
 //! adaptive rule ends at (mmap above 32 MiB, keep up to 64 MiB free at the top of a heap)
 //! takes that to a few hundred faults. What is kept is memory the broker already used at its
 //! peak, so the resident size never exceeds that peak; frames past 32 MiB (announced and
