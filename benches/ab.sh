@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two broker binaries alternated on the same workload, each round on a fresh data dir: the
 # broker with --cores 1 pinned to CPU 0, runnel-bench on CPU 1, so the figures are one core
-# of broker. Prints each run's MB/s and broker CPU-s per GB, then the medians.
+# of broker. Prints each run's MB/s, broker CPU-s per GB and broker minor page faults, then
+# the medians.
 # Usage: benches/ab.sh A_BIN B_BIN [rounds] [runnel-bench subcommand and flags...]
 #   default workload: produce --create --partitions 8 --duration 6 (1 KiB records, 64 KiB batches, acks=1)
 set -euo pipefail
@@ -29,9 +30,13 @@ run() { # bin label
     for _ in $(seq 300); do grep -q "runnel is ready" "$D.log" && break; sleep 0.1; done
     grep -q "runnel is ready" "$D.log" || { echo "$1 did not start:" >&2; cat "$D.log" >&2; exit 1; }
     taskset -c 1 "$BENCH" --brokers 127.0.0.1:$PORT --quiet produce --create --topic warm --partitions 8 --duration 1 > /dev/null
+    # Minor page faults of the broker over the measured run (field 10 of /proc/PID/stat).
+    local F0; F0=$(awk '{print $10}' /proc/$P/stat)
     taskset -c 1 "$BENCH" --brokers 127.0.0.1:$PORT --json --quiet --broker-pid $P "${WORK[@]}" \
-        | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.1f %.3f" % (j["mb_per_s"], j["broker_cpu_s"] / (j["bytes"] / 1e9)))' \
-        | tee -a "$OUT/$2.txt" | sed "s/^/$2 round $r: MB\/s, CPU-s\/GB: /"
+        | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.1f %.3f" % (j["mb_per_s"], j["broker_cpu_s"] / (j["bytes"] / 1e9)), end=" ")' \
+        > "$OUT/row"
+    echo $(( $(awk '{print $10}' /proc/$P/stat) - F0 )) >> "$OUT/row"
+    tee -a "$OUT/$2.txt" < "$OUT/row" | sed "s/^/$2 round $r: MB\/s, CPU-s\/GB, page faults: /"
     kill $P; wait $P 2>/dev/null || true
     rm -rf "$D"
 }
@@ -43,6 +48,7 @@ for l in A B; do
 import statistics, sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1])]
 print(f"{sys.argv[2]} median: {statistics.median(r[0] for r in rows):.1f} MB/s, "
-      f"{statistics.median(r[1] for r in rows):.3f} CPU-s/GB over {len(rows)} rounds")
+      f"{statistics.median(r[1] for r in rows):.3f} CPU-s/GB, {statistics.median(r[2] for r in rows):.0f} "
+      f"page faults over {len(rows)} rounds")
 PY
 done
