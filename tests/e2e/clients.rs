@@ -473,6 +473,20 @@ fn zero_copy_sends_no_record_bytes_through_user_space_and_the_copy_path_does() {
                 "appended bytes are counted"
             );
             assert_eq!(b.metric_sum("produce_records"), 2000);
+            // Every log write took one of the two paths; on ext4 or tmpfs (the usual temp
+            // dirs) the shard wrote inline.
+            let inline = b.metric_sum("page_cache_writes_inline");
+            let ring = b.metric_sum("page_cache_writes_ring");
+            assert!(inline + ring > 0, "log writes counted");
+            let fs = std::process::Command::new("stat")
+                .args(["-f", "-c", "%T"])
+                .arg(&b.dir)
+                .output()
+                .unwrap();
+            let fs = String::from_utf8_lossy(&fs.stdout).trim().to_string();
+            if fs == "ext2/ext3" || fs == "tmpfs" {
+                assert!(inline > 0, "no inline writes on {fs} ({ring} through the ring)");
+            }
         }
     });
 }

@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod fault;
+pub mod pagewrite;
 pub mod ring;
 
 pub use ring::{ring, Pipe, Ring};

@@ -50,6 +50,9 @@ pub struct Ring {
     in_flight: Cell<usize>,
     executor_id: usize,
     eventfd: RawFd,
+    /// Whether a page-cache write may skip the ring ([`crate::pagewrite`]).
+    pub(crate) gate: crate::pagewrite::Gate,
+    write_stats: Arc<crate::pagewrite::WriteStats>,
 }
 
 thread_local! {
@@ -99,6 +102,8 @@ impl Ring {
             in_flight: Cell::new(0),
             executor_id,
             eventfd: efd,
+            gate: Default::default(),
+            write_stats: Default::default(),
         });
         let weak = Rc::downgrade(&ring);
         // SAFETY: `efd` is a fresh descriptor we own; a dup keeps `Ring::drop`'s close of the
@@ -208,8 +213,14 @@ impl Ring {
         }
     }
 
+    /// This thread's page-cache writes by the path they took.
+    pub fn write_stats(&self) -> Arc<crate::pagewrite::WriteStats> {
+        self.write_stats.clone()
+    }
+
     /// Writes `bufs` back to back at `offset` with as few WRITEV operations as possible (one
-    /// per IOV_MAX buffers), straight from the caller's `Bytes`: no copy. Retries short writes;
+    /// per IOV_MAX buffers), straight from the caller's `Bytes`: no copy. Each runs inline
+    /// as a pwritev where [`crate::pagewrite`] allows it, through the ring otherwise. Retries short writes;
     /// returns the error (ENOSPC, EIO) of the first write that fails, with the count of bytes
     /// that did reach the file before it.
     pub async fn write_all_at(
@@ -239,10 +250,16 @@ impl Ring {
             .offset(offset)
             .build();
             let total: usize = chunk.iter().map(Bytes::len).sum();
-            let n = self
-                .run(entry, Box::new((file.clone(), chunk.clone(), iovecs)))
-                .await
-                .map_err(|e| (e, written))? as usize;
+            let inline =
+                self.gate
+                    .try_write(&self.write_stats, file.as_raw_fd(), &iovecs, offset, total);
+            let n = match inline {
+                Some(res) => res.map_err(|e| (e, written))?,
+                None => self
+                    .run(entry, Box::new((file.clone(), chunk.clone(), iovecs)))
+                    .await
+                    .map_err(|e| (e, written))? as usize,
+            };
             if n == 0 && total > 0 {
                 return Err((io::Error::from_raw_os_error(libc::ENOSPC), written));
             }

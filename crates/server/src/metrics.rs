@@ -101,6 +101,20 @@ pub fn render(shared: &Shared) -> String {
             let _ = writeln!(out, "runnel_{name}{{shard=\"{i}\"}} {}", c.value(name));
         }
     }
+    type Get = fn(&runnel_runtime::pagewrite::WriteStats) -> u64;
+    let page_writes: [(&str, &str, Get); 3] = [
+        ("page_cache_writes_inline", "Log writes done inline on the shard's thread (see ARCHITECTURE: page-cache writes).", |w| w.inline.load(Ordering::Relaxed)),
+        ("page_cache_writes_ring", "Log writes handed to io_uring (on ext4 and tmpfs, to an io-wq worker thread).", |w| w.ring.load(Ordering::Relaxed)),
+        ("page_cache_write_stalls", "Inline log writes that slept in the kernel, holding the shard for over a millisecond more than their size explains; each sends the next second's writes through io_uring.", |w| w.stalls.load(Ordering::Relaxed)),
+    ];
+    for (name, help, get) in page_writes {
+        let _ = writeln!(out, "# HELP runnel_{name} {help}");
+        let _ = writeln!(out, "# TYPE runnel_{name} counter");
+        for (i, w) in shared.page_writes.iter().enumerate() {
+            let v = w.get().map_or(0, |w| get(w));
+            let _ = writeln!(out, "runnel_{name}{{shard=\"{i}\"}} {v}");
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP runnel_log_cleanable_dirty_ratio A compacted partition's dirty bytes over its cleanable bytes, as the cleaner last saw it.\n# TYPE runnel_log_cleanable_dirty_ratio gauge"

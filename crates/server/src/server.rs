@@ -109,6 +109,19 @@ pub fn run(config: Config) -> Result<(), String> {
     let cleaner_offsets = read_checkpoint(&data_dir, checkpoint::CLEANER_OFFSET_CHECKPOINT)?;
     let nr_shards = config.shards();
     check_memlock(nr_shards);
+    match runnel_runtime::pagewrite::enable_for(&data_dir) {
+        Ok((fs, inline)) => tracing::info!(
+            "data dir on {fs}: page-cache writes {}",
+            if inline {
+                "inline on the shards while memory is not near the dirty limits"
+            } else {
+                "through io_uring"
+            }
+        ),
+        Err(e) => tracing::warn!(
+            "cannot tell the data dir's file system ({e}): page-cache writes through io_uring"
+        ),
+    }
     let open_file_limit = crate::limits::raise_open_file_limit();
     let max_connections = config
         .max_connections
@@ -139,6 +152,7 @@ pub fn run(config: Config) -> Result<(), String> {
         defaults: config.default_log_config(),
         counters: (0..nr_shards).map(|_| Default::default()).collect(),
         cleaner_ratios: (0..nr_shards).map(|_| Default::default()).collect(),
+        page_writes: (0..nr_shards).map(|_| Default::default()).collect(),
         config,
         nr_shards,
         advertised_host,
@@ -279,6 +293,7 @@ async fn shard_main(
         .await
         .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
     let shard = new_shard(&shared, senders);
+    let _ = shared.page_writes[shard.id].set(runnel_runtime::ring().write_stats());
     // Serve the other shards' messages, each in a task of its own.
     for (_, stream) in receivers.streams() {
         let shard = shard.clone();

@@ -203,6 +203,8 @@ pub struct Shared {
     /// Each shard's compacted partitions' dirty ratios, for /metrics (written by the
     /// shard's cleaner, off the request path).
     pub cleaner_ratios: Vec<std::sync::Mutex<crate::cleaner::Ratios>>,
+    /// Each shard's page-cache writes by path (inline or io_uring), set when it starts.
+    pub page_writes: Vec<std::sync::OnceLock<Arc<runnel_runtime::pagewrite::WriteStats>>>,
     /// This node's member of the metadata quorum.
     pub controller: runnel_controller::Controller,
     /// What the metadata log applies, until shard 0 takes it at start.
