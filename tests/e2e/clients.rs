@@ -485,7 +485,10 @@ fn zero_copy_sends_no_record_bytes_through_user_space_and_the_copy_path_does() {
                 .unwrap();
             let fs = String::from_utf8_lossy(&fs.stdout).trim().to_string();
             if fs == "ext2/ext3" || fs == "tmpfs" {
-                assert!(inline > 0, "no inline writes on {fs} ({ring} through the ring)");
+                assert!(
+                    inline > 0,
+                    "no inline writes on {fs} ({ring} through the ring)"
+                );
             }
         }
     });

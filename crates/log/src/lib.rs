@@ -20,6 +20,7 @@ pub mod index;
 mod log;
 pub mod producer_state;
 mod recovery;
+mod reserve;
 mod segment;
 mod truncate;
 

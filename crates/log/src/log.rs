@@ -200,6 +200,8 @@ pub(crate) struct Inner {
     waiters: RefCell<Waiters>,
     pub closed: Cell<bool>,
     pub stats: LogStats,
+    /// The recent append rate, for reserving blocks ahead of the writes.
+    pub ahead: crate::reserve::Ahead,
     /// Idempotent producers' sequences; see [`crate::producer_state`].
     pub producers: RefCell<ProducerState>,
     /// (first offset, marker offset) of transactions ended by a marker the high watermark
@@ -313,6 +315,7 @@ impl Log {
                 waiters: RefCell::new(Waiters::default()),
                 closed: Cell::new(false),
                 stats: LogStats::default(),
+                ahead: Default::default(),
                 producers: RefCell::new(ProducerState::default()),
                 unreplicated: RefCell::new(VecDeque::new()),
                 first_dirty: Cell::new(log_start_offset),
@@ -1586,6 +1589,8 @@ async fn write_run(
     active.last_modified_ms.set(now);
     active.size.set(pos);
     inner.next_offset.set(next);
+    let ahead = inner.ahead.on_append(now, pos - position);
+    crate::reserve::reserve_ahead(&active_rc, ahead, config.segment_bytes);
     // Idempotence state moves with the write, not with the high watermark: a retry of a
     // batch written but not yet visible is a duplicate of it, not a second copy.
     inner.producers.borrow_mut().commit(pending);
@@ -1858,6 +1863,8 @@ async fn write_replica_runs(
         active.last_modified_ms.set(now);
         active.size.set(pos);
         inner.next_offset.set(expect);
+        let ahead = inner.ahead.on_append(now, pos - position);
+        crate::reserve::reserve_ahead(&active, ahead, config.segment_bytes);
         let stats = &inner.stats;
         stats
             .appended_batches
@@ -2146,8 +2153,10 @@ async fn roll_now(log: &Log) -> Result<(), LogError> {
     // The producer state as of the new segment's base: after a crash, recovery replays
     // only the batches appended since.
     write_producer_snapshot(inner).await?;
-    // The old file's preallocated blocks past its end are no longer needed.
-    if config.preallocate {
+    // The old file's preallocated or reserved blocks past its end are no longer needed (a
+    // reservation still being made gives its blocks back when it finishes).
+    old.retired.set(true);
+    if config.preallocate || (old.reserved.get() > 0 && !old.reserving.get()) {
         let _ = runnel_runtime::ring()
             .ftruncate(&old.file, old.size.get())
             .await;
@@ -2325,9 +2334,14 @@ pub(crate) async fn create_segment(
     let seg = Segment::new(dir, base_offset, file, 0, now_ms());
     if preallocate {
         // Best effort: a filesystem without fallocate simply allocates as we write.
-        let _ = runnel_runtime::ring()
+        let reserved = runnel_runtime::ring()
             .fallocate(&seg.file, libc::FALLOC_FL_KEEP_SIZE, 0, segment_bytes)
             .await;
+        seg.reserved.set(if reserved.is_ok() {
+            segment_bytes
+        } else {
+            u64::MAX
+        });
     }
     Ok(seg)
 }

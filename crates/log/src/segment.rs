@@ -123,6 +123,14 @@ pub(crate) struct Segment {
     /// Transactions aborted by a marker in this segment, in marker order (written to the
     /// `.txnindex` file with the other indexes).
     pub aborted: RefCell<Vec<AbortedTxn>>,
+    /// Bytes of the file known to have disk blocks reserved (fallocate, past the size);
+    /// u64::MAX once reserving failed ([`crate::reserve`]).
+    pub reserved: Cell<u64>,
+    /// A reservation is being made.
+    pub reserving: Cell<bool>,
+    /// No longer the active segment: what a reservation finishing now reserved past the
+    /// end is given back.
+    pub retired: Cell<bool>,
 }
 
 impl Segment {
@@ -145,6 +153,9 @@ impl Segment {
             last_modified_ms: Cell::new(mtime_ms),
             synced_size: Cell::new(size),
             aborted: RefCell::new(Vec::new()),
+            reserved: Cell::new(0),
+            reserving: Cell::new(false),
+            retired: Cell::new(false),
         }
     }
 

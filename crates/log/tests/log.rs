@@ -904,3 +904,69 @@ fn deleted_segments_wait_out_file_delete_delay_as_dot_deleted_files() {
         );
     });
 }
+
+/// Disk bytes the file at `path` has allocated (st_blocks).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn a_busy_log_reserves_blocks_ahead_and_gives_them_back_when_it_rolls() {
+    // (Under target/: tmpfs, where /tmp may be, has no unwritten extents to look at.)
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("reserve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("t-0");
+    let seg0 = segment_path(&path, 0, "log");
+    run(move || async move {
+        let log = open(&path, small_config(256 << 20), OpenOptions::default())
+            .await
+            .unwrap();
+        // Over a second at several MiB/s: the log's rate is measured, then a reservation of
+        // about half a second's bytes is made past the write position.
+        let vals = values(64, 1000, 1);
+        let start = std::time::Instant::now();
+        let deadline = start + std::time::Duration::from_secs(10);
+        let mut reserved = false;
+        while std::time::Instant::now() < deadline {
+            log.append(batch_with(&vals, now_ms()), false)
+                .await
+                .unwrap();
+            for _ in 0..4 {
+                yield_now().await;
+            }
+            let size = std::fs::metadata(&seg0).unwrap().len();
+            if start.elapsed().as_millis() > 1100 && allocated(&seg0) >= size + (1 << 20) {
+                reserved = true;
+                break;
+            }
+            // About 16 MiB/s.
+            glommio::timer::sleep(std::time::Duration::from_millis(4)).await;
+        }
+        assert!(reserved, "blocks reserved ahead of the writes");
+        let size = std::fs::metadata(&seg0).unwrap().len();
+        assert!(
+            allocated(&seg0) <= size + (32 << 20) + (1 << 20),
+            "at most MAX_AHEAD ahead"
+        );
+        // A roll gives back what lies past the old segment's end (now, or when a reservation
+        // still running finishes).
+        log.roll().await.unwrap();
+        let size = std::fs::metadata(&seg0).unwrap().len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while allocated(&seg0) >= size + (1 << 20) && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            allocated(&seg0) < size + (1 << 20),
+            "reserved blocks given back at the roll"
+        );
+        // The records are all there.
+        assert_eq!(
+            read_all(&log, 0, 1 << 20).await.len() as i64,
+            log.high_watermark()
+        );
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
