@@ -2,7 +2,7 @@
 # Two broker binaries alternated on the same workload, each round on a fresh data dir: the
 # broker with --cores 1 pinned to CPU 0, runnel-bench on CPU 1, so the figures are one core
 # of broker. Prints each run's MB/s, broker CPU-s per GB and broker minor page faults, then
-# the medians.
+# the medians; for an e2e workload also its p99 and p99.9 produce-to-consume latency.
 # Usage: benches/ab.sh A_BIN B_BIN [rounds] [runnel-bench subcommand and flags...]
 #   default workload: produce --create --partitions 8 --duration 6 (1 KiB records, 64 KiB batches, acks=1)
 set -euo pipefail
@@ -16,7 +16,16 @@ CPUSET=/sys/fs/cgroup/cpuset/runnel-ab
 if mkdir -p $CPUSET 2>/dev/null && echo 0 > $CPUSET/cpuset.cpus \
         && cat /sys/fs/cgroup/cpuset/cpuset.mems > $CPUSET/cpuset.mems; then :; else CPUSET=; fi
 trap 'pkill -f "data-dir $OUT/" 2>/dev/null || true; sleep 0.5; rm -rf "$OUT"; [ -z "$CPUSET" ] || rmdir $CPUSET 2>/dev/null' EXIT
+io_stall_us() { awk '/^full/ { split($5, t, "="); print t[2] }' /proc/pressure/io 2>/dev/null || echo 0; }
+settle() { # until the disk is idle (under 2 % of a second of full I/O stall), at most 60 s
+    sync
+    for _ in $(seq 60); do
+        local t0; t0=$(io_stall_us); sleep 1
+        [ $(( $(io_stall_us) - t0 )) -lt 20000 ] && return
+    done
+}
 run() { # bin label
+    settle
     local D="$OUT/$2.$r" PORT=$((20000 + RANDOM % 20000))
     # In a cpuset of CPU 0 when there is one (root, cgroup v1): io-wq workers follow the
     # cpuset, not the affinity taskset sets.
@@ -33,10 +42,11 @@ run() { # bin label
     # Minor page faults of the broker over the measured run (field 10 of /proc/PID/stat).
     local F0; F0=$(awk '{print $10}' /proc/$P/stat)
     taskset -c 1 "$BENCH" --brokers 127.0.0.1:$PORT --json --quiet --broker-pid $P "${WORK[@]}" \
-        | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%.1f %.3f" % (j["mb_per_s"], j["broker_cpu_s"] / (j["bytes"] / 1e9)), end=" ")' \
+        | python3 -c 'import json,sys; j=json.load(sys.stdin); l=j.get("latency") if sys.argv[1] == "e2e" else None; print("%.1f %.3f" % (j["mb_per_s"], j["broker_cpu_s"] / (j["bytes"] / 1e9)) + (" %.2f %.2f" % (l["p99_us"] / 1e3, l["p999_us"] / 1e3) if l else ""), end=" ")' "${WORK[0]}" \
         > "$OUT/row"
     echo $(( $(awk '{print $10}' /proc/$P/stat) - F0 )) >> "$OUT/row"
-    tee -a "$OUT/$2.txt" < "$OUT/row" | sed "s/^/$2 round $r: MB\/s, CPU-s\/GB, page faults: /"
+    # (e2e rows: MB/s, CPU-s/GB, p99 ms, p99.9 ms, page faults)
+    tee -a "$OUT/$2.txt" < "$OUT/row" | sed "s/^/$2 round $r: MB\/s, CPU-s\/GB, [e2e: p99 ms, p99.9 ms,] page faults: /"
     kill $P; wait $P 2>/dev/null || true
     rm -rf "$D"
 }
@@ -47,8 +57,9 @@ for l in A B; do
     python3 - "$OUT/$l.txt" "$l" <<'PY'
 import statistics, sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1])]
-print(f"{sys.argv[2]} median: {statistics.median(r[0] for r in rows):.1f} MB/s, "
-      f"{statistics.median(r[1] for r in rows):.3f} CPU-s/GB, {statistics.median(r[2] for r in rows):.0f} "
-      f"page faults over {len(rows)} rounds")
+med = lambda i: statistics.median(r[i] for r in rows)
+lat = f"p99 {med(2):.2f} ms, p99.9 {med(3):.2f} ms, " if len(rows[0]) == 5 else ""
+print(f"{sys.argv[2]} median: {med(0):.1f} MB/s, {med(1):.3f} CPU-s/GB, {lat}"
+      f"{med(len(rows[0]) - 1):.0f} page faults over {len(rows)} rounds")
 PY
 done

@@ -383,6 +383,11 @@ fn ten_thousand_idle_connections_and_the_connection_limits() {
         wait_until("the refusals counted", Duration::from_secs(5), || {
             b.metric_sum("connections_refused_max") >= 8
         });
+        // (The counter moves before the line is written, and the test reads the broker's
+        // output on a thread of its own: wait for the line, then count.)
+        wait_until("the refusal logged", Duration::from_secs(5), || {
+            b.logs().contains("--max-connections reached")
+        });
         assert_eq!(
             b.logs().matches("--max-connections reached").count(),
             1,
