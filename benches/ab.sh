@@ -16,12 +16,15 @@ CPUSET=/sys/fs/cgroup/cpuset/runnel-ab
 if mkdir -p $CPUSET 2>/dev/null && echo 0 > $CPUSET/cpuset.cpus \
         && cat /sys/fs/cgroup/cpuset/cpuset.mems > $CPUSET/cpuset.mems; then :; else CPUSET=; fi
 trap 'pkill -f "data-dir $OUT/" 2>/dev/null || true; sleep 0.5; rm -rf "$OUT"; [ -z "$CPUSET" ] || rmdir $CPUSET 2>/dev/null' EXIT
-io_stall_us() { awk '/^full/ { split($5, t, "="); print t[2] }' /proc/pressure/io 2>/dev/null || echo 0; }
-settle() { # until the disk is idle (under 2 % of a second of full I/O stall), at most 60 s
+disk_busy_ms() { # io_ticks of the block device under target/
+    local d; d=$(stat -c '%d' target)
+    awk '{ print $10 }' "/sys/dev/block/$((d >> 8)):$((d & 255))/stat" 2>/dev/null || echo 0
+}
+settle() { # until the disk is idle (busy under 2 % of a second), at most 60 s
     sync
     for _ in $(seq 60); do
-        local t0; t0=$(io_stall_us); sleep 1
-        [ $(( $(io_stall_us) - t0 )) -lt 20000 ] && return
+        local t0; t0=$(disk_busy_ms); sleep 1
+        [ $(( $(disk_busy_ms) - t0 )) -lt 20 ] && return
     done
 }
 run() { # bin label

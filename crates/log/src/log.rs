@@ -1558,7 +1558,13 @@ async fn write_run(
     }
     let ring = runnel_runtime::ring();
     inner.stats.writes.set(inner.stats.writes.get() + 1);
-    if let Err((e, written)) = ring.write_all_at(&active.file, position, bufs).await {
+    // While blocks are being reserved ahead (`reserve`), fallocate holds the inode lock a
+    // write needs: that write goes through the ring instead of waiting on the shard.
+    let inline_ok = !active.reserving.get();
+    if let Err((e, written)) = ring
+        .write_all_at_or_ring(&active.file, position, bufs, inline_ok)
+        .await
+    {
         let err = LogError::io("append to", &active.log_path, e);
         tracing::error!(topic = %inner.topic, partition = inner.partition, "{err} ({written} bytes written)");
         // Cut off what did reach the file: nothing past the committed size may survive to be
@@ -1828,7 +1834,11 @@ async fn write_replica_runs(
         let bufs: Vec<Bytes> = run.iter().map(|(_, b)| b.clone()).collect();
         inner.stats.writes.set(inner.stats.writes.get() + 1);
         let ring = runnel_runtime::ring();
-        if let Err((e, written)) = ring.write_all_at(&active.file, position, bufs).await {
+        let inline_ok = !active.reserving.get();
+        if let Err((e, written)) = ring
+            .write_all_at_or_ring(&active.file, position, bufs, inline_ok)
+            .await
+        {
             let err = LogError::io("append to", &active.log_path, e);
             tracing::error!(topic = %inner.topic, partition = inner.partition, "{err} ({written} bytes written)");
             if written > 0 {

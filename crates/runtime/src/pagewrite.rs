@@ -221,6 +221,11 @@ fn voluntary_switches() -> i64 {
     ru.ru_nvcsw
 }
 
+/// Counts a write its caller sent through the ring.
+pub(crate) fn count_ring(stats: &WriteStats) {
+    WriteStats::bump(&stats.ring);
+}
+
 fn stalled(took: Duration, len: usize) -> bool {
     took > STALL + Duration::from_nanos(len as u64 * NS_PER_BYTE)
 }

@@ -226,8 +226,21 @@ impl Ring {
     pub async fn write_all_at(
         self: &Rc<Self>,
         file: &Arc<OwnedFd>,
+        offset: u64,
+        bufs: Vec<Bytes>,
+    ) -> Result<(), (io::Error, u64)> {
+        self.write_all_at_or_ring(file, offset, bufs, true).await
+    }
+
+    /// [`Ring::write_all_at`], through the ring whatever [`crate::pagewrite`] says unless
+    /// `inline_ok`: for a caller that knows the write would wait (another operation on the
+    /// file holds its inode lock).
+    pub async fn write_all_at_or_ring(
+        self: &Rc<Self>,
+        file: &Arc<OwnedFd>,
         mut offset: u64,
         mut bufs: Vec<Bytes>,
+        inline_ok: bool,
     ) -> Result<(), (io::Error, u64)> {
         let mut written = 0u64;
         bufs.retain(|b| !b.is_empty());
@@ -250,9 +263,13 @@ impl Ring {
             .offset(offset)
             .build();
             let total: usize = chunk.iter().map(Bytes::len).sum();
-            let inline =
+            let inline = if inline_ok {
                 self.gate
-                    .try_write(&self.write_stats, file.as_raw_fd(), &iovecs, offset, total);
+                    .try_write(&self.write_stats, file.as_raw_fd(), &iovecs, offset, total)
+            } else {
+                crate::pagewrite::count_ring(&self.write_stats);
+                None
+            };
             let n = match inline {
                 Some(res) => res.map_err(|e| (e, written))?,
                 None => self
