@@ -5,8 +5,8 @@
 //! non-blocking buffered writes (RWF_NOWAIT: XFS, btrfs). ext4 and tmpfs refuse them
 //! (EOPNOTSUPP, still so in Linux 6.18), so io_uring hands every write there to an io-wq
 //! worker: a thread wake-up and two context switches per write, and with a shard confined to
-//! one CPU the worker runs on that same CPU anyway. On ext4 here that hand-off was about a
-//! sixth of the broker's CPU per GB produced (docs/benchmarks.md).
+//! one CPU the worker runs on that same CPU anyway. On ext4 here, writing inline took 11 %
+//! off the broker's CPU per GB produced in an alternated A/B (docs/benchmarks.md).
 //!
 //! A buffered write copies the bytes into the page cache and returns. It sleeps only when
 //! the kernel throttles writers because too much memory is dirty (balance_dirty_pages), or
