@@ -2164,9 +2164,10 @@ async fn roll_now(log: &Log) -> Result<(), LogError> {
     // only the batches appended since.
     write_producer_snapshot(inner).await?;
     // The old file's preallocated or reserved blocks past its end are no longer needed (a
-    // reservation still being made gives its blocks back when it finishes).
+    // reservation still being made gives its blocks back when it finishes). Always, not only
+    // after a reservation of this run: a segment reopened after a restart may hold one too.
     old.retired.set(true);
-    if config.preallocate || (old.reserved.get() > 0 && !old.reserving.get()) {
+    if !old.reserving.get() {
         let _ = runnel_runtime::ring()
             .ftruncate(&old.file, old.size.get())
             .await;

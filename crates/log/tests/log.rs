@@ -967,6 +967,48 @@ fn a_busy_log_reserves_blocks_ahead_and_gives_them_back_when_it_rolls() {
             read_all(&log, 0, 1 << 20).await.len() as i64,
             log.high_watermark()
         );
+        // A reservation left by a run that ended (here: a close) is given back at the next
+        // roll of the reopened log too.
+        let seg1 = segment_path(&path, log.high_watermark(), "log");
+        let start = std::time::Instant::now();
+        loop {
+            log.append(batch_with(&vals, now_ms()), false)
+                .await
+                .unwrap();
+            yield_now().await;
+            let size = std::fs::metadata(&seg1).unwrap().len();
+            if start.elapsed().as_millis() > 1100 && allocated(&seg1) >= size + (1 << 20) {
+                break;
+            }
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "no reservation on the new segment"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(4)).await;
+        }
+        // (Let a reservation still being made finish before the close.)
+        glommio::timer::sleep(std::time::Duration::from_millis(200)).await;
+        log.close().await.unwrap();
+        let log = open(
+            &path,
+            small_config(256 << 20),
+            OpenOptions {
+                clean_shutdown: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let size = std::fs::metadata(&seg1).unwrap().len();
+        assert!(
+            allocated(&seg1) >= size + (1 << 20),
+            "the reservation outlived the close"
+        );
+        log.roll().await.unwrap();
+        assert!(
+            allocated(&seg1) < size + (1 << 20),
+            "given back at the reopened log's roll"
+        );
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }

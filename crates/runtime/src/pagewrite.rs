@@ -121,17 +121,18 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    /// Writes `iov` at `offset` inline if the rules allow it: Some(result of pwritev), or
-    /// None to use the ring.
+    /// Writes `iov` at `offset` inline if the caller (`allowed`) and the rules allow it:
+    /// Some(result of pwritev), or None to use the ring.
     pub(crate) fn try_write(
         &self,
         stats: &WriteStats,
+        allowed: bool,
         fd: RawFd,
         iov: &[libc::iovec],
         offset: u64,
         len: usize,
     ) -> Option<io::Result<usize>> {
-        if !ENABLED.load(Ordering::Relaxed) || len > MAX_INLINE || !self.open() {
+        if !allowed || !ENABLED.load(Ordering::Relaxed) || len > MAX_INLINE || !self.open() {
             WriteStats::bump(&stats.ring);
             return None;
         }
@@ -219,11 +220,6 @@ fn voluntary_switches() -> i64 {
     // SAFETY: RUSAGE_THREAD with a valid rusage buffer; it cannot fail with these arguments.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
     ru.ru_nvcsw
-}
-
-/// Counts a write its caller sent through the ring.
-pub(crate) fn count_ring(stats: &WriteStats) {
-    WriteStats::bump(&stats.ring);
 }
 
 fn stalled(took: Duration, len: usize) -> bool {
@@ -340,6 +336,12 @@ mod tests {
             let big = Bytes::from(vec![4u8; MAX_INLINE + 1]);
             ring.write_all_at(&file, 8100, vec![big]).await.unwrap();
             assert_eq!(stats.ring.load(Ordering::Relaxed), 2);
+            // A caller that says the write would wait: the ring, even with the gate open.
+            let d = Bytes::from(vec![4u8; 10]);
+            ring.write_all_at_or_ring(&file, 8100, vec![d], false)
+                .await
+                .unwrap();
+            assert_eq!(stats.ring.load(Ordering::Relaxed), 3);
             // An inline write's error comes back as the ring's would: EBADF, nothing written.
             let ro = Arc::new(OwnedFd::from(read_only));
             let (e, written) = ring.write_all_at(&ro, 0, vec![c]).await.unwrap_err();

@@ -263,13 +263,14 @@ impl Ring {
             .offset(offset)
             .build();
             let total: usize = chunk.iter().map(Bytes::len).sum();
-            let inline = if inline_ok {
-                self.gate
-                    .try_write(&self.write_stats, file.as_raw_fd(), &iovecs, offset, total)
-            } else {
-                crate::pagewrite::count_ring(&self.write_stats);
-                None
-            };
+            let inline = self.gate.try_write(
+                &self.write_stats,
+                inline_ok,
+                file.as_raw_fd(),
+                &iovecs,
+                offset,
+                total,
+            );
             let n = match inline {
                 Some(res) => res.map_err(|e| (e, written))?,
                 None => self
