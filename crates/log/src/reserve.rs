@@ -17,15 +17,26 @@
 //! size). A crash or a restart can leave up to [`MAX_AHEAD`] reserved past the end of a
 //! partition's last segment, given back when that segment rolls or is deleted; the file
 //! size, which is all recovery looks at, never includes it (FALLOC_FL_KEEP_SIZE).
+//!
+//! Nothing is reserved where it cannot pay ([`room`]): on tmpfs (no block allocation to get
+//! ahead of; a reservation there would only take memory early), nor on a file system with
+//! less than [`LOW_SPACE`] (or a twentieth of its size) free, where the last blocks should go
+//! to the writes themselves rather than sit reserved behind every hot partition.
 
 use crate::segment::Segment;
 use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 /// A partition writing less than this per second reserves nothing ahead.
 pub const MIN_RATE: u64 = 1 << 20;
 /// The most reserved ahead of a partition's writes.
 pub const MAX_AHEAD: u64 = 32 << 20;
+/// A file system with less free than this, or than a twentieth of its size, gets no more
+/// reservations (each hot partition could otherwise hold [`MAX_AHEAD`] of the last space).
+pub const LOW_SPACE: u64 = 1 << 30;
+/// statfs's f_type of tmpfs.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Reservations are made in whole units of this.
 const UNIT: u64 = 1 << 20;
 /// The rate is measured over windows of this length.
@@ -84,6 +95,34 @@ pub(crate) fn next_range(
     (end > from).then_some((from, end - from))
 }
 
+/// Whether a reservation of `len` bytes pays on a file system of type `fs_type` (statfs
+/// magic) with `free` bytes available to us out of `total`: `None` never on this file
+/// system, `Some(false)` not now (too little free), `Some(true)` yes.
+pub(crate) fn room(fs_type: i64, free: u64, total: u64, len: u64) -> Option<bool> {
+    if fs_type == TMPFS_MAGIC {
+        return None;
+    }
+    Some(free.saturating_sub(len) >= LOW_SPACE.max(total / 20))
+}
+
+/// [`room`] for the file system holding `fd` (an error from fstatfs: no reservation).
+fn room_for(fd: std::os::fd::RawFd, len: u64) -> Option<bool> {
+    // SAFETY: statfs is plain old data; an all-zero value is valid and fstatfs overwrites it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor the caller holds for the call's duration, and `st`
+    // a valid statfs buffer. fstatfs reads counters in memory; it does not wait on the disk.
+    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
+        return None;
+    }
+    let bsize = st.f_bsize as u64;
+    room(
+        st.f_type as i64,
+        (st.f_bavail as u64).saturating_mul(bsize),
+        (st.f_blocks as u64).saturating_mul(bsize),
+        len,
+    )
+}
+
 /// Reserves the next range of `seg` if it needs one and none is being reserved: in a task of
 /// its own (fallocate waits on the file system), so the caller's write goes on.
 pub(crate) fn reserve_ahead(seg: &Rc<Segment>, ahead: u64, segment_bytes: u64) {
@@ -94,6 +133,14 @@ pub(crate) fn reserve_ahead(seg: &Rc<Segment>, ahead: u64, segment_bytes: u64) {
     else {
         return;
     };
+    match room_for(seg.file.as_raw_fd(), len) {
+        Some(true) => {}
+        // Low on space: not for this segment (the next one asks again).
+        Some(false) | None => {
+            seg.reserved.set(u64::MAX);
+            return;
+        }
+    }
     seg.reserving.set(true);
     let seg = seg.clone();
     glommio::spawn_local(async move {
@@ -167,5 +214,19 @@ mod tests {
         assert_eq!(next_range(10 * MIB, 1 << 30, 8 * MIB, 1 << 30), None);
         assert_eq!(next_range(10 * MIB, u64::MAX, 8 * MIB, 1 << 30), None);
         assert_eq!(next_range(10 * MIB, 0, 0, 1 << 30), None);
+    }
+
+    #[test]
+    fn nothing_is_reserved_on_tmpfs_or_on_a_nearly_full_file_system() {
+        const EXT4: i64 = 0xef53;
+        const GIB: u64 = 1 << 30;
+        assert_eq!(room(TMPFS_MAGIC, 100 * GIB, 200 * GIB, 8 * MIB), None);
+        assert_eq!(room(EXT4, 80 * GIB, 250 * GIB, 32 * MIB), Some(true));
+        // Under a twentieth of the size free after the reservation.
+        assert_eq!(room(EXT4, 12 * GIB, 250 * GIB, 32 * MIB), Some(false));
+        // A small file system: the 1 GiB floor.
+        assert_eq!(room(EXT4, GIB + 8 * MIB, 4 * GIB, 8 * MIB), Some(true));
+        assert_eq!(room(EXT4, GIB + 4 * MIB, 4 * GIB, 8 * MIB), Some(false));
+        assert_eq!(room(EXT4, 0, 4 * GIB, 8 * MIB), Some(false));
     }
 }
