@@ -14,7 +14,10 @@ produce request).
 Before each measured run the script syncs (the earlier runs' dirty pages are written out, not
 left to a later run's account) and waits until every broker is idle and the disk too (its block
 device busy under 2 % of a second), then stops the other
-brokers (SIGSTOP) until the run ends; before the latency runs it also empties the page cache.
+brokers (SIGSTOP) until the run ends. It empties the page cache before every run that does not
+read an earlier run's data, and runs each broker's produce, consume and fan-out one after the
+other, so that one broker's data at most is cached at a time (on this VM, memory past about
+11 GiB in use costs 4-5x the CPU to touch).
 
 Workloads, per round:
   produce acks=1       8 partitions, 2 producer connections, for --seconds;
@@ -64,6 +67,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from side_by_side import KAFKA, ROOT, cpu_s, free_port, rss_mb, wait_port  # noqa: E402
 
 CHUNK = 64 << 10
+
+
+def drop_caches():
+    """Empties the page cache of clean pages (after a sync): root only, skipped otherwise."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
 
 
 def write_limit(path, total, sync_every=None):
@@ -195,11 +208,17 @@ def main():
         brokers["kafka"] = (f"127.0.0.1:{kport}", kpid)
         names = list(brokers)
 
-        def quiet():
+        def quiet(cached):
             """Before each measured run: the earlier runs' dirty pages written out (their
             writeback would land on whichever broker runs next) and every broker idle (Kafka
-            works on for a while after a large topic is created, on the shared CPU)."""
+            works on for a while after a large topic is created, on the shared CPU). Unless
+            the run reads what an earlier one wrote (`cached`), the page cache is emptied
+            too: on this VM, memory past about 11 GiB in use costs 4-5x the CPU to touch
+            (the host backs it lazily), so a run that found the cache full of earlier runs'
+            data paid several times the CPU per GB for the pages it wrote."""
             os.sync()
+            if not cached:
+                drop_caches()
             pids = [p for _, p in brokers.values()] + [p.pid for p in procs]
             deadline = time.time() + 20
             while time.time() < deadline:
@@ -230,11 +249,11 @@ def main():
             time.sleep(1)
             return (disk_busy_ms() - t0) / 10
 
-        def bench(name, *args, cpus=None, addr=None, pid=None):
+        def bench(name, *args, cpus=None, addr=None, pid=None, cached=False):
             addr = addr or brokers[name][0]
             pid = pid or brokers[name][1]
             pin = ["taskset", "-c", cpus or a.bench_cpus] if cpus != "any" else []
-            quiet()
+            quiet(cached)
             # The other brokers are stopped (SIGSTOP) while one is measured: idle, they still
             # wake on the shared CPU (Kafka's JVM and its schedulers above all), which shows in
             # the measured broker's tail latency.
@@ -308,8 +327,9 @@ def main():
                                                                "--duration", s), False),
             # The whole topic the produce above wrote (timed from start to its end: a run for a
             # fixed time would reach the end and wait).
-            ("consume", None, 0, {}, lambda n, t: bench(n, "consume", "--topic", t), False),
-            ("fan-out x4", None, 0, {}, lambda n, t: bench(n, "fanout", "--topic", t, "--consumers", 4), True),
+            ("consume", None, 0, {}, lambda n, t: bench(n, "consume", "--topic", t, cached=True), False),
+            ("fan-out x4", None, 0, {}, lambda n, t: bench(n, "fanout", "--topic", t, "--consumers", 4,
+                                                          cached=True), True),
             ("durable produce acks=all", "durable", 8, {"kafka": {"flush.messages": "1"}},
              lambda n, t: bench(n, "produce", "--topic", t, "--producers", 2, "--acks", -1, "--duration", s), True),
             ("8 partitions, 1 producer, keyed", "p8-", 8, {},
@@ -319,21 +339,29 @@ def main():
         res = {}
         limits = []
         disk = os.path.join(work, "limit.bin")
+        # A workload without a topic prefix reads the one before it wrote: they run as a
+        # chain, one broker's whole chain before the next broker's, so that only one
+        # broker's data is in the page cache at a time (see quiet()).
+        chains = []
+        for wl in workloads:
+            if wl[1] or not chains:
+                chains.append([])
+            chains[-1].append(wl)
         for r in range(a.rounds):
             order = names[r % 3:] + names[:r % 3]
-            topic = None
-            for w, prefix, parts, configs, run, drop in workloads:
-                if prefix:
-                    topic = f"{prefix}{r}"
+            for chain in chains:
                 for n in order:
-                    if prefix:
-                        create(n, topic, parts, configs.get(n))
-                    j = run(n, topic)
-                    res.setdefault((w, n), []).append(j)
-                    print(f"round {r} {w} {n}: {j['mb_per_s']:.1f} MB/s, "
-                          f"{j['broker_cpu_s'] / (j['bytes'] / 1e9):.3f} CPU-s/GB", file=sys.stderr, flush=True)
-                    if drop and topic:
-                        delete(n, topic)
+                    topic = None
+                    for w, prefix, parts, configs, run, drop in chain:
+                        if prefix:
+                            topic = f"{prefix}{r}"
+                            create(n, topic, parts, configs.get(n))
+                        j = run(n, topic)
+                        res.setdefault((w, n), []).append(j)
+                        print(f"round {r} {w} {n}: {j['mb_per_s']:.1f} MB/s, "
+                              f"{j['broker_cpu_s'] / (j['bytes'] / 1e9):.3f} CPU-s/GB", file=sys.stderr, flush=True)
+                        if drop and topic:
+                            delete(n, topic)
             os.sched_setaffinity(0, {int(c) for c in a.broker_cpus.split(",")})
             lim = {"write": write_limit(disk, 2 << 30),
                    "sync64k": write_limit(disk, 256 << 20, CHUNK),
@@ -357,12 +385,7 @@ def main():
         if not skipped("e2e"):
             # Latency with free memory: the page cache emptied of the earlier workloads'
             # gigabytes, so no run pays for reclaiming them (root only; skipped otherwise).
-            os.sync()
-            try:
-                with open("/proc/sys/vm/drop_caches", "w") as f:
-                    f.write("1")
-            except OSError:
-                pass
+            drop_caches()
             for r in range(a.rounds):
                 for pct in (50, 90):
                     for n in names[r % 3:] + names[:r % 3]:
