@@ -221,20 +221,46 @@ async fn write_loop(
     let zero_copy = shard.config().zero_copy;
     let send_timeout = Duration::from_millis(shard.config().socket_send_timeout_ms);
     let mut copy_buf = Vec::new();
-    while let Some(item) = rx.next().await {
-        let outcome = item
-            .task
-            .await
-            .unwrap_or_else(|| Outcome::Close("request task cancelled".into()));
+    // Answers ready at once go out in one send (see `gather_ready`); the first answer that
+    // is not ready, or not small, waits here for the next turn.
+    let mut gathered = Vec::new();
+    let mut held: Option<(InFlight, Option<Outcome>)> = None;
+    loop {
+        let (mut item, ready) = match held.take() {
+            Some(h) => h,
+            None => match rx.next().await {
+                Some(item) => (item, None),
+                None => break,
+            },
+        };
+        let outcome = match ready {
+            Some(o) => o,
+            None => (&mut item.task)
+                .await
+                .unwrap_or_else(|| Outcome::Close("request task cancelled".into())),
+        };
         let result = match outcome {
             Outcome::Reply(resp) => {
+                let mut batch = Vec::new();
+                if small_answer(&resp.parts) {
+                    held = gather_ready(&mut rx, &resp.parts, &mut gathered, &mut batch).await;
+                }
                 let out = Out {
                     writer: &mut writer,
                     fd,
                     zero_copy,
                     send_timeout,
                 };
-                send(&shard, out, &mut copy_buf, resp.parts).await
+                if batch.is_empty() {
+                    send(&shard, out, &mut copy_buf, resp.parts).await
+                } else {
+                    let r = out.writer.write_all(&gathered).await;
+                    for other in batch {
+                        drop(other);
+                        order.written_one();
+                    }
+                    r
+                }
             }
             Outcome::NoReply => Ok(()),
             Outcome::Close(reason) => {
@@ -244,8 +270,7 @@ async fn write_loop(
             }
         };
         // The request's budget is released here, with its answer sent.
-        drop(item._count);
-        drop(item._bytes);
+        drop(item);
         if let Err(e) = result {
             // Our send timeout or glommio's (no errno); a kernel ETIMEDOUT is a dead peer.
             if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() {
@@ -262,6 +287,76 @@ async fn write_loop(
     rx.close();
     // SAFETY: shutdown on a descriptor the connection's stream still owns.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// The most answer bytes gathered into one send.
+const GATHER_MAX: usize = 64 << 10;
+
+/// An answer made of bytes alone (no segment range to splice), small enough to gather.
+fn small_answer(parts: &[Part]) -> bool {
+    let mut len = 0;
+    for p in parts {
+        match p {
+            Part::Bytes(b) => len += b.len(),
+            Part::File { .. } => return false,
+        }
+    }
+    len <= GATHER_MAX / 4
+}
+
+/// After an answer of bytes alone (`first`), takes the answers that follow it and are
+/// already done and small, and copies them all into `gathered` (cleared first), in order;
+/// their requests go into `batch`. With several produce requests in flight on a connection,
+/// one log write often completes a few of them at once; their answers (tens of bytes each)
+/// then go out in one send instead of one each. On loopback each send also carries the
+/// delivery into the client's socket and the client's wake-up: the answers' sends were 13 %
+/// of the broker's CPU when producing. The copy is of answer headers, never of record bytes
+/// (answers with segment ranges are not gathered). Returns the first request not taken (with
+/// its outcome if it was already done), which the caller handles next. An empty `batch`:
+/// nothing was ready, `gathered` is not used and `first` goes out as it is.
+async fn gather_ready(
+    rx: &mut futures_channel::mpsc::UnboundedReceiver<InFlight>,
+    first: &[Part],
+    gathered: &mut Vec<u8>,
+    batch: &mut Vec<InFlight>,
+) -> Option<(InFlight, Option<Outcome>)> {
+    gathered.clear();
+    let mut held = None;
+    while gathered.len() < GATHER_MAX {
+        let Ok(mut next) = rx.try_recv() else { break };
+        match futures_lite::future::poll_once(&mut next.task).await {
+            None => {
+                held = Some((next, None));
+                break;
+            }
+            Some(done) => {
+                let outcome =
+                    done.unwrap_or_else(|| Outcome::Close("request task cancelled".into()));
+                match outcome {
+                    Outcome::Reply(resp) if small_answer(&resp.parts) => {
+                        if batch.is_empty() {
+                            append_parts(gathered, first);
+                        }
+                        append_parts(gathered, &resp.parts);
+                        batch.push(next);
+                    }
+                    other => {
+                        held = Some((next, Some(other)));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    held
+}
+
+fn append_parts(out: &mut Vec<u8>, parts: &[Part]) {
+    for p in parts {
+        if let Part::Bytes(b) = p {
+            out.extend_from_slice(b);
+        }
+    }
 }
 
 /// Reading a partition's segment bytes for an answer failed. An I/O error from the device
