@@ -243,7 +243,14 @@ async fn write_loop(
             Outcome::Reply(resp) => {
                 let mut batch = Vec::new();
                 if small_answer(&resp.parts) {
-                    held = gather_ready(&mut rx, &resp.parts, &mut gathered, &mut batch).await;
+                    held = gather_ready(
+                        &mut rx,
+                        |i: &mut InFlight| &mut i.task,
+                        &resp.parts,
+                        &mut gathered,
+                        &mut batch,
+                    )
+                    .await;
                 }
                 let out = Out {
                     writer: &mut writer,
@@ -314,17 +321,19 @@ fn small_answer(parts: &[Part]) -> bool {
 /// (answers with segment ranges are not gathered). Returns the first request not taken (with
 /// its outcome if it was already done), which the caller handles next. An empty `batch`:
 /// nothing was ready, `gathered` is not used and `first` goes out as it is.
-async fn gather_ready(
-    rx: &mut futures_channel::mpsc::UnboundedReceiver<InFlight>,
+/// (`task` finds a request's answer task in `T`: an `InFlight`, or a bare task in tests.)
+async fn gather_ready<T>(
+    rx: &mut futures_channel::mpsc::UnboundedReceiver<T>,
+    task: impl Fn(&mut T) -> &mut JoinHandle<Outcome>,
     first: &[Part],
     gathered: &mut Vec<u8>,
-    batch: &mut Vec<InFlight>,
-) -> Option<(InFlight, Option<Outcome>)> {
+    batch: &mut Vec<T>,
+) -> Option<(T, Option<Outcome>)> {
     gathered.clear();
     let mut held = None;
     while gathered.len() < GATHER_MAX {
         let Ok(mut next) = rx.try_recv() else { break };
-        match futures_lite::future::poll_once(&mut next.task).await {
+        match futures_lite::future::poll_once(task(&mut next)).await {
             None => {
                 held = Some((next, None));
                 break;
@@ -541,6 +550,84 @@ async fn splice_range(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn reply(bytes: &'static [u8]) -> Outcome {
+        Outcome::Reply(runnel_protocol::Response {
+            parts: vec![Part::Bytes(bytes::Bytes::from_static(bytes))],
+        })
+    }
+
+    #[test]
+    fn answers_already_done_go_out_together_in_order_up_to_the_first_not_done() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let (tx, mut rx) = futures_channel::mpsc::unbounded::<JoinHandle<Outcome>>();
+                let (go_tx, go_rx) = futures_channel::oneshot::channel::<()>();
+                for b in [&b"b"[..], b"c"] {
+                    tx.unbounded_send(glommio::spawn_local(async move { reply(b) }).detach())
+                        .unwrap();
+                }
+                // Not done yet: the gathering stops in front of it.
+                tx.unbounded_send(
+                    glommio::spawn_local(async move {
+                        let _ = go_rx.await;
+                        reply(b"d")
+                    })
+                    .detach(),
+                )
+                .unwrap();
+                tx.unbounded_send(glommio::spawn_local(async { reply(b"e") }).detach())
+                    .unwrap();
+                // (The tasks run: the three ready ones finish.)
+                runnel_runtime::yield_now().await;
+                runnel_runtime::yield_now().await;
+                let first = [Part::Bytes(bytes::Bytes::from_static(b"a"))];
+                let (mut gathered, mut batch) = (Vec::new(), Vec::new());
+                let held = gather_ready(&mut rx, |t| t, &first, &mut gathered, &mut batch).await;
+                assert_eq!(gathered, b"abc");
+                assert_eq!(batch.len(), 2);
+                let (mut next, ready) = held.expect("the answer not done is handed back");
+                assert!(ready.is_none());
+                go_tx.send(()).unwrap();
+                match (&mut next).await {
+                    Some(Outcome::Reply(r)) => assert_eq!(r.len(), 1),
+                    _ => panic!("d's answer"),
+                }
+                // An answer with a segment range is not gathered: handed back done.
+                let file = Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+                tx.unbounded_send(
+                    glommio::spawn_local(async move {
+                        Outcome::Reply(runnel_protocol::Response {
+                            parts: vec![Part::File {
+                                file,
+                                offset: 0,
+                                len: 1,
+                                source: None,
+                            }],
+                        })
+                    })
+                    .detach(),
+                )
+                .unwrap();
+                runnel_runtime::yield_now().await;
+                runnel_runtime::yield_now().await;
+                batch.clear();
+                let held = gather_ready(&mut rx, |t| t, &first, &mut gathered, &mut batch).await;
+                // "e" was done and small: gathered after "a"; the file answer stops it.
+                assert_eq!(gathered, b"ae");
+                assert_eq!(batch.len(), 1);
+                assert!(matches!(held, Some((_, Some(Outcome::Reply(_))))));
+                // Nothing queued: nothing gathered, and `first` goes out alone.
+                batch.clear();
+                let held = gather_ready(&mut rx, |t| t, &first, &mut gathered, &mut batch).await;
+                assert!(held.is_none() && batch.is_empty() && gathered.is_empty());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn one_line_keeps_a_log_entry_whole() {
         assert_eq!(
