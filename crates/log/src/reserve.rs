@@ -24,6 +24,7 @@
 //! to the writes themselves rather than sit reserved behind every hot partition.
 
 use crate::segment::Segment;
+use runnel_runtime::fsinfo::{self, FsInfo};
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -35,8 +36,6 @@ pub const MAX_AHEAD: u64 = 32 << 20;
 /// A file system with less free than this, or than a twentieth of its size, gets no more
 /// reservations (each hot partition could otherwise hold [`MAX_AHEAD`] of the last space).
 pub const LOW_SPACE: u64 = 1 << 30;
-/// statfs's f_type of tmpfs.
-const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Reservations are made in whole units of this.
 const UNIT: u64 = 1 << 20;
 /// The rate is measured over windows of this length.
@@ -95,32 +94,13 @@ pub(crate) fn next_range(
     (end > from).then_some((from, end - from))
 }
 
-/// Whether a reservation of `len` bytes pays on a file system of type `fs_type` (statfs
-/// magic) with `free` bytes available to us out of `total`: `None` never on this file
-/// system, `Some(false)` not now (too little free), `Some(true)` yes.
-pub(crate) fn room(fs_type: i64, free: u64, total: u64, len: u64) -> Option<bool> {
-    if fs_type == TMPFS_MAGIC {
+/// Whether a reservation of `len` bytes pays on the file system `fs`: `None` never on this
+/// file system, `Some(false)` not now (too little free), `Some(true)` yes.
+pub(crate) fn room(fs: FsInfo, len: u64) -> Option<bool> {
+    if fs.magic == fsinfo::TMPFS_MAGIC {
         return None;
     }
-    Some(free.saturating_sub(len) >= LOW_SPACE.max(total / 20))
-}
-
-/// [`room`] for the file system holding `fd` (an error from fstatfs: no reservation).
-fn room_for(fd: std::os::fd::RawFd, len: u64) -> Option<bool> {
-    // SAFETY: statfs is plain old data; an all-zero value is valid and fstatfs overwrites it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is an open descriptor the caller holds for the call's duration, and `st`
-    // a valid statfs buffer. fstatfs reads counters in memory; it does not wait on the disk.
-    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
-        return None;
-    }
-    let bsize = st.f_bsize as u64;
-    room(
-        st.f_type as i64,
-        (st.f_bavail as u64).saturating_mul(bsize),
-        (st.f_blocks as u64).saturating_mul(bsize),
-        len,
-    )
+    Some(fs.free.saturating_sub(len) >= LOW_SPACE.max(fs.total / 20))
 }
 
 /// Reserves the next range of `seg` if it needs one and none is being reserved: in a task of
@@ -133,7 +113,9 @@ pub(crate) fn reserve_ahead(seg: &Rc<Segment>, ahead: u64, segment_bytes: u64) {
     else {
         return;
     };
-    match room_for(seg.file.as_raw_fd(), len) {
+    // (An error from fstatfs: no reservation.)
+    let fs = fsinfo::of_fd(seg.file.as_raw_fd()).ok();
+    match fs.and_then(|fs| room(fs, len)) {
         Some(true) => {}
         // Low on space: not for this segment (the next one asks again).
         Some(false) | None => {
@@ -218,15 +200,19 @@ mod tests {
 
     #[test]
     fn nothing_is_reserved_on_tmpfs_or_on_a_nearly_full_file_system() {
-        const EXT4: i64 = 0xef53;
         const GIB: u64 = 1 << 30;
-        assert_eq!(room(TMPFS_MAGIC, 100 * GIB, 200 * GIB, 8 * MIB), None);
-        assert_eq!(room(EXT4, 80 * GIB, 250 * GIB, 32 * MIB), Some(true));
+        let fs = |magic, free, total| FsInfo { magic, free, total };
+        let ext4 = fsinfo::EXT4_SUPER_MAGIC;
+        assert_eq!(
+            room(fs(fsinfo::TMPFS_MAGIC, 100 * GIB, 200 * GIB), 8 * MIB),
+            None
+        );
+        assert_eq!(room(fs(ext4, 80 * GIB, 250 * GIB), 32 * MIB), Some(true));
         // Under a twentieth of the size free after the reservation.
-        assert_eq!(room(EXT4, 12 * GIB, 250 * GIB, 32 * MIB), Some(false));
+        assert_eq!(room(fs(ext4, 12 * GIB, 250 * GIB), 32 * MIB), Some(false));
         // A small file system: the 1 GiB floor.
-        assert_eq!(room(EXT4, GIB + 8 * MIB, 4 * GIB, 8 * MIB), Some(true));
-        assert_eq!(room(EXT4, GIB + 4 * MIB, 4 * GIB, 8 * MIB), Some(false));
-        assert_eq!(room(EXT4, 0, 4 * GIB, 8 * MIB), Some(false));
+        assert_eq!(room(fs(ext4, GIB + 8 * MIB, 4 * GIB), 8 * MIB), Some(true));
+        assert_eq!(room(fs(ext4, GIB + 4 * MIB, 4 * GIB), 8 * MIB), Some(false));
+        assert_eq!(room(fs(ext4, 0, 4 * GIB), 8 * MIB), Some(false));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod fault;
+pub mod fsinfo;
 pub mod pagewrite;
 pub mod ring;
 

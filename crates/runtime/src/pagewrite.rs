@@ -47,8 +47,7 @@ pub const DIRTY_SAMPLE: Duration = Duration::from_millis(50);
 /// Copying into the page cache at 1 GB/s (well under what a core does) is not a stall.
 const NS_PER_BYTE: u64 = 1;
 
-const EXT4_SUPER_MAGIC: i64 = 0xEF53;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
+use crate::fsinfo::{EXT4_SUPER_MAGIC, TMPFS_MAGIC};
 
 /// Set once at start: the data dir's file system is one where inline writes pay.
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -56,7 +55,7 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Decides, from the file system `dir` is on, whether page-cache writes may run inline
 /// (process-wide, for every executor). Returns that file system's name and the decision.
 pub fn enable_for(dir: &Path) -> io::Result<(&'static str, bool)> {
-    let (name, inline) = classify(fs_magic(dir)?);
+    let (name, inline) = classify(crate::fsinfo::of_path(dir)?.magic);
     ENABLED.store(inline, Ordering::Relaxed);
     Ok((name, inline))
 }
@@ -77,20 +76,6 @@ fn classify(magic: i64) -> (&'static str, bool) {
 /// Turns inline writes off (or back on) for the whole process, whatever the file system.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
-}
-
-fn fs_magic(dir: &Path) -> io::Result<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: statfs only writes into `st`, which is plain old data we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a NUL-terminated string and `st` a valid statfs buffer.
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
-    Ok(st.f_type as i64)
 }
 
 /// Page-cache writes of one executor thread, by the path they took (for /metrics).
@@ -363,7 +348,6 @@ mod tests {
         assert_eq!(classify(TMPFS_MAGIC), ("tmpfs", true));
         assert_eq!(classify(0x6573_5546), ("fuse", false));
         assert_eq!(classify(0x5846_5342), ("xfs", false));
-        assert_eq!(fs_magic(Path::new("/proc")).unwrap(), 0x9fa0);
         assert!(enable_for(Path::new("/no/such/dir")).is_err());
     }
 }
