@@ -223,7 +223,7 @@ async fn write_loop(
     let mut copy_buf = Vec::new();
     // Answers ready at once go out in one send (see `gather_ready`); the first answer that
     // is not ready, or not small, waits here for the next turn.
-    let mut gathered = Vec::new();
+    let (mut gathered, mut batch) = (Vec::new(), Vec::new());
     let mut held: Option<(InFlight, Option<Outcome>)> = None;
     loop {
         let (mut item, ready) = match held.take() {
@@ -241,7 +241,6 @@ async fn write_loop(
         };
         let result = match outcome {
             Outcome::Reply(resp) => {
-                let mut batch = Vec::new();
                 if small_answer(&resp.parts) {
                     held = gather_ready(
                         &mut rx,
@@ -262,8 +261,8 @@ async fn write_loop(
                     send(&shard, out, &mut copy_buf, resp.parts).await
                 } else {
                     let r = out.writer.write_all(&gathered).await;
-                    for other in batch {
-                        drop(other);
+                    // Their budgets go back with the answers sent.
+                    for _ in batch.drain(..) {
                         order.written_one();
                     }
                     r
@@ -329,6 +328,10 @@ async fn gather_ready<T>(
     gathered: &mut Vec<u8>,
     batch: &mut Vec<T>,
 ) -> Option<(T, Option<Outcome>)> {
+    debug_assert!(
+        batch.is_empty(),
+        "the last gathering's requests are answered"
+    );
     gathered.clear();
     let mut held = None;
     while gathered.len() < GATHER_MAX {
