@@ -216,9 +216,10 @@ def main():
             too: on this VM, memory past about 11 GiB in use costs 4-5x the CPU to touch
             (the host backs it lazily), so a run that found the cache full of earlier runs'
             data paid several times the CPU per GB for the pages it wrote."""
-            os.sync()
-            if not cached:
-                drop_caches()
+            if cached:
+                os.sync()
+            else:
+                drop_caches()  # (syncs first)
             pids = [p for _, p in brokers.values()] + [p.pid for p in procs]
             deadline = time.time() + 20
             while time.time() < deadline:
@@ -383,9 +384,8 @@ def main():
         # Latency at 50 % and 90 % of each broker's own produce maximum.
         lat = {}
         if not skipped("e2e"):
-            # Latency with free memory: the page cache emptied of the earlier workloads'
-            # gigabytes, so no run pays for reclaiming them (root only; skipped otherwise).
-            drop_caches()
+            # (Each run starts with the page cache emptied of the earlier workloads' gigabytes:
+            # see quiet().)
             for r in range(a.rounds):
                 for pct in (50, 90):
                     for n in names[r % 3:] + names[:r % 3]:
