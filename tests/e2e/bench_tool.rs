@@ -187,6 +187,8 @@ fn every_mode_runs_and_fails_clearly_when_it_cannot() {
             "--json",
         ])
         .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let timeline = tmp.path().join("timeline");
         bench(&[
             "--brokers",
             &b.addr,
@@ -198,9 +200,27 @@ fn every_mode_runs_and_fails_clearly_when_it_cannot() {
             "2000",
             "--duration",
             "1",
+            "--timeline",
+            timeline.to_str().unwrap(),
         ])
         .unwrap();
-        let tmp = tempfile::tempdir().unwrap();
+        // One line per fetch answer after a header; together they hold every record the
+        // run produced (about 2,000), each fetch within the run and no latency negative.
+        let text = std::fs::read_to_string(&timeline).unwrap();
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("# start "), "{text}");
+        let mut records = 0u64;
+        for l in lines {
+            let f: Vec<f64> = l.split(' ').map(|x| x.parse().unwrap()).collect();
+            assert_eq!(f.len(), 6, "{l}");
+            assert!(f[0] >= f[1] && f[0] < 5_000.0, "{l}");
+            assert!(f[4] >= 0.0 && f[5] >= 0.0 && f[4] >= f[5], "{l}");
+            records += f[3] as u64;
+        }
+        assert!(
+            (1_900..=2_100).contains(&records),
+            "{records} records in the timeline"
+        );
         bench(&[
             "limits",
             "--seconds",

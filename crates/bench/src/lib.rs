@@ -173,6 +173,11 @@ pub struct E2eArgs {
     /// 0, 1 or -1 (all).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub acks: i16,
+    /// Write one line per fetch answer to this file: ms since start, ms the fetch took,
+    /// bytes, records, and the oldest and newest record's latency in ms. Places a tail in
+    /// time.
+    #[arg(long)]
+    pub timeline: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -197,6 +202,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         .broker_pid
         .map(report::process_cpu_seconds)
         .transpose()?;
+    let steal0 = report::steal_seconds();
     let mut report = match &cli.mode {
         Mode::Produce(a) => run::produce(&cli.brokers, a, cli.quiet)?,
         Mode::Consume(a) => run::consume(&cli.brokers, a, false, cli.quiet)?,
@@ -206,6 +212,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
     };
     if let (Some(pid), Some(c0)) = (cli.broker_pid, cpu0) {
         report.broker_cpu_s = Some(report::process_cpu_seconds(pid)? - c0);
+    }
+    if let (Some(s0), Some(s1)) = (steal0, report::steal_seconds()) {
+        report.steal_s = Some(s1 - s0);
     }
     if cli.json {
         println!("{}", report.json());

@@ -1,7 +1,8 @@
 //! The machine's own ceilings, measured in the same run as the figures they bound:
 //! loopback TCP with 1 and N streams (a built-in blaster: writers of 1 MiB buffers, readers
 //! into a reused buffer), sequential buffered writes, and the same with an fdatasync after
-//! every MiB.
+//! every MiB; and the kernel's CPU cost of one small request and its answer between two
+//! threads that sleep in between, which bounds what any broker spends per request.
 
 use crate::report::Report;
 use crate::LimitsArgs;
@@ -22,6 +23,11 @@ pub fn run(a: &LimitsArgs) -> Result<Report, String> {
         format!("loopback_tcp_{}_streams", a.streams.max(1)),
         n,
         "GB/s".into(),
+    ));
+    r.figures.push((
+        "request_round_trip_answerer_cpu".into(),
+        round_trip(a.seconds)?,
+        "us".into(),
     ));
     let (buffered, synced) = disk(&a.dir, a.file_mib)?;
     r.figures
@@ -77,6 +83,96 @@ fn tcp(streams: usize, seconds: f64) -> Result<f64, String> {
     }
     let total = readers.join().map_err(|_| "reader panicked")?;
     Ok(total as f64 / start.elapsed().as_secs_f64() / 1e9)
+}
+
+/// Round trips per second in [`round_trip`]: few enough that both sides sleep between them.
+const ROUND_TRIPS_PER_S: f64 = 2000.0;
+
+/// The answering side's CPU, in microseconds, per round trip of a 100-byte request and a
+/// 100-byte answer over loopback (TCP_NODELAY, blocking calls), the two threads on the first
+/// and last CPU this process may use. Each round trip wakes the answerer, and its answer
+/// wakes the asker: the kernel's fixed cost per request, which on a virtual machine (wake-ups
+/// cross vCPUs by interrupts the hypervisor delivers) can be many times bare metal's.
+fn round_trip(seconds: f64) -> Result<f64, String> {
+    let cpus = allowed_cpus();
+    let (first, last) = (cpus.first().copied(), cpus.last().copied());
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let answerer = std::thread::spawn(move || -> Result<(f64, u64), String> {
+        pin(first);
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 100];
+        let cpu0 = thread_cpu_s();
+        let mut n = 0u64;
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf).map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        Ok((thread_cpu_s() - cpu0, n))
+    });
+    pin(last);
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 100];
+    let start = Instant::now();
+    let mut i = 0u32;
+    while start.elapsed().as_secs_f64() < seconds {
+        let due = start + Duration::from_secs_f64(f64::from(i) / ROUND_TRIPS_PER_S);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        s.write_all(&buf).map_err(|e| e.to_string())?;
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        i += 1;
+    }
+    drop(s);
+    pin_all(&cpus);
+    let (cpu, n) = answerer.join().map_err(|_| "answerer panicked")??;
+    Ok(cpu / n.max(1) as f64 * 1e6)
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills the one we own.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size is the set's.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads the set we own, in range.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Pins this thread to `cpu` (nothing when None).
+fn pin(cpu: Option<usize>) {
+    if let Some(c) = cpu {
+        pin_all(&[c]);
+    }
+}
+
+fn pin_all(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is an empty set, filled with CPUs in range.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: c came from sched_getaffinity, below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: pid 0 is this thread; a failure only leaves it where it was.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
+/// This thread's user + system CPU seconds.
+fn thread_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the rusage we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD with a valid buffer.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 /// (buffered, fdatasync per MiB) sequential write bandwidth in GB/s.

@@ -17,6 +17,9 @@ pub struct Report {
     pub latency_us: Option<(u64, u64, u64, u64, u64)>,
     pub latency_what: String,
     pub broker_cpu_s: Option<f64>,
+    /// CPU time the hypervisor took from this machine's CPUs during the run (all CPUs, from
+    /// /proc/stat): a virtual machine's vCPUs stop for it, whatever they were doing.
+    pub steal_s: Option<f64>,
     /// Extra named figures (limits mode).
     pub figures: Vec<(String, f64, String)>,
     /// Set when verification failed: the run exits non-zero with it.
@@ -82,6 +85,9 @@ impl Report {
                 cpu / (self.bytes as f64 / 1e9).max(1e-9)
             );
         }
+        if let Some(steal) = self.steal_s.filter(|s| *s > 0.0) {
+            let _ = writeln!(s, "host steal: {steal:.2} s (all CPUs)");
+        }
         if let Some(f) = &self.failure {
             let _ = writeln!(s, "FAILED: {f}");
         }
@@ -114,6 +120,9 @@ impl Report {
         if let Some(cpu) = self.broker_cpu_s {
             let _ = write!(s, ",\"broker_cpu_s\":{cpu:.3}");
         }
+        if let Some(steal) = self.steal_s {
+            let _ = write!(s, ",\"steal_s\":{steal:.3}");
+        }
         match &self.failure {
             Some(f) => {
                 let _ = write!(s, ",\"failure\":\"{}\"", f.replace('"', "'"));
@@ -142,6 +151,20 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64, String> {
         .ok_or("bad /proc stat")?;
     // SAFETY: sysconf has no preconditions.
     Ok(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// Steal time of all CPUs so far, in seconds (the 8th field of /proc/stat's "cpu" line);
+/// None where the kernel does not count it.
+pub fn steal_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_steal(&stat)
+}
+
+fn parse_steal(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    Some(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
 
 /// Counters the workers add to, and the progress line reads.
@@ -194,5 +217,29 @@ impl Progress {
             }
             eprintln!();
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_the_eighth_figure_of_the_all_cpus_line() {
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stat = "cpu  761395 0 329217 583591 741940 0 45539 7588 0 0\n\
+                    cpu0 395199 0 204013 176120 435721 0 22171 3060 0 0\n";
+        assert_eq!(parse_steal(stat), Some(7588.0 / hz));
+        // A kernel without the field, or no such line: nothing to report.
+        assert_eq!(parse_steal("cpu  1 2 3 4\n"), None);
+        assert_eq!(parse_steal("intr 5\n"), None);
+        let mut r = Report {
+            steal_s: Some(0.25),
+            ..Default::default()
+        };
+        assert!(r.human().contains("host steal: 0.25 s"));
+        assert!(r.json().contains("\"steal_s\":0.250"));
+        r.steal_s = Some(0.0);
+        assert!(!r.human().contains("steal"));
     }
 }

@@ -665,6 +665,12 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
     };
     let stop_at = Instant::now() + Duration::from_secs_f64(a.duration + 2.0);
     let (layout2, topic) = (layout.clone(), a.topic.clone());
+    let mut timeline = match &a.timeline {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
     let consumer = std::thread::spawn(move || -> Result<(Histogram<u64>, u64, u64), String> {
         let mut hist = histogram();
         let (mut bytes, mut records) = (0u64, 0u64);
@@ -675,8 +681,27 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
             .collect();
         let mut conn = Conn::connect(&layout2.leaders[&layout2.partitions[0]])?;
         let mut times = Vec::new();
+        let started = Instant::now();
+        if let Some(w) = timeline.as_mut() {
+            use std::io::Write;
+            // The start on CLOCK_MONOTONIC, to line the file up with `perf --clockid
+            // monotonic` or ftrace.
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime only writes the timespec we own.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            writeln!(
+                w,
+                "# start {}.{:09} (CLOCK_MONOTONIC); ms since start, ms the fetch took, bytes, records, oldest and newest record's latency in ms",
+                ts.tv_sec, ts.tv_nsec
+            )
+            .map_err(|e| e.to_string())?;
+        }
         while Instant::now() < stop_at {
             let parts: Vec<(i32, i64)> = offsets.iter().map(|(p, o)| (*p, *o)).collect();
+            let asked = Instant::now();
             let frame = conn.frame(
                 ApiKey::Fetch,
                 11,
@@ -685,7 +710,10 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
             conn.send_frame(&frame)?;
             let resp = conn.recv_bytes()?;
             let now = now_ns();
+            let answered = Instant::now();
             let r: FetchResponse = Conn::decode_bytes(resp, 11)?;
+            // This answer's bytes, records, and its oldest and newest record (send times).
+            let (mut fb, mut fr, mut oldest, mut newest) = (0u64, 0u64, i64::MAX, i64::MIN);
             for t in &r.responses {
                 for pd in &t.partitions {
                     let Some(recs) = pd.records.as_ref() else {
@@ -700,11 +728,33 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
                     }
                     bytes += b;
                     records += n;
+                    (fb, fr) = (fb + b, fr + n);
                     for &t in &times {
                         let _ = hist.record(((now - t) / 1000).max(1) as u64);
+                        (oldest, newest) = (oldest.min(t), newest.max(t));
                     }
                 }
             }
+            if let Some(w) = timeline.as_mut() {
+                use std::io::Write;
+                let ms = |ns: i64| (now - ns) as f64 / 1e6;
+                let (old, new) = if fr > 0 {
+                    (ms(oldest), ms(newest))
+                } else {
+                    (0.0, 0.0)
+                };
+                writeln!(
+                    w,
+                    "{:.3} {:.3} {fb} {fr} {old:.3} {new:.3}",
+                    (answered - started).as_secs_f64() * 1e3,
+                    (answered - asked).as_secs_f64() * 1e3,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        if let Some(mut w) = timeline {
+            use std::io::Write;
+            w.flush().map_err(|e| e.to_string())?;
         }
         Ok((hist, bytes, records))
     });
