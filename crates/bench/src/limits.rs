@@ -1,7 +1,8 @@
 //! The machine's own ceilings, measured in the same run as the figures they bound:
 //! loopback TCP with 1 and N streams (a built-in blaster: writers of 1 MiB buffers, readers
 //! into a reused buffer), sequential buffered writes, and the same with an fdatasync after
-//! every MiB; and the kernel's CPU cost of one small request and its answer between two
+//! every MiB; the CPU cost of a page-cache write into memory as the machine hands it out
+//! and into memory just freed; and the kernel's CPU cost of one small request and its answer between two
 //! threads that sleep in between, which bounds what any broker spends per request.
 
 use crate::report::Report;
@@ -28,6 +29,17 @@ pub fn run(a: &LimitsArgs) -> Result<Report, String> {
         "request_round_trip_answerer_cpu".into(),
         round_trip(a.seconds)?,
         "us".into(),
+    ));
+    let (fresh, reused) = page_cache_cpu(&a.dir, a.file_mib)?;
+    r.figures.push((
+        "page_cache_write_cpu_fresh".into(),
+        fresh,
+        "CPU-s/GB".into(),
+    ));
+    r.figures.push((
+        "page_cache_write_cpu_reused".into(),
+        reused,
+        "CPU-s/GB".into(),
     ));
     let (buffered, synced) = disk(&a.dir, a.file_mib)?;
     r.figures
@@ -173,6 +185,30 @@ fn thread_cpu_s() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// CPU-s per GB of sequential 1 MiB writes into the page cache: (a file written as the
+/// kernel hands out free memory, a second file written right after the first is deleted).
+/// On a dedicated host the two are the same. On a virtual machine whose host takes back
+/// the guest's free memory (free page reporting, a balloon), the first can cost many times
+/// the second: each page the host took back faults on the host when it is written again.
+fn page_cache_cpu(dir: &std::path::Path, mib: u64) -> Result<(f64, f64), String> {
+    let buf = vec![42u8; 1 << 20];
+    let path = |i| dir.join(format!(".runnel-bench-pages-{}-{i}", std::process::id()));
+    let mut out = [0f64; 2];
+    for (i, cpu) in out.iter_mut().enumerate() {
+        let p = path(i);
+        let mut f = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let c0 = thread_cpu_s();
+        for _ in 0..mib {
+            f.write_all(&buf).map_err(|e| e.to_string())?;
+        }
+        *cpu = (thread_cpu_s() - c0) / ((mib << 20) as f64 / 1e9);
+        drop(f);
+        // Deleting the file frees its pages: the second file's writes take them back.
+        let _ = std::fs::remove_file(&p);
+    }
+    Ok((out[0], out[1]))
 }
 
 /// (buffered, fdatasync per MiB) sequential write bandwidth in GB/s.
