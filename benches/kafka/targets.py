@@ -44,7 +44,8 @@ Last, in a phase of its own (a broker carrying 10,000 partitions does background
 each, which would weigh on the other workloads):
   10,000 partitions    the 8-partition workload above on a 10,000-partition topic.
 The load generator's CPU is recorded for every run (the e2e table shows it: on one CPU the
-client producing and consuming can be the limit rather than the broker).
+client producing and consuming can be the limit rather than the broker), and so is the
+host's steal time (a virtual machine's CPUs stopped by the hypervisor), summed at the end.
 
 Usage: benches/kafka/targets.py --before-bin PATH [--bin PATH] [--rounds 3] [--seconds 6]
 Prints markdown tables (and every run on stderr).
@@ -250,6 +251,8 @@ def main():
             time.sleep(1)
             return (disk_busy_ms() - t0) / 10
 
+        steal = []
+
         def bench(name, *args, cpus=None, addr=None, pid=None, cached=False):
             addr = addr or brokers[name][0]
             pid = pid or brokers[name][1]
@@ -274,6 +277,8 @@ def main():
             j = json.loads(r.stdout)
             # The load generator's own CPU: on one CPU it can be the limit, not the broker.
             j["bench_cpu_s"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            # What the hypervisor took from both CPUs during the run (runnel-bench reads it).
+            steal.append(j.get("steal_s", 0.0))
             return j
 
         def admin(name, addr=None):
@@ -465,6 +470,9 @@ def main():
               f"(receiver)")
         print(f"- so the kernel's part of a produce (receive + page-cache write) is about "
               f"{lc['write'] + lc['recv']:.2f} CPU-s/GB")
+        if steal:
+            print(f"- host steal during the {len(steal)} measured runs (both CPUs): {sum(steal):.2f} s in "
+                  f"all, at most {max(steal):.2f} s in one run")
         w = "durable produce acks=all"
         if (w, "after") in res:
             print("\nDurable produce against the fdatasync limits:\n")
