@@ -158,7 +158,8 @@ pub struct E2eArgs {
     /// Partitions of a topic created with --create.
     #[arg(long, default_value_t = 1)]
     pub partitions: i32,
-    /// Records per second.
+    /// Records per second; 0: as fast as the broker takes them (its maximum with the
+    /// consumer tailing).
     #[arg(long, default_value_t = 10_000)]
     pub rate: u64,
     /// Seconds to run.
@@ -167,6 +168,10 @@ pub struct E2eArgs {
     /// Bytes of each record's value (at least 16).
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
+    /// Bytes of records per batch (default: a millisecond of records at --rate; 64 KiB
+    /// with --rate 0).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Send a partial batch after this long.
     #[arg(long, default_value_t = 1)]
     pub linger_ms: u64,

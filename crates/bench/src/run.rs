@@ -651,7 +651,11 @@ pub fn e2e(bootstrap: &str, a: &E2eArgs, quiet: bool) -> Result<Report, String> 
         partitions: a.partitions,
         producers: 1,
         record_size: a.record_size,
-        batch_size: (a.record_size * ((a.rate as usize / 1000).max(1))).max(a.record_size),
+        batch_size: a.batch_size.unwrap_or(if a.rate == 0 {
+            64 << 10
+        } else {
+            a.record_size * (a.rate as usize / 1000).max(1)
+        }),
         linger_ms: a.linger_ms,
         acks: a.acks,
         compression: "none".into(),
