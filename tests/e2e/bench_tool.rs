@@ -221,6 +221,21 @@ fn every_mode_runs_and_fails_clearly_when_it_cannot() {
             (1_900..=2_100).contains(&records),
             "{records} records in the timeline"
         );
+        // Flat out (the e2e workload's own maximum): every record produced is consumed.
+        bench(&[
+            "--brokers",
+            &b.addr,
+            "e2e",
+            "--topic",
+            "rb-e2e",
+            "--rate",
+            "0",
+            "--batch-size",
+            "16384",
+            "--duration",
+            "0.5",
+        ])
+        .unwrap();
         bench(&[
             "limits",
             "--seconds",
