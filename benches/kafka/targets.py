@@ -390,7 +390,8 @@ def main():
         def cpu(w, n):
             return med(w, n, lambda j: j["broker_cpu_s"] / (j["bytes"] / 1e9))
 
-        # Latency at 50 % and 90 % of each broker's own produce maximum.
+        # Latency at 50 % and 90 % of each broker's own maximum: its e2e maximum, and its produce
+        # maximum when the produce workload ran.
         lat = {}
         emax = {}
         if not skipped("e2e"):
