@@ -149,8 +149,13 @@ pub fn process_cpu_seconds(pid: u32) -> Result<f64, String> {
         .zip(f.get(12).and_then(|s| s.parse::<u64>().ok()))
         .map(|(u, s)| u + s)
         .ok_or("bad /proc stat")?;
+    Ok(ticks as f64 / ticks_per_s())
+}
+
+/// The clock ticks of /proc's CPU times per second (USER_HZ).
+fn ticks_per_s() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    Ok(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// Steal time of all CPUs so far, in seconds (the 8th field of /proc/stat's "cpu" line);
@@ -163,8 +168,7 @@ pub fn steal_seconds() -> Option<f64> {
 fn parse_steal(stat: &str) -> Option<f64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    Some(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+    Some(ticks as f64 / ticks_per_s())
 }
 
 /// Counters the workers add to, and the progress line reads.
@@ -226,7 +230,7 @@ mod tests {
 
     #[test]
     fn steal_is_the_eighth_figure_of_the_all_cpus_line() {
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = ticks_per_s();
         let stat = "cpu  761395 0 329217 583591 741940 0 45539 7588 0 0\n\
                     cpu0 395199 0 204013 176120 435721 0 22171 3060 0 0\n";
         assert_eq!(parse_steal(stat), Some(7588.0 / hz));
