@@ -142,6 +142,10 @@ fn api_versions_v3_has_a_v0_header_and_no_default_tagged_fields() {
         assert_eq!(range(ApiKey::Fetch), Some((4, 16)));
         assert_eq!(range(ApiKey::Metadata), Some((0, 12)));
         assert_eq!(range(ApiKey::ApiVersions), Some((0, 4)));
+        // Served but not advertised, as Kafka without a client-metrics plugin: clients do
+        // not ask for a telemetry subscription on every connection.
+        assert_eq!(range(ApiKey::GetTelemetrySubscriptions), None);
+        assert_eq!(range(ApiKey::PushTelemetry), None);
     });
 }
 
@@ -1080,7 +1084,8 @@ fn consumer_group_heartbeat_describe_list_and_telemetry_at_their_versions() {
         let r = cg_heartbeat(&mut s, 0, &m0, -1, None);
         assert_eq!((r.error_code, r.member_epoch), (0, -1));
 
-        // KIP-714: an empty subscription; a push with it is accepted, a wrong one is not.
+        // KIP-714 (not advertised, answered when asked): an empty subscription; a push with
+        // it is accepted, a wrong one is not.
         let r: GetTelemetrySubscriptionsResponse = call(
             &mut s,
             ApiKey::GetTelemetrySubscriptions,

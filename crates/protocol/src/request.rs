@@ -152,10 +152,12 @@ pub fn parse_header(frame: Bytes, client_host: &Rc<str>) -> Result<Request, Outc
     })
 }
 
-/// The ApiVersions answer: every API and version range in [`wire::SUPPORTED`].
+/// The ApiVersions answer: every API and version range in [`wire::SUPPORTED`] but those in
+/// [`wire::NOT_ADVERTISED`].
 pub fn api_versions_response(correlation_id: i32, version: i16, error_code: i16) -> Outcome {
     let api_keys = wire::SUPPORTED
         .iter()
+        .filter(|(k, _, _)| !wire::NOT_ADVERTISED.contains(k))
         .map(|(k, lo, hi)| {
             ApiVersion::default()
                 .with_api_key(*k as i16)

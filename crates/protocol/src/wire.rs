@@ -119,9 +119,20 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
     // KIP-714: an empty subscription (clients push nothing; see handlers::telemetry).
+    // Answered, not advertised: see NOT_ADVERTISED.
     (ApiKey::GetTelemetrySubscriptions, 0, 0),
     (ApiKey::PushTelemetry, 0, 0),
 ];
+
+/// APIs served but left out of the ApiVersions answer, as Kafka leaves them out.
+///
+/// KIP-714 telemetry: Kafka advertises it only with a client-metrics plugin configured,
+/// and Runnel collects no client metrics. A client told of it asks for a subscription on
+/// every connection (librdkafka right after its first request, racing the requests the
+/// application queued; the Java client likewise) and again every push interval, only to
+/// be told there is nothing to send. A client that asks anyway gets Kafka's answer for a
+/// broker with no subscriptions.
+pub const NOT_ADVERTISED: &[ApiKey] = &[ApiKey::GetTelemetrySubscriptions, ApiKey::PushTelemetry];
 
 /// The lowest Produce version actually accepted (RecordBatch v2 only).
 pub const MIN_PRODUCE_VERSION: i16 = 3;
