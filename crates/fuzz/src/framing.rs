@@ -7,11 +7,11 @@
 //! all of the budget back once the frames are dropped. It must never panic or wait.
 //!
 //! Input: byte 0 picks --max-request-bytes (`16 << (byte0 % 16)`: 16 B to 512 KiB, so
-//! frames cross the budget's 64 KiB steps), byte 1 the budget beyond it, bytes 2-3 seed
+//! frames cross the budget's 256 KiB steps), byte 1 the budget beyond it, bytes 2-3 seed
 //! the read sizes; the rest is the stream.
 
 use futures_lite::AsyncRead;
-use runnel_server::frame::{read_frame, FrameEnd, FrameLimits};
+use runnel_server::frame::{read_frame, FrameEnd, FrameLimits, Framer};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -99,8 +99,9 @@ pub fn run(data: &[u8]) {
             rng: crate::Rng::new(seed),
         };
         let mut got = Vec::new();
+        let mut framer = Framer::default();
         let end = loop {
-            match read_frame(&mut reader, &limits, &budget).await {
+            match read_frame(&mut reader, &mut framer, &limits, &budget).await {
                 Ok((frame, held)) => {
                     // Taken in steps as the bytes arrive, and in the end exactly the
                     // frame's bytes.
@@ -131,7 +132,8 @@ pub fn run(data: &[u8]) {
 }
 
 /// Seeds: real-looking streams (two frames, a frame cut short, a negative size, a size
-/// one past the limit, a 100 KiB frame crossing a budget step).
+/// one past the limit, a 300 KiB frame crossing a budget step, a frame whose successor's
+/// size prefix is cut after 2 bytes).
 pub fn seeds() -> Vec<Vec<u8>> {
     let frame = |body: &[u8]| {
         let mut f = (body.len() as i32).to_be_bytes().to_vec();
@@ -157,10 +159,16 @@ pub fn seeds() -> Vec<Vec<u8>> {
     over.extend(4097i32.to_be_bytes());
     over.extend([0; 16]);
     out.push(over);
-    // Max 16 << 13 = 128 KiB.
-    let mut large = vec![13, 0, 3, 1];
-    large.extend(frame(&vec![0x5a; 100 << 10]));
+    // Max 16 << 15 = 512 KiB.
+    let mut large = vec![15, 0, 3, 1];
+    large.extend(frame(&vec![0x5a; 300 << 10]));
     large.extend(frame(&api_versions));
     out.push(large);
+    // The read that ends a frame takes part of the next one's size prefix, and the stream
+    // ends there.
+    let mut half = vec![8, 1, 7, 0];
+    half.extend(frame(&api_versions));
+    half.extend([0, 0]);
+    out.push(half);
     out
 }

@@ -3,7 +3,7 @@
 //! from the page cache when zero copy is on.
 
 use crate::dispatch;
-use crate::frame::{read_frame, FrameEnd, FrameLimits, Held};
+use crate::frame::{read_frame, FrameEnd, FrameLimits, Framer, Held};
 use crate::limits::{Admission, Cause};
 use crate::shard::Shard;
 use futures_lite::AsyncWriteExt;
@@ -136,12 +136,13 @@ async fn run(shard: &Rc<Shard>, stream: TcpStream, peer: &str) -> io::Result<()>
         Some((ip, _)) => format!("/{}", ip.trim_matches(['[', ']'])).into(),
         None => format!("/{peer}").into(),
     };
+    let mut framer = Framer::default();
     let result = loop {
         let Ok(count) = in_flight.acquire_static_permit(1).await else {
             break Ok(()); // the writer stopped
         };
         let next = futures_lite::future::or(
-            read_frame(&mut reader, &limits, &shard.request_budget),
+            read_frame(&mut reader, &mut framer, &limits, &shard.request_budget),
             async {
                 shard.stopping.wait().await;
                 Err(FrameEnd::Stopping)

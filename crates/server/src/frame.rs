@@ -11,8 +11,24 @@ use std::time::{Duration, Instant};
 
 /// A frame's bytes take the shard's request budget as they arrive, in steps of at least
 /// this (doubling with what has arrived), so a client that announces a large request and
-/// then trickles it holds budget for what it sent, not for what it announced.
-pub const FRAME_STEP: usize = 64 << 10;
+/// then trickles it holds budget for what it sent, not for what it announced. Also the most
+/// one socket read asks for at first: 256 KiB takes a 64 KiB batch request (the usual
+/// producer's) in one read rather than two.
+pub const FRAME_STEP: usize = 256 << 10;
+
+/// A connection's framing state between frames: the start of the next frame's size prefix,
+/// read together with the end of the frame before it.
+///
+/// Why: a request's last read asks also for the 4 bytes after it, so that with requests
+/// pipelined the next size prefix comes in the same read instead of a read of its own. With
+/// the larger first step, a 64 KiB produce request takes one read instead of three, and a
+/// socket read is a system call (about 3 per produce request before, on the profile). Only
+/// these 4 bytes are copied, never a record byte.
+#[derive(Default)]
+pub struct Framer {
+    head: [u8; 4],
+    have: usize,
+}
 /// Units of the shard's request budget a frame holds, given back when dropped (with the
 /// answer sent, or the connection gone).
 pub struct Held {
@@ -99,22 +115,28 @@ async fn until<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) 
 /// time; from that byte on the whole frame must arrive within the request read timeout
 /// (waits for the shard's budget do not count: that is the broker's backpressure, not the
 /// client's slowness). The frame's bytes take the shard's request budget as they arrive;
-/// it is held with the request until its answer is sent.
+/// it is held with the request until its answer is sent. `framer` carries what the last
+/// read of one frame took of the next (see [`Framer`]): one per connection.
 pub async fn read_frame(
     reader: &mut (impl futures_lite::AsyncRead + Unpin),
+    framer: &mut Framer,
     limits: &FrameLimits,
     budget: &Rc<glommio::sync::Semaphore>,
 ) -> Result<(BytesMut, Held), FrameEnd> {
     let mut size = [0u8; 4];
-    let first = until(Instant::now() + limits.idle, reader.read(&mut size))
-        .await
-        .ok_or(FrameEnd::Idle)?
-        .map_err(FrameEnd::Io)?;
-    if first == 0 {
-        return Err(FrameEnd::Closed);
+    let mut got = std::mem::take(&mut framer.have);
+    size[..got].copy_from_slice(&framer.head[..got]);
+    if got == 0 {
+        // Between frames: the idle wait.
+        got = until(Instant::now() + limits.idle, reader.read(&mut size))
+            .await
+            .ok_or(FrameEnd::Idle)?
+            .map_err(FrameEnd::Io)?;
+        if got == 0 {
+            return Err(FrameEnd::Closed);
+        }
     }
     let mut deadline = Instant::now() + limits.timeout;
-    let mut got = first;
     while got < 4 {
         got += read_some(reader, &mut size[got..], deadline).await?;
     }
@@ -138,8 +160,8 @@ pub async fn read_frame(
     // than what was announced, and each step is zeroed while the read that overwrites it is
     // about to run (in cache), once. Zeroing the whole frame up front (calloc) cost about 6 %
     // of a producing shard's CPU, most of it page faults on memory the allocator had just
-    // given back to the kernel.
-    let mut buf = BytesMut::with_capacity(size);
+    // given back to the kernel. Room for the next frame's size prefix after it (see Framer).
+    let mut buf = BytesMut::with_capacity(size + 4);
     let mut len = 0;
     while len < size {
         let want = (size - len).min(FRAME_STEP.max(len));
@@ -148,12 +170,20 @@ pub async fn read_frame(
         let waited = Instant::now();
         held.ensure((len + want) as u64).await?;
         deadline += waited.elapsed();
-        if buf.len() < len + want {
-            buf.resize(len + want, 0);
+        // The frame's last step reads on into the next frame's size prefix.
+        let end = if len + want == size {
+            size + 4
+        } else {
+            len + want
+        };
+        if buf.len() < end {
+            buf.resize(end, 0);
         }
-        len += read_some(reader, &mut buf[len..len + want], deadline).await?;
+        len += read_some(reader, &mut buf[len..end], deadline).await?;
     }
-    debug_assert_eq!(buf.len(), size);
+    framer.have = len - size;
+    framer.head[..framer.have].copy_from_slice(&buf[size..len]);
+    buf.truncate(size);
     Ok((buf, held))
 }
 
