@@ -184,7 +184,10 @@ def tombstones_case(b):
 
 
 def keyless_case(b):
-    """A record without a key is refused (INVALID_RECORD) on a compacted topic."""
+    """A record without a key is refused (INVALID_RECORD) on a compacted topic. In a batch
+    with keyed records, the answer names the keyless ones (KIP-467 record errors): the
+    client fails those with INVALID_RECORD and the others as refused for another record's
+    sake; none of the batch is written, and a batch of keyed records after it is."""
     topic = "keyless"
     create(b, topic)
     errors = []
@@ -193,6 +196,29 @@ def keyless_case(b):
     p.flush(10)
     assert len(errors) == 1 and errors[0] is not None, errors
     assert errors[0].code() == ck.KafkaError.INVALID_RECORD, errors[0]
+
+    # One batch of 10 (linger, one partition): records 0, 3 and 7 without a key.
+    outcome = {}
+    p = ck.Producer({"bootstrap.servers": b, "retries": 0, "linger.ms": 200,
+                     "enable.idempotence": False})
+    for i in range(10):
+        key = None if i in (0, 3, 7) else f"k{i}".encode()
+        p.produce(topic, key=key, value=f"v{i}".encode(), partition=0,
+                  on_delivery=lambda err, msg, i=i: outcome.__setitem__(i, err))
+    p.flush(10)
+    different = getattr(ck.KafkaError, "_INVALID_DIFFERENT_RECORD", -138)
+    codes = {i: (e.code() if e is not None else None) for i, e in sorted(outcome.items())}
+    want = {i: ck.KafkaError.INVALID_RECORD if i in (0, 3, 7) else different for i in range(10)}
+    assert codes == want, f"per-record outcome {codes}, expected {want}"
+
+    acked = []
+    for i in range(3):
+        p.produce(topic, key=f"ok{i}".encode(), value=b"kept", partition=0,
+                  on_delivery=lambda err, msg: acked.append(err))
+    p.flush(10)
+    assert acked == [None] * 3, acked
+    got = read_all(b, topic)
+    assert [r[1] for r in got] == ["ok0", "ok1", "ok2"], got
 
 
 def fill_case(b, topic, state):

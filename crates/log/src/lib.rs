@@ -103,8 +103,10 @@ pub enum LogError {
     Offline { dir: PathBuf, reason: String },
     #[error("the log {0} is closed")]
     Closed(PathBuf),
-    #[error("a compacted topic cannot accept a record without a key")]
-    KeylessRecord,
+    /// `records`: each keyless record's index in its batch, which the produce answer lists
+    /// (KIP-467) so that a client fails those records alone with INVALID_RECORD.
+    #[error("a compacted topic cannot accept a record without a key ({} record(s) of the batch have none)", records.len())]
+    KeylessRecord { records: Vec<i32> },
     #[error("invalid log config: {0}")]
     Config(String),
     #[error("replicated batches must continue the log at offset {expected} or later, not {got}")]
@@ -148,7 +150,7 @@ impl LogError {
             }
             LogError::Unsupported(_)
             | LogError::TooManyRecords { .. }
-            | LogError::KeylessRecord => error_codes::INVALID_RECORD,
+            | LogError::KeylessRecord { .. } => error_codes::INVALID_RECORD,
             LogError::NotContiguous { .. } => error_codes::OFFSET_OUT_OF_RANGE,
             LogError::InvalidTimestamp { .. } => error_codes::INVALID_TIMESTAMP,
             LogError::Io { .. }

@@ -1245,14 +1245,19 @@ fn recompress_all(
 
 /// A compacted topic keeps the latest record per key, so a record without one is refused
 /// (INVALID_RECORD), as Kafka's LogValidator does; a compressed batch is inflated to check.
+/// The error names every keyless record of the first batch that has one, by its index in
+/// the batch, as Kafka's record errors do.
 fn check_keys(batches: &[(BatchHeader, BytesMut)]) -> Result<(), LogError> {
     for (h, buf) in batches {
-        let mut keyless = false;
+        let (mut index, mut keyless) = (0i32, Vec::new());
         runnel_record::compact::for_each_record(buf, h, MAX_INFLATED_BYTES, |r| {
-            keyless |= r.key.is_none()
+            if r.key.is_none() {
+                keyless.push(index);
+            }
+            index += 1;
         })?;
-        if keyless {
-            return Err(LogError::KeylessRecord);
+        if !keyless.is_empty() {
+            return Err(LogError::KeylessRecord { records: keyless });
         }
     }
     Ok(())

@@ -9,7 +9,7 @@
 //! `--replica-lag-time-max-ms` leaves the ISR; one whose fetch offset reaches the high
 //! watermark (and the start of the leader's epoch) joins it again.
 
-use crate::shard::{log_error, PartitionError, PartitionKey, Shard};
+use crate::shard::{produce_error, PartitionError, PartitionKey, ProduceError, Shard};
 use runnel_log::{AppendInfo, Log};
 use runnel_metadata::cluster::Command;
 use runnel_metadata::PartitionMeta;
@@ -591,13 +591,14 @@ pub async fn produce(
     acks: i16,
     timeout_ms: i32,
     txn: Option<(Arc<str>, i16)>,
-) -> Result<AppendInfo, PartitionError> {
+) -> Result<AppendInfo, ProduceError> {
     let log = shard.log(key)?;
     if let Some(reason) = log.offline_reason() {
         return Err((
             code::KAFKA_STORAGE_ERROR,
             format!("{}-{} is offline: {reason}", key.0, key.1),
-        ));
+        )
+            .into());
     }
     let all = acks == -1;
     // Checked here, on the owner shard, too: the connection's shard may have an older
@@ -615,7 +616,8 @@ pub async fn produce(
                         l.isr.len(),
                         l.min_isr
                     ),
-                ));
+                )
+                    .into());
             }
             Some(_) => {}
             None => {
@@ -627,7 +629,8 @@ pub async fn produce(
                         key.0,
                         key.1
                     ),
-                ))
+                )
+                    .into())
             }
         }
     }
@@ -656,10 +659,10 @@ pub async fn produce(
         }
     };
     let info = pending
-        .map_err(log_error)?
+        .map_err(|e| produce_error(key, e))?
         .await
         .unwrap_or_else(|_| Err(runnel_log::LogError::Closed(log.dir().to_path_buf())))
-        .map_err(log_error)?;
+        .map_err(|e| produce_error(key, e))?;
     update_high_watermark(shard, key, &log);
     if all {
         await_isr(shard, key, &log, info.last_offset, timeout_ms).await?;
@@ -676,7 +679,8 @@ pub async fn produce(
                         l.isr.len(),
                         l.min_isr
                     ),
-                ));
+                )
+                    .into());
             }
         }
     }

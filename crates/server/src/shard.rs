@@ -25,6 +25,47 @@ pub type PartitionKey = (Arc<str>, i32);
 /// An error for one partition: the Kafka code and a message for logs and error_message fields.
 pub type PartitionError = (i16, String);
 
+/// A produce's error for one partition: its [`PartitionError`], and the records refused one
+/// by one (KIP-467: each one's index in its batch and why), which the produce answer lists
+/// from v8 so a client fails those records alone with the error and the rest of the batch
+/// as refused for another record's sake.
+#[derive(Debug)]
+pub struct ProduceError {
+    pub error: PartitionError,
+    pub records: Vec<(i32, String)>,
+}
+
+impl From<PartitionError> for ProduceError {
+    fn from(error: PartitionError) -> Self {
+        ProduceError {
+            error,
+            records: Vec::new(),
+        }
+    }
+}
+
+/// A produce's error from its log: a keyless record for a compacted topic is refused by
+/// index, with Kafka's message.
+pub fn produce_error(key: &PartitionKey, e: LogError) -> ProduceError {
+    let records = match &e {
+        LogError::KeylessRecord { records } => records
+            .iter()
+            .map(|&i| {
+                let why = format!(
+                    "Compacted topic cannot accept message without key in topic partition {}-{}",
+                    key.0, key.1
+                );
+                (i, why)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    ProduceError {
+        error: log_error(e),
+        records,
+    }
+}
+
 /// Work for the owner shard of a partition, or for shard 0 (metadata, admin).
 /// (producer id, epoch, last sequence, last append time, coordinator epoch of its last
 /// transaction marker, first offset of its open transaction or -1) of an idempotent or
@@ -49,7 +90,7 @@ pub enum ShardMsg {
         /// The request's transactional id and the Produce version (for the check of a
         /// transaction's first batch with its coordinator).
         txn: Option<(Arc<str>, i16)>,
-        reply: oneshot::Sender<Result<AppendInfo, PartitionError>>,
+        reply: oneshot::Sender<Result<AppendInfo, ProduceError>>,
     },
     Read {
         key: PartitionKey,

@@ -6,12 +6,13 @@
 //! takes `BytesMut`: once the decoded request is dropped the frame has a single owner again,
 //! becomes a `BytesMut` without a copy, and is cut into one piece per partition.
 
-use crate::shard::{PartitionError, Shard, ShardMsg};
+use crate::shard::{PartitionError, ProduceError, Shard, ShardMsg};
 use bytes::{Buf, BytesMut};
 use futures_channel::oneshot;
 use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    ProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest};
 use runnel_log::AppendInfo;
@@ -25,7 +26,7 @@ enum Slot {
     /// Answered before dispatch (unknown partition, too large, ...).
     Done(PartitionError),
     /// Sent to the owner; the bytes count once appended.
-    Pending(oneshot::Receiver<Result<AppendInfo, PartitionError>>, u64),
+    Pending(oneshot::Receiver<Result<AppendInfo, ProduceError>>, u64),
 }
 
 struct PartitionSlot {
@@ -242,14 +243,15 @@ async fn gather(
         for p in t.partitions {
             let mut bytes = 0;
             let result = match p.slot {
-                Slot::Done(e) => Err(e),
+                Slot::Done(e) => Err(e.into()),
                 Slot::Pending(rx, b) => {
                     bytes = b;
                     rx.await.unwrap_or_else(|_| {
                         Err((
                             code::NOT_LEADER_OR_FOLLOWER,
-                            "the partition's shard is shutting down".into(),
-                        ))
+                            "the partition's shard is shutting down".to_string(),
+                        )
+                            .into())
                     })
                 }
             };
@@ -265,7 +267,10 @@ async fn gather(
                         r = r.with_log_start_offset(info.log_start_offset);
                     }
                 }
-                Err((c, msg)) => {
+                Err(ProduceError {
+                    error: (c, msg),
+                    records,
+                }) => {
                     if c == code::KAFKA_STORAGE_ERROR || c == code::CORRUPT_MESSAGE {
                         tracing::warn!(topic = %t.name, partition = p.index, "produce failed: {msg}");
                     }
@@ -285,6 +290,20 @@ async fn gather(
                     );
                     if version >= 8 && !silent {
                         r = r.with_error_message(Some(sb(&msg)));
+                    }
+                    // KIP-467: the records refused one by one (the rest of the batch is
+                    // refused with them).
+                    if version >= 8 && !records.is_empty() {
+                        r = r.with_record_errors(
+                            records
+                                .iter()
+                                .map(|(i, why)| {
+                                    BatchIndexAndErrorMessage::default()
+                                        .with_batch_index(*i)
+                                        .with_batch_index_error_message(Some(sb(why)))
+                                })
+                                .collect(),
+                        );
                     }
                     // KIP-951: name the current leader, so the client need not ask.
                     if version >= 10 && c == code::NOT_LEADER_OR_FOLLOWER {
