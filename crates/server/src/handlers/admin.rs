@@ -933,6 +933,15 @@ fn broker_configs(shard: &Shard) -> Vec<ConfigEntry> {
         ),
     ]
     .into_iter()
+    // Kafka lists broker.rack unset too (a null value); here only when --rack is given.
+    .chain(c.rack.as_ref().map(|rack| {
+        e(
+            "broker.rack",
+            rack.clone(),
+            ctype::STRING,
+            "This broker's rack.",
+        )
+    }))
     .chain(dynamic_broker_configs(shard))
     .collect()
 }
