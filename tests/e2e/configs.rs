@@ -307,6 +307,28 @@ fn every_kafka_topic_config_is_accepted_and_configs_change_at_runtime_and_persis
         );
         assert_eq!(produce(at(1_700_000_000_000)), 32, "older than a day");
         assert_eq!(produce(at(now - 1000)), 0);
+        // Records without a timestamp (-1) as librdkafka writes them when given -1 (its C++
+        // API's "no timestamp"): a base timestamp of -1 and a max timestamp of 0 in the
+        // header. Kafka checks the records (-1 passes), not the header's 0 (1970).
+        let untimed = |ts: &[i64]| {
+            let mut b = runnel_record::builder::BatchBuilder::new(-1);
+            for &t in ts {
+                b.append(t, None, Some(b"t"), &[]);
+            }
+            let mut v = b.build();
+            if ts.iter().all(|&t| t < 0) {
+                v[35..43].copy_from_slice(&0i64.to_be_bytes()); // maxTimestamp
+                runnel_record::set_crc(&mut v);
+            }
+            bytes::Bytes::from(v)
+        };
+        assert_eq!(produce(untimed(&[-1, -1, -1])), 0, "no timestamps");
+        assert_eq!(
+            produce(untimed(&[-1, 1_700_000_000_000])),
+            32,
+            "no timestamp first, then one older than a day"
+        );
+        assert_eq!(produce(untimed(&[-1, now])), 0);
         assert_eq!(
             incremental(
                 &addr,

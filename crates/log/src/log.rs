@@ -660,7 +660,7 @@ impl Log {
     ) -> Result<oneshot::Receiver<Result<AppendInfo, LogError>>, LogError> {
         self.check_open()?;
         let mut batches = split_validated(records)?;
-        check_timestamps(&self.inner.config.borrow(), &batches, now_ms())?;
+        check_timestamps(&self.inner.config.borrow(), &mut batches, now_ms())?;
         let (codec, max_message_bytes) = {
             let c = self.inner.config.borrow();
             (c.compression, c.max_message_bytes)
@@ -1267,9 +1267,16 @@ fn check_keys(batches: &[(BatchHeader, BytesMut)]) -> Result<(), LogError> {
 /// Kafka's bounds on CreateTime timestamps, checked on a batch's first record (its base
 /// timestamp) and its newest (the max timestamp): the batch header has both, and a
 /// compressed batch stays compressed. (Kafka checks every record.)
+///
+/// A batch whose first record has no timestamp (-1, which Kafka lets through) is checked
+/// record by record instead: its header's max timestamp is no bound then. librdkafka, given
+/// -1 for every message (its C++ API's "no timestamp"), writes a base of -1 and a max of 0,
+/// which the header check would refuse as 1970 though no record has that timestamp. Such a
+/// header's max is replaced by its records' (-1 when none has one), as Kafka's validator
+/// does, so that retention and the time index do not take the batch for one from 1970.
 fn check_timestamps(
     config: &LogConfig,
-    batches: &[(BatchHeader, BytesMut)],
+    batches: &mut [(BatchHeader, BytesMut)],
     now: i64,
 ) -> Result<(), LogError> {
     if config.log_append_time {
@@ -1277,16 +1284,37 @@ fn check_timestamps(
     }
     let before = i64::try_from(config.timestamp_before_max_ms).unwrap_or(i64::MAX);
     let after = i64::try_from(config.timestamp_after_max_ms).unwrap_or(i64::MAX);
-    for (h, _) in batches {
-        for ts in [h.base_timestamp, h.max_timestamp] {
-            // (-1: no timestamp, which Kafka lets through.)
-            if ts >= 0 && (ts < now.saturating_sub(before) || ts > now.saturating_add(after)) {
-                return Err(LogError::InvalidTimestamp {
-                    timestamp: ts,
-                    now,
-                    before_ms: config.timestamp_before_max_ms,
-                    after_ms: config.timestamp_after_max_ms,
-                });
+    let check = |ts: i64| {
+        // (-1: no timestamp, which Kafka lets through.)
+        if ts >= 0 && (ts < now.saturating_sub(before) || ts > now.saturating_add(after)) {
+            Err(LogError::InvalidTimestamp {
+                timestamp: ts,
+                now,
+                before_ms: config.timestamp_before_max_ms,
+                after_ms: config.timestamp_after_max_ms,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    for (h, buf) in batches.iter_mut() {
+        if h.base_timestamp >= 0 {
+            check(h.base_timestamp)?;
+            check(h.max_timestamp)?;
+        } else {
+            let (mut first_bad, mut max) = (None, runnel_record::NO_TIMESTAMP);
+            runnel_record::compact::for_each_record(buf, h, MAX_INFLATED_BYTES, |r| {
+                if first_bad.is_none() && check(r.timestamp).is_err() {
+                    first_bad = Some(r.timestamp);
+                }
+                max = max.max(r.timestamp);
+            })?;
+            if let Some(ts) = first_bad {
+                check(ts)?;
+            }
+            if max != h.max_timestamp {
+                runnel_record::set_max_timestamp(buf, max);
+                h.max_timestamp = max;
             }
         }
     }

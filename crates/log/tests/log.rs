@@ -1012,3 +1012,54 @@ fn a_busy_log_reserves_blocks_ahead_and_gives_them_back_when_it_rolls() {
     });
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A batch whose records have no timestamp, as librdkafka writes it when given -1 for every
+/// message: baseTimestamp -1 and maxTimestamp 0. Kafka checks the records (-1 passes) and
+/// stores their true max; so does the log. A record of such a batch with a timestamp out
+/// of bounds is still refused.
+#[test]
+fn a_batch_without_timestamps_is_kept_with_its_records_max_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let config = LogConfig {
+            timestamp_before_max_ms: 86_400_000,
+            ..small_config(1 << 20)
+        };
+        let log = open(&path, config, OpenOptions::default()).await.unwrap();
+        let untimed = |timestamps: &[i64], header_max: Option<i64>| {
+            let mut b = runnel_record::builder::BatchBuilder::new(-1);
+            for &t in timestamps {
+                b.append(t, Some(b"k"), Some(b"v"), &[]);
+            }
+            let mut v = b.build();
+            if let Some(max) = header_max {
+                runnel_record::set_max_timestamp(&mut v, max);
+            }
+            BytesMut::from(&v[..])
+        };
+        let info = log
+            .append(untimed(&[-1, -1, -1], Some(0)), false)
+            .await
+            .unwrap();
+        assert_eq!(info.record_count, 3);
+        let now = now_ms();
+        log.append(untimed(&[-1, now], None), false).await.unwrap();
+        let old = log.append(untimed(&[-1, now - 2 * 86_400_000], None), false);
+        assert!(
+            matches!(old.await, Err(LogError::InvalidTimestamp { .. })),
+            "a record two days old is refused"
+        );
+        // Stored: the first batch's max is its records' (-1), the second's `now`.
+        let plan = log.read(0, 1 << 20, true).await.unwrap();
+        let bytes = plan_bytes(&plan);
+        let maxes: Vec<i64> = Batches::new(&bytes)
+            .map(|b| {
+                let (pos, h) = b.unwrap();
+                runnel_record::verify_stored(&bytes[pos..pos + h.total_len()]).unwrap();
+                h.max_timestamp
+            })
+            .collect();
+        assert_eq!(maxes, vec![-1, now]);
+    });
+}

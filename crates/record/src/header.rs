@@ -142,7 +142,10 @@ impl BatchHeader {
     }
 
     /// CreateTime: baseTimestamp is the first record's timestamp and maxTimestamp the largest,
-    /// so max >= base whenever timestamps are present; -1 means "none" for both.
+    /// so max >= base whenever timestamps are present; -1 means "none" for both. A first
+    /// record without a timestamp (base -1) bounds nothing: librdkafka then writes the max
+    /// of the records that have one, or 0 when none has (the log puts the records' true
+    /// max in its place, as Kafka's validator does).
     ///
     /// LogAppendTime: [`crate::set_log_append_time`] stamps maxTimestamp with the broker's
     /// clock and leaves baseTimestamp as the producer wrote it, so the stamp may well be
@@ -152,7 +155,7 @@ impl BatchHeader {
         let (base, max) = (self.base_timestamp, self.max_timestamp);
         let ok = match self.timestamp_type() {
             TimestampType::CreateTime => match (base, max) {
-                (NO_TIMESTAMP, NO_TIMESTAMP) => true,
+                (NO_TIMESTAMP, m) => m >= NO_TIMESTAMP,
                 (b, m) => b >= 0 && m >= b,
             },
             TimestampType::LogAppendTime => max >= 0 && (base == NO_TIMESTAMP || base >= 0),

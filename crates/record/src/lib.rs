@@ -178,6 +178,15 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[OFF_LEADER_EPOCH..OFF_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Rewrites maxTimestamp and recomputes the CRC: for a batch whose header's max is not its
+/// records' (see `BatchHeader::check_timestamps`).
+///
+/// Panics if `batch` is shorter than the header; pass exactly one batch.
+pub fn set_max_timestamp(batch: &mut [u8], timestamp_ms: i64) {
+    batch[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&timestamp_ms.to_be_bytes());
+    set_crc(batch);
+}
+
 /// Stamps LogAppendTime: sets the timestamp-type attribute bit and maxTimestamp, then
 /// recomputes the CRC. The one case where the broker touches CRC-covered bytes.
 ///
