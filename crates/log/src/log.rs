@@ -1302,16 +1302,14 @@ fn check_timestamps(
             check(h.base_timestamp)?;
             check(h.max_timestamp)?;
         } else {
-            let (mut first_bad, mut max) = (None, runnel_record::NO_TIMESTAMP);
+            let (mut checked, mut max) = (Ok(()), runnel_record::NO_TIMESTAMP);
             runnel_record::compact::for_each_record(buf, h, MAX_INFLATED_BYTES, |r| {
-                if first_bad.is_none() && check(r.timestamp).is_err() {
-                    first_bad = Some(r.timestamp);
+                if checked.is_ok() {
+                    checked = check(r.timestamp);
                 }
                 max = max.max(r.timestamp);
             })?;
-            if let Some(ts) = first_bad {
-                check(ts)?;
-            }
+            checked?;
             if max != h.max_timestamp {
                 runnel_record::set_max_timestamp(buf, max);
                 h.max_timestamp = max;

@@ -48,16 +48,13 @@ impl From<PartitionError> for ProduceError {
 /// index, with Kafka's message.
 pub fn produce_error(key: &PartitionKey, e: LogError) -> ProduceError {
     let records = match &e {
-        LogError::KeylessRecord { records } => records
-            .iter()
-            .map(|&i| {
-                let why = format!(
-                    "Compacted topic cannot accept message without key in topic partition {}-{}",
-                    key.0, key.1
-                );
-                (i, why)
-            })
-            .collect(),
+        LogError::KeylessRecord { records } => {
+            let why = format!(
+                "Compacted topic cannot accept message without key in topic partition {}-{}",
+                key.0, key.1
+            );
+            records.iter().map(|&i| (i, why.clone())).collect()
+        }
         _ => Vec::new(),
     };
     ProduceError {
