@@ -153,7 +153,7 @@ fn alter(addr: &str, version: i16, topic: &str, kv: &[(&str, &str)], validate_on
 #[test]
 fn every_kafka_topic_config_is_accepted_and_configs_change_at_runtime_and_persist() {
     with_timeout(180, || {
-        let mut b = Broker::start(&[]);
+        let mut b = Broker::start(&["--rack", "rack-a"]);
         let addr = b.addr.clone();
         // librdkafka's 0081 asks for these; Kafka Streams' changelogs for compact.
         let mut c = connect(&addr);
@@ -356,6 +356,8 @@ fn every_kafka_topic_config_is_accepted_and_configs_change_at_runtime_and_persis
         assert_eq!(e, 0);
         assert_eq!(broker[rate], ("1000".to_string(), 3));
         let me = broker["broker.id"].0.clone();
+        // --rack, described as Kafka's broker.rack (a static broker config: 0101 reads it).
+        assert_eq!(broker["broker.rack"], ("rack-a".to_string(), 4));
         assert_eq!(
             incremental(&addr, 0, BROKER, &me, &[(rate, 0, Some("2000"))]),
             0
